@@ -1,0 +1,84 @@
+"""quantcl: continual LoRA fine-tuning of causal LMs at any weight precision.
+
+Four composable objects make up the public API::
+
+    import quantcl as qcl
+    policy = qcl.PrecisionPolicy("nf4")
+    tasks = qcl.recipes.synthetic(seed=0)
+    replay = qcl.ReplayBuffer(fraction=0.01, strategy="reservoir", seed=0)
+    trainer = qcl.ContinualTrainer(model="path-or-hub-id", precision=policy, tasks=tasks,
+                                   replay=replay, output_dir="runs/x")
+    result = trainer.fit()
+
+Heavy submodules (torch, transformers) are imported on first attribute access, so
+``import quantcl`` and ``quantcl --help`` stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from quantcl._version import __version__
+from quantcl.errors import (
+    ConfigError,
+    QuantCLError,
+    StateError,
+    UnknownNameError,
+    UnsafeCodeError,
+    UnsupportedDeviceError,
+)
+
+# public name -> module that defines it
+_LAZY: dict[str, str] = {
+    "PrecisionPolicy": "quantcl.precision",
+    "ReplayBuffer": "quantcl.replay",
+    "ReplayStrategy": "quantcl.replay",
+    "register_strategy": "quantcl.replay",
+    "Task": "quantcl.tasks",
+    "TaskSequence": "quantcl.tasks",
+    "EvalResult": "quantcl.tasks",
+    "ContinualTrainer": "quantcl.trainer",
+    "StageArgs": "quantcl.trainer",
+    "StageCallback": "quantcl.trainer",
+    "ContinualResult": "quantcl.results",
+    "compute_metrics": "quantcl.metrics",
+}
+_SUBMODULES = {"evaluators": "quantcl.tasks.evaluators", "recipes": "quantcl.tasks.recipes",
+               "metrics": "quantcl.metrics"}
+
+__all__ = [
+    "__version__",
+    "QuantCLError",
+    "ConfigError",
+    "UnknownNameError",
+    "UnsupportedDeviceError",
+    "StateError",
+    "UnsafeCodeError",
+    *_LAZY,
+    *_SUBMODULES,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(_SUBMODULES[name])
+    else:
+        raise AttributeError(f"module 'quantcl' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from quantcl.metrics import compute_metrics
+    from quantcl.precision import PrecisionPolicy
+    from quantcl.replay import ReplayBuffer, ReplayStrategy, register_strategy
+    from quantcl.results import ContinualResult
+    from quantcl.tasks import EvalResult, Task, TaskSequence
+    from quantcl.trainer import ContinualTrainer, StageArgs, StageCallback
