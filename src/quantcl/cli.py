@@ -1,0 +1,132 @@
+"""The ``quantcl`` command line: ``demo``, ``run``, ``validate``, ``report``.
+
+User errors (a broken config, a missing file, an unknown precision or strategy) print one line
+``quantcl: error: ...`` and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from quantcl._version import __version__
+from quantcl.errors import QuantCLError
+
+__all__ = ["main"]
+
+
+def _cmd_demo(ns: argparse.Namespace) -> int:
+    from quantcl.demo import run_demo
+
+    run_demo(
+        ns.output_dir,
+        model=ns.model,
+        precisions=ns.precisions.split(","),
+        replay_fractions=[float(x) for x in ns.replay.split(",")],
+        seed=ns.seed,
+        quick=ns.quick,
+        progress=not ns.no_progress,
+    )
+    return 0
+
+
+def _cmd_run(ns: argparse.Namespace) -> int:
+    from quantcl.config import build_trainer, load_config
+
+    config = load_config(ns.config)
+    overrides = {"output_dir": ns.output_dir, "seed": ns.seed}
+    if ns.allow_code_execution:
+        overrides["allow_code_execution"] = True
+    if ns.no_progress:
+        overrides["progress"] = False
+    trainer = build_trainer(config, **overrides)
+    result = trainer.fit(resume=ns.resume)
+    print(result.to_markdown())
+    print(f"\nSaved to {trainer.output_dir}")
+    return 0
+
+
+def _cmd_validate(ns: argparse.Namespace) -> int:
+    from quantcl.config import validate_config
+
+    validate_config(ns.config)
+    print(f"{ns.config}: OK")
+    return 0
+
+
+def _cmd_report(ns: argparse.Namespace) -> int:
+    from quantcl.errors import ConfigError
+    from quantcl.results import ContinualResult, compare_markdown
+
+    root = Path(ns.dir)
+    if not root.exists():
+        raise ConfigError(f"no such directory: {root}")
+    found = sorted(p.parent for p in root.rglob("result.json"))
+    if not found:
+        raise ConfigError(f"no result.json under {root}; point `quantcl report` at a run's output_dir")
+    results = {str(p.relative_to(root)) if p != root else p.name: ContinualResult.load(p) for p in found}
+    for name, result in results.items():
+        print(f"## {name}\n\n{result.to_markdown()}\n")
+        if ns.plot:
+            print(f"plot: {result.plot(Path(found[list(results).index(name)]) / 'result.png')}")
+    if len(results) > 1:
+        print(compare_markdown(results))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="quantcl", description="Continual LoRA fine-tuning at any precision.")
+    p.add_argument("--version", action="version", version=f"quantcl {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="offline demo: synthetic tasks x precisions x replay")
+    d.add_argument("--output-dir", default="quantcl-demo", help="where runs, JSON and PNG go")
+    d.add_argument("--model", default=None, help="Hub id, directory or .gguf instead of the demo model")
+    d.add_argument("--precisions", default="bf16,int8,nf4", help="comma-separated presets")
+    d.add_argument("--replay", default="0,0.1", help="comma-separated replay fractions")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--quick", action="store_true", help="a smaller, faster smoke-test configuration")
+    d.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    d.set_defaults(func=_cmd_demo)
+
+    r = sub.add_parser("run", help="one continual run from a YAML config")
+    r.add_argument("config", help="YAML config file")
+    r.add_argument("--output-dir", default=None, help="overrides the config's output_dir")
+    r.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
+    r.add_argument("--resume", action="store_true", help="continue a killed run in output_dir")
+    r.add_argument("--allow-code-execution", action="store_true",
+                   help="allow evaluators to run model-generated code (in the sandbox)")
+    r.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    r.set_defaults(func=_cmd_run)
+
+    v = sub.add_parser("validate", help="check a YAML config without training")
+    v.add_argument("config")
+    v.set_defaults(func=_cmd_validate)
+
+    rep = sub.add_parser("report", help="tables (and plots) from saved results")
+    rep.add_argument("dir", help="a run's output_dir, or a folder of runs")
+    rep.add_argument("--plot", action="store_true", help="also write result.png per run")
+    rep.set_defaults(func=_cmd_report)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``quantcl`` console script."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    ns = _parser().parse_args(argv)
+    try:
+        return ns.func(ns)
+    except (QuantCLError, FileNotFoundError) as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"quantcl: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("quantcl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""YAML run configs: every option of the Python API, validated with errors that name the key.
+
+A config mirrors the ``ContinualTrainer`` arguments::
+
+    model: HuggingFaceTB/SmolLM2-135M-Instruct   # Hub id, directory or .gguf
+    precision: nf4                 # or {name: nf4, double_quant: true, compute_dtype: bf16}
+    tasks:
+      recipe: synthetic            # or lessismore, with `kwargs:`
+      kwargs: {seed: 0, n_train: 200}
+    # tasks: a list instead of a recipe
+    #   - name: qa
+    #     train: data/qa-train.jsonl
+    #     eval: data/qa-test.jsonl
+    #     evaluator: {type: MultipleChoice}
+    #     prompt: "Question: {question}\\nAnswer:"
+    #     target: " {answer_text}"
+    replay: {fraction: 0.01, strategy: reservoir, seed: 0}   # or null
+    lora: {r: 8, lora_alpha: 16, target_modules: all-linear}
+    args: {learning_rate: 2.0e-4, max_steps: 100, overrides: {0: {learning_rate: 2.0e-4}}}
+    output_dir: runs/nf4
+    seed: 0
+    adapter_mode: continue
+    allow_code_execution: false
+
+Relative file paths are resolved against the config file's directory.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from quantcl.errors import ConfigError, QuantCLError
+
+__all__ = ["load_config", "build_trainer", "validate_config"]
+
+_TOP_KEYS = {
+    "model", "precision", "tasks", "replay", "lora", "args", "output_dir", "seed",
+    "adapter_mode", "allow_code_execution", "model_kwargs", "progress",
+}
+T = TypeVar("T")
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a dict (no objects built yet)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys ({sorted(_TOP_KEYS)})")
+    data["_base_dir"] = str(path.parent.resolve())
+    return data
+
+
+def _at(key: str, fn: Callable[[], T]) -> T:
+    """Run ``fn``; re-raise a user error with the config key it came from."""
+    try:
+        return fn()
+    except QuantCLError as err:
+        raise type(err)(f"config key '{key}': {err}") from err
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config key '{key}': {err}") from err
+
+
+def _kwargs(key: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"config key '{key}' must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _check_signature(key: str, fn: Callable, kwargs: dict[str, Any]) -> None:
+    params = inspect.signature(fn).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    bad = sorted(set(kwargs) - set(params))
+    if bad:
+        valid = sorted(k for k in params if k != "self")
+        raise ConfigError(f"config key '{key}': unknown option(s) {bad}; valid: {valid}")
+
+
+def _precision(value: Any):
+    from quantcl.precision import PrecisionPolicy
+
+    if isinstance(value, str):
+        return _at("precision", lambda: PrecisionPolicy(value))
+    data = _kwargs("precision", value)
+    return _at("precision", lambda: PrecisionPolicy.from_dict(data))
+
+
+def _evaluator(key: str, spec: Any, allow_code: bool):
+    from quantcl.tasks import evaluators
+
+    spec = dict(_kwargs(key, spec))
+    kind = spec.pop("type", None)
+    names = [n for n in ("MultipleChoice", "NumericMatch", "CodeExecution")]
+    if kind not in names:
+        raise ConfigError(f"config key '{key}.type' must be one of {names}, got {kind!r}")
+    cls = getattr(evaluators, kind)
+    if kind == "CodeExecution":
+        spec.setdefault("allow_code_execution", allow_code)
+    _check_signature(key, cls.__init__, spec)
+    return _at(key, lambda: cls(**spec))
+
+
+def _tasks(value: Any, base: Path, allow_code: bool):
+    from quantcl.tasks import Task, TaskSequence, recipes
+
+    if isinstance(value, dict):
+        value = dict(value)
+        recipe = value.pop("recipe", None)
+        kwargs = dict(_kwargs("tasks.kwargs", value.pop("kwargs", None)))
+        if value:
+            raise ConfigError(f"config key 'tasks': unknown key(s) {sorted(value)}; valid: ['kwargs', 'recipe']")
+        if recipe not in ("synthetic", "lessismore"):
+            raise ConfigError(f"config key 'tasks.recipe' must be 'synthetic' or 'lessismore', got {recipe!r}")
+        fn = getattr(recipes, recipe)
+        if "allow_code_execution" in inspect.signature(fn).parameters:
+            kwargs.setdefault("allow_code_execution", allow_code if recipe == "lessismore" else True)
+        if "data_dir" in kwargs and kwargs["data_dir"] is not None:
+            kwargs["data_dir"] = str(base / kwargs["data_dir"])
+        _check_signature("tasks.kwargs", fn, kwargs)
+        return _at("tasks", lambda: fn(**kwargs))
+    if not isinstance(value, list) or not value:
+        raise ConfigError("config key 'tasks' must be a recipe mapping or a non-empty list of tasks")
+    built = []
+    for i, spec in enumerate(value):
+        key = f"tasks[{i}]"
+        spec = dict(_kwargs(key, spec))
+        evaluator = _evaluator(f"{key}.evaluator", spec.pop("evaluator", None), allow_code)
+        for split in ("train", "eval"):
+            if split not in spec:
+                raise ConfigError(f"config key '{key}.{split}' is missing (a json/jsonl/parquet/csv file)")
+            spec[split] = str(base / spec[split])
+        name = spec.pop("name", None)
+        built.append(_at(key, lambda: Task.from_files(name, evaluator=evaluator, **spec)))
+    return _at("tasks", lambda: TaskSequence(built))
+
+
+def _replay(value: Any):
+    if value is None:
+        return None
+    from quantcl.replay import ReplayBuffer
+
+    data = _kwargs("replay", value)
+    _check_signature("replay", ReplayBuffer.__init__, data)
+    return _at("replay", lambda: ReplayBuffer(**data))
+
+
+def _lora(value: Any):
+    from peft import LoraConfig
+
+    data = _kwargs("lora", value)
+    if not data:
+        return None
+    _check_signature("lora", LoraConfig.__init__, data)
+    return _at("lora", lambda: LoraConfig(**data))
+
+
+def _args(value: Any):
+    from quantcl.stage_args import StageArgs
+
+    return _at("args", lambda: StageArgs.from_dict(_kwargs("args", value)))
+
+
+def build_trainer(config: dict[str, Any], **overrides: Any):
+    """Build a ``ContinualTrainer`` from a config dict; ``overrides`` win over the config."""
+    from quantcl.trainer import ContinualTrainer
+
+    config = {**config, **{k: v for k, v in overrides.items() if v is not None}}
+    base = Path(config.pop("_base_dir", "."))
+    unknown = sorted(set(config) - _TOP_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown}; valid: {sorted(_TOP_KEYS)}")
+    if "model" not in config:
+        raise ConfigError("config key 'model' is missing (a Hub id, local directory or .gguf file)")
+    allow_code = bool(config.get("allow_code_execution", False))
+    model = str(config["model"])
+    if (base / model).exists():
+        model = str(base / model)
+    return ContinualTrainer(
+        model=model,
+        precision=_precision(config.get("precision", "bf16")),
+        tasks=_tasks(config.get("tasks"), base, allow_code),
+        replay=_replay(config.get("replay")),
+        lora=_lora(config.get("lora")),
+        args=_args(config.get("args")),
+        output_dir=str(base / config.get("output_dir", "runs/quantcl")),
+        seed=int(config.get("seed", 0)),
+        adapter_mode=config.get("adapter_mode", "continue"),
+        model_kwargs=_kwargs("model_kwargs", config.get("model_kwargs")),
+        progress=bool(config.get("progress", True)),
+    )
+
+
+def validate_config(path: str | Path) -> None:
+    """Build every object of a config without training: raises the first error found."""
+    build_trainer(load_config(path))

@@ -1,0 +1,229 @@
+"""``quantcl demo``: the synthetic NLU -> Math -> Code sequence at three precisions, with and
+without replay, on a tiny model the library builds and pretrains itself (offline, cached).
+
+The demo model is a 4-layer, 128-wide Llama with a character tokenizer, pretrained for ~1 minute
+on :func:`quantcl.recipes.synthetic.pretraining_corpus` and cached under ``~/.cache/quantcl``
+(``QUANTCL_CACHE`` overrides). Each run then fine-tunes LoRA adapters through the three tasks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from quantcl._io import atomic_write_json
+from quantcl.errors import ConfigError
+from quantcl.results import ContinualResult, compare_markdown
+
+__all__ = ["DEMO_MODEL", "cache_dir", "demo_model_dir", "run_demo", "demo_stage_args"]
+
+# Sizes and pretraining schedule of the demo model; part of its cache key.
+DEMO_MODEL: dict[str, Any] = {
+    "hidden_size": 128,
+    "num_layers": 4,
+    "num_heads": 4,
+    "steps": 1500,
+    "batch_size": 32,
+    "learning_rate": 3e-3,
+    "seed": 0,
+    "format": 1,
+}
+
+
+def cache_dir() -> Path:
+    """``$QUANTCL_CACHE``, else ``$XDG_CACHE_HOME/quantcl``, else ``~/.cache/quantcl``."""
+    if os.environ.get("QUANTCL_CACHE"):
+        return Path(os.environ["QUANTCL_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "quantcl"
+
+
+def demo_model_dir(*, root: str | Path | None = None, progress: bool = True, **overrides: Any) -> Path:
+    """Build (once) and return the directory of the pretrained demo model.
+
+    Args:
+        root: cache directory (default: :func:`cache_dir`).
+        progress: show the pretraining progress bar.
+        overrides: change fields of :data:`DEMO_MODEL` (e.g. ``steps=200`` for tests).
+    """
+    spec = {**DEMO_MODEL, **overrides}
+    unknown = sorted(set(overrides) - set(DEMO_MODEL))
+    if unknown:
+        raise ConfigError(f"unknown demo model option(s) {unknown}; valid: {sorted(DEMO_MODEL)}")
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    final = Path(root or cache_dir()) / f"demo-model-{key}"
+    if (final / "config.json").exists() and (final / "quantcl-demo.json").exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
+    try:
+        _pretrain(tmp, spec, progress=progress)
+        atomic_write_json(tmp / "quantcl-demo.json", spec)
+        if final.exists():  # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _pretrain(path: Path, spec: dict[str, Any], *, progress: bool) -> None:
+    import torch
+    from datasets import Dataset
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForLanguageModeling,
+        Trainer,
+        TrainingArguments,
+    )
+
+    from quantcl.tasks.recipes.synthetic import pretraining_corpus
+    from quantcl.tiny import build_tiny_model
+
+    build_tiny_model(path, hidden_size=spec["hidden_size"], num_layers=spec["num_layers"],
+                     num_heads=spec["num_heads"], seed=spec["seed"])
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    n = spec["steps"] * spec["batch_size"]
+    texts = [t + tokenizer.eos_token for t in pretraining_corpus(n, seed=spec["seed"])]
+    data = Dataset.from_dict({"text": texts}).map(
+        lambda b: tokenizer(b["text"]), batched=True, remove_columns=["text"]
+    )
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(
+            output_dir=out, max_steps=spec["steps"], per_device_train_batch_size=spec["batch_size"],
+            learning_rate=spec["learning_rate"], lr_scheduler_type="cosine", warmup_steps=0.1,
+            weight_decay=0.0, logging_steps=max(1, spec["steps"] // 10), save_strategy="no",
+            report_to="none", use_cpu=not torch.cuda.is_available(), seed=spec["seed"],
+            disable_tqdm=not progress,
+        )
+        collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+        Trainer(model=model, args=args, train_dataset=data, data_collator=collator).train()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def demo_stage_args(*, quick: bool = False):
+    """The per-stage training arguments the demo uses (fewer steps with ``quick``)."""
+    from quantcl.stage_args import StageArgs
+
+    return StageArgs(
+        learning_rate=2e-3, max_steps=40 if quick else 150, per_device_train_batch_size=16,
+        lr_scheduler_type="constant", max_length=96, eval_batch_size=40, logging_steps=50,
+    )
+
+
+def run_demo(
+    output_dir: str | Path = "quantcl-demo",
+    *,
+    model: str | None = None,
+    precisions: Sequence[str] = ("bf16", "int8", "nf4"),
+    replay_fractions: Sequence[float] = (0.0, 0.1),
+    seed: int = 0,
+    quick: bool = False,
+    progress: bool = True,
+    out=sys.stdout,
+) -> dict[str, ContinualResult]:
+    """Run the demo grid and write ``summary.json``, ``summary.md`` and ``demo.png``.
+
+    Args:
+        output_dir: where runs and summaries go (each run in ``<precision>-replay<f>/``).
+        model: a Hub id, directory or .gguf to use instead of the built-in demo model.
+        precisions: precision presets to compare.
+        replay_fractions: replay fractions to compare (0 = no replay).
+        seed: seeds data, LoRA init and replay.
+        quick: a smaller, faster configuration (for smoke tests).
+        progress: show progress bars.
+
+    Returns:
+        ``{run name: ContinualResult}``.
+    """
+    from peft import LoraConfig
+
+    from quantcl.precision import PrecisionPolicy
+    from quantcl.replay import ReplayBuffer
+    from quantcl.tasks.recipes.synthetic import synthetic
+    from quantcl.trainer import ContinualTrainer
+
+    policies = [PrecisionPolicy(p) for p in precisions]  # unknown names fail before any work
+    for f in replay_fractions:
+        ReplayBuffer(fraction=f)
+    output_dir = Path(output_dir)
+    started = time.perf_counter()
+    if model is None:
+        print("Preparing the demo model (built and pretrained once, then cached)...", file=out)
+        model = str(demo_model_dir(progress=progress, **({"steps": 300} if quick else {})))
+    n_train, n_eval = (120, 12) if quick else (400, 40)
+    results: dict[str, ContinualResult] = {}
+    for policy in policies:
+        for fraction in replay_fractions:
+            name = f"{policy.name}-replay{fraction:g}"
+            print(f"\n=== {name} ===", file=out, flush=True)
+            trainer = ContinualTrainer(
+                model=model,
+                precision=policy,
+                tasks=synthetic(seed=seed, n_train=n_train, n_eval=n_eval),
+                replay=ReplayBuffer(fraction=fraction, strategy="uniform", seed=seed) if fraction else None,
+                lora=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.0),
+                args=demo_stage_args(quick=quick),
+                output_dir=output_dir / name,
+                seed=seed,
+                progress=progress,
+            )
+            result = trainer.fit(resume=True)
+            results[name] = result
+            print(result.to_markdown(), file=out, flush=True)
+            result.plot(output_dir / name / "result.png")
+    summary = compare_markdown(results)
+    print("\n=== summary ===", file=out)
+    print(summary, file=out)
+    (output_dir / "summary.md").write_text(summary + "\n")
+    atomic_write_json(output_dir / "summary.json", {
+        "seconds": time.perf_counter() - started,
+        "runs": {name: r.to_dict() for name, r in results.items()},
+    })
+    _plot_grid(results, output_dir / "demo.png")
+    print(f"\nWrote {output_dir / 'summary.json'} and {output_dir / 'demo.png'} "
+          f"in {time.perf_counter() - started:.0f} s", file=out)
+    return results
+
+
+def _plot_grid(results: dict[str, ContinualResult], path: Path) -> Path:
+    """One accuracy-matrix heatmap per run, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    cols = min(len(names), 2)
+    rows = (len(names) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        r = results[name]
+        m = r.accuracy_matrix
+        ax.imshow(m, vmin=0, vmax=1, cmap="viridis")
+        ax.set_title(name, fontsize=10)
+        ax.set_xticks(range(m.shape[1]), r.task_names)
+        ax.set_yticks(range(m.shape[0]), ["before"] + [f"after {t}" for t in r.task_names])
+        for i in range(m.shape[0]):
+            for j in range(m.shape[1]):
+                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center",
+                        color="white" if m[i, j] < 0.5 else "black", fontsize=8)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

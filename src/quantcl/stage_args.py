@@ -1,0 +1,161 @@
+"""StageArgs: the training arguments of each continual stage, with per-task overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from quantcl.errors import ConfigError
+
+__all__ = ["StageArgs"]
+
+# TrainingArguments that quantcl sets itself; passing them in `extra` would be ignored or break resume.
+_RESERVED = frozenset({"output_dir", "seed", "data_seed", "use_cpu", "resume_from_checkpoint"})
+
+
+@dataclass(frozen=True)
+class StageArgs:
+    """What changes per stage: learning rate, length of training, batch, scheduler.
+
+    Field names are those of :class:`transformers.TrainingArguments`, so they read as users know
+    them. Anything else goes in ``extra`` and is passed through to ``TrainingArguments`` unchanged
+    (``report_to="wandb"``, ``gradient_checkpointing=True``, ``optim="paged_adamw_8bit"``, ...).
+
+    ``overrides`` maps a task name, or a 0-based stage index, to fields that differ for that
+    stage; a name wins over an index. The paper's schedule (lr 2e-4 for the first stage,
+    5e-5 after it) reads::
+
+        StageArgs(learning_rate=5e-5, overrides={0: {"learning_rate": 2e-4}})
+
+    Args:
+        learning_rate: peak learning rate.
+        num_train_epochs: epochs over the stage's (mixed) data; ignored when ``max_steps > 0``.
+        max_steps: optimizer steps per stage; ``-1`` uses ``num_train_epochs``.
+        warmup_steps: an int number of steps, or a float in [0, 1) for a ratio of the stage.
+        per_device_train_batch_size: batch size per device.
+        gradient_accumulation_steps: micro-batches per optimizer step.
+        lr_scheduler_type: any ``transformers`` scheduler name ("linear", "cosine", "constant", ...).
+        weight_decay: AdamW weight decay.
+        max_length: tokens per training example (prompt cut from the left first).
+        eval_batch_size: batch size of the evaluators.
+        save_steps: write a resumable Trainer checkpoint every N steps inside a stage
+            (``None``: only at stage ends).
+        logging_steps: how often the Trainer logs the loss.
+        overrides: per-task or per-stage field overrides (see above).
+        extra: passed through to ``transformers.TrainingArguments``.
+    """
+
+    learning_rate: float = 2e-4
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    warmup_steps: float = 0.0
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    lr_scheduler_type: str = "linear"
+    weight_decay: float = 0.0
+    max_length: int = 512
+    eval_batch_size: int = 16
+    save_steps: int | None = None
+    logging_steps: int = 10
+    overrides: dict[str | int, dict[str, Any]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._check()
+        names = {f.name for f in dataclasses.fields(self)} - {"overrides", "extra"}
+        for key, values in self.overrides.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"StageArgs.overrides[{key!r}] must be a dict of fields, got {values!r}")
+            bad = sorted(set(values) - names)
+            if bad:
+                raise ConfigError(
+                    f"StageArgs.overrides[{key!r}] has unknown field(s) {bad}; "
+                    f"valid: {sorted(names)}"
+                )
+            dataclasses.replace(self, overrides={}, **values)  # validates the overridden values
+        reserved = sorted(_RESERVED & set(self.extra))
+        if reserved:
+            raise ConfigError(
+                f"StageArgs.extra may not set {reserved}: ContinualTrainer sets these itself "
+                "(output_dir and seed are ContinualTrainer arguments)"
+            )
+
+    def _check(self) -> None:
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ConfigError(f"max_steps must be a positive int or -1 (use epochs), got {self.max_steps}")
+        if self.max_steps == -1 and not self.num_train_epochs > 0:
+            raise ConfigError(f"num_train_epochs must be > 0, got {self.num_train_epochs}")
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length",
+                     "eval_batch_size", "logging_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
+        if self.save_steps is not None and (not isinstance(self.save_steps, int) or self.save_steps < 1):
+            raise ConfigError(f"save_steps must be None or an int >= 1, got {self.save_steps!r}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+
+    def for_stage(self, index: int, task_name: str) -> StageArgs:
+        """The arguments of stage ``index`` (0-based) training task ``task_name``."""
+        values: dict[str, Any] = {}
+        values.update(self.overrides.get(index, {}))
+        values.update(self.overrides.get(str(index), {}))
+        values.update(self.overrides.get(task_name, {}))
+        return dataclasses.replace(self, **values) if values else self
+
+    def training_arguments(self, output_dir: str, *, seed: int, **defaults: Any):
+        """Build ``transformers.TrainingArguments`` for one stage.
+
+        ``defaults`` (e.g. precision-specific flags) are overridden by ``extra``.
+        """
+        import torch
+        from transformers import TrainingArguments
+
+        kwargs: dict[str, Any] = dict(
+            output_dir=output_dir,
+            learning_rate=self.learning_rate,
+            num_train_epochs=self.num_train_epochs,
+            max_steps=self.max_steps,
+            warmup_steps=self.warmup_steps,
+            per_device_train_batch_size=self.per_device_train_batch_size,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            lr_scheduler_type=self.lr_scheduler_type,
+            weight_decay=self.weight_decay,
+            logging_steps=self.logging_steps,
+            save_strategy="steps" if self.save_steps else "no",
+            save_steps=self.save_steps or 500,
+            seed=seed,
+            data_seed=seed,
+            use_cpu=not torch.cuda.is_available(),
+            report_to="none",
+            remove_unused_columns=False,
+        )
+        kwargs.update(defaults)
+        kwargs.update(self.extra)
+        try:
+            return TrainingArguments(**kwargs)
+        except TypeError as err:  # an unknown key in `extra`
+            raise ConfigError(f"StageArgs.extra: {err}; see transformers.TrainingArguments") from err
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict; ``StageArgs.from_dict(args.to_dict()) == args``."""
+        data = dataclasses.asdict(self)
+        data["overrides"] = {str(k): dict(v) for k, v in self.overrides.items()}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StageArgs:
+        names = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(data) - names)
+        if bad:
+            raise ConfigError(f"unknown StageArgs field(s) {bad}; valid: {sorted(names)}")
+        data = dict(data)
+        if "overrides" in data:
+            data["overrides"] = {
+                (int(k) if isinstance(k, str) and k.isdigit() else k): v
+                for k, v in data["overrides"].items()
+            }
+        return cls(**data)
