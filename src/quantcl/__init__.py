@@ -39,7 +39,7 @@ _LAZY: dict[str, str] = {
     "TaskSequence": "quantcl.tasks",
     "EvalResult": "quantcl.tasks",
     "ContinualTrainer": "quantcl.trainer",
-    "StageArgs": "quantcl.trainer",
+    "StageArgs": "quantcl.stage_args",
     "StageCallback": "quantcl.trainer",
     "ContinualResult": "quantcl.results",
     "compute_metrics": "quantcl.metrics",
@@ -81,4 +81,5 @@ if TYPE_CHECKING:  # pragma: no cover
     from quantcl.replay import ReplayBuffer, ReplayStrategy, register_strategy
     from quantcl.results import ContinualResult
     from quantcl.tasks import EvalResult, Task, TaskSequence
-    from quantcl.trainer import ContinualTrainer, StageArgs, StageCallback
+    from quantcl.stage_args import StageArgs
+    from quantcl.trainer import ContinualTrainer, StageCallback

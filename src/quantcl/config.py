@@ -2,7 +2,7 @@
 
 A config mirrors the ``ContinualTrainer`` arguments::
 
-    model: HuggingFaceTB/SmolLM2-135M-Instruct   # Hub id, directory or .gguf
+    model: HuggingFaceTB/SmolLM2-135M-Instruct   # Hub id, directory, .gguf, or quantcl:demo
     precision: nf4                 # or {name: nf4, double_quant: true, compute_dtype: bf16}
     tasks:
       recipe: synthetic            # or lessismore, with `kwargs:`
@@ -22,7 +22,8 @@ A config mirrors the ``ContinualTrainer`` arguments::
     adapter_mode: continue
     allow_code_execution: false
 
-Relative file paths are resolved against the config file's directory.
+Relative data paths (task files, ``data_dir``, a local model) are resolved against the config
+file's directory; ``output_dir`` against the working directory.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ _TOP_KEYS = {
     "adapter_mode", "allow_code_execution", "model_kwargs", "progress",
 }
 T = TypeVar("T")
+DEMO_MODEL = "quantcl:demo"  # `model: quantcl:demo` names the demo model, built once and cached
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -185,8 +187,12 @@ def build_trainer(config: dict[str, Any], **overrides: Any):
         raise ConfigError("config key 'model' is missing (a Hub id, local directory or .gguf file)")
     allow_code = bool(config.get("allow_code_execution", False))
     model = str(config["model"])
-    if (base / model).exists():
-        model = str(base / model)
+    if model == DEMO_MODEL:
+        from quantcl.demo import demo_model_dir
+
+        model = str(demo_model_dir())
+    elif (base / Path(model).expanduser()).exists():
+        model = str(base / Path(model).expanduser())
     return ContinualTrainer(
         model=model,
         precision=_precision(config.get("precision", "bf16")),
@@ -194,7 +200,7 @@ def build_trainer(config: dict[str, Any], **overrides: Any):
         replay=_replay(config.get("replay")),
         lora=_lora(config.get("lora")),
         args=_args(config.get("args")),
-        output_dir=str(base / config.get("output_dir", "runs/quantcl")),
+        output_dir=str(Path(config.get("output_dir", "runs/quantcl")).expanduser()),
         seed=int(config.get("seed", 0)),
         adapter_mode=config.get("adapter_mode", "continue"),
         model_kwargs=_kwargs("model_kwargs", config.get("model_kwargs")),

@@ -1,9 +1,13 @@
 """ContinualResult: the accuracy matrix of a run, its metrics, timings and configuration.
 
-Saved as one JSON file (``result.json``); pandas and matplotlib are optional extras used only by
-:meth:`ContinualResult.to_pandas` and :meth:`ContinualResult.plot`.
+A result is saved as one JSON file (``result.json``, written atomically) with a format name and
+version, so :meth:`ContinualResult.load` can refuse a foreign or newer file. pandas and
+matplotlib are optional extras (``quantcl[pandas]``, ``quantcl[plot]``) imported only by
+:meth:`~ContinualResult.to_pandas` / :meth:`~ContinualResult.metrics_frame` and
+:meth:`~ContinualResult.plot`.
 
 Example:
+    >>> import numpy as np
     >>> r = ContinualResult(np.array([[0.3, 0.1], [0.9, 0.2], [0.6, 0.8]]), ["nlu", "math"])
     >>> round(r.metrics["bwt"], 2)
     -0.3
@@ -11,29 +15,43 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
 import platform
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from quantcl._io import atomic_write_json, read_json, to_jsonable
+from quantcl._io import atomic_write_json, to_jsonable
+from quantcl._plot import plot_result, require_extra
 from quantcl.errors import ConfigError, StateError
 from quantcl.metrics import compute_metrics
 
-__all__ = ["ContinualResult", "collect_versions", "compare_markdown"]
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+__all__ = ["ContinualResult", "collect_versions", "compare_markdown", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "quantcl.ContinualResult"
 FORMAT_VERSION = 1
+RESULT_FILE = "result.json"
 _PACKAGES = ("quantcl", "torch", "transformers", "peft", "bitsandbytes", "datasets", "numpy")
-_SUMMARY_KEYS = ("average_accuracy", "bwt", "fwt", "forgetting", "retention", "plasticity")
+SUMMARY_KEYS = ("average_accuracy", "bwt", "fwt", "forgetting", "retention", "plasticity")
+_PER_TASK_KEYS = ("plasticity", "retention", "forgetting")
 
 
 def collect_versions() -> dict[str, str | None]:
-    """Versions of Python and the packages a result depends on (``None`` if not installed)."""
+    """Versions of Python and of the packages a result depends on (``None`` if not installed).
+
+    Example:
+        >>> v = collect_versions()
+        >>> sorted(v)[:3], v["numpy"] is not None
+        (['bitsandbytes', 'datasets', 'numpy'], True)
+    """
     out: dict[str, str | None] = {"python": platform.python_version()}
     for name in _PACKAGES:
         try:
@@ -43,31 +61,27 @@ def collect_versions() -> dict[str, str | None]:
     return out
 
 
-def _fmt(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return str(value)
-
-
-def _markdown_table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-@dataclass
+@dataclass(eq=False)
 class ContinualResult:
-    """What a continual run measured.
+    """What a continual run measured: ``R[i, j]`` = score on task j after stage i.
+
+    Row 0 is every task before training, row ``i`` every task after stage ``i`` (which trained
+    task ``i - 1``); see :mod:`quantcl.metrics`. A run in progress may pass fewer than ``T + 1``
+    rows, or rows of ``nan``: missing rows are padded with ``nan``, which metrics skip and
+    Markdown prints as ``-``.
 
     Args:
-        accuracy_matrix: ``R`` of shape ``(T+1, T)``; row 0 = before training, row i = after stage
-            i; ``nan`` where not evaluated (yet).
-        task_names: the T task names, in training order.
-        stage_records: per stage: timings, loss, rows, peak memory, ...
-        eval_details: ``{row: {task: {metric: value}}}`` from the evaluators.
-        config: the run's configuration (policy, buffer, tasks, args, versions).
+        accuracy_matrix: ``(T+1, T)`` scores (or the first rows of it); ``nan`` = not measured.
+        task_names: the T distinct task names, in training order.
+        stage_records: one JSON-able dict per stage (name, train_seconds, eval_seconds,
+            train_loss, n_train_rows, n_replay_rows, peak_memory_bytes, ...).
+        eval_details: extra evaluator metrics, e.g. ``{"1": {"math": {"acc_norm": 0.4}}}``.
+        config: the run's JSON-able configuration (policy, buffer, tasks, args, versions).
+
+    Example:
+        >>> r = ContinualResult([[0.3, 0.1], [0.9, 0.2]], ["nlu", "math"])  # stage 2 not run yet
+        >>> r.completed_stages, r.row_labels
+        (1, ['before', 'after nlu', 'after math'])
     """
 
     accuracy_matrix: np.ndarray
@@ -77,25 +91,64 @@ class ContinualResult:
     config: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.accuracy_matrix = np.asarray(self.accuracy_matrix, dtype=float)
+        if isinstance(self.task_names, str) or not all(isinstance(t, str) for t in self.task_names):
+            raise ConfigError(f"task_names must be a list of strings, got {self.task_names!r}")
         self.task_names = list(self.task_names)
-        if self.accuracy_matrix.shape != (len(self.task_names) + 1, len(self.task_names)):
+        T = len(self.task_names)
+        if T == 0 or len(set(self.task_names)) != T:
+            raise ConfigError(f"task_names must be a non-empty list of distinct names, got {self.task_names}")
+        try:
+            matrix = np.array(self.accuracy_matrix, dtype=float)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"accuracy_matrix must be numeric, shape ({T + 1}, {T}): {err}") from err
+        if matrix.size == 0:  # nothing evaluated yet
+            matrix = matrix.reshape(0, T)
+        if matrix.ndim != 2 or matrix.shape[1] != T or matrix.shape[0] > T + 1:
             raise ConfigError(
-                f"accuracy_matrix has shape {self.accuracy_matrix.shape}, expected "
-                f"{(len(self.task_names) + 1, len(self.task_names))} for tasks {self.task_names}"
+                f"accuracy_matrix has shape {matrix.shape}, expected ({T + 1}, {T}) (or fewer rows "
+                f"while a run is in progress) for tasks {self.task_names}"
             )
+        if np.isinf(matrix).any():
+            raise ConfigError("accuracy_matrix must hold finite scores or nan, found inf")
+        padded = np.full((T + 1, T), np.nan)
+        padded[: matrix.shape[0]] = matrix
+        self.accuracy_matrix = padded
 
+    # ------------------------------------------------------------------ derived values
     @property
     def metrics(self) -> dict[str, Any]:
-        """Average accuracy, BWT, FWT, forgetting, retention, plasticity (see quantcl.metrics)."""
+        """ACC, BWT, FWT, forgetting, retention, plasticity (+ per task): see :func:`compute_metrics`.
+
+        Recomputed from ``accuracy_matrix`` on each access, so it is never stale.
+        """
         return compute_metrics(self.accuracy_matrix, self.task_names)
 
     @property
     def row_labels(self) -> list[str]:
+        """``["before", "after <task 0>", ..., "after <task T-1>"]``."""
         return ["before"] + [f"after {t}" for t in self.task_names]
+
+    @property
+    def completed_stages(self) -> int:
+        """The last stage (0..T) whose row holds at least one measured score."""
+        measured = np.flatnonzero(~np.isnan(self.accuracy_matrix).all(axis=1))
+        return int(measured[-1]) if measured.size else 0
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ContinualResult):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        acc = self.metrics["average_accuracy"]
+        return (f"ContinualResult(tasks={self.task_names}, stages={self.completed_stages}/"
+                f"{len(self.task_names)}, average_accuracy={_fmt(acc, 3)})")
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (``nan`` -> ``None``) holding the format name and version."""
         return to_jsonable({
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -108,125 +161,182 @@ class ContinualResult:
         })
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ContinualResult:
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise StateError("not a quantcl result (missing 'format': 'quantcl.ContinualResult')")
+    def from_dict(cls, data: Mapping[str, Any]) -> ContinualResult:
+        """Rebuild a result from :meth:`to_dict` output; metrics are recomputed from the matrix.
+
+        Raises:
+            StateError: not a quantcl result, another format version, or malformed fields.
+        """
+        if not isinstance(data, Mapping) or data.get("format") != FORMAT:
+            raise StateError(f"not a quantcl result (expected 'format': {FORMAT!r})")
         if data.get("format_version") != FORMAT_VERSION:
             raise StateError(
                 f"result format version {data.get('format_version')!r} is not supported "
                 f"(this quantcl reads version {FORMAT_VERSION})"
             )
+        expected = {"task_names": list, "accuracy_matrix": list, "stage_records": list,
+                    "eval_details": dict, "config": dict}
+        for key, kind in expected.items():
+            if not isinstance(data.get(key), kind):
+                raise StateError(f"corrupt quantcl result: {key!r} must be a JSON {kind.__name__}, "
+                                 f"got {type(data.get(key)).__name__}")
         try:
-            matrix = np.array([[math.nan if v is None else v for v in row] for row in data["accuracy_matrix"]],
-                              dtype=float)
-            return cls(matrix, data["task_names"], data.get("stage_records", []),
-                       data.get("eval_details", {}), data.get("config", {}))
-        except (KeyError, TypeError, ValueError) as err:
+            matrix = np.array(
+                [[math.nan if v is None else v for v in row] for row in data["accuracy_matrix"]], dtype=float
+            )
+            return cls(matrix, data["task_names"], list(data["stage_records"]),
+                       dict(data["eval_details"]), dict(data["config"]))
+        except (TypeError, ValueError) as err:  # ConfigError is a ValueError
             raise StateError(f"corrupt quantcl result: {err}") from err
 
     def save(self, path: str | Path) -> Path:
-        """Write ``result.json`` into directory ``path`` (atomically); returns the file."""
+        """Write ``result.json`` into directory ``path`` atomically (or to ``path`` if it ends in .json).
+
+        Returns:
+            The path of the written file.
+        """
         path = Path(path)
-        target = path if path.suffix == ".json" else path / "result.json"
+        target = path if path.suffix == ".json" else path / RESULT_FILE
         atomic_write_json(target, self.to_dict())
         return target
 
     @classmethod
     def load(cls, path: str | Path) -> ContinualResult:
-        """Read a result saved by :meth:`save` (a directory or the JSON file)."""
+        """Read a result written by :meth:`save`, from its directory or the JSON file itself.
+
+        Raises:
+            StateError: the file is missing, truncated, tampered with, or not a quantcl result.
+        """
         path = Path(path)
-        target = path / "result.json" if path.is_dir() else path
+        target = path / RESULT_FILE if path.is_dir() else path
         if not target.is_file():
-            raise StateError(f"no quantcl result at {target}")
+            raise StateError(f"no quantcl result at {target} (expected a run directory or its {RESULT_FILE})")
         try:
-            data = read_json(target)
-        except ValueError as err:
+            data = json.loads(target.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError) as err:
             raise StateError(f"{target} is not valid JSON (truncated or edited?): {err}") from err
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except StateError as err:
+            raise StateError(f"{target}: {err}") from err
 
     # ------------------------------------------------------------------ views
-    def to_markdown(self) -> str:
-        """The accuracy matrix and the metrics as Markdown tables."""
-        matrix = _markdown_table(
-            ["", *self.task_names],
-            [[label, *row] for label, row in zip(self.row_labels, self.accuracy_matrix.tolist())],
-        )
+    def to_markdown(self, digits: int = 3) -> str:
+        """The accuracy matrix, the summary metrics and the per-task metrics as Markdown tables.
+
+        Unmeasured values print as ``-``.
+
+        Example:
+            >>> print(ContinualResult([[0.3, 0.1], [0.9, 0.2], [0.6, 0.8]], ["nlu", "math"]).to_markdown())
+            ... # doctest: +ELLIPSIS
+            | stage | nlu | math |
+            |---|---|---|
+            | before | 0.300 | 0.100 |
+            | after nlu | 0.900 | 0.200 |
+            | after math | 0.600 | 0.800 |
+            ...
+        """
+        R = self.accuracy_matrix.tolist()
         m = self.metrics
-        metrics = _markdown_table([*_SUMMARY_KEYS], [[m[k] for k in _SUMMARY_KEYS]])
-        return f"{matrix}\n\n{metrics}"
+        matrix = _markdown_table(["stage", *self.task_names],
+                                 [[label, *row] for label, row in zip(self.row_labels, R)], digits)
+        summary = _markdown_table(list(SUMMARY_KEYS), [[m[k] for k in SUMMARY_KEYS]], digits)
+        per_task = _markdown_table(
+            ["task", *_PER_TASK_KEYS],
+            [[t, *(m[f"{k}_per_task"].get(t) for k in _PER_TASK_KEYS)] for t in self.task_names],
+            digits,
+        )
+        return f"{matrix}\n\n{summary}\n\n{per_task}"
 
     def summary_row(self) -> dict[str, Any]:
-        """Flat key metrics, for tables that compare runs."""
+        """A flat dict of key metrics and final scores, for tables that compare runs.
+
+        Keys: the summary metrics, ``final <task>`` per task, and ``train_seconds`` (the sum over
+        stage records) when the records carry it.
+
+        Example:
+            >>> r = ContinualResult([[0.3, 0.1], [0.9, 0.2], [0.6, 0.8]], ["nlu", "math"])
+            >>> r.summary_row()["final math"]
+            0.8
+        """
         m = self.metrics
-        row: dict[str, Any] = {k: m[k] for k in _SUMMARY_KEYS}
+        row: dict[str, Any] = {k: m[k] for k in SUMMARY_KEYS}
         for name, value in zip(self.task_names, self.accuracy_matrix[-1].tolist()):
             row[f"final {name}"] = value
+        seconds = [s["train_seconds"] for s in self.stage_records
+                   if isinstance(s, Mapping) and isinstance(s.get("train_seconds"), (int, float))]
+        if seconds:
+            row["train_seconds"] = float(sum(seconds))
         return row
 
-    def to_pandas(self):
-        """The accuracy matrix as a ``pandas.DataFrame`` (rows "before", "after <task>")."""
-        pd = _optional("pandas", "pandas")
-        return pd.DataFrame(self.accuracy_matrix, index=self.row_labels, columns=self.task_names)
+    def to_pandas(self) -> pd.DataFrame:
+        """The accuracy matrix as a DataFrame: rows "before", "after <task>"; columns task names.
 
-    def metrics_frame(self):
-        """Per-task metrics as a ``pandas.DataFrame``."""
-        pd = _optional("pandas", "pandas")
+        Raises:
+            ConfigError: pandas is not installed (``pip install 'quantcl[pandas]'``).
+        """
+        pandas = require_extra("pandas", "pandas")
+        frame = pandas.DataFrame(self.accuracy_matrix.copy(), index=self.row_labels, columns=self.task_names)
+        frame.index.name, frame.columns.name = "stage", "task"
+        return frame
+
+    def metrics_frame(self) -> pd.DataFrame:
+        """Per-task plasticity, retention and forgetting as a DataFrame indexed by task name.
+
+        Forgetting is ``nan`` for the last task (it has not been followed by another stage).
+        """
+        pandas = require_extra("pandas", "pandas")
         m = self.metrics
-        return pd.DataFrame({
-            "plasticity": m["plasticity_per_task"],
-            "retention": m["retention_per_task"],
-            "forgetting": m["forgetting_per_task"],
-        }).reindex(self.task_names)
+        frame = pandas.DataFrame(
+            {k: [m[f"{k}_per_task"].get(t, math.nan) for t in self.task_names] for k in _PER_TASK_KEYS},
+            index=pandas.Index(self.task_names, name="task"),
+        )
+        return frame
 
     def plot(self, path: str | Path) -> Path:
-        """Write a PNG: accuracy-matrix heatmap and per-task curves across stages."""
-        _optional("matplotlib", "plot")
-        import matplotlib
+        """Write a PNG (1000 x 380 px): annotated accuracy-matrix heatmap + per-task curves.
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        Uses matplotlib's Agg canvas without touching the global pyplot backend.
 
-        R = self.accuracy_matrix
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-        ax1.imshow(R, vmin=0, vmax=1, cmap="viridis")
-        ax1.set_xticks(range(R.shape[1]), self.task_names)
-        ax1.set_yticks(range(R.shape[0]), self.row_labels)
-        ax1.set_title("accuracy matrix")
-        for i in range(R.shape[0]):
-            for j in range(R.shape[1]):
-                if not math.isnan(R[i, j]):
-                    ax1.text(j, i, f"{R[i, j]:.2f}", ha="center", va="center", fontsize=8,
-                             color="white" if R[i, j] < 0.5 else "black")
-        for j, name in enumerate(self.task_names):
-            ax2.plot(range(R.shape[0]), R[:, j], marker="o", label=name)
-        ax2.set_xticks(range(R.shape[0]), self.row_labels, rotation=30, ha="right")
-        ax2.set_ylim(-0.02, 1.02)
-        ax2.set_ylabel("score")
-        ax2.set_title("per-task score across stages")
-        ax2.legend()
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return path
+        Returns:
+            ``path``.
+
+        Raises:
+            ConfigError: matplotlib is not installed (``pip install 'quantcl[plot]'``).
+        """
+        return plot_result(self, path)
 
 
-def compare_markdown(results: dict[str, ContinualResult]) -> str:
-    """Several runs' key metrics side by side, one row per run."""
+def compare_markdown(results: Mapping[str, ContinualResult], digits: int = 3) -> str:
+    """Several runs' :meth:`~ContinualResult.summary_row` side by side, one row per run.
+
+    Columns are ``run`` then the union of the rows' keys in first-seen order; a run without a
+    column (e.g. other task names) shows ``-``.
+
+    Example:
+        >>> a = ContinualResult([[0.3, 0.1], [0.9, 0.2], [0.6, 0.8]], ["nlu", "math"])
+        >>> compare_markdown({"fp16": a}).splitlines()[0]
+        '| run | average_accuracy | bwt | fwt | forgetting | retention | plasticity | final nlu | final math |'
+    """
     if not results:
         return ""
     rows = {name: r.summary_row() for name, r in results.items()}
     keys: list[str] = []
     for row in rows.values():
         keys += [k for k in row if k not in keys]
-    return _markdown_table(["run", *keys], [[name, *(row.get(k) for k in keys)] for name, row in rows.items()])
+    table = [[name, *(row.get(k) for k in keys)] for name, row in rows.items()]
+    return _markdown_table(["run", *keys], table, digits)
 
 
-def _optional(module: str, extra: str):
-    import importlib
+def _fmt(value: Any, digits: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value).replace("|", "\\|")
 
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise ConfigError(f"{module} is needed for this; pip install 'quantcl[{extra}]'") from err
+
+def _markdown_table(header: Sequence[Any], rows: Sequence[Sequence[Any]], digits: int) -> str:
+    lines = ["| " + " | ".join(_fmt(h, digits) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v, digits) for v in row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -307,6 +307,7 @@ class ContinualTrainer:
         args = self.args.for_stage(stage - 1, task.name)
         for cb in self.stage_callbacks:
             cb.on_stage_begin(self, stage, task)
+        start = time.perf_counter()
         rows = task.training_rows(self.tokenizer)
         mixed = self.replay.mix(rows, task_name=task.name) if self.replay is not None else rows
         n_replay = len(mixed) - len(rows)
@@ -326,6 +327,7 @@ class ContinualTrainer:
             processing_class=self.tokenizer,
             callbacks=list(self.hf_callbacks),
         )
+        prepare_seconds = time.perf_counter() - start
         start = time.perf_counter()
         output = hf_trainer.train(resume_from_checkpoint=_last_checkpoint(ckpt_root))
         train_seconds = time.perf_counter() - start
@@ -333,6 +335,7 @@ class ContinualTrainer:
         start = time.perf_counter()
         self._evaluate_all(stage, matrix, details)
         eval_seconds = time.perf_counter() - start
+        start = time.perf_counter()
         if self.replay is not None:
             from quantcl.scoring import ModelScorer
 
@@ -340,14 +343,17 @@ class ContinualTrainer:
                                  batch_size=args.eval_batch_size)
             self.replay.add_task(task.name, rows, model=scorer)
         self._save_stage(stage)
+        save_seconds = time.perf_counter() - start
         scores = {t.name: float(matrix[stage, j]) for j, t in enumerate(self.tasks)}
         for cb in self.stage_callbacks:
             cb.on_stage_end(self, stage, task, scores)
         return {
             "stage": stage,
             "task": task.name,
+            "prepare_seconds": prepare_seconds,
             "train_seconds": train_seconds,
             "eval_seconds": eval_seconds,
+            "save_seconds": save_seconds,
             "train_loss": float(output.training_loss),
             "steps": int(output.global_step),
             "n_train_rows": len(rows),

@@ -1,0 +1,73 @@
+"""Preparing a (possibly quantized) base model for LoRA, and checking LoRA targets up front."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from quantcl.errors import ConfigError
+from quantcl.precision.bnb import disable_cpu_inference_repack
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = ["prepare_base_for_lora", "check_target_modules", "lora_candidate_names"]
+
+
+def _lora_layer_types() -> tuple[type, ...]:
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    # bitsandbytes' Linear8bitLt / Linear4bit subclass nn.Linear.
+    return (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, Conv1D)
+
+
+def lora_candidate_names(model: torch.nn.Module) -> list[str]:
+    """Sorted short names (``q_proj``, ``lm_head``...) of the modules LoRA can wrap."""
+    types = _lora_layer_types()
+    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if name and isinstance(m, types)})
+
+
+def check_target_modules(model: torch.nn.Module, target_modules: Any) -> None:
+    """Raise :class:`ConfigError` if a LoRA target matches no module of ``model``.
+
+    Uses peft's matching rules: a string is a regex matched against full module names (except
+    ``"all-linear"``); a list entry matches a module whose name equals it or ends with ``.entry``.
+    ``None`` (peft picks per-architecture defaults) is accepted as is.
+    """
+    if target_modules is None or target_modules == "all-linear":
+        return
+    names = [name for name, _ in model.named_modules() if name]
+    if isinstance(target_modules, str):
+        if not any(re.fullmatch(target_modules, name) for name in names):
+            raise ConfigError(
+                f"LoRA target_modules regex {target_modules!r} matches no module of the model; "
+                f"candidates: {lora_candidate_names(model)} (or 'all-linear')"
+            )
+        return
+    missing = [
+        t for t in target_modules if not any(name == t or name.endswith("." + t) for name in names)
+    ]
+    if missing:
+        raise ConfigError(
+            f"LoRA target module(s) {sorted(missing)} not found in the model; "
+            f"candidates: {lora_candidate_names(model)} (or 'all-linear')"
+        )
+
+
+def prepare_base_for_lora(model: torch.nn.Module) -> torch.nn.Module:
+    """Freeze the base, apply the 4-bit CPU fix, make checkpointed training see gradients.
+
+    Unlike ``peft.prepare_model_for_kbit_training`` this does not upcast every non-quantized
+    weight to fp32 nor force gradient checkpointing on: the embeddings and norms stay in the
+    preset's dtype, so the footprint is what the preset promises (bf16 compute is stable without
+    the upcast; the LoRA weights themselves are fp32).
+    """
+    for param in model.parameters():
+        param.requires_grad_(False)
+    disable_cpu_inference_repack(model)
+    # With gradient checkpointing (reentrant or not, enabled now or later by a Trainer) the
+    # checkpointed blocks need an input that requires grad, or the adapters get no gradient.
+    if hasattr(model, "enable_input_require_grads") and not getattr(model, "_require_grads_hooks", None):
+        model.enable_input_require_grads()
+    return model

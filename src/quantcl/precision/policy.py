@@ -1,0 +1,350 @@
+"""PrecisionPolicy: which precision a base model is loaded at, and how LoRA is put on top.
+
+Presets: ``fp32``, ``bf16``, ``fp16`` (plain float weights) and ``int8`` (LLM.int8,
+``bitsandbytes.nn.Linear8bitLt``), ``nf4`` / ``fp4`` (``bitsandbytes.nn.Linear4bit``), all
+through ``transformers.BitsAndBytesConfig`` on every device bitsandbytes supports (CUDA and CPU
+included). A policy is a small frozen value that round-trips through JSON.
+
+Training: a plain ``transformers.Trainer`` (``TrainingArguments(use_cpu=True,
+report_to="none")``) trains the ``PeftModel`` returned by :meth:`PrecisionPolicy.attach_lora`
+on CPU for every preset; ``tests/precision`` checks it for ``bf16`` and ``nf4`` and a manual loop
+for every preset. No preset needs extra ``TrainingArguments`` flags
+(:meth:`PrecisionPolicy.training_arguments` returns ``{}``): the base weights are frozen in the
+preset's dtype and the LoRA weights are fp32, so no ``fp16=True``/``bf16=True`` amp is required.
+
+Example:
+    >>> from peft import LoraConfig
+    >>> policy = PrecisionPolicy("nf4")
+    >>> model, tok = policy.load_model("HuggingFaceTB/SmolLM2-135M-Instruct")  # doctest: +SKIP
+    >>> model = policy.attach_lora(model, LoraConfig(r=8, target_modules="all-linear"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from quantcl.errors import ConfigError, StateError, UnknownNameError
+from quantcl.precision import bnb as _bnb
+from quantcl.precision._device import cpu_has_native_bf16, ensure_pad_token, target_devices
+from quantcl.precision._lora import check_target_modules, prepare_base_for_lora
+from quantcl.precision.gguf import gguf_to_checkpoint, is_gguf_source
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from peft import PeftConfig, PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = ["PrecisionPolicy", "SlowOnCPUWarning", "FP16OnCPUWarning", "PRESETS"]
+
+
+class SlowOnCPUWarning(UserWarning):
+    """The chosen compute dtype has no fast matmul on this CPU (it works, tens of times slower)."""
+
+
+class FP16OnCPUWarning(SlowOnCPUWarning):
+    """fp16 was chosen for a CPU: it works, but fp16 matmuls there are ~50x slower than bf16."""
+
+
+@dataclass(frozen=True)
+class _Preset:
+    kind: str  # "float" | "bnb" (a "ternary" kind can join later)
+    compute_dtype: str  # default dtype of non-quantized weights / compute
+    bits: int
+    quant_type: str | None = None  # bnb 4-bit quant type
+
+
+PRESETS: dict[str, _Preset] = {
+    "fp32": _Preset("float", "fp32", 32),
+    "bf16": _Preset("float", "bf16", 16),
+    "fp16": _Preset("float", "fp16", 16),
+    "int8": _Preset("bnb", "bf16", 8),
+    "nf4": _Preset("bnb", "bf16", 4, "nf4"),
+    "fp4": _Preset("bnb", "bf16", 4, "fp4"),
+}
+_DTYPE_NAMES = {
+    "fp32": "fp32", "float32": "fp32", "float": "fp32",
+    "bf16": "bf16", "bfloat16": "bf16",
+    "fp16": "fp16", "float16": "fp16", "half": "fp16",
+}
+_TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+_TOKENIZER_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "subfolder")
+
+
+def _dtype_name(value: Any) -> str:
+    text = str(value).removeprefix("torch.").lower()
+    if text not in _DTYPE_NAMES:
+        raise ConfigError(f"unknown compute_dtype {value!r}; valid: fp32, bf16, fp16")
+    return _DTYPE_NAMES[text]
+
+
+@dataclass(frozen=True)
+class PrecisionPolicy:
+    """The weight precision of a base model, and the LoRA preparation that goes with it.
+
+    Args:
+        name: a preset: ``fp32``, ``bf16``, ``fp16``, ``int8``, ``nf4`` or ``fp4``.
+        compute_dtype: dtype of non-quantized weights and of 4-bit compute (``fp32``, ``bf16``,
+            ``fp16``); default: the preset's own (``bf16`` for the quantized presets). A float
+            preset only accepts its own dtype.
+        double_quant: 4-bit only: quantize the quantization constants too (QLoRA's trick).
+        skip_modules: modules kept in full (compute) precision by the 4/8-bit presets.
+        int8_threshold: ``int8`` only: the LLM.int8 outlier threshold (``llm_int8_threshold``).
+
+    Example:
+        >>> p = PrecisionPolicy("nf4", double_quant=False)
+        >>> p.is_quantized, p.compute_dtype
+        (True, 'bf16')
+        >>> PrecisionPolicy.from_dict(p.to_dict()) == p
+        True
+    """
+
+    name: str
+    compute_dtype: str | None = None
+    double_quant: bool = True
+    skip_modules: tuple[str, ...] = ("lm_head",)
+    int8_threshold: float = 6.0
+
+    def __post_init__(self) -> None:
+        name = str(self.name).lower()
+        if name not in PRESETS:
+            raise UnknownNameError(f"unknown precision {self.name!r}; valid: {', '.join(PRESETS)}")
+        preset = PRESETS[name]
+        dtype = preset.compute_dtype if self.compute_dtype is None else _dtype_name(self.compute_dtype)
+        if preset.kind == "float" and dtype != preset.compute_dtype:
+            raise ConfigError(
+                f"precision {name!r} computes in {preset.compute_dtype}; got compute_dtype={dtype!r} "
+                f"(choose the {dtype!r} preset instead)"
+            )
+        if isinstance(self.skip_modules, str):
+            raise ConfigError(f"skip_modules must be a list of module names, got the string {self.skip_modules!r}")
+        if not self.int8_threshold > 0:
+            raise ConfigError(f"int8_threshold must be > 0, got {self.int8_threshold!r}")
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "compute_dtype", dtype)
+        object.__setattr__(self, "double_quant", bool(self.double_quant))
+        object.__setattr__(self, "skip_modules", tuple(str(m) for m in self.skip_modules))
+        object.__setattr__(self, "int8_threshold", float(self.int8_threshold))
+
+    # ------------------------------------------------------------------ description
+    @staticmethod
+    def presets() -> list[str]:
+        """The preset names, in order of decreasing precision."""
+        return list(PRESETS)
+
+    @property
+    def is_quantized(self) -> bool:
+        """True for the bitsandbytes presets (``int8``, ``nf4``, ``fp4``)."""
+        return PRESETS[self.name].kind == "bnb"
+
+    @property
+    def bits(self) -> int:
+        """Bits per weight of the quantized (or float) linear layers."""
+        return PRESETS[self.name].bits
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """The ``torch.dtype`` of non-quantized weights and compute."""
+        import torch
+
+        return getattr(torch, _TORCH_DTYPES[self.compute_dtype or "fp32"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict; ``PrecisionPolicy.from_dict(p.to_dict()) == p``."""
+        data = dataclasses.asdict(self)
+        data["skip_modules"] = list(self.skip_modules)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PrecisionPolicy:
+        """Build from :meth:`to_dict` output (or a config mapping with a ``name`` key)."""
+        fields = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ConfigError(f"unknown PrecisionPolicy option(s) {unknown}; valid: {fields}")
+        if "name" not in data:
+            raise ConfigError(f"a PrecisionPolicy dict needs 'name' (one of {', '.join(PRESETS)})")
+        return cls(**data)
+
+    def training_arguments(self) -> dict[str, Any]:
+        """``TrainingArguments`` flags this precision needs (none today; see the module doc)."""
+        return {}
+
+    def bnb_config(self) -> Any:
+        """The ``transformers.BitsAndBytesConfig`` of a quantized preset, ``None`` for floats."""
+        if not self.is_quantized:
+            return None
+        preset = PRESETS[self.name]
+        return _bnb.make_bnb_config(
+            preset.bits,
+            quant_type=preset.quant_type or "nf4",
+            compute_dtype=self.torch_dtype,
+            double_quant=self.double_quant,
+            skip_modules=self.skip_modules,
+            int8_threshold=self.int8_threshold,
+        )
+
+    # ------------------------------------------------------------------ loading
+    def check_device(self, device_map: Any = None) -> None:
+        """Fail (or warn) early about this precision on the device(s) ``device_map`` targets.
+
+        Raises:
+            UnsupportedDeviceError: a 4/8-bit preset on a device bitsandbytes does not support.
+
+        Warns:
+            FP16OnCPUWarning: ``fp16`` compute on CPU.
+            SlowOnCPUWarning: ``bf16`` compute on a CPU without native bf16 (no AVX512-BF16/AMX).
+        """
+        devices = target_devices(device_map)
+        if self.is_quantized:
+            _bnb.check_device_supported(devices, self.name)
+        if self.compute_dtype == "fp16" and "cpu" in devices:
+            warnings.warn(
+                f"precision {self.name!r} on CPU: fp16 matmuls there are tens of times slower "
+                "than bf16 (~50x measured); use 'bf16' on CPU",
+                FP16OnCPUWarning,
+                stacklevel=3,
+            )
+        if self.compute_dtype == "bf16" and "cpu" in devices and not cpu_has_native_bf16():
+            hint = (f"PrecisionPolicy({self.name!r}, compute_dtype='fp32')" if self.is_quantized
+                    else "the 'fp32' preset")
+            warnings.warn(
+                f"precision {self.name!r} computes in bf16, but this CPU has no native bf16 "
+                f"(AVX512-BF16/AMX): bf16 matmuls are emulated, tens of times slower than fp32; use {hint}",
+                SlowOnCPUWarning,
+                stacklevel=3,
+            )
+
+    def load_model(
+        self, source: str | os.PathLike[str], **kwargs: Any
+    ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        """Load a causal LM and its tokenizer at this precision.
+
+        Args:
+            source: a Hub id, a local checkpoint directory, or a local ``.gguf`` file (converted
+                once to a cached fp32 checkpoint, see :mod:`quantcl.precision.gguf`).
+            **kwargs: passed to ``AutoModelForCausalLM.from_pretrained`` (``device_map``,
+                ``revision``, ``trust_remote_code`` (default ``False``) ...). ``dtype`` and
+                ``quantization_config`` come from the policy.
+
+        Returns:
+            ``(model, tokenizer)``; the tokenizer always has a pad token (``unk`` or ``eos``
+            reused when it had none, so the embeddings are not resized).
+
+        Example:
+            >>> model, tok = PrecisionPolicy("int8").load_model("path/to/model")  # doctest: +SKIP
+        """
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        for key in ("dtype", "torch_dtype"):
+            if key in kwargs and kwargs[key] not in (None, "auto") and _dtype_name(kwargs[key]) != self.compute_dtype:
+                raise ConfigError(
+                    f"{key}={kwargs[key]!r} conflicts with precision {self.name!r} "
+                    f"(compute_dtype={self.compute_dtype!r}); set compute_dtype on the policy instead"
+                )
+            kwargs.pop(key, None)
+        if "quantization_config" in kwargs:
+            raise ConfigError("quantization_config comes from the policy; pass PrecisionPolicy options instead")
+        self.check_device(kwargs.get("device_map"))
+        path = os.fspath(source)
+        if is_gguf_source(path):
+            path = str(gguf_to_checkpoint(path))
+        trust = bool(kwargs.pop("trust_remote_code", False))
+        if self.is_quantized:
+            kwargs["quantization_config"] = self.bnb_config()
+            if self.bits == 8:
+                _bnb.log_int8_cast_once()
+        tok_kwargs = {k: kwargs[k] for k in _TOKENIZER_KWARGS if k in kwargs}
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust, **tok_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=self.torch_dtype, trust_remote_code=trust, **kwargs
+        )
+        ensure_pad_token(model, tokenizer)
+        _bnb.disable_cpu_inference_repack(model)  # models are often evaluated before LoRA
+        return model, tokenizer
+
+    # ------------------------------------------------------------------ LoRA
+    def attach_lora(self, model: PreTrainedModel, lora_config: PeftConfig) -> PeftModel:
+        """Freeze the base, prepare it for k-bit training, and wrap it with new LoRA adapters.
+
+        The order: check the targets exist, freeze every base weight, apply the 4-bit CPU fix,
+        enable input gradients (so gradient checkpointing works), then ``get_peft_model``.
+
+        Raises:
+            ConfigError: a target module is not in the model (the message lists candidates),
+                or the model was not loaded at this policy's (quantized) precision.
+            StateError: the model already carries peft adapters.
+
+        Example:
+            >>> from peft import LoraConfig
+            >>> lora = policy.attach_lora(model, LoraConfig(r=8, target_modules=["q_proj"]))  # doctest: +SKIP
+        """
+        from peft import get_peft_model
+
+        self._check_base(model)
+        check_target_modules(model, getattr(lora_config, "target_modules", None))
+        prepare_base_for_lora(model)
+        return get_peft_model(model, lora_config)
+
+    def load_adapter(
+        self, model: PreTrainedModel, adapter_dir: str | os.PathLike[str], *, is_trainable: bool = True
+    ) -> PeftModel:
+        """Load a saved peft adapter onto a base loaded by this policy (same preparation as
+        :meth:`attach_lora`), e.g. to resume training.
+
+        Raises:
+            StateError: ``adapter_dir`` holds no ``adapter_config.json``, or the model already
+                carries adapters.
+
+        Example:
+            >>> model = policy.load_adapter(base, "runs/x/stage-1/adapter")  # doctest: +SKIP
+        """
+        from peft import PeftModel
+
+        adapter_dir = Path(adapter_dir)
+        if not (adapter_dir / "adapter_config.json").is_file():
+            raise StateError(f"no peft adapter in {str(adapter_dir)!r} (adapter_config.json is missing)")
+        self._check_base(model)
+        prepare_base_for_lora(model)
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)
+
+    def _check_base(self, model: Any) -> None:
+        from peft import PeftModel
+
+        if isinstance(model, PeftModel):
+            raise StateError("the model already carries peft adapters; pass the base model")
+        if self.is_quantized:
+            qtypes = _bnb.quantized_linear_types()
+            if not any(isinstance(m, qtypes) for m in model.modules()):
+                raise ConfigError(
+                    f"precision {self.name!r} expects a model with bitsandbytes layers; "
+                    "load it with this policy's load_model"
+                )
+
+    # ------------------------------------------------------------------ memory
+    def memory_footprint(self, model: torch.nn.Module) -> int:
+        """Bytes of the model's parameters and buffers (LoRA weights included, if any).
+
+        Counted like ``PreTrainedModel.get_memory_footprint()``: quantized weights at their
+        stored size (int8 / packed uint8); bitsandbytes' per-block scales kept outside the
+        parameters (``SCB``, ``quant_state``) are not counted, as there.
+        """
+        return sum(self.memory_breakdown(model).values())
+
+    def memory_breakdown(self, model: torch.nn.Module) -> dict[str, int]:
+        """Bytes of parameters and buffers per owning module class (e.g. ``Linear4bit``),
+        largest first; shared (tied) tensors are counted once."""
+        totals: dict[str, int] = {}
+        seen: set[int] = set()
+        for module in model.modules():
+            for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+                if id(tensor) in seen:
+                    continue
+                seen.add(id(tensor))
+                kind = type(module).__name__
+                totals[kind] = totals.get(kind, 0) + tensor.nelement() * tensor.element_size()
+        return dict(sorted(totals.items(), key=lambda kv: -kv[1]))

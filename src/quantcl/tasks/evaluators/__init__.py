@@ -1,0 +1,38 @@
+"""Evaluators: score a model on a task's evaluation rows (reached as ``quantcl.evaluators``).
+
+===================  =======================================================  ===============
+evaluator            what it measures                                          headline score
+===================  =======================================================  ===============
+``MultipleChoice``   option preferred by log-likelihood (or generate + regex)  ``acc``/``acc_norm``
+``NumericMatch``     number in a greedy generation equals the gold number      ``acc``
+``CodeExecution``    generated code passes its tests in the sandbox            ``pass@k``
+===================  =======================================================  ===============
+
+Example:
+    >>> import quantcl as qcl
+    >>> qcl.evaluators.MultipleChoice()(model, tokenizer, dataset)  # doctest: +SKIP
+    0.5
+"""
+
+from __future__ import annotations
+
+from quantcl.tasks.evaluators.base import EvalResult, Evaluator
+from quantcl.tasks.evaluators.code import ALLOW_CODE_ENV, DEFAULT_CODE_STOP, CodeExecution, pass_at_k
+from quantcl.tasks.evaluators.multiple_choice import DEFAULT_CHOICE_PATTERN, MultipleChoice, extract_choice
+from quantcl.tasks.evaluators.numeric import DEFAULT_NUMERIC_STOP, NumericMatch, extract_number, numbers_match
+
+__all__ = [
+    "EvalResult",
+    "Evaluator",
+    "MultipleChoice",
+    "NumericMatch",
+    "CodeExecution",
+    "pass_at_k",
+    "extract_number",
+    "numbers_match",
+    "extract_choice",
+    "DEFAULT_CHOICE_PATTERN",
+    "DEFAULT_NUMERIC_STOP",
+    "DEFAULT_CODE_STOP",
+    "ALLOW_CODE_ENV",
+]

@@ -1,0 +1,187 @@
+"""HumanEval-style functional correctness: generate completions, run them with their tests in
+the sandbox, report pass@k."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from quantcl.errors import ConfigError, UnsafeCodeError
+from quantcl.tasks.evaluators._batching import generate_texts
+from quantcl.tasks.evaluators.base import EvalResult, Evaluator, column, inference_mode, positive_int
+
+__all__ = ["CodeExecution", "pass_at_k", "DEFAULT_CODE_STOP", "ALLOW_CODE_ENV"]
+
+# Codex paper (Chen et al. 2021): a function body ends where top-level code starts.
+DEFAULT_CODE_STOP = ("\ndef", "\nclass", "\nif __name__", "\nprint", "\n#")
+ALLOW_CODE_ENV = "QUANTCL_ALLOW_CODE_EXECUTION"
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``n`` samples of which ``c`` passed (Chen et al. 2021).
+
+    ``1 - C(n - c, k) / C(n, k)``, computed as ``1 - prod_{i=n-c+1}^{n} (1 - k / i)`` so that
+    no huge binomial coefficient is formed.
+
+    Example:
+        >>> round(pass_at_k(5, 2, 2), 4)
+        0.7
+    """
+    if not (isinstance(n, int) and isinstance(c, int) and isinstance(k, int)) or not 0 <= c <= n or k < 1:
+        raise ConfigError(f"pass_at_k needs ints with 0 <= c <= n and k >= 1, got n={n}, c={c}, k={k}")
+    if k > n:
+        raise ConfigError(f"pass@{k} needs at least {k} samples per problem, got n={n}")
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def _opted_in(flag: bool) -> bool:
+    return flag or os.environ.get(ALLOW_CODE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+class CodeExecution(Evaluator):
+    """pass@k of generated code, each completion run with its tests in the sandbox.
+
+    The program run for a completion is ``prompt + completion + "\\n" + test + "\\n" +
+    f"check({entry_point})"`` (the HumanEval convention); it passes when it exits with status 0
+    within the limits. Running model-generated code is an explicit opt-in: pass
+    ``allow_code_execution=True``, use the CLI flag ``--allow-code-execution`` or set the
+    environment variable ``QUANTCL_ALLOW_CODE_EXECUTION=1``.
+
+    Args:
+        allow_code_execution: the opt-in; without it :meth:`evaluate` raises UnsafeCodeError.
+        n_samples: completions per problem (greedy when 1, else sampled).
+        k: the pass@k values reported; the first is the headline score.
+        temperature: sampling temperature when ``n_samples > 1``.
+        top_p: nucleus sampling when ``n_samples > 1``.
+        max_new_tokens: generation budget per completion.
+        stop: strings that end a completion.
+        timeout: wall-clock seconds per program.
+        memory_mb: address-space limit per program.
+        workers: sandboxes run at once.
+        test_column: column with the test code (defining ``check(candidate)``).
+        entry_point_column: column with the function name passed to ``check``.
+        seed: seeds the sampling.
+        batch_size: prompts per ``generate`` call; ``evaluate(batch_size=...)`` overrides it.
+
+    Example:
+        >>> ev = CodeExecution(allow_code_execution=True, n_samples=5, k=(1, 5))
+        >>> ev.evaluate(model, tokenizer, humaneval_rows).metrics  # doctest: +SKIP
+        {'pass@1': 0.12, 'pass@5': 0.25}
+    """
+
+    required_columns = ("prompt", "test", "entry_point")
+    unsafe = True
+
+    def __init__(
+        self,
+        *,
+        allow_code_execution: bool = False,
+        n_samples: int = 1,
+        k: Sequence[int] = (1,),
+        temperature: float = 0.8,
+        top_p: float = 0.95,
+        max_new_tokens: int = 512,
+        stop: Sequence[str] = DEFAULT_CODE_STOP,
+        timeout: float = 5.0,
+        memory_mb: int = 512,
+        workers: int = 2,
+        test_column: str = "test",
+        entry_point_column: str = "entry_point",
+        seed: int = 0,
+        batch_size: int = 8,
+    ) -> None:
+        for name, value in (("n_samples", n_samples), ("max_new_tokens", max_new_tokens),
+                            ("workers", workers), ("batch_size", batch_size)):
+            positive_int("CodeExecution", name, value)
+        k = tuple(k)
+        if not k or any(isinstance(x, bool) or not isinstance(x, int) or not 1 <= x <= n_samples for x in k):
+            raise ConfigError(f"CodeExecution(k={k!r}): each k must be an int in [1, n_samples={n_samples}]")
+        if n_samples > 1 and not temperature > 0:
+            raise ConfigError(f"CodeExecution: n_samples={n_samples} needs temperature > 0, got {temperature!r}")
+        if not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise ConfigError(f"CodeExecution(timeout=...) must be > 0 seconds, got {timeout!r}")
+        positive_int("CodeExecution", "memory_mb", memory_mb)
+        self.required_columns = ("prompt", test_column, entry_point_column)
+        self.allow_code_execution, self.n_samples, self.k = bool(allow_code_execution), n_samples, k
+        self.temperature, self.top_p, self.max_new_tokens = float(temperature), float(top_p), max_new_tokens
+        self.stop, self.timeout, self.memory_mb, self.workers = tuple(stop), float(timeout), memory_mb, workers
+        self.test_column, self.entry_point_column = test_column, entry_point_column
+        self.seed, self.batch_size = seed, batch_size
+
+    def check_ready(self) -> None:
+        """Raise :class:`~quantcl.errors.UnsafeCodeError` unless running generated code was allowed."""
+        if not _opted_in(self.allow_code_execution):
+            raise UnsafeCodeError(
+                "CodeExecution runs model-generated code (in quantcl's sandbox: separate process, "
+                "time/memory/process limits, no network where the OS allows it). Opt in with "
+                "CodeExecution(allow_code_execution=True), the CLI flag --allow-code-execution, or "
+                f"the environment variable {ALLOW_CODE_ENV}=1."
+            )
+
+    def program(self, prompt: str, completion: str, test: str, entry_point: str) -> str:
+        """The program run for one completion (HumanEval convention)."""
+        return f"{prompt}{completion}\n{test}\n\ncheck({entry_point})\n"
+
+    def evaluate(
+        self, model: Any, tokenizer: Any, dataset: Any, *, batch_size: int | None = None, progress: bool = True
+    ) -> EvalResult:
+        """Generate ``n_samples`` completions per problem, run them, report pass@k."""
+        self.check_ready()
+        self.check(dataset)
+        positive_int("evaluate", "batch_size", batch_size, allow_none=True)
+        sampled = self.n_samples > 1
+        with inference_mode(model):
+            completions = generate_texts(
+                model, tokenizer, [str(p) for p in column(dataset, "prompt")],
+                max_new_tokens=self.max_new_tokens, batch_size=batch_size or self.batch_size,
+                stop=self.stop, num_return_sequences=self.n_samples,
+                temperature=self.temperature if sampled else 0.0, top_p=self.top_p, seed=self.seed,
+                progress=progress, desc="CodeExecution (generate)",
+            )
+        return self.evaluate_completions(dataset, completions, progress=progress)
+
+    def evaluate_completions(
+        self, dataset: Any, completions: Sequence[str | Sequence[str]], *, progress: bool = False
+    ) -> EvalResult:
+        """Run given completions (one string, or a list of samples, per problem) and score them.
+
+        Example:
+            >>> ev = CodeExecution(allow_code_execution=True)
+            >>> ev.evaluate_completions(rows, ["    return a + b\\n"]).score  # doctest: +SKIP
+            1.0
+        """
+        from quantcl.tasks.sandbox import run_many
+
+        self.check_ready()
+        self.check(dataset)
+        samples = [[c] if isinstance(c, str) else list(c) for c in completions]
+        if len(samples) != len(dataset):
+            raise ConfigError(f"evaluate_completions: {len(samples)} completion entries for {len(dataset)} problems")
+        if any(len(s) < max(self.k) for s in samples):
+            raise ConfigError(f"evaluate_completions: pass@{max(self.k)} needs >= {max(self.k)} completions per problem")
+        prompts = [str(p) for p in column(dataset, "prompt")]
+        tests = column(dataset, self.test_column)
+        entries = column(dataset, self.entry_point_column)
+        programs = [self.program(p, c, str(t), str(e)) for p, t, e, s in zip(prompts, tests, entries, samples) for c in s]
+        results = iter(run_many(programs, workers=self.workers, progress=progress,
+                                timeout=self.timeout, memory_mb=self.memory_mb))
+        records, totals = [], {f"pass@{k}": 0.0 for k in self.k}
+        for prompt, s in zip(prompts, samples):
+            runs = [next(results) for _ in s]
+            c = sum(r.passed for r in runs)
+            per_k = {f"pass@{k}": pass_at_k(len(s), c, k) for k in self.k}
+            for name, value in per_k.items():
+                totals[name] += value
+            records.append({
+                "prompt": prompt, "prediction": s[0], "correct": runs[0].passed, "completions": s,
+                "statuses": [r.status for r in runs], "n_correct": c, **per_k,
+                "errors": [r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "" for r in runs],
+            })
+        n = len(records)
+        metrics = {name: total / n for name, total in totals.items()}
+        return EvalResult(metrics[f"pass@{self.k[0]}"], metrics, records, n)

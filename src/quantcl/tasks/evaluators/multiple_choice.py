@@ -1,0 +1,188 @@
+"""Multiple-choice scoring by log-likelihood (lm-evaluation-harness style) or by generation + regex."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from quantcl.errors import ConfigError
+from quantcl.tasks.evaluators._batching import generate_texts, loglikelihoods
+from quantcl.tasks.evaluators.base import EvalResult, Evaluator, column, inference_mode, positive_int
+
+__all__ = ["MultipleChoice", "extract_choice", "DEFAULT_CHOICE_PATTERN"]
+
+# LoRI / LLM-Adapters answer format: "the correct answer is answer3", "... is true", "... is B".
+DEFAULT_CHOICE_PATTERN = r"(?i)the correct answer is\s*:?\s*([A-Za-z_]*\d+|[A-Za-z]+)"
+
+
+def extract_choice(text: str, choices: list[str], pattern: str = DEFAULT_CHOICE_PATTERN) -> int | None:
+    """The option index a generated answer names, or ``None``.
+
+    The first match of ``pattern`` (its first group, if it has one) is read as, in order:
+    the text of an option (case-insensitive, stripped); a label ending in a number, 1-based
+    (``"answer3"``, ``"option2"``, ``"3"`` -> 2, 1, 2); the last word of exactly one option
+    (``"true"`` for ``"the correct answer is true"``); a single letter ``A``.. (-> 0..).
+
+    Example:
+        >>> extract_choice("the correct answer is answer3", ["a", "b", "c"])
+        2
+    """
+    match = re.search(pattern, text)
+    if match is None:
+        return None
+    said = (match.group(1) if match.re.groups else match.group(0)).strip()
+    lowered = [c.strip().lower() for c in choices]
+    if said.lower() in lowered:
+        return lowered.index(said.lower())
+    number = re.search(r"(\d+)$", said)
+    if number:
+        index = int(number.group(1)) - 1
+        return index if 0 <= index < len(choices) else None
+    last_words = [c.split()[-1] if c.split() else "" for c in lowered]
+    if last_words.count(said.lower()) == 1:
+        return last_words.index(said.lower())
+    if len(said) == 1 and said.isalpha():
+        index = ord(said.upper()) - ord("A")
+        return index if index < len(choices) else None
+    return None
+
+
+class MultipleChoice(Evaluator):
+    """Accuracy on multiple-choice items: which option does the model prefer?
+
+    ``mode="loglikelihood"`` (default) scores every option by the log-probability of its text
+    after the prompt, all options of an item in one batched forward pass, and reports ``acc``
+    (highest raw sum of log-probabilities) and ``acc_norm`` (highest log-probability per
+    character of the option) side by side; ``normalization`` picks the headline ``score``.
+    ``mode="generate"`` generates greedily and reads the option from the text with ``pattern``
+    (the LoRI paper's protocol, e.g. ``"the correct answer is answer3"`` -> option 2).
+
+    Args:
+        choices_column: column holding each row's options (list of continuation strings).
+        answer_column: column holding the index of the correct option.
+        normalization: ``"acc"`` or ``"acc_norm"``: which metric is the headline score.
+        mode: ``"loglikelihood"`` or ``"generate"``.
+        pattern: regex for ``mode="generate"`` (see :func:`extract_choice`).
+        max_new_tokens: generation budget for ``mode="generate"``.
+        max_length: tokens per scored sequence (longer contexts lose their start); ``None``
+            uses the model's ``max_position_embeddings``.
+        batch_size: sequences per forward pass (options of one item are never split), or
+            prompts per ``generate`` call; ``evaluate(batch_size=...)`` overrides it.
+
+    Example:
+        >>> ev = MultipleChoice(normalization="acc_norm")
+        >>> result = ev.evaluate(model, tokenizer, dataset)  # doctest: +SKIP
+        >>> result.metrics  # doctest: +SKIP
+        {'acc': 0.62, 'acc_norm': 0.66}
+    """
+
+    required_columns = ("prompt", "choices", "answer")
+
+    def __init__(
+        self,
+        *,
+        choices_column: str = "choices",
+        answer_column: str = "answer",
+        normalization: Literal["acc", "acc_norm"] = "acc",
+        mode: Literal["loglikelihood", "generate"] = "loglikelihood",
+        pattern: str = DEFAULT_CHOICE_PATTERN,
+        max_new_tokens: int = 32,
+        max_length: int | None = None,
+        batch_size: int = 16,
+    ) -> None:
+        if normalization not in ("acc", "acc_norm"):
+            raise ConfigError(f"MultipleChoice(normalization={normalization!r}): valid: 'acc', 'acc_norm'")
+        if mode not in ("loglikelihood", "generate"):
+            raise ConfigError(f"MultipleChoice(mode={mode!r}): valid: 'loglikelihood', 'generate'")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"MultipleChoice(pattern={pattern!r}) is not a valid regex: {exc}") from exc
+        positive_int("MultipleChoice", "max_new_tokens", max_new_tokens)
+        positive_int("MultipleChoice", "max_length", max_length, allow_none=True)
+        positive_int("MultipleChoice", "batch_size", batch_size)
+        self.required_columns = ("prompt", choices_column, answer_column)
+        self.choices_column, self.answer_column = choices_column, answer_column
+        self.normalization, self.mode, self.pattern = normalization, mode, pattern
+        self.max_new_tokens, self.max_length, self.batch_size = max_new_tokens, max_length, batch_size
+
+    def check(self, dataset: Any) -> None:
+        """Columns present; every row has >= 2 string options and an answer index among them."""
+        super().check(dataset)
+        self._items(dataset)
+
+    def _items(self, dataset: Any) -> tuple[list[str], list[list[str]], list[int]]:
+        prompts = [str(p) for p in column(dataset, "prompt")]
+        choices = column(dataset, self.choices_column)
+        answers = column(dataset, self.answer_column)
+        for i, (opts, ans) in enumerate(zip(choices, answers)):
+            if not isinstance(opts, (list, tuple)) or len(opts) < 2 or not all(isinstance(o, str) for o in opts):
+                raise ConfigError(
+                    f"MultipleChoice: row {i}: column {self.choices_column!r} must be a list of >= 2 "
+                    f"strings, got {opts!r}"
+                )
+            if isinstance(ans, bool) or not isinstance(ans, int) or not 0 <= ans < len(opts):
+                raise ConfigError(
+                    f"MultipleChoice: row {i}: column {self.answer_column!r} must be an int in "
+                    f"[0, {len(opts)}), got {ans!r}"
+                )
+        return prompts, [list(o) for o in choices], [int(a) for a in answers]
+
+    def evaluate(
+        self, model: Any, tokenizer: Any, dataset: Any, *, batch_size: int | None = None, progress: bool = True
+    ) -> EvalResult:
+        """Score every item; see the class docstring for the two modes.
+
+        Returns:
+            ``metrics`` has ``acc`` and ``acc_norm`` (log-likelihood mode) or ``acc`` and
+            ``invalid`` (generate mode: share of answers no option could be read from);
+            each record has ``prompt``, ``prediction`` (option text), ``prediction_index``,
+            ``answer``, ``correct`` and, per option, ``loglikelihoods``,
+            ``loglikelihoods_norm`` and ``n_tokens`` (or the raw ``generation``).
+        """
+        self.check(dataset)
+        prompts, choices, answers = self._items(dataset)
+        positive_int("evaluate", "batch_size", batch_size, allow_none=True)
+        size = batch_size or self.batch_size
+        with inference_mode(model):
+            if self.mode == "generate":
+                return self._generate(model, tokenizer, prompts, choices, answers, size, progress)
+            return self._loglikelihood(model, tokenizer, prompts, choices, answers, size, progress)
+
+    def _loglikelihood(self, model, tokenizer, prompts, choices, answers, size, progress) -> EvalResult:
+        max_length = self.max_length or getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        groups = [[(p, c) for c in opts] for p, opts in zip(prompts, choices)]
+        scored = loglikelihoods(model, tokenizer, groups, batch_size=size, max_length=max_length,
+                                progress=progress, desc="MultipleChoice")
+        records, hits = [], {"acc": 0, "acc_norm": 0}
+        for prompt, opts, gold, scores in zip(prompts, choices, answers, scored):
+            raw = [s for s, _ in scores]
+            norm = [s / max(len(o), 1) for (s, _), o in zip(scores, opts)]
+            picks = {"acc": raw.index(max(raw)), "acc_norm": norm.index(max(norm))}
+            for name, pick in picks.items():
+                hits[name] += pick == gold
+            pick = picks[self.normalization]
+            records.append({
+                "prompt": prompt, "prediction": opts[pick], "prediction_index": pick, "answer": gold,
+                "correct": pick == gold, "correct_acc": picks["acc"] == gold,
+                "correct_acc_norm": picks["acc_norm"] == gold, "choices": opts,
+                "loglikelihoods": raw, "loglikelihoods_norm": norm, "n_tokens": [n for _, n in scores],
+            })
+        n = len(records)
+        metrics = {name: hit / n for name, hit in hits.items()}
+        return EvalResult(metrics[self.normalization], metrics, records, n)
+
+    def _generate(self, model, tokenizer, prompts, choices, answers, size, progress) -> EvalResult:
+        texts = generate_texts(model, tokenizer, prompts, max_new_tokens=self.max_new_tokens,
+                               batch_size=size, progress=progress, desc="MultipleChoice (generate)")
+        records, correct, invalid = [], 0, 0
+        for prompt, opts, gold, (text,) in zip(prompts, choices, answers, texts):
+            pick = extract_choice(text, opts, self.pattern)
+            correct += pick == gold
+            invalid += pick is None
+            records.append({
+                "prompt": prompt, "generation": text, "prediction": None if pick is None else opts[pick],
+                "prediction_index": pick, "answer": gold, "correct": pick == gold, "choices": opts,
+            })
+        n = len(records)
+        return EvalResult(correct / n, {"acc": correct / n, "invalid": invalid / n}, records, n)

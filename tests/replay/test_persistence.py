@@ -1,0 +1,144 @@
+"""Tests of ReplayBuffer persistence: determinism, atomic saves, checksums, state checks."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import pytest
+
+from quantcl.errors import StateError
+from quantcl.replay import ReplayBuffer, ReplayStrategy
+from quantcl.replay import _store
+
+
+def make(n: int, prefix: str = "p", **extra) -> datasets.Dataset:
+    d = {"prompt": [f"{prefix}{i}" for i in range(n)], "target": [str(i) for i in range(n)]}
+    d.update(extra)
+    return datasets.Dataset.from_dict(d)
+
+
+
+def test_save_is_byte_identical_for_same_seed(tmp_path):
+    for d in ("x", "y"):
+        b = ReplayBuffer(fraction=0.1, seed=11)
+        b.add_task("a", make(50))
+        b.add_task("b", make(50, "q"))
+        b.save(tmp_path / d)
+    for f in ("manifest.json", "task_0000.parquet", "task_0001.parquet"):
+        assert (tmp_path / "x" / "v1" / f).read_bytes() == (tmp_path / "y" / "v1" / f).read_bytes()
+
+
+def test_load_continues_rng_exactly(tmp_path):
+    a = ReplayBuffer(fraction=0.1, seed=5)
+    a.add_task("a", make(50))
+    a.save(tmp_path)
+    c = ReplayBuffer.load(tmp_path)
+    a.add_task("b", make(50, "q"))
+    c.add_task("b", make(50, "q"))
+    assert a.sample()["prompt"] == c.sample()["prompt"]
+
+
+def test_tampered_file_raises_state_error(tmp_path):
+    b = ReplayBuffer(fraction=0.1)
+    b.add_task("a", make(50))
+    v = b.save(tmp_path)
+    (v / "task_0000.parquet").write_bytes(b"garbage")
+    with pytest.raises(StateError, match="sha256"):
+        ReplayBuffer.load(tmp_path)
+
+
+def test_other_strategy_state_raises_state_error():
+    a = ReplayBuffer(fraction=0.1, strategy="first")
+    a.add_task("a", make(20))
+    with pytest.raises(StateError, match="strategy"):
+        ReplayBuffer(fraction=0.1, strategy="uniform").load_state_dict(a.state_dict())
+
+
+def test_crash_mid_save_keeps_last_good_state(tmp_path, monkeypatch):
+    b = ReplayBuffer(fraction=0.1, seed=1)
+    b.add_task("a", make(50))
+    b.save(tmp_path)
+    before = b.sample()["prompt"]
+    b.add_task("b", make(50, "q"))
+    real, calls = _store._write_file, []
+
+    def boom(path, data):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError("disk died")
+        real(path, data)
+
+    monkeypatch.setattr(_store, "_write_file", boom)
+    with pytest.raises(OSError):
+        b.save(tmp_path)
+    monkeypatch.undo()
+    loaded = ReplayBuffer.load(tmp_path)
+    assert loaded.tasks == ["a"] and loaded.sample()["prompt"] == before
+    assert json.loads((tmp_path / "v1" / "manifest.json").read_text())["format_version"] == 1
+
+
+def test_empty_kept_task_round_trips(tmp_path):
+    b = ReplayBuffer(fraction=0.001, rounding="floor", seed=0)
+    b.add_task("a", make(50))
+    b.save(tmp_path)
+    c = ReplayBuffer.load(tmp_path)
+    c.add_task("b", make(2000, "q"))
+    d = ReplayBuffer(fraction=0.001, rounding="floor", seed=0)
+    d.load_state_dict(c.state_dict())
+    assert d.tasks == ["a", "b"] and d.sample()["prompt"] == c.sample()["prompt"] and len(d) == 2
+
+
+def test_truncated_manifest_raises_state_error(tmp_path):
+    b = ReplayBuffer(fraction=0.1)
+    b.add_task("a", make(50))
+    v = b.save(tmp_path)
+    text = (v / "manifest.json").read_text()
+    (v / "manifest.json").write_text(text[: len(text) // 2])
+    with pytest.raises(StateError, match="truncated"):
+        ReplayBuffer.load(tmp_path)
+
+
+def test_state_of_other_fraction_raises_state_error():
+    a = ReplayBuffer(fraction=0.1)
+    a.add_task("a", make(20))
+    with pytest.raises(StateError, match="fraction"):
+        ReplayBuffer(fraction=0.2).load_state_dict(a.state_dict())
+
+
+def test_load_with_unregistered_strategy_instance(tmp_path):
+    class Evens(ReplayStrategy):
+        def select(self, task, dataset, k, *, rng, model=None):
+            return list(range(0, 2 * k, 2))
+
+    b = ReplayBuffer(fraction=0.2, strategy=Evens())
+    b.add_task("a", make(10))
+    b.save(tmp_path)
+    with pytest.raises(StateError, match="strategy="):
+        ReplayBuffer.load(tmp_path)
+    assert ReplayBuffer.load(tmp_path, strategy=Evens()).sample()["prompt"] == ["p0", "p2"]
+
+
+def test_second_save_switches_pointer_and_keeps_previous(tmp_path):
+    b = ReplayBuffer(fraction=0.1, seed=0)
+    b.add_task("a", make(50))
+    b.save(tmp_path)
+    b.add_task("b", make(50, "q"))
+    v2 = b.save(tmp_path)
+    assert (tmp_path / "CURRENT").read_text() == "v2" and v2.name == "v2" and (tmp_path / "v1").is_dir()
+    assert ReplayBuffer.load(tmp_path).tasks == ["a", "b"]
+
+
+def test_restore_into_buffer_with_unregistered_strategy(tmp_path):
+    class Odds(ReplayStrategy):
+        def select(self, task, dataset, k, *, rng, model=None):
+            return list(range(1, 2 * k, 2))
+
+    b = ReplayBuffer(fraction=0.2, strategy=Odds(), seed=4)
+    b.add_task("a", make(10))
+    b.save(tmp_path)
+    fresh = ReplayBuffer(fraction=0.2, strategy=Odds(), seed=4)
+    fresh.restore(tmp_path)
+    assert fresh.tasks == ["a"] and fresh.sample()["prompt"] == ["p1", "p3"]
+    with pytest.raises(StateError, match="seed"):
+        ReplayBuffer(fraction=0.2, strategy=Odds(), seed=5).restore(tmp_path)

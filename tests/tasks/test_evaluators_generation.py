@@ -1,0 +1,166 @@
+"""Generation-based scoring with a real Llama whose greedy output is set by hand.
+
+``_bigram_model`` turns a tiny LlamaForCausalLM into a character bigram model: every layer's
+output projections are zeroed, so the residual stream is the current token's one-hot embedding,
+and ``lm_head`` holds the next-token logits by hand. Greedy decoding then emits a known string.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoTokenizer, LlamaForCausalLM
+
+from quantcl.errors import ConfigError, UnsafeCodeError
+from quantcl.tasks.evaluators import CodeExecution, MultipleChoice, NumericMatch
+from quantcl.tiny import build_tiny_model
+
+
+@pytest.fixture(scope="module")
+def bigram_dir(tmp_path_factory):
+    # hidden 128 >= vocab (~104) so every token gets its own one-hot direction
+    return build_tiny_model(tmp_path_factory.mktemp("bigram") / "model", hidden_size=128, num_layers=1)
+
+
+def _bigram_model(path, tokenizer, logits: dict[str, dict[str, float]]):
+    """``logits[a][b]``: the logit of ``b`` after ``a`` (others 0). ``"</s>"`` is EOS."""
+    model = LlamaForCausalLM.from_pretrained(path)
+    hidden = model.config.hidden_size
+    vocab = model.config.vocab_size
+    assert vocab <= hidden
+    with torch.no_grad():
+        model.model.embed_tokens.weight.copy_(torch.eye(vocab, hidden))
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.norm.weight.fill_(1.0)
+        head = torch.zeros(vocab, hidden)
+        for a, nexts in logits.items():
+            for b, value in nexts.items():
+                # RMSNorm scales a one-hot vector to sqrt(hidden)
+                head[tokenizer.convert_tokens_to_ids(b), tokenizer.convert_tokens_to_ids(a)] = value / math.sqrt(hidden)
+        model.lm_head.weight.copy_(head)
+    return model.eval()
+
+
+def _emitting(path, tokenizer, after: str, text: str, strength: float = 20.0):
+    """A model that, after the character ``after``, greedily emits ``text`` then EOS."""
+    chain = [after, *text, "</s>"]
+    table: dict[str, dict[str, float]] = {}
+    for a, b in zip(chain, chain[1:]):
+        assert a not in table, f"{a!r} would need two successors"
+        table[a] = {b: strength}
+    return _bigram_model(path, tokenizer, table)
+
+
+@pytest.fixture(scope="module")
+def tok(bigram_dir):
+    return AutoTokenizer.from_pretrained(bigram_dir)
+
+
+def test_bigram_model_emits_the_forced_text(bigram_dir, tok):
+    model = _emitting(bigram_dir, tok, "?", "x=-17.5;")
+    ids = tok("What?", return_tensors="pt").input_ids
+    out = model.generate(ids, max_new_tokens=20, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True) == "x=-17.5;"
+
+
+# NumericMatch ------------------------------------------------------------------------------
+def test_numeric_match_scores_a_forced_generation(bigram_dir, tok):
+    model = _emitting(bigram_dir, tok, "?", "x=-17.5;")
+    rows = Dataset.from_list([
+        {"prompt": "How much?", "target": "The final answer is: -17.5"},
+        {"prompt": "Again?", "target": "The final answer is: 17.5"},
+        {"prompt": "And?", "target": "The final answer is: -17.50"},
+    ])
+    result = NumericMatch(max_new_tokens=16).evaluate(model, tok, rows, progress=False)
+    assert [r["generation"] for r in result.records] == ["x=-17.5;"] * 3
+    assert [r["prediction"] for r in result.records] == [-17.5] * 3
+    assert [r["correct"] for r in result.records] == [True, False, True]
+    assert result.score == pytest.approx(2 / 3)
+    assert result.metrics == {"acc": pytest.approx(2 / 3), "extracted": 1.0}
+
+
+def test_numeric_match_cuts_generation_at_a_stop_string(bigram_dir, tok):
+    model = _emitting(bigram_dir, tok, "?", "42Qu;9")
+    rows = Dataset.from_list([{"prompt": "n?", "target": "42"}])
+    result = NumericMatch(answer_phrase=None, stop=("Qu",), max_new_tokens=16).evaluate(model, tok, rows, progress=False)
+    assert result.records[0]["generation"] == "42"
+    assert result.score == 1.0  # without the stop, the last number would be 9
+
+
+def test_numeric_match_respects_max_new_tokens(bigram_dir, tok):
+    model = _emitting(bigram_dir, tok, "?", "12345")
+    rows = Dataset.from_list([{"prompt": "n?", "target": "123"}])
+    result = NumericMatch(max_new_tokens=3).evaluate(model, tok, rows, progress=False)
+    assert result.records[0]["generation"] == "123" and result.score == 1.0
+
+
+def test_numeric_match_reads_gold_from_answer_column(bigram_dir, tok):
+    model = _emitting(bigram_dir, tok, "?", "7")
+    rows = Dataset.from_list([{"prompt": "n?", "target": "unused", "gold": 7}])
+    assert NumericMatch(answer_column="gold", max_new_tokens=4)(model, tok, rows) == 1.0
+
+
+def test_numeric_match_rejects_a_gold_without_number():
+    rows = Dataset.from_list([{"prompt": "n?", "target": "no number here"}])
+    with pytest.raises(ConfigError, match="row 0"):
+        NumericMatch().check(rows)
+
+
+# MultipleChoice, generate mode ------------------------------------------------------------
+def test_multiple_choice_generate_mode_reads_the_answer_label(bigram_dir, tok):
+    model = _emitting(bigram_dir, tok, ":", "answer3")
+    rows = Dataset.from_list([
+        {"prompt": "Pick:", "choices": ["x", "y", "z"], "answer": 2},
+        {"prompt": "Pick:", "choices": ["x", "y", "z", "w"], "answer": 0},
+        {"prompt": "Pick:", "choices": ["x", "y"], "answer": 1},  # "answer3" names no option
+    ])
+    ev = MultipleChoice(mode="generate", pattern=r"(answer\d+)", max_new_tokens=12)
+    result = ev.evaluate(model, tok, rows, progress=False)
+    assert [r["prediction_index"] for r in result.records] == [2, 2, None]
+    assert [r["correct"] for r in result.records] == [True, False, False]
+    assert result.metrics == {"acc": pytest.approx(1 / 3), "invalid": pytest.approx(1 / 3)}
+
+
+# CodeExecution end to end ------------------------------------------------------------------
+PROBLEMS = [
+    {"prompt": "def answer():\n    return ", "test": "def check(f):\n    assert f() == 42\n", "entry_point": "answer"},
+    {"prompt": "def wrong():\n    return ", "test": "def check(f):\n    assert f() == 43\n", "entry_point": "wrong"},
+]
+
+
+def test_code_execution_runs_forced_completions_against_their_tests(bigram_dir, tok):
+    # greedy output "42\n#x": the stop string "\n#" ends the function body after "42"
+    model = _emitting(bigram_dir, tok, " ", "42\n#x")
+    ev = CodeExecution(allow_code_execution=True, max_new_tokens=8, timeout=5.0)
+    result = ev.evaluate(model, tok, Dataset.from_list(PROBLEMS), progress=False)
+    assert [r["prediction"] for r in result.records] == ["42", "42"]
+    assert [r["statuses"] for r in result.records] == [["passed"], ["failed"]]
+    assert result.metrics == {"pass@1": 0.5} and result.score == 0.5
+
+
+def test_code_execution_refuses_to_run_without_opt_in(bigram_dir, tok, monkeypatch):
+    monkeypatch.delenv("QUANTCL_ALLOW_CODE_EXECUTION", raising=False)
+    model = _emitting(bigram_dir, tok, " ", "42")
+    with pytest.raises(UnsafeCodeError, match="allow_code_execution=True"):
+        CodeExecution().evaluate(model, tok, Dataset.from_list(PROBLEMS), progress=False)
+
+
+def test_sampled_code_generation_is_deterministic_for_a_seed(bigram_dir, tok):
+    # two equally likely successors after the prompt: sampling picks either
+    model = _bigram_model(bigram_dir, tok, {" ": {"4": 5.0, "7": 5.0}, "4": {"</s>": 20.0}, "7": {"</s>": 20.0}})
+    rows = Dataset.from_list(PROBLEMS[:1])
+    ev = CodeExecution(allow_code_execution=True, n_samples=8, k=(1, 8), temperature=1.0, top_p=1.0,
+                       max_new_tokens=2, seed=3)
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    first, second = (ev.evaluate(model, tok, rows, progress=False) for _ in range(2))
+    assert first.records[0]["completions"] == second.records[0]["completions"]
+    assert set(first.records[0]["completions"]) <= {"4", "7"}
+    torch.manual_seed(123)
+    assert torch.rand(1) == before  # the caller's RNG stream is untouched
+    assert first.metrics["pass@8"] == 0.0  # neither 4 nor 7 is 42

@@ -1,0 +1,170 @@
+"""MultipleChoice log-likelihood scoring against a separate manual forward pass."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+from quantcl.errors import ConfigError
+from quantcl.tasks.evaluators import MultipleChoice, extract_choice
+from quantcl.tasks.evaluators._batching import encode_pair
+
+ROWS = [
+    {"prompt": "Which is 'abc' backwards?\nAnswer:", "choices": [" cba", " abc", " bca"], "answer": 0},
+    {"prompt": "Q: 2+2=", "choices": ["4", "5", "22", "four"], "answer": 0},
+    {"prompt": "Pick one: ", "choices": ["yes", "no"], "answer": 1},  # trailing space moves over
+]
+
+
+@pytest.fixture(scope="module")
+def model_and_tok(tiny_model_dir):
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def _manual_loglik(model, tok, context: str, continuation: str) -> float:
+    """One unpadded forward of context+continuation; sum of the continuation's char log-probs."""
+    n_spaces = len(context) - len(context.rstrip(" "))
+    if n_spaces:
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    ids = tok(context + continuation, return_tensors="pt").input_ids
+    n = len(continuation)  # the char tokenizer: one token per character, no BOS
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
+    return sum(float(logp[t - 1, ids[0, t]]) for t in range(ids.shape[1] - n, ids.shape[1]))
+
+
+def test_loglikelihoods_match_a_manual_forward_pass(model_and_tok):
+    model, tok = model_and_tok
+    result = MultipleChoice(batch_size=4).evaluate(model, tok, Dataset.from_list(ROWS), progress=False)
+    for row, record in zip(ROWS, result.records):
+        expected = [_manual_loglik(model, tok, row["prompt"], c) for c in row["choices"]]
+        assert record["loglikelihoods"] == pytest.approx(expected, abs=1e-4)
+        assert record["loglikelihoods_norm"] == pytest.approx(
+            [e / len(c) for e, c in zip(expected, row["choices"])], abs=1e-4)
+        assert record["prediction_index"] == max(range(len(expected)), key=expected.__getitem__)
+        assert record["correct"] == (record["prediction_index"] == row["answer"])
+    assert result.score == result.metrics["acc"] == sum(r["correct"] for r in result.records) / 3
+
+
+def test_scores_do_not_depend_on_batch_size_or_order(model_and_tok):
+    model, tok = model_and_tok
+    ds = Dataset.from_list(ROWS)
+    one = MultipleChoice(batch_size=1).evaluate(model, tok, ds, progress=False)
+    many = MultipleChoice(batch_size=64).evaluate(model, tok, ds, progress=False)
+    reversed_ = MultipleChoice().evaluate(model, tok, Dataset.from_list(ROWS[::-1]), progress=False)
+    for a, b, c in zip(one.records, many.records, reversed_.records[::-1]):
+        assert a["loglikelihoods"] == pytest.approx(b["loglikelihoods"], abs=1e-4)
+        assert a["loglikelihoods"] == pytest.approx(c["loglikelihoods"], abs=1e-4)
+        assert a["prompt"] == b["prompt"] == c["prompt"]
+
+
+@pytest.fixture(scope="module")
+def skewed_model(tmp_path_factory):
+    """A real Llama made a character bigram model: after 'Q', 'a' has logit 3 and 'b' logit 2,
+    and 'b' -> 'c' -> 'd' -> 'e' -> 'f' are near certain."""
+    from quantcl.tiny import build_tiny_model
+
+    path = build_tiny_model(tmp_path_factory.mktemp("skewed") / "model", hidden_size=128, num_layers=1)
+    tok = AutoTokenizer.from_pretrained(path)
+    model = LlamaForCausalLM.from_pretrained(path)
+    h, v = model.config.hidden_size, model.config.vocab_size
+    with torch.no_grad():
+        model.model.embed_tokens.weight.copy_(torch.eye(v, h))
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        head = torch.zeros(v, h)
+        for a, b, logit in [("Q", "a", 3.0), ("Q", "b", 2.0), ("b", "c", 30.0), ("c", "d", 30.0),
+                            ("d", "e", 30.0), ("e", "f", 30.0)]:
+            head[tok.convert_tokens_to_ids(b), tok.convert_tokens_to_ids(a)] = logit / math.sqrt(h)
+        model.lm_head.weight.copy_(head)
+    return model.eval(), tok
+
+
+def test_acc_and_acc_norm_pick_different_options_on_a_crafted_item(skewed_model):
+    model, tok = skewed_model
+    # "a": one likely char; "bcdef": a less likely first char, then near-certain ones
+    ds = Dataset.from_list([{"prompt": "Q", "choices": ["a", "bcdef"], "answer": 1}])
+    raw = MultipleChoice(normalization="acc").evaluate(model, tok, ds, progress=False)
+    norm = MultipleChoice(normalization="acc_norm").evaluate(model, tok, ds, progress=False)
+    lls = raw.records[0]["loglikelihoods"]
+    assert lls[0] > lls[1]  # raw sum prefers the short option ...
+    assert lls[0] / 1 < lls[1] / 5  # ... per character, the long one
+    assert raw.metrics == norm.metrics == {"acc": 0.0, "acc_norm": 1.0}
+    assert (raw.score, norm.score) == (0.0, 1.0)
+    assert raw.records[0]["prediction"] == "a" and norm.records[0]["prediction"] == "bcdef"
+
+
+def test_encode_pair_moves_trailing_spaces_into_the_continuation(model_and_tok):
+    _, tok = model_and_tok
+    ctx, cont = encode_pair(tok, "Answer: ", "yes")
+    assert tok.decode(ctx) == "Answer:" and tok.decode(cont) == " yes"
+
+
+def test_encode_pair_counts_a_token_spanning_the_boundary_as_continuation():
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    # a BPE tokenizer that merges "b" + "c" into one token "bc"
+    vocab = {"<s>": 0, "a": 1, "b": 2, "c": 3, "bc": 4}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[("b", "c")]))
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="<s>")
+    ctx, cont = encode_pair(tok, "ab", "c")
+    assert ctx == [1] and cont == [4]  # "bc" straddles the split: it is scored as continuation
+
+
+def test_encode_pair_without_bos_conditions_the_first_token_on_bos(model_and_tok):
+    _, tok = model_and_tok
+    ctx, cont = encode_pair(tok, "", "hi")
+    assert ctx == [tok.bos_token_id] and tok.decode(cont) == "hi"
+
+
+def test_evaluation_restores_train_mode_and_works_without_pad_token(nopad_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(nopad_model_dir)
+    tok = AutoTokenizer.from_pretrained(nopad_model_dir)
+    assert tok.pad_token is None
+    model.train()
+    result = MultipleChoice(batch_size=8).evaluate(model, tok, Dataset.from_list(ROWS), progress=False)
+    assert model.training and tok.pad_token is None
+    assert result.n == 3 and set(result.metrics) == {"acc", "acc_norm"}
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [({"prompt": "p", "choices": ["only one"], "answer": 0}, ">= 2 strings"),
+     ({"prompt": "p", "choices": ["a", "b"], "answer": 2}, r"\[0, 2\)")],
+)
+def test_check_rejects_malformed_rows(row, message):
+    with pytest.raises(ConfigError, match=message):
+        MultipleChoice().check(Dataset.from_list([row]))
+
+
+def test_check_names_missing_columns():
+    with pytest.raises(ConfigError, match=r"\['options'\]"):
+        MultipleChoice(choices_column="options").check(Dataset.from_list(ROWS))
+
+
+@pytest.mark.parametrize(
+    "text, choices, expected",
+    [
+        ("the correct answer is answer3", ["a", "b", "c"], 2),
+        ("The correct answer is: option1", ["a", "b"], 0),
+        ("the correct answer is solution2 because", ["a", "b"], 1),
+        ("the correct answer is true", ["the correct answer is true", "the correct answer is false"], 0),
+        ("the correct answer is false", [" true", " false"], 1),
+        ("the correct answer is B", ["x", "y", "z"], 1),
+        ("the correct answer is answer9", ["a", "b"], None),
+        ("I think it is answer2", ["a", "b"], None),
+        ("", ["a", "b"], None),
+    ],
+)
+def test_extract_choice(text, choices, expected):
+    assert extract_choice(text, choices) == expected
+
+
+def test_extract_choice_with_a_custom_pattern():
+    assert extract_choice("Answer: (C)", ["a", "b", "c"], pattern=r"\(([A-D])\)") == 2

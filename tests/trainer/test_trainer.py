@@ -1,0 +1,149 @@
+"""ContinualTrainer end to end on tiny models: every precision, replay, modes, callbacks."""
+
+import json
+
+import numpy as np
+import pytest
+from peft import LoraConfig
+from transformers import TrainerCallback
+
+import quantcl as qcl
+from quantcl import ConfigError, ContinualResult, ContinualTrainer, StageArgs, StageCallback
+
+LORA = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+ARGS = StageArgs(learning_rate=1e-3, max_steps=3, per_device_train_batch_size=4, max_length=64,
+                 eval_batch_size=8, logging_steps=1)
+
+
+def _tasks(names=("nlu", "math")):
+    return qcl.recipes.synthetic(seed=0, n_train=16, n_eval=3, tasks=names)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8", "nf4", "fp4"])
+@pytest.mark.parametrize("fraction", [None, 0.25])
+def test_full_loop_fills_the_matrix_and_saves_everything(small_model_dir, tmp_path, precision, fraction):
+    replay = qcl.ReplayBuffer(fraction=fraction, strategy="uniform", seed=0) if fraction else None
+    trainer = ContinualTrainer(model=small_model_dir, precision=precision, tasks=_tasks(), replay=replay,
+                               lora=LORA, args=ARGS, output_dir=tmp_path / "run", seed=0, progress=False)
+    result = trainer.fit()
+    m = result.accuracy_matrix
+    assert m.shape == (3, 2) and np.isfinite(m).all() and ((0 <= m) & (m <= 1)).all()
+    assert [r["task"] for r in result.stage_records] == ["nlu", "math"]
+    assert all(r["steps"] == 3 for r in result.stage_records)
+    # replay: stage 2 mixes in 25% of nlu's 16 rows = 4 rows; no replay adds none
+    assert result.stage_records[0]["n_replay_rows"] == 0
+    assert result.stage_records[1]["n_replay_rows"] == (4 if fraction else 0)
+    assert result.config["precision"]["name"] == precision
+    loaded = ContinualResult.load(tmp_path / "run")
+    np.testing.assert_array_equal(loaded.accuracy_matrix, m)
+    assert (tmp_path / "run" / "stages" / "stage-002" / "adapter" / "adapter_model.safetensors").exists()
+    assert ((tmp_path / "run" / "stages" / "stage-002" / "replay").exists()) == bool(fraction)
+    records = json.loads((tmp_path / "run" / "evals" / "row-002-math.json").read_text())
+    assert len(records["records"]) == 3 and records["score"] == m[2, 1]
+
+
+def test_training_changes_the_adapter_and_scores_are_those_of_the_model(tiny_model_dir, tmp_path):
+    tasks = _tasks(("nlu",))
+    trainer = ContinualTrainer(model=tiny_model_dir, precision="fp32", tasks=tasks, lora=LORA,
+                               args=StageArgs(learning_rate=1e-2, max_steps=5, max_length=64),
+                               output_dir=tmp_path / "run", progress=False)
+    result = trainer.fit()
+    # the evaluator run by hand on the trained model gives the matrix's last row
+    again = tasks[0].evaluate(trainer.model, trainer.tokenizer, progress=False)
+    assert again.score == result.accuracy_matrix[1, 0]
+    lora_b = [p for n, p in trainer.model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # B starts at zero
+
+
+def test_per_stage_overrides_reach_each_stage(tiny_model_dir, tmp_path):
+    args = StageArgs(learning_rate=5e-5, max_steps=2, max_length=64, overrides={0: {"learning_rate": 2e-4},
+                                                                                 "math": {"max_steps": 4}})
+    result = ContinualTrainer(model=tiny_model_dir, precision="fp32", tasks=_tasks(), lora=LORA, args=args,
+                              output_dir=tmp_path / "run", progress=False).fit()
+    assert [r["learning_rate"] for r in result.stage_records] == [2e-4, 5e-5]
+    assert [r["steps"] for r in result.stage_records] == [2, 4]
+
+
+def test_callbacks_see_every_stage_and_evaluation_in_order(tiny_model_dir, tmp_path):
+    events = []
+
+    class Recorder(StageCallback):
+        def on_stage_begin(self, trainer, stage, task):
+            events.append(("begin", stage, task.name))
+
+        def on_evaluate(self, trainer, stage, task, result):
+            events.append(("eval", stage, task.name))
+
+        def on_stage_end(self, trainer, stage, task, scores):
+            events.append(("end", stage, task.name, sorted(scores)))
+
+    class Steps(TrainerCallback):
+        n = 0
+
+        def on_step_end(self, args, state, control, **kwargs):
+            Steps.n += 1
+
+    ContinualTrainer(model=tiny_model_dir, precision="fp32", tasks=_tasks(), lora=LORA, args=ARGS,
+                     output_dir=tmp_path / "run", callbacks=[Recorder(), Steps()], progress=False).fit()
+    assert events == [
+        ("eval", 0, "nlu"), ("eval", 0, "math"),
+        ("begin", 1, "nlu"), ("eval", 1, "nlu"), ("eval", 1, "math"), ("end", 1, "nlu", ["math", "nlu"]),
+        ("begin", 2, "math"), ("eval", 2, "nlu"), ("eval", 2, "math"), ("end", 2, "math", ["math", "nlu"]),
+    ]
+    assert Steps.n == 6
+
+
+def test_merge_mode_starts_a_fresh_adapter_each_stage(tiny_model_dir, tmp_path):
+    trainer = ContinualTrainer(model=tiny_model_dir, precision="fp32", tasks=_tasks(), lora=LORA,
+                               args=StageArgs(learning_rate=1e-2, max_steps=3, max_length=64),
+                               output_dir=tmp_path / "run", adapter_mode="merge", progress=False)
+    trainer.fit()
+    lora_b = [p for n, p in trainer.model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(float(p.abs().sum()) == 0.0 for p in lora_b)  # new adapter, untrained
+    assert (tmp_path / "run" / "stages" / "stage-002" / "merged" / "model.safetensors").exists()
+
+
+def test_merge_mode_is_refused_for_a_quantized_base(tiny_model_dir, tmp_path):
+    with pytest.raises(ConfigError, match="merge.*nf4.*lossy"):
+        ContinualTrainer(model=tiny_model_dir, precision="nf4", tasks=_tasks(), output_dir=tmp_path,
+                         adapter_mode="merge")
+
+
+def test_an_existing_run_is_not_overwritten_without_resume(tiny_model_dir, tmp_path):
+    kw = dict(model=tiny_model_dir, precision="fp32", tasks=_tasks(("nlu",)), lora=LORA,
+              args=StageArgs(max_steps=1, max_length=64), output_dir=tmp_path / "run", progress=False)
+    first = ContinualTrainer(**kw).fit()
+    before = (tmp_path / "run" / "result.json").read_bytes()
+    with pytest.raises(ConfigError, match="already holds a run; pass resume=True"):
+        ContinualTrainer(**kw).fit()
+    assert (tmp_path / "run" / "result.json").read_bytes() == before
+    # resuming a finished run returns the same result without training again
+    again = ContinualTrainer(**kw).fit(resume=True)
+    np.testing.assert_array_equal(again.accuracy_matrix, first.accuracy_matrix)
+
+
+def test_resume_with_a_different_config_names_the_difference(tiny_model_dir, tmp_path):
+    kw = dict(model=tiny_model_dir, precision="fp32", tasks=_tasks(("nlu",)), lora=LORA,
+              output_dir=tmp_path / "run", progress=False)
+    ContinualTrainer(args=StageArgs(max_steps=1, max_length=64), **kw).fit()
+    with pytest.raises(ConfigError, match=r"differs in \['args'\]"):
+        ContinualTrainer(args=StageArgs(max_steps=2, max_length=64), **kw).fit(resume=True)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"precision": "int3"}, "int3"),
+        ({"replay": "reservoir"}, "replay must be a ReplayBuffer"),
+        ({"args": {"max_steps": 1}}, "args must be a quantcl.StageArgs"),
+        ({"lora": {"r": 8}}, "lora must be a peft.LoraConfig"),
+        ({"adapter_mode": "stack"}, "adapter_mode"),
+        ({"callbacks": [print]}, "callbacks must be"),
+        ({"model": 3}, "model must be"),
+    ],
+)
+def test_bad_arguments_fail_before_any_work(tiny_model_dir, tmp_path, kwargs, match):
+    base = dict(model=tiny_model_dir, precision="fp32", tasks=_tasks(("nlu",)), output_dir=tmp_path / "r")
+    with pytest.raises(qcl.QuantCLError, match=match):
+        ContinualTrainer(**{**base, **kwargs})
+    assert not (tmp_path / "r").exists()
