@@ -1,4 +1,4 @@
-"""`quantcl demo`: the main job. The quick variant in the fast suite, the full one marked slow."""
+"""`quantcl demo`: the main job. The quick variant checks the plumbing; the full one (slow) the science."""
 
 import json
 import os
@@ -27,16 +27,36 @@ def test_full_demo_learns_forgets_and_replay_reduces_forgetting(tmp_path, demo_c
     out, summary = _demo(tmp_path, demo_cache)
     assert (tmp_path / "demo" / "demo.png").read_bytes()[:4] == b"\x89PNG"
     runs = summary["runs"]
-    assert sorted(runs) == sorted(f"{p}-replay{f}" for p in ("bf16", "int8", "nf4") for f in ("0", "0.1"))
+    from quantcl.demo import default_precisions
+
+    precisions = default_precisions()  # bf16 where it is native, else fp32; then int8, nf4
+    assert sorted(runs) == sorted(f"{p}-replay{f}" for p in precisions for f in ("0", "0.1"))
     chance = {"nlu": 1 / 3, "math": 0.0, "code": 0.0}
     for name, run in runs.items():
         m = np.array(run["accuracy_matrix"], dtype=float)
         names = run["task_names"]
         for j, task in enumerate(names):  # learned: well above chance right after its stage
             assert m[j + 1, j] >= chance[task] + 0.4, (name, task, m)
-    for p in ("bf16", "int8", "nf4"):
+    for p in precisions:
         plain = runs[f"{p}-replay0"]["metrics"]
         replay = runs[f"{p}-replay0.1"]["metrics"]
         assert plain["forgetting"] >= 0.2, (p, plain)  # real forgetting without replay
         assert replay["forgetting"] < plain["forgetting"], (p, plain, replay)
     assert "summary" in out.stdout and "bwt" in out.stdout.lower()
+
+
+def test_quick_demo_writes_every_output(tmp_path, demo_cache):
+    out, summary = _demo(tmp_path, demo_cache, "--quick", "--precisions", "fp32,nf4", "--replay", "0,0.5")
+    assert sorted(summary["runs"]) == ["fp32-replay0", "fp32-replay0.5", "nf4-replay0", "nf4-replay0.5"]
+    for name, run in summary["runs"].items():
+        m = np.array(run["accuracy_matrix"], dtype=float)
+        assert m.shape == (4, 3) and np.isfinite(m).all(), name
+        assert (tmp_path / "demo" / name / "result.json").exists()
+        assert (tmp_path / "demo" / name / "result.png").read_bytes()[:4] == b"\x89PNG"
+    nf4 = summary["runs"]["nf4-replay0"]["config"]["precision"]
+    assert nf4["name"] == "nf4" and nf4["compute_dtype"] == "fp32"  # auto: fp32 compute on CPU
+    replayed = summary["runs"]["fp32-replay0.5"]["stage_records"]
+    assert [r["n_replay_rows"] for r in replayed] == [0, 60, 120]  # half of each earlier task's 120 rows
+    assert "=== summary ===" in out.stdout and "fp32-replay0.5" in out.stdout
+    assert (tmp_path / "demo" / "summary.md").read_text().count("|") > 20
+    assert (tmp_path / "demo" / "demo.png").read_bytes()[:4] == b"\x89PNG"

@@ -28,13 +28,18 @@ from quantcl.errors import (
     UnsafeCodeError,
     UnsupportedDeviceError,
 )
+from quantcl.precision.bnb import quiet_bitsandbytes_import
+
+quiet_bitsandbytes_import()
 
 # public name -> module that defines it
 _LAZY: dict[str, str] = {
     "PrecisionPolicy": "quantcl.precision",
     "ReplayBuffer": "quantcl.replay",
     "ReplayStrategy": "quantcl.replay",
+    "ReplayScorer": "quantcl.replay",
     "register_strategy": "quantcl.replay",
+    "strategy_names": "quantcl.replay",
     "Task": "quantcl.tasks",
     "TaskSequence": "quantcl.tasks",
     "EvalResult": "quantcl.tasks",
@@ -44,7 +49,7 @@ _LAZY: dict[str, str] = {
     "ContinualResult": "quantcl.results",
     "compute_metrics": "quantcl.metrics",
 }
-_SUBMODULES = {"evaluators": "quantcl.tasks.evaluators", "recipes": "quantcl.tasks.recipes",
+_SUBMODULES = {"evaluators": "quantcl.evaluators", "recipes": "quantcl.recipes",
                "metrics": "quantcl.metrics"}
 
 __all__ = [
@@ -78,7 +83,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from quantcl.metrics import compute_metrics
     from quantcl.precision import PrecisionPolicy
-    from quantcl.replay import ReplayBuffer, ReplayStrategy, register_strategy
+    from quantcl.replay import ReplayBuffer, ReplayScorer, ReplayStrategy, register_strategy, strategy_names
     from quantcl.results import ContinualResult
     from quantcl.tasks import EvalResult, Task, TaskSequence
     from quantcl.stage_args import StageArgs

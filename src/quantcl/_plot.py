@@ -21,7 +21,7 @@ from quantcl.errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     from quantcl.results import ContinualResult
 
-__all__ = ["require_extra", "plot_result"]
+__all__ = ["require_extra", "plot_result", "plot_grid"]
 
 FIGSIZE = (10.0, 3.8)  # inches; at DPI this is a 1000 x 380 pixel PNG
 DPI = 100
@@ -46,28 +46,12 @@ def plot_result(result: ContinualResult, path: str | Path) -> Path:
 
     R = result.accuracy_matrix
     labels = result.row_labels
-    measured = R[~np.isnan(R)]
-    vmin = min(0.0, float(measured.min())) if measured.size else 0.0
-    vmax = max(1.0, float(measured.max())) if measured.size else 1.0
+    vmin, vmax = _value_range(R)
 
     fig = Figure(figsize=FIGSIZE, dpi=DPI)
     FigureCanvasAgg(fig)
     heat, curves = fig.subplots(1, 2)
-
-    cmap = _viridis_with_grey_for_nan()
-    heat.imshow(np.ma.masked_invalid(R), vmin=vmin, vmax=vmax, cmap=cmap, aspect="auto")
-    heat.set_xticks(range(R.shape[1]), result.task_names)
-    heat.set_yticks(range(R.shape[0]), labels)
-    heat.set_title("accuracy matrix (row = after stage, column = task)", fontsize=9)
-    mid = (vmin + vmax) / 2
-    for i in range(R.shape[0]):
-        for j in range(R.shape[1]):
-            value = R[i, j]
-            if math.isnan(value):
-                text, color = "-", "black"
-            else:
-                text, color = f"{value:.2f}", "white" if value < mid else "black"
-            heat.text(j, i, text, ha="center", va="center", fontsize=8, color=color)
+    _heatmap(heat, result, "accuracy matrix (row = after stage, column = task)", vmin, vmax)
 
     stages = np.arange(R.shape[0])
     for j, name in enumerate(result.task_names):
@@ -84,6 +68,58 @@ def plot_result(result: ContinualResult, path: str | Path) -> Path:
     curves.legend(fontsize=8)
     fig.tight_layout()
 
+    return _save(fig, path)
+
+
+def plot_grid(results: dict[str, ContinualResult], path: str | Path) -> Path:
+    """Write a PNG with one annotated accuracy-matrix heatmap per named result, two per row."""
+    require_extra("matplotlib", "plot")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not results:
+        raise ConfigError("plot_grid needs at least one result")
+    names = list(results)
+    cols = min(len(names), 2)
+    rows = -(-len(names) // cols)
+    fig = Figure(figsize=(4.6 * cols, 3.4 * rows), dpi=DPI)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        _heatmap(ax, results[name], name, *_value_range(results[name].accuracy_matrix))
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _value_range(R: np.ndarray) -> tuple[float, float]:
+    measured = R[~np.isnan(R)]
+    vmin = min(0.0, float(measured.min())) if measured.size else 0.0
+    vmax = max(1.0, float(measured.max())) if measured.size else 1.0
+    return vmin, vmax
+
+
+def _heatmap(ax, result: ContinualResult, title: str, vmin: float, vmax: float) -> None:
+    """The accuracy matrix on ``ax``, each cell annotated (``-`` where not measured)."""
+    R = result.accuracy_matrix
+    ax.imshow(np.ma.masked_invalid(R), vmin=vmin, vmax=vmax, cmap=_viridis_with_grey_for_nan(),
+              aspect="auto")
+    ax.set_xticks(range(R.shape[1]), result.task_names)
+    ax.set_yticks(range(R.shape[0]), result.row_labels)
+    ax.set_title(title, fontsize=9)
+    mid = (vmin + vmax) / 2
+    for i in range(R.shape[0]):
+        for j in range(R.shape[1]):
+            value = R[i, j]
+            if math.isnan(value):
+                text, color = "-", "black"
+            else:
+                text, color = f"{value:.2f}", "white" if value < mid else "black"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color=color)
+
+
+def _save(fig, path: str | Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
     path = Path(path)

@@ -24,7 +24,8 @@ def _cmd_demo(ns: argparse.Namespace) -> int:
     run_demo(
         ns.output_dir,
         model=ns.model,
-        precisions=ns.precisions.split(","),
+        precisions=ns.precisions.split(",") if ns.precisions else None,
+        compute_dtype=ns.compute_dtype,
         replay_fractions=[float(x) for x in ns.replay.split(",")],
         seed=ns.seed,
         quick=ns.quick,
@@ -85,7 +86,11 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="offline demo: synthetic tasks x precisions x replay")
     d.add_argument("--output-dir", default="quantcl-demo", help="where runs, JSON and PNG go")
     d.add_argument("--model", default=None, help="Hub id, directory or .gguf instead of the demo model")
-    d.add_argument("--precisions", default="bf16,int8,nf4", help="comma-separated presets")
+    d.add_argument("--precisions", default=None,
+                   help="comma-separated presets (default: bf16,int8,nf4 where bf16 is native, "
+                        "else fp32,int8,nf4)")
+    d.add_argument("--compute-dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="compute dtype of the quantized presets (auto: fp32 on CPU, bf16 on GPU)")
     d.add_argument("--replay", default="0,0.1", help="comma-separated replay fractions")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quick", action="store_true", help="a smaller, faster smoke-test configuration")

@@ -8,6 +8,7 @@ on :func:`quantcl.recipes.synthetic.pretraining_corpus` and cached under ``~/.ca
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -20,18 +21,19 @@ from pathlib import Path
 from typing import Any
 
 from quantcl._io import atomic_write_json
+from quantcl._plot import plot_grid, require_extra
 from quantcl.errors import ConfigError
 from quantcl.results import ContinualResult, compare_markdown
 
-__all__ = ["DEMO_MODEL", "cache_dir", "demo_model_dir", "run_demo", "demo_stage_args"]
+__all__ = ["DEMO_MODEL", "cache_dir", "default_precisions", "demo_model_dir", "demo_stage_args", "run_demo"]
 
 # Sizes and pretraining schedule of the demo model; part of its cache key.
 DEMO_MODEL: dict[str, Any] = {
     "hidden_size": 128,
     "num_layers": 4,
     "num_heads": 4,
-    "steps": 1500,
-    "batch_size": 32,
+    "steps": 2400,
+    "batch_size": 16,
     "learning_rate": 3e-3,
     "seed": 0,
     "format": 1,
@@ -119,7 +121,7 @@ def demo_stage_args(*, quick: bool = False):
     from quantcl.stage_args import StageArgs
 
     return StageArgs(
-        learning_rate=2e-3, max_steps=40 if quick else 150, per_device_train_batch_size=16,
+        learning_rate=2e-3, max_steps=40 if quick else 250, per_device_train_batch_size=8,
         lr_scheduler_type="constant", max_length=96, eval_batch_size=40, logging_steps=50,
     )
 
@@ -128,7 +130,8 @@ def run_demo(
     output_dir: str | Path = "quantcl-demo",
     *,
     model: str | None = None,
-    precisions: Sequence[str] = ("bf16", "int8", "nf4"),
+    precisions: Sequence[str] | None = None,
+    compute_dtype: str = "auto",
     replay_fractions: Sequence[float] = (0.0, 0.1),
     seed: int = 0,
     quick: bool = False,
@@ -140,7 +143,10 @@ def run_demo(
     Args:
         output_dir: where runs and summaries go (each run in ``<precision>-replay<f>/``).
         model: a Hub id, directory or .gguf to use instead of the built-in demo model.
-        precisions: precision presets to compare.
+        precisions: precision presets to compare (default: :func:`default_precisions`).
+        compute_dtype: compute dtype of the quantized presets; ``"auto"`` picks fp32 on a CPU
+            (faster there than bf16, and emulated bf16 is ~10x slower on CPUs without
+            AVX512-BF16) and the preset's default (bf16) on a GPU.
         replay_fractions: replay fractions to compare (0 = no replay).
         seed: seeds data, LoRA init and replay.
         quick: a smaller, faster configuration (for smoke tests).
@@ -156,14 +162,18 @@ def run_demo(
     from quantcl.tasks.recipes.synthetic import synthetic
     from quantcl.trainer import ContinualTrainer
 
-    policies = [PrecisionPolicy(p) for p in precisions]  # unknown names fail before any work
+    require_extra("matplotlib", "plot")  # the PNG is written last: fail now, not after training
+    if precisions is None:
+        precisions = default_precisions()
+    # unknown names fail here, before any work
+    policies = [_demo_policy(PrecisionPolicy(p), compute_dtype) for p in precisions]
     for f in replay_fractions:
         ReplayBuffer(fraction=f)
     output_dir = Path(output_dir)
     started = time.perf_counter()
     if model is None:
         print("Preparing the demo model (built and pretrained once, then cached)...", file=out)
-        model = str(demo_model_dir(progress=progress, **({"steps": 300} if quick else {})))
+        model = str(demo_model_dir(progress=progress, **({"steps": 400} if quick else {})))
     n_train, n_eval = (120, 12) if quick else (400, 40)
     results: dict[str, ContinualResult] = {}
     for policy in policies:
@@ -193,37 +203,36 @@ def run_demo(
         "seconds": time.perf_counter() - started,
         "runs": {name: r.to_dict() for name, r in results.items()},
     })
-    _plot_grid(results, output_dir / "demo.png")
+    plot_grid(results, output_dir / "demo.png")
     print(f"\nWrote {output_dir / 'summary.json'} and {output_dir / 'demo.png'} "
           f"in {time.perf_counter() - started:.0f} s", file=out)
     return results
 
 
-def _plot_grid(results: dict[str, ContinualResult], path: Path) -> Path:
-    """One accuracy-matrix heatmap per run, side by side."""
-    import matplotlib
+def default_precisions() -> tuple[str, str, str]:
+    """``("bf16", "int8", "nf4")`` where bf16 is native, else ``("fp32", "int8", "nf4")``.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    bf16 is native on CUDA GPUs that support it and on CPUs with AVX512-BF16 or AMX; elsewhere
+    it is emulated and a bf16 run would take ~10x longer than the fp32 one it stands in for.
+    """
+    import torch
 
-    names = list(results)
-    cols = min(len(names), 2)
-    rows = (len(names) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
-    for ax, name in zip(axes.flat, names):
-        r = results[name]
-        m = r.accuracy_matrix
-        ax.imshow(m, vmin=0, vmax=1, cmap="viridis")
-        ax.set_title(name, fontsize=10)
-        ax.set_xticks(range(m.shape[1]), r.task_names)
-        ax.set_yticks(range(m.shape[0]), ["before"] + [f"after {t}" for t in r.task_names])
-        for i in range(m.shape[0]):
-            for j in range(m.shape[1]):
-                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center",
-                        color="white" if m[i, j] < 0.5 else "black", fontsize=8)
-    for ax in list(axes.flat)[len(names):]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    from quantcl.precision._device import cpu_has_native_bf16
+
+    if torch.cuda.is_available():
+        native = torch.cuda.is_bf16_supported()
+    else:
+        native = cpu_has_native_bf16()
+    return ("bf16" if native else "fp32", "int8", "nf4")
+
+
+def _demo_policy(policy: Any, compute_dtype: str) -> Any:
+    if not policy.is_quantized:
+        return policy
+    if compute_dtype == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            return policy
+        compute_dtype = "fp32"
+    return dataclasses.replace(policy, compute_dtype=compute_dtype)

@@ -15,6 +15,8 @@ users know them. Everything a crash must not lose is written atomically under ``
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import os
 import re
@@ -125,9 +127,10 @@ class ContinualTrainer:
                 f"replay buffer already holds tasks {replay.tasks}; pass a fresh ReplayBuffer"
             )
         self.replay = replay
-        self.lora = lora or LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.05)
-        if not isinstance(self.lora, LoraConfig):
-            raise ConfigError(f"lora must be a peft.LoraConfig, got {type(self.lora).__name__}")
+        lora = lora or LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.05)
+        if not isinstance(lora, LoraConfig):
+            raise ConfigError(f"lora must be a peft.LoraConfig, got {type(lora).__name__}")
+        self.lora = copy.deepcopy(lora)  # peft writes into the config it is given
         self.args = args or StageArgs()
         if not isinstance(self.args, StageArgs):
             raise ConfigError(f"args must be a quantcl.StageArgs, got {type(self.args).__name__}")
@@ -234,7 +237,7 @@ class ContinualTrainer:
             model = self.policy.load_adapter(model, adapter, is_trainable=True)
         else:
             torch.manual_seed(self.seed + completed)  # the same LoRA init on every resume
-            model = self.policy.attach_lora(model, self.lora)
+            model = self.policy.attach_lora(model, copy.deepcopy(self.lora))
         self.model, self.tokenizer = model, tokenizer
 
     def _evaluate_all(self, row: int, matrix: np.ndarray, details: dict[str, Any]) -> None:
@@ -259,6 +262,10 @@ class ContinualTrainer:
         Returns:
             The :class:`ContinualResult`, also saved as ``output_dir/result.json``.
         """
+        with _datasets_progress_bars_off():
+            return self._fit(resume)
+
+    def _fit(self, resume: bool) -> ContinualResult:
         from transformers import set_seed
 
         state = self._load_state(resume)
@@ -271,7 +278,7 @@ class ContinualTrainer:
             matrix[:] = np.array(state["matrix"], dtype=float)
         completed = int(state["completed_stages"])
         if completed > 0 and self.replay is not None:
-            self.replay.load_state_dict(ReplayBuffer.load(self._stage_dir(completed) / "replay").state_dict())
+            self.replay.restore(self._stage_dir(completed) / "replay")
         self._load_model(completed)
 
         if completed == 0 and state["matrix"] is None:
@@ -374,12 +381,27 @@ class ContinualTrainer:
             merged.save_pretrained(tmp / "merged")
             self.tokenizer.save_pretrained(tmp / "merged")
             torch.manual_seed(self.seed + stage)  # matches _load_model on resume
-            self.model = self.policy.attach_lora(merged, self.lora)
+            self.model = self.policy.attach_lora(merged, copy.deepcopy(self.lora))
         else:
             self.model.save_pretrained(tmp / "adapter")
         if self.replay is not None:
             self.replay.save(tmp / "replay")
         atomic_replace_dir(tmp, final)
+
+
+@contextlib.contextmanager
+def _datasets_progress_bars_off() -> Any:
+    """Hide the bars of the many small ``Dataset.map`` calls; training and evaluation keep theirs."""
+    import datasets
+
+    if datasets.are_progress_bars_disabled():
+        yield
+        return
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        datasets.enable_progress_bars()
 
 
 def _last_checkpoint(root: Path) -> str | None:

@@ -37,6 +37,22 @@ __all__ = [
 _INSTALL_HINT = "install it with `pip install bitsandbytes`, or use a float preset (fp32, bf16, fp16)"
 
 
+def _drop_kernels_hint(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward from kernels-community")
+
+
+def quiet_bitsandbytes_import() -> None:
+    """Drop bitsandbytes' import-time "Failed to load CPU gemm_4bit_forward" warning.
+
+    On CPUs with AVX512-BF16, importing bitsandbytes (peft and transformers do it too) tries to
+    fetch an optional 4-bit kernel from the Hub and logs a warning when it cannot, which is
+    always the case offline; its built-in kernel is used instead, so the warning is noise.
+    """
+    ops_logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    if _drop_kernels_hint not in ops_logger.filters:
+        ops_logger.addFilter(_drop_kernels_hint)
+
+
 def require_bitsandbytes() -> Any:
     """Import and return the ``bitsandbytes`` module, or raise :class:`UnsupportedDeviceError`."""
     try:

@@ -238,9 +238,11 @@ class Task:
                 f"missing from the eval split; it has {self.eval.column_names}"
             )
         if callable(getattr(ev, "check", None)):
-            sample = self.eval.select(range(min(_CHECK_ROWS, len(self.eval))))
+            # Rendered in memory, not with Dataset.map: no progress bar for a few rows.
+            batch = self.eval[: min(_CHECK_ROWS, len(self.eval))]
+            batch.update(self._formatter(None)(batch))
             try:
-                ev.check(self._format_eval(sample, None))
+                ev.check(Dataset.from_dict(batch))
             except ConfigError as exc:
                 raise ConfigError(f"task {self.name!r}: evaluator: {exc}") from exc
         if callable(getattr(ev, "check_ready", None)):

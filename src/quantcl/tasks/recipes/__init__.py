@@ -11,22 +11,7 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from quantcl.tasks.recipes.lessismore import lessismore
+from quantcl.tasks.recipes.synthetic import pretraining_corpus, synthetic
 
-__all__ = ["lessismore", "synthetic"]
-
-try:
-    from quantcl.tasks.recipes.synthetic import synthetic
-except ModuleNotFoundError as _exc:  # a part of the package not installed yet: import on use
-    if not (_exc.name or "").startswith(("quantcl.tasks.evaluators", "quantcl.tasks.recipes.synthetic")):
-        raise
-
-    def __getattr__(name: str) -> Any:
-        if name == "synthetic":
-            value = importlib.import_module("quantcl.tasks.recipes.synthetic").synthetic
-            globals()[name] = value
-            return value
-        raise AttributeError(f"module 'quantcl.tasks.recipes' has no attribute {name!r}")
+__all__ = ["lessismore", "synthetic", "pretraining_corpus"]
