@@ -9,8 +9,8 @@ import textwrap
 import pytest
 
 
-def quantcl(*args, cwd=None, timeout=600):
-    env = {**os.environ, "MPLBACKEND": "Agg"}
+def quantcl(*args, cwd=None, timeout=600, env=None):
+    env = {**os.environ, "MPLBACKEND": "Agg", **(env or {})}
     return subprocess.run([sys.executable, "-m", "quantcl.cli", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -60,6 +60,22 @@ def test_validate_accepts_a_good_config_without_training(tmp_path, tiny_model_di
     out = quantcl("validate", _config(tmp_path, tiny_model_dir))
     assert out.returncode == 0, out.stderr
     assert "OK" in out.stdout and not (tmp_path / "out").exists()
+
+
+def test_validate_does_not_build_the_demo_model(tmp_path, tiny_model_dir):
+    cache = tmp_path / "cache"
+    out = quantcl("validate", _config(tmp_path, tiny_model_dir, model="quantcl:demo"),
+                  env={"QUANTCL_CACHE": str(cache)})
+    assert out.returncode == 0, out.stderr
+    assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_synthetic_code_task_obeys_allow_code_execution_false(tmp_path, tiny_model_dir):
+    tasks = {"recipe": "synthetic", "kwargs": {"n_train": 4, "n_eval": 2, "tasks": ["code"]}}
+    out = quantcl("validate", _config(tmp_path, tiny_model_dir, tasks=tasks, allow_code_execution=False))
+    assert out.returncode == 2 and "allow_code_execution" in out.stderr, out.stderr
+    out = quantcl("validate", _config(tmp_path, tiny_model_dir, tasks=tasks))  # the recipe's own opt-in
+    assert out.returncode == 0, out.stderr
 
 
 @pytest.mark.parametrize(

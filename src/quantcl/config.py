@@ -99,7 +99,7 @@ def _precision(value: Any):
     return _at("precision", lambda: PrecisionPolicy.from_dict(data))
 
 
-def _evaluator(key: str, spec: Any, allow_code: bool):
+def _evaluator(key: str, spec: Any, allow_code: bool | None):
     from quantcl.tasks import evaluators
 
     spec = dict(_kwargs(key, spec))
@@ -109,12 +109,12 @@ def _evaluator(key: str, spec: Any, allow_code: bool):
         raise ConfigError(f"config key '{key}.type' must be one of {names}, got {kind!r}")
     cls = getattr(evaluators, kind)
     if kind == "CodeExecution":
-        spec.setdefault("allow_code_execution", allow_code)
+        spec.setdefault("allow_code_execution", bool(allow_code))
     _check_signature(key, cls.__init__, spec)
     return _at(key, lambda: cls(**spec))
 
 
-def _tasks(value: Any, base: Path, allow_code: bool):
+def _tasks(value: Any, base: Path, allow_code: bool | None):
     from quantcl.tasks import Task, TaskSequence, recipes
 
     if isinstance(value, dict):
@@ -127,7 +127,9 @@ def _tasks(value: Any, base: Path, allow_code: bool):
             raise ConfigError(f"config key 'tasks.recipe' must be 'synthetic' or 'lessismore', got {recipe!r}")
         fn = getattr(recipes, recipe)
         if "allow_code_execution" in inspect.signature(fn).parameters:
-            kwargs.setdefault("allow_code_execution", allow_code if recipe == "lessismore" else True)
+            # synthetic's programs are the library's own: it opts in unless the config says no
+            default = allow_code if allow_code is not None else recipe == "synthetic"
+            kwargs.setdefault("allow_code_execution", default)
         if "data_dir" in kwargs and kwargs["data_dir"] is not None:
             kwargs["data_dir"] = str(base / kwargs["data_dir"])
         _check_signature("tasks.kwargs", fn, kwargs)
@@ -174,8 +176,12 @@ def _args(value: Any):
     return _at("args", lambda: StageArgs.from_dict(_kwargs("args", value)))
 
 
-def build_trainer(config: dict[str, Any], **overrides: Any):
-    """Build a ``ContinualTrainer`` from a config dict; ``overrides`` win over the config."""
+def build_trainer(config: dict[str, Any], *, build_demo_model: bool = True, **overrides: Any):
+    """Build a ``ContinualTrainer`` from a config dict; ``overrides`` win over the config.
+
+    ``build_demo_model=False`` leaves ``model: quantcl:demo`` unresolved when the demo model is
+    not cached yet (``validate`` trains nothing; the model is only loaded by ``fit``).
+    """
     from quantcl.trainer import ContinualTrainer
 
     config = {**config, **{k: v for k, v in overrides.items() if v is not None}}
@@ -185,12 +191,15 @@ def build_trainer(config: dict[str, Any], **overrides: Any):
         raise ConfigError(f"unknown config key(s) {unknown}; valid: {sorted(_TOP_KEYS)}")
     if "model" not in config:
         raise ConfigError("config key 'model' is missing (a Hub id, local directory or .gguf file)")
-    allow_code = bool(config.get("allow_code_execution", False))
+    allow_code = config.get("allow_code_execution")
+    if allow_code is not None and not isinstance(allow_code, bool):
+        raise ConfigError(f"config key 'allow_code_execution' must be true or false, got {allow_code!r}")
     model = str(config["model"])
     if model == DEMO_MODEL:
-        from quantcl.demo import demo_model_dir
+        from quantcl.demo import demo_model_dir, demo_model_is_cached
 
-        model = str(demo_model_dir())
+        if build_demo_model or demo_model_is_cached():
+            model = str(demo_model_dir())
     elif (base / Path(model).expanduser()).exists():
         model = str(base / Path(model).expanduser())
     return ContinualTrainer(
@@ -210,4 +219,4 @@ def build_trainer(config: dict[str, Any], **overrides: Any):
 
 def validate_config(path: str | Path) -> None:
     """Build every object of a config without training: raises the first error found."""
-    build_trainer(load_config(path))
+    build_trainer(load_config(path), build_demo_model=False)

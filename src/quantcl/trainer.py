@@ -58,8 +58,8 @@ class StageCallback:
     def on_stage_begin(self, trainer: ContinualTrainer, stage: int, task: Task) -> None:
         """Before stage ``stage`` (1-based) trains ``task``."""
 
-    def on_evaluate(self, trainer: ContinualTrainer, stage: int, task: Task, result: Any) -> None:
-        """After ``task`` was evaluated at matrix row ``stage`` (0 = before training)."""
+    def on_evaluate(self, trainer: ContinualTrainer, row: int, task: Task, result: Any) -> None:
+        """After ``task`` was evaluated for matrix row ``row`` (0 = before training, i = after stage i)."""
 
     def on_stage_end(
         self, trainer: ContinualTrainer, stage: int, task: Task, scores: dict[str, float]
@@ -78,7 +78,8 @@ class ContinualTrainer:
         lora: a ``peft.LoraConfig`` (default: r=8, alpha=16, all linear layers, as in the paper).
         args: :class:`StageArgs` for every stage, with per-task overrides.
         output_dir: where state, checkpoints and results go.
-        seed: seeds LoRA initialisation, data order and replay.
+        seed: seeds LoRA initialisation and data order (stage ``i`` trains with ``seed + i``);
+            the replay buffer keeps its own ``seed``.
         callbacks: :class:`StageCallback` and/or ``transformers.TrainerCallback`` objects.
         adapter_mode: ``"continue"`` trains one adapter through all stages; ``"merge"`` merges
             the adapter into the base after each stage and starts a new one (what the paper's

@@ -46,8 +46,8 @@ def _opted_in(flag: bool) -> bool:
 class CodeExecution(Evaluator):
     """pass@k of generated code, each completion run with its tests in the sandbox.
 
-    The program run for a completion is ``prompt + completion + "\\n" + test + "\\n" +
-    f"check({entry_point})"`` (the HumanEval convention); it passes when it exits with status 0
+    The program run for a completion is ``f"{prompt}{completion}\\n{test}\\n\\ncheck({entry_point})\\n"``
+    (the HumanEval convention); it passes when it exits with status 0
     within the limits. Running model-generated code is an explicit opt-in: pass
     ``allow_code_execution=True``, use the CLI flag ``--allow-code-execution`` or set the
     environment variable ``QUANTCL_ALLOW_CODE_EXECUTION=1``.

@@ -163,12 +163,14 @@ def pretraining_corpus(n: int, *, seed: int = 0) -> Iterator[str]:
         word = _word(rng, rng.randint(2, 5))
         number = rng.randint(10, 98)
         times = rng.randint(2, 9)
-        kind = rng.randrange(4)
+        kind = rng.randrange(5)
         if kind == 0:
             yield f"{word} backwards is {word[::-1]}."
         elif kind == 1:
             yield f"after {number} comes {number + 1}."
+        elif kind == 4:  # the same count, the answer further from the question
+            yield f"{number} and one more make {number + 1}."
         elif kind == 2:
-            yield f"'{word}' {times} times is \"{word}\" * {times}."
+            yield f"'{word}' {times} times in python is \"{word}\" * {times}."
         else:
             yield f"{word} {word} {number} {number}"
