@@ -156,6 +156,7 @@ class ContinualTrainer:
         self.progress = progress
         self.model: Any = None
         self.tokenizer: Any = None
+        self._procs = _Processes()
 
     # ----------------------------------------------------------------------------- config
     def config(self) -> dict[str, Any]:
@@ -195,8 +196,6 @@ class ContinualTrainer:
                     f"{self.output_dir} already holds a run; pass resume=True to continue it "
                     "or choose another output_dir"
                 )
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(run_json, config)
             return None
         if not resume:
             raise ConfigError(
@@ -219,7 +218,8 @@ class ContinualTrainer:
         return state
 
     def _save_state(self, state: dict[str, Any]) -> None:
-        atomic_write_json(self._state_path, state)
+        if self._procs.is_main:
+            atomic_write_json(self._state_path, state)
 
     # ----------------------------------------------------------------------------- model
     def _load_model(self, completed: int) -> None:
@@ -248,11 +248,12 @@ class ContinualTrainer:
             )
             matrix[row, j] = result.score
             details.setdefault(str(row), {})[task.name] = dict(result.metrics, score=result.score)
-            atomic_write_json(
-                self.output_dir / "evals" / f"row-{row:03d}-{_safe(task.name)}.json",
-                {"row": row, "task": task.name, "score": result.score, "metrics": result.metrics,
-                 "records": result.records},
-            )
+            if self._procs.is_main:
+                atomic_write_json(
+                    self.output_dir / "evals" / f"row-{row:03d}-{_safe(task.name)}.json",
+                    {"row": row, "task": task.name, "score": result.score, "metrics": result.metrics,
+                     "records": result.records},
+                )
             for cb in self.stage_callbacks:
                 cb.on_evaluate(self, row, task, result)
 
@@ -269,7 +270,13 @@ class ContinualTrainer:
     def _fit(self, resume: bool) -> ContinualResult:
         from transformers import set_seed
 
+        procs = self._procs
+        # Every process decides from the same files before the main one writes anything.
         state = self._load_state(resume)
+        procs.barrier()
+        if state is None and procs.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.output_dir / "run.json", self.config())
         n = len(self.tasks)
         if state is None:
             state = {"version": _STATE_VERSION, "completed_stages": 0, "matrix": None,
@@ -294,9 +301,11 @@ class ContinualTrainer:
             state["completed_stages"] = stage
             state["matrix"] = matrix.tolist()
             self._save_state(state)
-            shutil.rmtree(self._checkpoint_dir(stage), ignore_errors=True)
-            if stage > 1:  # keep only the newest stage's adapter and buffer
-                shutil.rmtree(self._stage_dir(stage - 1), ignore_errors=True)
+            if procs.is_main:
+                shutil.rmtree(self._checkpoint_dir(stage), ignore_errors=True)
+                if stage > 1:  # keep only the newest stage's adapter and buffer
+                    shutil.rmtree(self._stage_dir(stage - 1), ignore_errors=True)
+            procs.barrier()
 
         result = ContinualResult(
             accuracy_matrix=matrix,
@@ -305,7 +314,9 @@ class ContinualTrainer:
             eval_details=state["eval_details"],
             config=self.config(),
         )
-        result.save(self.output_dir)
+        if procs.is_main:
+            result.save(self.output_dir)
+        procs.barrier()
         return result
 
     def _run_stage(self, stage: int, matrix: np.ndarray, details: dict[str, Any]) -> dict[str, Any]:
@@ -371,23 +382,52 @@ class ContinualTrainer:
         }
 
     def _save_stage(self, stage: int) -> None:
+        # Every process holds the same model and buffer; the main one writes them.
         final = self._stage_dir(stage)
         tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        main = self._procs.is_main
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
         if self.adapter_mode == "merge":
             import torch
 
             merged = self.model.merge_and_unload()
-            merged.save_pretrained(tmp / "merged")
-            self.tokenizer.save_pretrained(tmp / "merged")
+            if main:
+                merged.save_pretrained(tmp / "merged")
+                self.tokenizer.save_pretrained(tmp / "merged")
             torch.manual_seed(self.seed + stage)  # matches _load_model on resume
             self.model = self.policy.attach_lora(merged, copy.deepcopy(self.lora))
-        else:
+        elif main:
             self.model.save_pretrained(tmp / "adapter")
-        if self.replay is not None:
-            self.replay.save(tmp / "replay")
-        atomic_replace_dir(tmp, final)
+        if main:
+            if self.replay is not None:
+                self.replay.save(tmp / "replay")
+            atomic_replace_dir(tmp, final)
+
+
+class _Processes:
+    """The processes of a ``torchrun`` / ``accelerate launch`` job, or just this one.
+
+    Each process runs the whole loop (the Trainer shards the training batches; evaluation is
+    repeated in each process and gives the same scores); only the main process writes files.
+    """
+
+    def __init__(self) -> None:
+        self._state: Any = None
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            import torch
+            from accelerate import PartialState
+
+            self._state = PartialState(cpu=not torch.cuda.is_available())
+
+    @property
+    def is_main(self) -> bool:
+        return self._state is None or bool(self._state.is_main_process)
+
+    def barrier(self) -> None:
+        if self._state is not None:
+            self._state.wait_for_everyone()
 
 
 @contextlib.contextmanager
