@@ -65,3 +65,16 @@ def test_quick_demo_writes_every_output(tmp_path, demo_cache):
     assert "=== summary ===" in out.stdout and "fp32-replay0.5" in out.stdout
     assert (tmp_path / "demo" / "summary.md").read_text().count("|") > 20
     assert (tmp_path / "demo" / "demo.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_demo_runs_on_a_model_given_with_model(tmp_path, tiny_model_dir):
+    out = subprocess.run(
+        [sys.executable, "-m", "quantcl.cli", "demo", "--quick", "--model", str(tiny_model_dir),
+         "--precisions", "fp32", "--replay", "0", "--output-dir", str(tmp_path / "d"), "--no-progress"],
+        env={**os.environ, "QUANTCL_CACHE": str(tmp_path / "cache"), "MPLBACKEND": "Agg"},
+        capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert list(summary["runs"]) == ["fp32-replay0"]
+    assert summary["runs"]["fp32-replay0"]["config"]["model"] == str(tiny_model_dir)
+    assert not (tmp_path / "cache").exists()  # the built-in demo model was not built
