@@ -70,6 +70,14 @@ def test_validate_does_not_build_the_demo_model(tmp_path, tiny_model_dir):
     assert not cache.exists() or not any(cache.iterdir())
 
 
+def test_a_config_typo_fails_before_the_demo_model_is_built(tmp_path, tiny_model_dir):
+    cache = tmp_path / "cache"
+    out = quantcl("run", _config(tmp_path, tiny_model_dir, model="quantcl:demo", args={"max_stepz": 1}),
+                  env={"QUANTCL_CACHE": str(cache)})
+    assert out.returncode == 2 and "max_stepz" in out.stderr, out.stderr
+    assert not cache.exists() or not any(cache.iterdir())
+
+
 def test_synthetic_code_task_obeys_allow_code_execution_false(tmp_path, tiny_model_dir):
     tasks = {"recipe": "synthetic", "kwargs": {"n_train": 4, "n_eval": 2, "tasks": ["code"]}}
     out = quantcl("validate", _config(tmp_path, tiny_model_dir, tasks=tasks, allow_code_execution=False))

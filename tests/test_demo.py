@@ -78,3 +78,15 @@ def test_demo_runs_on_a_model_given_with_model(tmp_path, tiny_model_dir):
     assert list(summary["runs"]) == ["fp32-replay0"]
     assert summary["runs"]["fp32-replay0"]["config"]["model"] == str(tiny_model_dir)
     assert not (tmp_path / "cache").exists()  # the built-in demo model was not built
+
+
+def test_demo_refuses_a_different_run_left_in_output_dir_before_training(tmp_path, tiny_model_dir):
+    cmd = [sys.executable, "-m", "quantcl.cli", "demo", "--quick", "--model", str(tiny_model_dir),
+           "--precisions", "fp32", "--replay", "0", "--output-dir", str(tmp_path / "d"), "--no-progress"]
+    env = {**os.environ, "QUANTCL_CACHE": str(tmp_path / "cache"), "MPLBACKEND": "Agg"}
+    assert subprocess.run(cmd, env=env, capture_output=True, timeout=600).returncode == 0
+    before = (tmp_path / "d" / "fp32-replay0" / "result.json").read_bytes()
+    out = subprocess.run(cmd + ["--seed", "1"], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 2 and "differs in" in out.stderr and "--output-dir" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and "=== fp32-replay0 ===" not in out.stdout
+    assert (tmp_path / "d" / "fp32-replay0" / "result.json").read_bytes() == before

@@ -42,7 +42,7 @@ _TOP_KEYS = {
     "adapter_mode", "allow_code_execution", "model_kwargs", "progress",
 }
 T = TypeVar("T")
-DEMO_MODEL = "quantcl:demo"  # `model: quantcl:demo` names the demo model, built once and cached
+DEMO_MODEL_ID = "quantcl:demo"  # `model: quantcl:demo` names the demo model, built once and cached
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -195,25 +195,32 @@ def build_trainer(config: dict[str, Any], *, build_demo_model: bool = True, **ov
     if allow_code is not None and not isinstance(allow_code, bool):
         raise ConfigError(f"config key 'allow_code_execution' must be true or false, got {allow_code!r}")
     model = str(config["model"])
-    if model == DEMO_MODEL:
+    # every cheap object first: a typo fails before the demo model is built
+    precision = _precision(config.get("precision", "bf16"))
+    tasks = _tasks(config.get("tasks"), base, allow_code)
+    replay = _replay(config.get("replay"))
+    lora = _lora(config.get("lora"))
+    args = _args(config.get("args"))
+    progress = bool(config.get("progress", True))
+    if model == DEMO_MODEL_ID:
         from quantcl.demo import demo_model_dir, demo_model_is_cached
 
         if build_demo_model or demo_model_is_cached():
-            model = str(demo_model_dir())
+            model = str(demo_model_dir(progress=progress))
     elif (base / Path(model).expanduser()).exists():
         model = str(base / Path(model).expanduser())
     return ContinualTrainer(
         model=model,
-        precision=_precision(config.get("precision", "bf16")),
-        tasks=_tasks(config.get("tasks"), base, allow_code),
-        replay=_replay(config.get("replay")),
-        lora=_lora(config.get("lora")),
-        args=_args(config.get("args")),
+        precision=precision,
+        tasks=tasks,
+        replay=replay,
+        lora=lora,
+        args=args,
         output_dir=str(Path(config.get("output_dir", "runs/quantcl")).expanduser()),
         seed=int(config.get("seed", 0)),
         adapter_mode=config.get("adapter_mode", "continue"),
         model_kwargs=_kwargs("model_kwargs", config.get("model_kwargs")),
-        progress=bool(config.get("progress", True)),
+        progress=progress,
     )
 
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from quantcl._io import atomic_write_json
+from quantcl._io import atomic_write_bytes, atomic_write_json
 from quantcl._plot import plot_grid, require_extra
 from quantcl.errors import ConfigError
 from quantcl.results import ContinualResult, compare_markdown
@@ -76,18 +76,19 @@ def demo_model_dir(*, root: str | Path | None = None, progress: bool = True, **o
         overrides: change fields of :data:`DEMO_MODEL` (e.g. ``steps=200`` for tests).
     """
     final = _demo_model_path(root, overrides)
-    spec = {**DEMO_MODEL, **overrides}
     if _is_built(final):
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
     try:
+        spec = {**DEMO_MODEL, **overrides}
         _pretrain(tmp, spec, progress=progress)
         atomic_write_json(tmp / "quantcl-demo.json", spec)
-        if final.exists():  # another process finished first
-            shutil.rmtree(tmp)
-        else:
+        try:
             os.replace(tmp, final)
+        except OSError:  # another process finished first
+            if not _is_built(final):
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -188,34 +189,43 @@ def run_demo(
         ReplayBuffer(fraction=f)
     output_dir = Path(output_dir)
     started = time.perf_counter()
+    model_spec = {"steps": 400} if quick else {}
+    model_dir = model if model is not None else str(_demo_model_path(None, model_spec))
+    n_train, n_eval = (120, 12) if quick else (400, 40)
+    trainers = {
+        f"{policy.name}-replay{fraction:g}": ContinualTrainer(
+            model=model_dir,
+            precision=policy,
+            tasks=synthetic(seed=seed, n_train=n_train, n_eval=n_eval),
+            replay=ReplayBuffer(fraction=fraction, strategy="uniform", seed=seed) if fraction else None,
+            lora=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.0),
+            args=demo_stage_args(quick=quick),
+            output_dir=output_dir / f"{policy.name}-replay{fraction:g}",
+            seed=seed,
+            progress=progress,
+        )
+        for policy in policies
+        for fraction in replay_fractions
+    }
+    for name, trainer in trainers.items():  # runs left in output_dir must be continuable: check now
+        try:
+            trainer._load_state(resume=True)
+        except ConfigError as err:
+            raise ConfigError(f"{err} (demo run {name!r}; pass another --output-dir)") from err
     if model is None:
         print("Preparing the demo model (built and pretrained once, then cached)...", file=out)
-        model = str(demo_model_dir(progress=progress, **({"steps": 400} if quick else {})))
-    n_train, n_eval = (120, 12) if quick else (400, 40)
+        demo_model_dir(progress=progress, **model_spec)
     results: dict[str, ContinualResult] = {}
-    for policy in policies:
-        for fraction in replay_fractions:
-            name = f"{policy.name}-replay{fraction:g}"
-            print(f"\n=== {name} ===", file=out, flush=True)
-            trainer = ContinualTrainer(
-                model=model,
-                precision=policy,
-                tasks=synthetic(seed=seed, n_train=n_train, n_eval=n_eval),
-                replay=ReplayBuffer(fraction=fraction, strategy="uniform", seed=seed) if fraction else None,
-                lora=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.0),
-                args=demo_stage_args(quick=quick),
-                output_dir=output_dir / name,
-                seed=seed,
-                progress=progress,
-            )
-            result = trainer.fit(resume=True)
-            results[name] = result
-            print(result.to_markdown(), file=out, flush=True)
-            result.plot(output_dir / name / "result.png")
+    for name, trainer in trainers.items():
+        print(f"\n=== {name} ===", file=out, flush=True)
+        result = trainer.fit(resume=True)
+        results[name] = result
+        print(result.to_markdown(), file=out, flush=True)
+        result.plot(output_dir / name / "result.png")
     summary = compare_markdown(results)
     print("\n=== summary ===", file=out)
     print(summary, file=out)
-    (output_dir / "summary.md").write_text(summary + "\n")
+    atomic_write_bytes(output_dir / "summary.md", (summary + "\n").encode())
     atomic_write_json(output_dir / "summary.json", {
         "seconds": time.perf_counter() - started,
         "runs": {name: r.to_dict() for name, r in results.items()},

@@ -73,7 +73,7 @@ class ContinualResult:
     Args:
         accuracy_matrix: ``(T+1, T)`` scores (or the first rows of it); ``nan`` = not measured.
         task_names: the T distinct task names, in training order.
-        stage_records: one JSON-able dict per stage (stage, task, prepare/train/eval/save_seconds,
+        stage_records: one JSON-able dict per stage (stage, task, prepare/train/eval/replay/save_seconds,
             train_loss, steps, n_train_rows, n_replay_rows, learning_rate, peak_memory_bytes).
         eval_details: extra evaluator metrics, e.g. ``{"1": {"math": {"acc_norm": 0.4}}}``.
         config: the run's JSON-able configuration (policy, buffer, tasks, args, versions).

@@ -48,6 +48,8 @@ class StageCallback:
 
     Plain :class:`transformers.TrainerCallback` objects may be passed to
     :class:`ContinualTrainer` as well: they go to every stage's ``transformers.Trainer``.
+    Under ``torchrun`` / ``accelerate launch`` the hooks run in every process; check
+    ``trainer.is_main_process`` before writing files or logging once.
 
     Example:
         >>> class PrintScores(StageCallback):
@@ -157,6 +159,11 @@ class ContinualTrainer:
         self.model: Any = None
         self.tokenizer: Any = None
         self._procs = _Processes()
+
+    @property
+    def is_main_process(self) -> bool:
+        """True in a single process, and in the main one of a ``torchrun`` / ``accelerate`` job."""
+        return self._procs.is_main
 
     # ----------------------------------------------------------------------------- config
     def config(self) -> dict[str, Any]:
@@ -285,6 +292,8 @@ class ContinualTrainer:
         if state["matrix"] is not None:
             matrix[:] = np.array(state["matrix"], dtype=float)
         completed = int(state["completed_stages"])
+        if procs.is_main and completed > 0:
+            self._remove_leftovers(completed)
         if completed > 0 and self.replay is not None:
             self.replay.restore(self._stage_dir(completed) / "replay")
         self._load_model(completed)
@@ -355,12 +364,14 @@ class ContinualTrainer:
         self._evaluate_all(stage, matrix, details)
         eval_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        if self.replay is not None:
+        if self.replay is not None:  # after evaluation: model-aware strategies see the trained model
             from quantcl.scoring import ModelScorer
 
             scorer = ModelScorer(self.model, self.tokenizer, max_length=args.max_length,
                                  batch_size=args.eval_batch_size)
             self.replay.add_task(task.name, rows, model=scorer)
+        replay_seconds = time.perf_counter() - start
+        start = time.perf_counter()
         self._save_stage(stage)
         save_seconds = time.perf_counter() - start
         scores = {t.name: float(matrix[stage, j]) for j, t in enumerate(self.tasks)}
@@ -372,6 +383,7 @@ class ContinualTrainer:
             "prepare_seconds": prepare_seconds,
             "train_seconds": train_seconds,
             "eval_seconds": eval_seconds,
+            "replay_seconds": replay_seconds,
             "save_seconds": save_seconds,
             "train_loss": float(output.training_loss),
             "steps": int(output.global_step),
@@ -380,6 +392,14 @@ class ContinualTrainer:
             "learning_rate": args.learning_rate,
             "peak_memory_bytes": _peak_memory_bytes(),
         }
+
+    def _remove_leftovers(self, completed: int) -> None:
+        """Delete what a crash between saving the state and cleaning up left behind."""
+        keep = self._stage_dir(completed).name
+        for path in (self.output_dir / "stages").glob("stage-*"):
+            if path.name != keep:
+                shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(self._checkpoint_dir(completed), ignore_errors=True)
 
     def _save_stage(self, stage: int) -> None:
         # Every process holds the same model and buffer; the main one writes them.

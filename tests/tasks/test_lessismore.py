@@ -100,6 +100,23 @@ def test_code_task_requires_the_opt_in(data_dir):
         lessismore(data_dir)
 
 
+def test_missing_opt_in_and_bad_limits_fail_before_any_data_is_read(tmp_path, monkeypatch):
+    recipe = importlib.import_module("quantcl.tasks.recipes.lessismore")
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("data was loaded before the arguments were checked")
+
+    monkeypatch.setattr(recipe, "_hub", no_loading)
+    monkeypatch.setattr(recipe, "_load_local", no_loading)
+    monkeypatch.delenv("QUANTCL_ALLOW_CODE_EXECUTION", raising=False)
+    with pytest.raises(UnsafeCodeError, match="allow_code_execution"):
+        lessismore()  # the Hub path: refused before any download
+    with pytest.raises(ConfigError, match="limit_train"):
+        lessismore(allow_code_execution=True, limit_train=0)
+    with pytest.raises(ConfigError, match="limit_eval"):
+        lessismore(data_dir=tmp_path, allow_code_execution=True, limit_eval="10")
+
+
 def test_nlu_training_rows_use_the_alpaca_prompt_and_llm_adapters_output(tasks):
     row = tasks["nlu"].training_rows()[0]
     assert row["prompt"] == (

@@ -99,7 +99,7 @@ def test_merge_mode_starts_a_fresh_adapter_each_stage(tiny_model_dir, tmp_path):
                                output_dir=tmp_path / "run", adapter_mode="merge", progress=False)
     trainer.fit()
     lora_b = [p for n, p in trainer.model.named_parameters() if "lora_B" in n]
-    assert lora_b and all(float(p.abs().sum()) == 0.0 for p in lora_b)  # new adapter, untrained
+    assert lora_b and all(float(p.detach().abs().sum()) == 0.0 for p in lora_b)  # new adapter, untrained
     assert (tmp_path / "run" / "stages" / "stage-002" / "merged" / "model.safetensors").exists()
 
 
@@ -147,3 +147,17 @@ def test_bad_arguments_fail_before_any_work(tiny_model_dir, tmp_path, kwargs, ma
     with pytest.raises(qcl.QuantCLError, match=match):
         ContinualTrainer(**{**base, **kwargs})
     assert not (tmp_path / "r").exists()
+
+
+def test_resume_removes_what_a_crash_before_clean_up_left(tiny_model_dir, tmp_path):
+    kw = dict(model=tiny_model_dir, precision="fp32", tasks=_tasks(), lora=LORA,
+              args=StageArgs(max_steps=1, max_length=64), output_dir=tmp_path / "run", progress=False)
+    first = ContinualTrainer(**kw).fit()
+    # as if killed after state.json said "2 stages done" but before the old dirs were removed
+    (tmp_path / "run" / "stages" / "stage-001" / "adapter").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "stage-002" / "checkpoint-1").mkdir(parents=True)
+    again = ContinualTrainer(**kw).fit(resume=True)
+    np.testing.assert_array_equal(again.accuracy_matrix, first.accuracy_matrix)
+    assert sorted(p.name for p in (tmp_path / "run" / "stages").iterdir()) == ["stage-002"]
+    assert not (tmp_path / "run" / "checkpoints" / "stage-002").exists()
+    assert all("replay_seconds" in r for r in again.stage_records)

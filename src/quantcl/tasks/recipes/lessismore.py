@@ -216,6 +216,12 @@ def lessismore(
     unknown = [s for s in nlu_sets if s not in NLU_SETS]
     if unknown or not nlu_sets:
         raise UnknownNameError(f"lessismore(nlu_sets=...): unknown set(s) {unknown}; valid: {list(NLU_SETS)}")
+    code_evaluator = CodeExecution(allow_code_execution=allow_code_execution,
+                                   max_new_tokens=max_new_tokens_code)
+    code_evaluator.check_ready()  # the code-execution opt-in fails now, before any download
+    for name, value in (("limit_train", limit_train), ("limit_eval", limit_eval)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"lessismore({name}=...) must be a positive int or None, got {value!r}")
     root = Path(data_dir).expanduser() if data_dir is not None else None
     if root is not None and not root.is_dir():
         raise ConfigError(f"lessismore: data_dir {str(root)!r} is not a directory; {_LAYOUT_HINT}")
@@ -236,9 +242,7 @@ def lessismore(
         Task("math", gsm_train, gsm_test,
              NumericMatch(answer_phrase="The final answer is:", max_new_tokens=max_new_tokens_math),
              prompt=gsm8k_prompt, target=gsm8k_target),
-        Task("code", code_train, code_eval,
-             CodeExecution(allow_code_execution=allow_code_execution, max_new_tokens=max_new_tokens_code),
-             prompt=code_prompt, target=code_target),
+        Task("code", code_train, code_eval, code_evaluator, prompt=code_prompt, target=code_target),
     ]
     if seed is not None:
         tasks = [t._replace(train=t.train.shuffle(seed=seed)) for t in tasks]
