@@ -21,11 +21,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from quantcl.errors import ConfigError, StateError, UnknownNameError
@@ -288,7 +290,8 @@ class PrecisionPolicy:
         self._check_base(model)
         check_target_modules(model, getattr(lora_config, "target_modules", None))
         prepare_base_for_lora(model)
-        return get_peft_model(model, lora_config)
+        with _quiet_peft_alias_warning():
+            return get_peft_model(model, lora_config)
 
     def load_adapter(
         self, model: PreTrainedModel, adapter_dir: str | os.PathLike[str], *, is_trainable: bool = True
@@ -310,7 +313,8 @@ class PrecisionPolicy:
             raise StateError(f"no peft adapter in {str(adapter_dir)!r} (adapter_config.json is missing)")
         self._check_base(model)
         prepare_base_for_lora(model)
-        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)
+        with _quiet_peft_alias_warning():
+            return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)
 
     def _check_base(self, model: Any) -> None:
         from peft import PeftModel
@@ -348,3 +352,13 @@ class PrecisionPolicy:
                 kind = type(module).__name__
                 totals[kind] = totals.get(kind, 0) + tensor.nelement() * tensor.element_size()
         return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
+@contextlib.contextmanager
+def _quiet_peft_alias_warning() -> Iterator[None]:
+    """peft reads ``model.is_gradient_checkpointing``, deprecated in transformers 5: hide that
+    FutureWarning, which users can do nothing about, and keep every other warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                category=FutureWarning)
+        yield
