@@ -10,6 +10,7 @@ users know them. Everything a crash must not lose is written atomically under ``
       stages/stage-001/     adapter (safetensors), replay buffer, merged base (merge mode)
       checkpoints/stage-002/checkpoint-N   Trainer checkpoints inside a stage (save_steps)
       evals/row-001-math.json               per-example evaluation records
+      logs/stage-002/       what ``report_to`` loggers wrote (e.g. TensorBoard's runs/)
       result.json           the ContinualResult, once the run is finished
 """
 
@@ -311,6 +312,7 @@ class ContinualTrainer:
             state["matrix"] = matrix.tolist()
             self._save_state(state)
             if procs.is_main:
+                self._keep_logs(stage)
                 shutil.rmtree(self._checkpoint_dir(stage), ignore_errors=True)
                 if stage > 1:  # keep only the newest stage's adapter and buffer
                     shutil.rmtree(self._stage_dir(stage - 1), ignore_errors=True)
@@ -393,12 +395,25 @@ class ContinualTrainer:
             "peak_memory_bytes": _peak_memory_bytes(),
         }
 
+    def _keep_logs(self, stage: int) -> None:
+        """Move what loggers wrote into the stage's Trainer output_dir (``report_to="tensorboard"``
+        writes ``runs/``) to ``logs/stage-NNN/`` before the checkpoints are removed."""
+        root = self._checkpoint_dir(stage)
+        if not root.is_dir():
+            return
+        logs = self.output_dir / "logs" / root.name
+        for path in root.iterdir():
+            if not re.fullmatch(r"checkpoint-\d+", path.name):
+                logs.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(path), str(logs / path.name))
+
     def _remove_leftovers(self, completed: int) -> None:
         """Delete what a crash between saving the state and cleaning up left behind."""
         keep = self._stage_dir(completed).name
         for path in (self.output_dir / "stages").glob("stage-*"):
             if path.name != keep:
                 shutil.rmtree(path, ignore_errors=True)
+        self._keep_logs(completed)
         shutil.rmtree(self._checkpoint_dir(completed), ignore_errors=True)
 
     def _save_stage(self, stage: int) -> None:

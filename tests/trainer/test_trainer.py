@@ -1,6 +1,7 @@
 """ContinualTrainer end to end on tiny models: every precision, replay, modes, callbacks."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -161,3 +162,21 @@ def test_resume_removes_what_a_crash_before_clean_up_left(tiny_model_dir, tmp_pa
     assert sorted(p.name for p in (tmp_path / "run" / "stages").iterdir()) == ["stage-002"]
     assert not (tmp_path / "run" / "checkpoints" / "stage-002").exists()
     assert all("replay_seconds" in r for r in again.stage_records)
+
+
+def test_what_loggers_write_into_a_stage_output_dir_is_kept(tiny_model_dir, tmp_path):
+    # report_to="tensorboard" writes <TrainingArguments.output_dir>/runs/...; the trainer removes
+    # that directory's checkpoints after the stage but must keep the logs.
+    class FileLogger(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            path = os.path.join(args.output_dir, "runs", "events.txt")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "a") as f:
+                f.write(json.dumps(logs) + "\n")
+
+    ContinualTrainer(model=tiny_model_dir, precision="fp32", tasks=_tasks(), lora=LORA, args=ARGS,
+                     output_dir=tmp_path / "run", callbacks=[FileLogger()], progress=False).fit()
+    for stage in ("stage-001", "stage-002"):
+        lines = (tmp_path / "run" / "logs" / stage / "runs" / "events.txt").read_text().splitlines()
+        assert any("loss" in json.loads(line) for line in lines)
+    assert not (tmp_path / "run" / "checkpoints" / "stage-001").exists()
