@@ -123,3 +123,11 @@ def test_demo_refuses_an_unknown_precision_before_work(tmp_path):
     out = quantcl("demo", "--precisions", "bf16,int3", "--output-dir", tmp_path / "d")
     assert out.returncode == 2 and "int3" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_the_shipped_offline_example_config_validates(tmp_path):
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "synthetic.yaml"
+    out = quantcl("validate", example, env={"QUANTCL_CACHE": str(tmp_path / "cache")})
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr
