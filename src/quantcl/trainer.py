@@ -365,6 +365,9 @@ class ContinualTrainer:
         start = time.perf_counter()
         self._evaluate_all(stage, matrix, details)
         eval_seconds = time.perf_counter() - start
+        # the new accuracy-matrix row goes to the report_to integrations, at the stage's last step
+        hf_trainer.log({f"continual/{t.name}": float(matrix[stage, j]) for j, t in enumerate(self.tasks)}
+                       | {"continual/stage": float(stage)})
         start = time.perf_counter()
         if self.replay is not None:  # after evaluation: model-aware strategies see the trained model
             from quantcl.scoring import ModelScorer

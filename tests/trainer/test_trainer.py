@@ -180,3 +180,10 @@ def test_what_loggers_write_into_a_stage_output_dir_is_kept(tiny_model_dir, tmp_
         lines = (tmp_path / "run" / "logs" / stage / "runs" / "events.txt").read_text().splitlines()
         assert any("loss" in json.loads(line) for line in lines)
     assert not (tmp_path / "run" / "checkpoints" / "stage-001").exists()
+    # the accuracy-matrix row of each stage is logged through report_to as well
+    result = ContinualResult.load(tmp_path / "run")
+    for i, stage in enumerate(("stage-001", "stage-002"), start=1):
+        lines = [json.loads(x) for x in (tmp_path / "run" / "logs" / stage / "runs" / "events.txt").read_text().splitlines()]
+        row = next(x for x in lines if "continual/nlu" in x)
+        assert row["continual/stage"] == i
+        assert [row["continual/nlu"], row["continual/math"]] == result.accuracy_matrix[i].tolist()
