@@ -1,6 +1,7 @@
 """ContinualTrainer under torchrun: two CPU processes (gloo), one set of files."""
 
 import json
+import socket
 import subprocess
 import sys
 import textwrap
@@ -39,8 +40,11 @@ SCRIPT = textwrap.dedent(
 def test_torchrun_two_processes_train_together_and_write_once(tiny_model_dir, tmp_path):
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     out = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
          str(script), str(tiny_model_dir), str(tmp_path / "run"), str(tmp_path)],
         capture_output=True, text=True, timeout=600,
     )
