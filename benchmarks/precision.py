@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-PRESETS = ["fp32", "bf16", "fp16", "int8", "nf4", "fp4"]
+PRESETS = ["fp32", "bf16", "fp16", "int8", "nf4", "fp4", "ternary"]
 
 
 def _worker(args: argparse.Namespace) -> None:

@@ -254,7 +254,7 @@ def default_precisions() -> tuple[str, str, str]:
 
 
 def _demo_policy(policy: Any, compute_dtype: str) -> Any:
-    if not policy.is_quantized:
+    if policy.kind == "float":
         return policy
     if compute_dtype == "auto":
         import torch

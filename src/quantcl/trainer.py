@@ -140,7 +140,7 @@ class ContinualTrainer:
             raise ConfigError(f"args must be a quantcl.StageArgs, got {type(self.args).__name__}")
         if adapter_mode not in ("continue", "merge"):
             raise ConfigError(f"adapter_mode must be 'continue' or 'merge', got {adapter_mode!r}")
-        if adapter_mode == "merge" and self.policy.is_quantized:
+        if adapter_mode == "merge" and self.policy.kind != "float":
             raise ConfigError(
                 f"adapter_mode='merge' would merge LoRA into the {self.policy.name} base, "
                 "re-quantizing it (lossy); use adapter_mode='continue' or a float precision"

@@ -22,14 +22,14 @@ def _base_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
 
 
-EXPECTED_LAYER = {"fp32": "Linear", "bf16": "Linear", "fp16": "Linear",
+EXPECTED_LAYER = {"fp32": "Linear", "bf16": "Linear", "fp16": "Linear", "ternary": "Linear",
                   "int8": "Linear8bitLt", "nf4": "Linear4bit", "fp4": "Linear4bit"}
 EXPECTED_WEIGHT = {"int8": "Int8Params", "nf4": "Params4bit", "fp4": "Params4bit"}
 
 
 @pytest.mark.parametrize(
     "name,steps",
-    [("fp32", 20), ("bf16", 20), ("int8", 20), ("nf4", 20), ("fp4", 20),
+    [("fp32", 20), ("bf16", 20), ("int8", 20), ("nf4", 20), ("fp4", 20), ("ternary", 20),
      ("fp16", 20)],  # fp16 on CPU is ~50x slower per flop; the short batch keeps it ~1 s
 )
 def test_every_preset_trains_lora_on_a_fixed_batch(name, steps, small_model_dir, fixed_batch, train_steps,

@@ -10,7 +10,7 @@ import torch
 from quantcl.errors import ConfigError, UnknownNameError
 from quantcl.precision import PrecisionPolicy
 
-ALL = ["fp32", "bf16", "fp16", "int8", "nf4", "fp4"]
+ALL = ["fp32", "bf16", "fp16", "int8", "nf4", "fp4", "ternary"]
 
 
 def test_presets_are_listed_in_order():
@@ -85,9 +85,9 @@ def test_unknown_precision_lists_the_valid_names():
         PrecisionPolicy("int3")
 
 
-def test_ternary_is_not_a_preset_yet():
-    with pytest.raises(UnknownNameError, match="valid: fp32"):
-        PrecisionPolicy("ternary")
+def test_unknown_precision_lists_every_preset():
+    with pytest.raises(UnknownNameError, match="valid: fp32, bf16, fp16, int8, nf4, fp4, ternary"):
+        PrecisionPolicy("int2")
 
 
 def test_unknown_compute_dtype_is_rejected():

@@ -20,7 +20,7 @@ def _tasks(names=("nlu", "math")):
     return qcl.recipes.synthetic(seed=0, n_train=16, n_eval=3, tasks=names)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8", "nf4", "fp4"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8", "nf4", "fp4", "ternary"])
 @pytest.mark.parametrize("fraction", [None, 0.25])
 def test_full_loop_fills_the_matrix_and_saves_everything(small_model_dir, tmp_path, precision, fraction):
     replay = qcl.ReplayBuffer(fraction=fraction, strategy="uniform", seed=0) if fraction else None

@@ -3,7 +3,8 @@
 Presets: ``fp32``, ``bf16``, ``fp16`` (plain float weights) and ``int8`` (LLM.int8,
 ``bitsandbytes.nn.Linear8bitLt``), ``nf4`` / ``fp4`` (``bitsandbytes.nn.Linear4bit``), all
 through ``transformers.BitsAndBytesConfig`` on every device bitsandbytes supports (CUDA and CPU
-included). A policy is a small frozen value that round-trips through JSON.
+included), and ``ternary`` (BitNet b1.58 absmean weights, fake-quantized in the compute dtype:
+see :mod:`quantcl.precision.ternary`). A policy is a small frozen value that round-trips through JSON.
 
 Training: a plain ``transformers.Trainer`` (``TrainingArguments(use_cpu=True,
 report_to="none")``) trains the ``PeftModel`` returned by :meth:`PrecisionPolicy.attach_lora`
@@ -54,9 +55,9 @@ class FP16OnCPUWarning(SlowOnCPUWarning):
 
 @dataclass(frozen=True)
 class _Preset:
-    kind: str  # "float" | "bnb" (a "ternary" kind can join later)
+    kind: str  # "float" | "bnb" | "ternary"
     compute_dtype: str  # default dtype of non-quantized weights / compute
-    bits: int
+    bits: float
     quant_type: str | None = None  # bnb 4-bit quant type
 
 
@@ -67,6 +68,7 @@ PRESETS: dict[str, _Preset] = {
     "int8": _Preset("bnb", "bf16", 8),
     "nf4": _Preset("bnb", "bf16", 4, "nf4"),
     "fp4": _Preset("bnb", "bf16", 4, "fp4"),
+    "ternary": _Preset("ternary", "bf16", 1.58),  # log2(3) bits of information per weight
 }
 _DTYPE_NAMES = {
     "fp32": "fp32", "float32": "fp32", "float": "fp32",
@@ -89,12 +91,12 @@ class PrecisionPolicy:
     """The weight precision of a base model, and the LoRA preparation that goes with it.
 
     Args:
-        name: a preset: ``fp32``, ``bf16``, ``fp16``, ``int8``, ``nf4`` or ``fp4``.
+        name: a preset: ``fp32``, ``bf16``, ``fp16``, ``int8``, ``nf4``, ``fp4`` or ``ternary``.
         compute_dtype: dtype of non-quantized weights and of 4-bit compute (``fp32``, ``bf16``,
-            ``fp16``); default: the preset's own (``bf16`` for the quantized presets). A float
-            preset only accepts its own dtype.
+            ``fp16``), and the storage dtype of ``ternary`` weights; default: the preset's own
+            (``bf16`` for the quantized presets). A float preset only accepts its own dtype.
         double_quant: 4-bit only: quantize the quantization constants too (QLoRA's trick).
-        skip_modules: modules kept in full (compute) precision by the 4/8-bit presets.
+        skip_modules: modules kept in full (compute) precision by the 4/8-bit and ternary presets.
         int8_threshold: ``int8`` only: the LLM.int8 outlier threshold (``llm_int8_threshold``).
 
     Example:
@@ -144,8 +146,13 @@ class PrecisionPolicy:
         return PRESETS[self.name].kind == "bnb"
 
     @property
-    def bits(self) -> int:
-        """Bits per weight of the quantized (or float) linear layers."""
+    def kind(self) -> str:
+        """``"float"``, ``"bnb"`` (int8, nf4, fp4) or ``"ternary"``."""
+        return PRESETS[self.name].kind
+
+    @property
+    def bits(self) -> float:
+        """Bits per weight of the quantized (or float) linear layers (1.58 for ``ternary``)."""
         return PRESETS[self.name].bits
 
     @property
@@ -212,7 +219,7 @@ class PrecisionPolicy:
                 stacklevel=3,
             )
         if self.compute_dtype == "bf16" and "cpu" in devices and not cpu_has_native_bf16():
-            hint = (f"PrecisionPolicy({self.name!r}, compute_dtype='fp32')" if self.is_quantized
+            hint = (f"PrecisionPolicy({self.name!r}, compute_dtype='fp32')" if self.kind != "float"
                     else "the 'fp32' preset")
             warnings.warn(
                 f"precision {self.name!r} computes in bf16, but this CPU has no native bf16 "
@@ -267,6 +274,10 @@ class PrecisionPolicy:
         )
         ensure_pad_token(model, tokenizer)
         _bnb.disable_cpu_inference_repack(model)  # models are often evaluated before LoRA
+        if self.kind == "ternary":
+            from quantcl.precision.ternary import ternarize_
+
+            ternarize_(model, self.skip_modules)
         return model, tokenizer
 
     # ------------------------------------------------------------------ LoRA
