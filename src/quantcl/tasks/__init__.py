@@ -9,14 +9,9 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
+from quantcl.tasks.evaluators import CodeExecution, EvalResult, Evaluator, MultipleChoice, NumericMatch
 from quantcl.tasks.task import Task, TaskSequence, Template
 from quantcl.tasks.tokenize import IGNORE_INDEX, make_collator, tokenize_for_training
-
-# Evaluator names re-exported lazily: tasks/evaluators/ loads torch and is built separately.
-_FROM_EVALUATORS = ("EvalResult", "Evaluator", "MultipleChoice", "NumericMatch", "CodeExecution")
 
 __all__ = [
     "Task",
@@ -25,17 +20,9 @@ __all__ = [
     "IGNORE_INDEX",
     "tokenize_for_training",
     "make_collator",
-    *_FROM_EVALUATORS,
+    "EvalResult",
+    "Evaluator",
+    "MultipleChoice",
+    "NumericMatch",
+    "CodeExecution",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _FROM_EVALUATORS:
-        value = getattr(importlib.import_module("quantcl.tasks.evaluators"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'quantcl.tasks' has no attribute {name!r}")
-
-
-if TYPE_CHECKING:  # pragma: no cover
-    from quantcl.tasks.evaluators import CodeExecution, EvalResult, Evaluator, MultipleChoice, NumericMatch
