@@ -17,7 +17,7 @@ R = np.array([
     # nlu   math  code
     [0.20, 0.10, 0.00],  # row 0: before training
     [0.80, 0.30, 0.10],  # row 1: after stage 1 (trains nlu)
-    [0.60, 0.90, 0.20],  # row 2: after stage 2 (trains math)
+    [0.60, 0.90, 0.30],  # row 2: after stage 2 (trains math)
     [0.50, 0.70, 0.70],  # row 3: after stage 3 (trains code), the final row
 ])
 NAMES = ["nlu", "math", "code"]
@@ -39,9 +39,9 @@ def test_bwt_compares_final_scores_with_scores_right_after_learning():
 
 
 def test_fwt_compares_scores_just_before_learning_with_the_untrained_model():
-    # math: R[1,1] - R[0,1] = 0.3 - 0.1 = 0.2 ; code: R[2,2] - R[0,2] = 0.2 - 0.0 = 0.2
+    # math: R[1,1] - R[0,1] = 0.3 - 0.1 = 0.2 ; code: R[2,2] - R[0,2] = 0.3 - 0.0 = 0.3
     # nlu (the first task) is not included ; divided by T - 1 = 2
-    assert M.fwt(R) == pytest.approx((0.2 + 0.2) / 2)  # 0.2
+    assert M.fwt(R) == pytest.approx((0.2 + 0.3) / 2)  # 0.25
 
 
 def test_forgetting_is_the_best_score_after_learning_minus_the_final_score():
@@ -76,7 +76,7 @@ def test_compute_metrics_collects_means_and_named_per_task_values():
     m = M.compute_metrics(R, NAMES)
     assert m["average_accuracy"] == pytest.approx(1.9 / 3)
     assert m["bwt"] == pytest.approx(-0.25)
-    assert m["fwt"] == pytest.approx(0.2)
+    assert m["fwt"] == pytest.approx(0.25)
     assert m["forgetting"] == pytest.approx((0.3 + 0.2) / 2)
     assert m["retention"] == pytest.approx((0.625 + 0.7 / 0.9 + 1.0) / 3)
     assert m["plasticity"] == pytest.approx((0.8 + 0.9 + 0.7) / 3)
@@ -114,6 +114,73 @@ def test_two_tasks_use_a_single_term():
     assert M.forgetting(R2) == pytest.approx([0.9 - 0.6])
 
 
+# T = 4, chosen so that every term of FWT, BWT and forgetting differs from the others, and so that
+# the plausible wrong formulas (only the first / last term, dividing by T, the score after instead
+# of before learning, the score right after learning instead of the max, the max reaching into the
+# final row or into the rows before learning) all give other numbers than the right one.
+R4 = np.array([
+    # t0    t1    t2    t3
+    [0.10, 0.95, 0.05, 0.30],  # row 0: before training (t1 already scores high: not "forgotten")
+    [0.60, 0.25, 0.15, 0.35],  # row 1: after stage 1 (trains t0)
+    [0.75, 0.40, 0.35, 0.25],  # row 2: after stage 2 (trains t1); t0 peaks here, after learning
+    [0.50, 0.70, 0.80, 0.45],  # row 3: after stage 3 (trains t2); t1 peaks here
+    [0.30, 0.55, 0.85, 0.90],  # row 4: after stage 4 (trains t3), the final row; t2 ends higher
+])
+
+
+def test_fwt_averages_every_term_of_a_four_task_matrix():
+    # FWT = 1/(T-1) * sum_{j=1}^{T-1} (R[j, j] - R[0, j])
+    t1 = 0.25 - 0.95  # R[1,1] - R[0,1] = -0.70
+    t2 = 0.35 - 0.05  # R[2,2] - R[0,2] = +0.30
+    t3 = 0.45 - 0.30  # R[3,3] - R[0,3] = +0.15
+    assert len({round(t, 6) for t in (t1, t2, t3)}) == 3  # every term differs
+    expected = (t1 + t2 + t3) / 3  # -0.08333
+    assert M.fwt(R4) == pytest.approx(expected)
+    assert expected != pytest.approx(t3) and expected != pytest.approx(t1)  # not the last / first term
+    assert expected != pytest.approx((t1 + t2 + t3) / 4)  # not divided by T
+    assert M.compute_metrics(R4)["fwt"] == pytest.approx(expected)
+
+
+def test_bwt_averages_every_term_of_a_four_task_matrix():
+    # BWT = 1/(T-1) * sum_{j=0}^{T-2} (R[T, j] - R[j+1, j]); the last task t3 has no term
+    t0 = 0.30 - 0.60  # R[4,0] - R[1,0] = -0.30
+    t1 = 0.55 - 0.40  # R[4,1] - R[2,1] = +0.15
+    t2 = 0.85 - 0.80  # R[4,2] - R[3,2] = +0.05
+    assert len({round(t, 6) for t in (t0, t1, t2)}) == 3
+    expected = (t0 + t1 + t2) / 3  # -0.03333
+    assert M.bwt(R4) == pytest.approx(expected)
+    assert expected != pytest.approx(t2) and expected != pytest.approx(t0)  # not the last / first term
+    assert expected != pytest.approx((t0 + t1 + t2) / 4)  # not divided by T (or with t3's 0 term)
+    assert M.compute_metrics(R4)["bwt"] == pytest.approx(expected)
+
+
+def test_forgetting_of_a_four_task_matrix_is_the_max_since_learning_minus_final():
+    # f_j = max(R[j+1 .. T-1, j]) - R[T, j], for j = 0 .. T-2
+    f0 = max(0.60, 0.75, 0.50) - 0.30  # 0.45: the peak is at row 2, neither right after learning nor last
+    f1 = max(0.40, 0.70) - 0.55  # 0.15: the peak is at row 3, not right after learning
+    f2 = 0.80 - 0.85  # -0.05: only row 3; the final score is higher, so the max must not reach row T
+    assert M.forgetting(R4) == pytest.approx([f0, f1, f2])
+    # the wrong formulas give other lists
+    right_after = [0.60 - 0.30, 0.40 - 0.55, 0.80 - 0.85]  # R[j+1, j] - R[T, j]
+    last_minus_first = [0.30 - 0.60, 0.55 - 0.40, 0.85 - 0.80]  # R[T, j] - R[j+1, j]
+    last_before_final = [0.50 - 0.30, 0.70 - 0.55, 0.80 - 0.85]  # R[T-1, j] - R[T, j]
+    with_final_row = [f0, f1, 0.0]  # max over rows j+1 .. T
+    with_rows_before = [f0, 0.95 - 0.55, f2]  # max over rows 0 .. T-1
+    for wrong in (right_after, last_minus_first, last_before_final, with_final_row, with_rows_before):
+        assert M.forgetting(R4) != pytest.approx(wrong)
+    m = M.compute_metrics(R4, ["t0", "t1", "t2", "t3"])
+    assert m["forgetting_per_task"] == pytest.approx({"t0": f0, "t1": f1, "t2": f2})
+    assert m["forgetting"] == pytest.approx((f0 + f1 + f2) / 3)
+
+
+def test_the_other_metrics_of_a_four_task_matrix():
+    assert M.average_accuracy(R4) == pytest.approx((0.30 + 0.55 + 0.85 + 0.90) / 4)
+    assert M.average_accuracy_curve(R4) == pytest.approx(
+        [0.60, (0.75 + 0.40) / 2, (0.50 + 0.70 + 0.80) / 3, (0.30 + 0.55 + 0.85 + 0.90) / 4])
+    assert M.plasticity(R4) == pytest.approx([0.60, 0.40, 0.80, 0.90])
+    assert M.retention(R4) == pytest.approx([0.30 / 0.60, 0.55 / 0.40, 0.85 / 0.80, 0.90 / 0.90])
+
+
 def test_zero_score_after_learning_gives_nan_retention_not_a_crash():
     r = M.retention([[0.0, 0.0], [0.0, 0.0], [0.0, 0.5]])
     assert math.isnan(r[0]) and r[1] == pytest.approx(1.0)
@@ -127,7 +194,7 @@ def test_a_partial_run_gives_nan_final_metrics_and_a_curve_so_far():
     assert m["average_accuracy_curve"][:2] == pytest.approx([0.8, 0.75])
     assert math.isnan(m["average_accuracy_curve"][2])
     assert math.isnan(m["average_accuracy"]) and math.isnan(m["bwt"]) and math.isnan(m["forgetting"])
-    assert m["fwt"] == pytest.approx(0.2)  # rows 0..2 are all it needs
+    assert m["fwt"] == pytest.approx(0.25)  # rows 0..2 are all it needs
     assert m["plasticity_per_task"]["task1"] == pytest.approx(0.9)
     assert math.isnan(m["plasticity_per_task"]["task2"])
 

@@ -43,14 +43,21 @@ _LAZY: dict[str, str] = {
     "Task": "quantcl.tasks",
     "TaskSequence": "quantcl.tasks",
     "EvalResult": "quantcl.tasks",
+    "Evaluator": "quantcl.tasks",
+    "register_evaluator": "quantcl.tasks",
+    "Component": "quantcl.components",
     "ContinualTrainer": "quantcl.trainer",
     "StageArgs": "quantcl.stage_args",
-    "StageCallback": "quantcl.trainer",
+    "StageCallback": "quantcl.plugins",
+    "StagePlugin": "quantcl.plugins",
+    "TrainerSpec": "quantcl.plugins",
+    "ReplayPlugin": "quantcl.plugins",
     "ContinualResult": "quantcl.results",
     "compute_metrics": "quantcl.metrics",
 }
 _SUBMODULES = {"evaluators": "quantcl.evaluators", "recipes": "quantcl.recipes",
-               "metrics": "quantcl.metrics"}
+               "metrics": "quantcl.metrics", "plugins": "quantcl.plugins",
+               "components": "quantcl.components"}
 
 __all__ = [
     "__version__",
@@ -81,10 +88,12 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    from quantcl.components import Component
     from quantcl.metrics import compute_metrics
+    from quantcl.plugins import ReplayPlugin, StageCallback, StagePlugin, TrainerSpec
     from quantcl.precision import PrecisionPolicy
     from quantcl.replay import ReplayBuffer, ReplayScorer, ReplayStrategy, register_strategy, strategy_names
     from quantcl.results import ContinualResult
-    from quantcl.tasks import EvalResult, Task, TaskSequence
     from quantcl.stage_args import StageArgs
-    from quantcl.trainer import ContinualTrainer, StageCallback
+    from quantcl.tasks import EvalResult, Evaluator, Task, TaskSequence, register_evaluator
+    from quantcl.trainer import ContinualTrainer

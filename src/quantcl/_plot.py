@@ -11,7 +11,7 @@ import io
 import math
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -100,7 +100,7 @@ def _value_range(R: np.ndarray) -> tuple[float, float]:
     return vmin, vmax
 
 
-def _heatmap(ax, result: ContinualResult, title: str, vmin: float, vmax: float) -> None:
+def _heatmap(ax: Any, result: ContinualResult, title: str, vmin: float, vmax: float) -> None:
     """The accuracy matrix on ``ax``, each cell annotated (``-`` where not measured)."""
     R = result.accuracy_matrix
     ax.imshow(np.ma.masked_invalid(R), vmin=vmin, vmax=vmax, cmap=_viridis_with_grey_for_nan(),
@@ -119,7 +119,7 @@ def _heatmap(ax, result: ContinualResult, title: str, vmin: float, vmax: float) 
             ax.text(j, i, text, ha="center", va="center", fontsize=8, color=color)
 
 
-def _save(fig, path: str | Path) -> Path:
+def _save(fig: Any, path: str | Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
     path = Path(path)
@@ -127,7 +127,7 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
-def _viridis_with_grey_for_nan():  # -> matplotlib.colors.Colormap
+def _viridis_with_grey_for_nan() -> Any:  # a matplotlib.colors.Colormap
     from matplotlib import colormaps
 
     return colormaps["viridis"].with_extremes(bad="#dddddd")

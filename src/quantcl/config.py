@@ -11,16 +11,25 @@ A config mirrors the ``ContinualTrainer`` arguments::
     #   - name: qa
     #     train: data/qa-train.jsonl
     #     eval: data/qa-test.jsonl
-    #     evaluator: {type: MultipleChoice}
+    #     evaluator: {type: MultipleChoice}      # a registered name, or
+#     # evaluator: {_component_: my_pkg.MyEvaluator, threshold: 0.5}
     #     prompt: "Question: {question}\\nAnswer:"
     #     target: " {answer_text}"
     replay: {fraction: 0.01, strategy: reservoir, seed: 0}   # or null
+    # replay: {fraction: 0.01, strategy: {_component_: my_pkg.KeepHardest, margin: 0.1}}
+    plugins:                       # any StagePlugin, by dotted path, with its arguments
+      - {_component_: my_pkg.plugins.LwF, alpha: 1.0}
     lora: {r: 8, lora_alpha: 16, target_modules: all-linear}
     args: {learning_rate: 2.0e-4, max_steps: 100, overrides: {0: {learning_rate: 2.0e-4}}}
     output_dir: runs/nf4
     seed: 0
     adapter_mode: continue
     allow_code_execution: false
+
+A ``_component_: package.module.Name`` node names any importable class or function, with its
+arguments beside it (torchtune's pattern): an evaluator, a replay strategy, a plug-in, or a task
+builder (``tasks: {_component_: my_pkg.build_tasks, n: 100}`` returning a TaskSequence or a list
+of Tasks). ``quantcl validate`` checks every such node against the signature before building.
 
 Relative data paths (task files, ``data_dir``, a local model) are resolved against the config
 file's directory; ``output_dir`` against the working directory.
@@ -31,15 +40,22 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from quantcl.components import COMPONENT_KEY, check_node, instantiate
 from quantcl.errors import ConfigError, QuantCLError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from quantcl.precision import PrecisionPolicy
+    from quantcl.stage_args import StageArgs
+    from quantcl.tasks import TaskSequence
+    from quantcl.trainer import ContinualTrainer
 
 __all__ = ["load_config", "build_trainer", "validate_config"]
 
 _TOP_KEYS = {
     "model", "precision", "tasks", "replay", "lora", "args", "output_dir", "seed",
-    "adapter_mode", "allow_code_execution", "model_kwargs", "progress",
+    "adapter_mode", "allow_code_execution", "model_kwargs", "progress", "plugins",
 }
 T = TypeVar("T")
 DEMO_MODEL_ID = "quantcl:demo"  # `model: quantcl:demo` names the demo model, built once and cached
@@ -67,6 +83,8 @@ def _at(key: str, fn: Callable[[], T]) -> T:
     try:
         return fn()
     except QuantCLError as err:
+        if str(err).startswith("config key '"):
+            raise
         raise type(err)(f"config key '{key}': {err}") from err
     except (TypeError, ValueError) as err:
         raise ConfigError(f"config key '{key}': {err}") from err
@@ -90,7 +108,7 @@ def _check_signature(key: str, fn: Callable, kwargs: dict[str, Any]) -> None:
         raise ConfigError(f"config key '{key}': unknown option(s) {bad}; valid: {valid}")
 
 
-def _precision(value: Any):
+def _precision(value: Any) -> PrecisionPolicy:
     from quantcl.precision import PrecisionPolicy
 
     if isinstance(value, str):
@@ -99,24 +117,30 @@ def _precision(value: Any):
     return _at("precision", lambda: PrecisionPolicy.from_dict(data))
 
 
-def _evaluator(key: str, spec: Any, allow_code: bool | None):
-    from quantcl.tasks import evaluators
+def _evaluator(key: str, spec: Any, allow_code: bool | None) -> Any:
+    from quantcl.tasks.evaluators import Evaluator, evaluator_class
 
     spec = dict(_kwargs(key, spec))
-    kind = spec.pop("type", None)
-    names = [n for n in ("MultipleChoice", "NumericMatch", "CodeExecution")]
-    if kind not in names:
-        raise ConfigError(f"config key '{key}.type' must be one of {names}, got {kind!r}")
-    cls = getattr(evaluators, kind)
-    if kind == "CodeExecution":
+    if COMPONENT_KEY in spec:
+        cls = check_node(spec, key)
+        build = lambda: instantiate(spec, key)  # noqa: E731
+        if not (isinstance(cls, type) and issubclass(cls, Evaluator)):
+            raise ConfigError(f"config key '{key}': {spec[COMPONENT_KEY]} is not a quantcl Evaluator subclass")
+    else:
+        cls = _at(f"{key}.type", lambda: evaluator_class(spec.pop("type", None)))
+        _check_signature(key, cls.__init__, spec)
+        build = lambda: cls(**spec)  # noqa: E731
+    if cls.unsafe and "allow_code_execution" in inspect.signature(cls.__init__).parameters:
         spec.setdefault("allow_code_execution", bool(allow_code))
-    _check_signature(key, cls.__init__, spec)
-    return _at(key, lambda: cls(**spec))
+    return _at(key, build)
 
 
-def _tasks(value: Any, base: Path, allow_code: bool | None):
+def _tasks(value: Any, base: Path, allow_code: bool | None) -> TaskSequence:
     from quantcl.tasks import Task, TaskSequence, recipes
 
+    if isinstance(value, dict) and COMPONENT_KEY in value:
+        built = _at("tasks", lambda: instantiate(value, "tasks"))
+        return _at("tasks", lambda: built if isinstance(built, TaskSequence) else TaskSequence(list(built)))
     if isinstance(value, dict):
         value = dict(value)
         recipe = value.pop("recipe", None)
@@ -140,6 +164,9 @@ def _tasks(value: Any, base: Path, allow_code: bool | None):
     for i, spec in enumerate(value):
         key = f"tasks[{i}]"
         spec = dict(_kwargs(key, spec))
+        if COMPONENT_KEY in spec:
+            built.append(_at(key, lambda: instantiate(spec, key)))
+            continue
         evaluator = _evaluator(f"{key}.evaluator", spec.pop("evaluator", None), allow_code)
         for split in ("train", "eval"):
             if split not in spec:
@@ -150,17 +177,37 @@ def _tasks(value: Any, base: Path, allow_code: bool | None):
     return _at("tasks", lambda: TaskSequence(built))
 
 
-def _replay(value: Any):
+def _replay(value: Any) -> Any:
     if value is None:
         return None
     from quantcl.replay import ReplayBuffer
 
-    data = _kwargs("replay", value)
+    data = dict(_kwargs("replay", value))
     _check_signature("replay", ReplayBuffer.__init__, data)
+    if isinstance(data.get("strategy"), dict):
+        node = data["strategy"]
+        data["strategy"] = instantiate(node, "replay.strategy") if COMPONENT_KEY in node else node
     return _at("replay", lambda: ReplayBuffer(**data))
 
 
-def _lora(value: Any):
+def _plugins(value: Any) -> list[Any]:
+    from quantcl.plugins import StagePlugin
+
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(f"config key 'plugins' must be a list of {COMPONENT_KEY} nodes, got {type(value).__name__}")
+    built = []
+    for i, node in enumerate(value):
+        key = f"plugins[{i}]"
+        cls = check_node(node, key)
+        if not (isinstance(cls, type) and issubclass(cls, StagePlugin)):
+            raise ConfigError(f"config key '{key}': {node[COMPONENT_KEY]} is not a quantcl StagePlugin subclass")
+        built.append(_at(key, lambda: instantiate(node, key)))
+    return built
+
+
+def _lora(value: Any) -> Any:
     from peft import LoraConfig
 
     data = _kwargs("lora", value)
@@ -170,13 +217,13 @@ def _lora(value: Any):
     return _at("lora", lambda: LoraConfig(**data))
 
 
-def _args(value: Any):
+def _args(value: Any) -> StageArgs:
     from quantcl.stage_args import StageArgs
 
     return _at("args", lambda: StageArgs.from_dict(_kwargs("args", value)))
 
 
-def build_trainer(config: dict[str, Any], *, build_demo_model: bool = True, **overrides: Any):
+def build_trainer(config: dict[str, Any], *, build_demo_model: bool = True, **overrides: Any) -> ContinualTrainer:
     """Build a ``ContinualTrainer`` from a config dict; ``overrides`` win over the config.
 
     ``build_demo_model=False`` leaves ``model: quantcl:demo`` unresolved when the demo model is
@@ -201,6 +248,7 @@ def build_trainer(config: dict[str, Any], *, build_demo_model: bool = True, **ov
     replay = _replay(config.get("replay"))
     lora = _lora(config.get("lora"))
     args = _args(config.get("args"))
+    plugins = _plugins(config.get("plugins"))
     progress = bool(config.get("progress", True))
     if model == DEMO_MODEL_ID:
         from quantcl.demo import demo_model_dir, demo_model_is_cached
@@ -218,6 +266,7 @@ def build_trainer(config: dict[str, Any], *, build_demo_model: bool = True, **ov
         args=args,
         output_dir=str(Path(config.get("output_dir", "runs/quantcl")).expanduser()),
         seed=int(config.get("seed", 0)),
+        plugins=plugins,
         adapter_mode=config.get("adapter_mode", "continue"),
         model_kwargs=_kwargs("model_kwargs", config.get("model_kwargs")),
         progress=progress,

@@ -18,12 +18,15 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from quantcl._io import atomic_write_bytes, atomic_write_json
 from quantcl._plot import plot_grid, require_extra
 from quantcl.errors import ConfigError
 from quantcl.results import ContinualResult, compare_markdown
+
+if TYPE_CHECKING:  # pragma: no cover
+    from quantcl.stage_args import StageArgs
 
 __all__ = ["DEMO_MODEL", "cache_dir", "default_precisions", "demo_model_dir", "demo_model_is_cached",
            "demo_stage_args", "run_demo"]
@@ -132,7 +135,7 @@ def _pretrain(path: Path, spec: dict[str, Any], *, progress: bool) -> None:
     tokenizer.save_pretrained(path)
 
 
-def demo_stage_args(*, quick: bool = False):
+def demo_stage_args(*, quick: bool = False) -> StageArgs:
     """The per-stage training arguments the demo uses (fewer steps with ``quick``)."""
     from quantcl.stage_args import StageArgs
 
@@ -154,7 +157,7 @@ def run_demo(
     seed: int = 0,
     quick: bool = False,
     progress: bool = True,
-    out=sys.stdout,
+    out: TextIO = sys.stdout,
 ) -> dict[str, ContinualResult]:
     """Run the demo grid and write ``summary.json``, ``summary.md`` and ``demo.png``.
 
@@ -189,7 +192,7 @@ def run_demo(
         ReplayBuffer(fraction=f)
     output_dir = Path(output_dir)
     started = time.perf_counter()
-    model_spec = {"steps": 400} if quick else {}
+    model_spec: dict[str, Any] = {"steps": 400} if quick else {}
     model_dir = model if model is not None else str(_demo_model_path(None, model_spec))
     n_train, n_eval = (120, 12) if quick else (400, 40)
     trainers = {
@@ -209,7 +212,7 @@ def run_demo(
     }
     for name, trainer in trainers.items():  # runs left in output_dir must be continuable: check now
         try:
-            trainer._load_state(resume=True)
+            trainer.check_resume(resume=True)
         except ConfigError as err:
             raise ConfigError(f"{err} (demo run {name!r}; pass another --output-dir)") from err
     if model is None:

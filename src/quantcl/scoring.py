@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,7 @@ class ModelScorer:
         self.max_length = max_length
         self.batch_size = batch_size
 
-    def _batches(self, dataset):
+    def _batches(self, dataset: Any) -> Iterator[dict[str, Any]]:
         tokenized = tokenize_for_training(dataset, self.tokenizer, max_length=self.max_length)
         collate = make_collator(self.tokenizer)
         device = next(self.model.parameters()).device
@@ -47,7 +48,7 @@ class ModelScorer:
             yield {k: v.to(device) for k, v in batch.items()}
 
     @torch.no_grad()
-    def _run(self, dataset, reduce) -> np.ndarray:
+    def _run(self, dataset: Any, reduce: Callable[[dict[str, Any]], np.ndarray]) -> np.ndarray:
         was_training = self.model.training
         self.model.eval()
         try:
@@ -56,10 +57,10 @@ class ModelScorer:
             self.model.train(was_training)
         return np.concatenate(out) if out else np.zeros(0)
 
-    def losses(self, dataset) -> np.ndarray:
+    def losses(self, dataset: Any) -> np.ndarray:
         """Mean cross-entropy over each row's target tokens, shape ``(n,)``."""
 
-        def reduce(batch):
+        def reduce(batch: dict[str, Any]) -> np.ndarray:
             logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             labels = batch["labels"][:, 1:]
             logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
@@ -70,10 +71,10 @@ class ModelScorer:
 
         return self._run(dataset, reduce)
 
-    def embeddings(self, dataset) -> np.ndarray:
+    def embeddings(self, dataset: Any) -> np.ndarray:
         """Mean of the last hidden state over each row's tokens, shape ``(n, hidden)``."""
 
-        def reduce(batch):
+        def reduce(batch: dict[str, Any]) -> np.ndarray:
             out = self.model(
                 input_ids=batch["input_ids"],
                 attention_mask=batch["attention_mask"],

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quantcl.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import TrainingArguments
 
 __all__ = ["StageArgs"]
 
@@ -106,7 +109,7 @@ class StageArgs:
         values.update(self.overrides.get(task_name, {}))
         return dataclasses.replace(self, **values) if values else self
 
-    def training_arguments(self, output_dir: str, *, seed: int, **defaults: Any):
+    def training_arguments(self, output_dir: str, *, seed: int, **defaults: Any) -> TrainingArguments:
         """Build ``transformers.TrainingArguments`` for one stage.
 
         ``defaults`` (e.g. precision-specific flags) are overridden by ``extra``.

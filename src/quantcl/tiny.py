@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import string
 from pathlib import Path
+from typing import Any
 
 __all__ = ["CHAT_TEMPLATE", "make_char_tokenizer", "build_tiny_model"]
 
@@ -23,7 +24,7 @@ CHAT_TEMPLATE = (
 )
 
 
-def make_char_tokenizer(*, with_pad: bool = True):  # -> PreTrainedTokenizerFast
+def make_char_tokenizer(*, with_pad: bool = True) -> Any:  # a PreTrainedTokenizerFast
     """A character-level tokenizer over printable ASCII (one token per character).
 
     Args:

@@ -8,8 +8,7 @@ import datasets
 import pytest
 
 from quantcl.errors import StateError
-from quantcl.replay import ReplayBuffer, ReplayStrategy
-from quantcl.replay import _store
+from quantcl.replay import FORMAT_VERSION, ReplayBuffer, ReplayStrategy, storage
 
 
 def make(n: int, prefix: str = "p", **extra) -> datasets.Dataset:
@@ -55,27 +54,30 @@ def test_other_strategy_state_raises_state_error():
         ReplayBuffer(fraction=0.1, strategy="uniform").load_state_dict(a.state_dict())
 
 
-def test_crash_mid_save_keeps_last_good_state(tmp_path, monkeypatch):
+@pytest.mark.parametrize("crash_at", [1, 2, 3, 4])  # task_0000, task_0001, manifest, CURRENT
+def test_crash_mid_save_keeps_last_good_state(tmp_path, monkeypatch, crash_at):
     b = ReplayBuffer(fraction=0.1, seed=1)
     b.add_task("a", make(50))
     b.save(tmp_path)
     before = b.sample()["prompt"]
     b.add_task("b", make(50, "q"))
-    real, calls = _store._write_file, []
+    real, calls = storage._write_file, []
 
     def boom(path, data):
         calls.append(path)
-        if len(calls) == 2:
+        if len(calls) == crash_at:
             raise OSError("disk died")
         real(path, data)
 
-    monkeypatch.setattr(_store, "_write_file", boom)
+    monkeypatch.setattr(storage, "_write_file", boom)
     with pytest.raises(OSError):
         b.save(tmp_path)
     monkeypatch.undo()
     loaded = ReplayBuffer.load(tmp_path)
     assert loaded.tasks == ["a"] and loaded.sample()["prompt"] == before
-    assert json.loads((tmp_path / "v1" / "manifest.json").read_text())["format_version"] == 1
+    assert json.loads((tmp_path / "v1" / "manifest.json").read_text())["format_version"] == FORMAT_VERSION
+    b.save(tmp_path)  # the next save after a crash succeeds
+    assert ReplayBuffer.load(tmp_path).tasks == ["a", "b"]
 
 
 def test_empty_kept_task_round_trips(tmp_path):
@@ -142,3 +144,62 @@ def test_restore_into_buffer_with_unregistered_strategy(tmp_path):
     assert fresh.tasks == ["a"] and fresh.sample()["prompt"] == ["p1", "p3"]
     with pytest.raises(StateError, match="seed"):
         ReplayBuffer(fraction=0.2, strategy=Odds(), seed=5).restore(tmp_path)
+
+
+def _three_tasks(**kw) -> ReplayBuffer:
+    b = ReplayBuffer(seed=2, **kw)
+    for name, prefix in (("nlu", "n"), ("math", "m"), ("code", "c")):  # not alphabetical
+        b.add_task(name, make(40, prefix))
+    return b
+
+
+def test_save_restore_keeps_task_order_and_mix(tmp_path):
+    b = _three_tasks(fraction=0.1)
+    b.save(tmp_path)
+    fresh = ReplayBuffer(fraction=0.1, seed=2)
+    fresh.restore(tmp_path)
+    assert fresh.tasks == ReplayBuffer.load(tmp_path).tasks == ["nlu", "math", "code"]
+    for kw in ({}, {"ratio": 0.25, "batch_size": 4}):
+        want, got = b.mix(make(20, "x"), task_name="bio", **kw), fresh.mix(make(20, "x"), task_name="bio", **kw)
+        assert got["prompt"] == want["prompt"] and got["source_task"] == want["source_task"]
+
+
+def test_capacity_rebalance_after_restore_keeps_the_same_rows(tmp_path):
+    b = _three_tasks(capacity=12, strategy="uniform")
+    b.save(tmp_path)
+    fresh = ReplayBuffer(capacity=12, strategy="uniform", seed=2)
+    fresh.restore(tmp_path)
+    b.add_task("bio", make(40, "b"))  # shrinks nlu, math, code to 3 rows each, drawing from the RNG
+    fresh.add_task("bio", make(40, "b"))
+    assert fresh.tasks == b.tasks == ["nlu", "math", "code", "bio"]
+    assert fresh.sample()["prompt"] == b.sample()["prompt"]
+
+
+def test_state_dict_through_sorted_json_keeps_task_order():
+    b = _three_tasks(fraction=0.1)
+    state = json.loads(json.dumps(b.state_dict(), sort_keys=True))
+    fresh = ReplayBuffer(fraction=0.1, seed=2)
+    fresh.load_state_dict(state)
+    assert fresh.tasks == ["nlu", "math", "code"] and fresh.sample()["prompt"] == b.sample()["prompt"]
+
+
+def test_version_1_save_is_refused_naming_both_versions(tmp_path):
+    b = ReplayBuffer(fraction=0.1)
+    b.add_task("a", make(50))
+    v = b.save(tmp_path)
+    manifest = json.loads((v / "manifest.json").read_text())
+    (v / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
+    with pytest.raises(StateError, match=r"version 1.*version 2"):
+        ReplayBuffer.load(tmp_path)
+    with pytest.raises(StateError, match=r"version 1.*version 2"):
+        ReplayBuffer(fraction=0.1).restore(tmp_path)
+    with pytest.raises(StateError, match=r"version 1.*version 2"):
+        ReplayBuffer(fraction=0.1).load_state_dict({**b.state_dict(), "format_version": 1})
+
+
+def test_storage_round_trips_state_and_task_order(tmp_path):
+    rows = {"nlu": make(3, "n"), "math": make(2, "m"), "code": make(0)}
+    storage.write_version(tmp_path, {"anything": [1, 2]}, rows)
+    state, back = storage.read_version(tmp_path)
+    assert state == {"anything": [1, 2]} and list(back) == ["nlu", "math", "code"]
+    assert [back[t]["prompt"] for t in back] == [["n0", "n1", "n2"], ["m0", "m1"], []]

@@ -12,9 +12,34 @@ from quantcl.replay import ReplayBuffer, ReplayStrategy, Reservoir, register_str
 
 
 def make(n: int, prefix: str = "p", **extra) -> datasets.Dataset:
-    d = {"prompt": [f"{prefix}{i}" for i in range(n)], "target": [str(i) for i in range(n)]}
+    """n distinct rows: prompt ``{prefix}{i}``, target ``{prefix}-t{i}`` (unique across prefixes too)."""
+    d = {"prompt": [f"{prefix}{i}" for i in range(n)], "target": [f"{prefix}-t{i}" for i in range(n)]}
     d.update(extra)
     return datasets.Dataset.from_dict(d)
+
+
+def stream_rows(n: int, prefix: str) -> list[dict]:
+    return [{"prompt": f"{prefix}{i}", "target": f"{prefix}-t{i}"} for i in range(n)]
+
+
+def assert_kept_rows_are_the_source_rows(buffer: ReplayBuffer, sources: dict) -> None:
+    """Every row of ``buffer.sample()`` is the source row at its kept index, under its task name.
+
+    ``sources`` maps task name -> the task's dataset (or list of row dicts, for streams).
+    """
+    state = buffer.state_dict()
+    assert list(state["kept"]) == buffer.tasks == list(sources)
+    rows = buffer.sample().to_list()
+    want, want_tasks = [], []
+    for task, kept in state["kept"].items():
+        assert len(set(kept)) == len(kept), f"{task}: duplicate kept indices {kept}"
+        assert all(0 <= i < len(sources[task]) for i in kept)
+        want += [dict(sources[task][i]) for i in kept]
+        want_tasks += [task] * len(kept)
+    assert [r["source_task"] for r in rows] == want_tasks
+    assert [{k: v for k, v in r.items() if k != "source_task"} for r in rows] == want
+    assert len({tuple(sorted((k, str(v)) for k, v in r.items())) for r in rows}) == len(rows)  # distinct
+    assert state["rows"] == {t: [dict(sources[t][i]) for i in k] for t, k in state["kept"].items()}
 
 
 def test_reservoir_bulk_inclusion_is_exactly_uniform():
@@ -64,19 +89,29 @@ def test_fraction_point_one_percent_floor_keeps_none():
 
 def test_fraction_twenty_percent_is_exact():
     b = ReplayBuffer(fraction=0.2, seed=0)
-    b.add_task("a", make(10))
-    b.add_task("b", make(2000))
+    a, big = make(10), make(2000, "q")
+    b.add_task("a", a)
+    b.add_task("b", big)
     assert b.config()["tasks"] == {"a": 2, "b": 400}
+    assert_kept_rows_are_the_source_rows(b, {"a": a, "b": big})
 
 
-def test_capacity_rebalances_to_equal_shares():
-    b = ReplayBuffer(capacity=10, seed=0, strategy="uniform")
-    b.add_task("a", make(100))
+@pytest.mark.parametrize("strategy", ["uniform", "reservoir", "first"])
+def test_capacity_rebalances_to_equal_shares(strategy):
+    b = ReplayBuffer(capacity=10, seed=0, strategy=strategy)
+    sources = {"a": make(100), "b": make(100, "q"), "c": make(100, "r")}
+    b.add_task("a", sources["a"])
     assert len(b) == 10
-    b.add_task("b", make(100, "q"))
-    b.add_task("c", make(100, "r"))
+    assert_kept_rows_are_the_source_rows(b, {"a": sources["a"]})
+    kept_a = b.state_dict()["kept"]["a"]
+    b.add_task("b", sources["b"])
+    assert b.config()["tasks"] == {"a": 5, "b": 5}
+    assert_kept_rows_are_the_source_rows(b, {"a": sources["a"], "b": sources["b"]})
+    b.add_task("c", sources["c"])
     assert b.config()["tasks"] == {"a": 4, "b": 3, "c": 3}
-    assert set(b.sample().filter(lambda r: r["source_task"] == "a")["prompt"]) <= {f"p{i}" for i in range(100)}
+    assert_kept_rows_are_the_source_rows(b, sources)
+    # shrinking keeps a subset of what was kept before, not fresh rows
+    assert set(b.state_dict()["kept"]["a"]) < set(kept_a)
 
 
 def test_first_keeps_first_rows():
@@ -183,6 +218,12 @@ def test_mix_appends_all_rows_with_source_and_is_deterministic():
     m2 = b.mix(make(10, "n"), task_name="b")
     assert len(m1) == 14 and m1["prompt"] == m2["prompt"]
     assert sorted(m1["source_task"]) == ["a"] * 4 + ["b"] * 10
+    # every row keeps its own source: the 4 replayed rows are the buffer's, the 10 new ones all there
+    rows = m1.to_list()
+    replayed = sorted((r["prompt"], r["target"]) for r in rows if r["source_task"] == "a")
+    assert replayed == sorted((r["prompt"], r["target"]) for r in b.sample().to_list())
+    new = sorted((r["prompt"], r["target"]) for r in rows if r["source_task"] == "b")
+    assert new == sorted((r["prompt"], r["target"]) for r in make(10, "n").to_list())
 
 
 def test_mix_ratio_per_batch_blocks():
@@ -196,8 +237,10 @@ def test_mix_ratio_per_batch_blocks():
 
 def test_add_stream_matches_reservoir_size():
     b = ReplayBuffer(capacity=5, seed=0)
-    b.add_stream("a", ({"prompt": f"p{i}", "target": "t"} for i in range(100)), k=5)
-    assert len(b) == 5 and len(set(b.sample()["prompt"])) == 5
+    rows = stream_rows(100, "p")
+    b.add_stream("a", iter(rows), k=5, chunk=16)
+    assert len(b) == 5
+    assert_kept_rows_are_the_source_rows(b, {"a": rows})
 
 
 def test_add_example_stream_is_exactly_uniform():
@@ -213,11 +256,13 @@ def test_add_example_stream_is_exactly_uniform():
 
 def test_add_example_then_add_task_keeps_order_and_columns():
     b = ReplayBuffer(fraction=0.5, seed=0)
-    for i in range(4):
-        b.add_example("s", {"prompt": f"s{i}", "target": "t"}, k=2)
-    b.add_task("a", make(4))
+    streamed, a = stream_rows(6, "s"), make(4)
+    for row in streamed:
+        b.add_example("s", row, k=2)
+    b.add_task("a", a)
     assert b.tasks == ["s", "a"] and len(b) == 4
     assert b.sample()["source_task"] == ["s", "s", "a", "a"]
+    assert_kept_rows_are_the_source_rows(b, {"s": streamed, "a": a})
 
 
 
@@ -243,25 +288,67 @@ def test_add_stream_chunked_is_exactly_uniform():
 
 
 def test_reservoir_offer_keeps_rows_not_positions():
-    r = Reservoir(2, np.random.default_rng(0))
-    r.offer(["a", "b", "c", "d"])
-    assert len(r.items) == 2 and set(r.items) <= {"a", "b", "c", "d"} and r.seen == 4
+    items = [f"row{i}" for i in range(12)]
+    r = Reservoir(3, np.random.default_rng(0))
+    r.offer(items)
+    one_by_one = Reservoir(3, np.random.default_rng(0))
+    for item in items:
+        one_by_one.add(item)
+    assert r.seen == 12 and len(set(r.items)) == 3
+    assert r.items == one_by_one.items  # the same rows in the same slots as add() on each in turn
+    # wrap stores (stream position, row): the position is the row's index in the stream
+    w = Reservoir(3, np.random.default_rng(0))
+    w.offer(items, lambda pos, row: (pos, row))
+    assert [row for _, row in w.items] == r.items and all(items[pos] == row for pos, row in w.items)
 
 
 def test_capacity_shared_with_streamed_task():
     b = ReplayBuffer(capacity=6, seed=0)
-    b.add_task("a", make(100))
-    b.add_stream("b", ({"prompt": f"q{i}", "target": "t"} for i in range(100)))
+    a, streamed = make(100), stream_rows(100, "q")
+    b.add_task("a", a)
+    b.add_stream("b", iter(streamed))
     assert b.config()["tasks"] == {"a": 3, "b": 3} and len(b) == 6
+    assert_kept_rows_are_the_source_rows(b, {"a": a, "b": streamed})
 
 
-def test_mix_shuffle_differs_per_stage_reproducibly():
-    b = ReplayBuffer(fraction=0.5, seed=0, strategy="first")
-    b.add_task("a", make(4))
-    one = b.mix(make(20, "n"))["prompt"]
-    b.add_task("b", make(4, "q"))
-    two = b.mix(make(20, "n"))["prompt"]
-    assert [p for p in two if p.startswith("n")] != [p for p in one if p.startswith("n")]
+def _mix_two_stages(seed: int, strategy: str = "first", **mix_kw) -> tuple[list[dict], list[dict], dict]:
+    """Two stages of a fresh buffer: (stage-2 mix, stage-3 mix, state after stage 3's task).
+
+    capacity=4 keeps 4 rows in both stages (4 of a, then 2 of a + 2 of b), so both mixes have the
+    same length: only the stage number can make their shuffles differ.
+    """
+    b = ReplayBuffer(capacity=4, seed=seed, strategy=strategy)
+    b.add_task("a", make(6))
+    one = b.mix(make(20, "n"), task_name="b", **mix_kw).to_list()
+    b.add_task("b", make(6, "q"))
+    two = b.mix(make(20, "n"), task_name="c", **mix_kw).to_list()
+    return one, two, b.state_dict()
+
+
+@pytest.mark.parametrize("mix_kw", [{}, {"ratio": 0.25, "batch_size": 4}])
+def test_mix_shuffle_differs_per_stage_reproducibly(mix_kw):
+    one, two, state = _mix_two_stages(0, **mix_kw)
+    # the same seed gives the very same rows in the very same order, stage by stage
+    again_one, again_two, again_state = _mix_two_stages(0, **mix_kw)
+    assert again_one == one and again_two == two and again_state == state
+    # the shuffle depends on the stage: the new rows come in another order in stage 3 than in stage 2
+    new_one = [r["prompt"] for r in one if r["prompt"].startswith("n")]
+    new_two = [r["prompt"] for r in two if r["prompt"].startswith("n")]
+    assert sorted(new_one) == sorted(new_two) and new_two != new_one
+    # and on the seed: another seed orders the same rows differently
+    other_one, other_two, _ = _mix_two_stages(1, **mix_kw)
+    assert [r["prompt"] for r in other_one] != [r["prompt"] for r in one]
+    assert [r["prompt"] for r in other_two] != [r["prompt"] for r in two]
+    if not mix_kw:  # without a ratio every row appears once: the same multiset, permuted
+        assert sorted(map(str, other_two)) == sorted(map(str, two))
+
+
+def test_same_seed_selects_identical_rows_and_another_seed_others():
+    _, _, state = _mix_two_stages(5, strategy="uniform")
+    _, _, again = _mix_two_stages(5, strategy="uniform")
+    _, _, other = _mix_two_stages(6, strategy="uniform")
+    assert again["kept"] == state["kept"] and again["rows"] == state["rows"] and again["rng"] == state["rng"]
+    assert other["kept"] != state["kept"]
 
 
 def test_mix_rejects_bad_ratio_before_work():

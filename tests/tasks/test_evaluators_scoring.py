@@ -156,17 +156,34 @@ def test_code_execution_rejects_invalid_settings(kwargs):
 @pytest.mark.parametrize(
     "ev, expected",
     [
-        (MultipleChoice(normalization="acc_norm"), {"type": "MultipleChoice", "normalization": "acc_norm"}),
-        (NumericMatch(max_new_tokens=32), {"type": "NumericMatch", "max_new_tokens": 32}),
-        (CodeExecution(allow_code_execution=True, timeout=2.0), {"type": "CodeExecution", "timeout": 2.0}),
+        (MultipleChoice(normalization="acc_norm"), {"normalization": "acc_norm", "mode": "loglikelihood"}),
+        (NumericMatch(max_new_tokens=32), {"max_new_tokens": 32}),
+        (CodeExecution(allow_code_execution=True, timeout=2.0), {"timeout": 2.0, "allow_code_execution": True}),
     ],
 )
 def test_to_dict_is_json_and_rebuilds_the_evaluator(ev, expected):
     data = json.loads(json.dumps(ev.to_dict()))
+    assert data["_component_"] == f"{type(ev).__module__}.{type(ev).__name__}"
     assert expected.items() <= data.items()
-    kind = data.pop("type")
-    rebuilt = {"MultipleChoice": MultipleChoice, "NumericMatch": NumericMatch, "CodeExecution": CodeExecution}[kind](**data)
-    assert rebuilt.to_dict() == ev.to_dict()
+    rebuilt = Evaluator.from_dict(data)
+    assert type(rebuilt) is type(ev) and rebuilt.to_dict() == ev.to_dict()
+    assert {k: getattr(rebuilt, k) for k in expected} == expected
+
+
+def test_a_subclass_with_its_own_arguments_saves_them():
+    """A user evaluator written as documented: subclass, __init__, evaluate (issue 8's crash)."""
+
+    class Threshold(Evaluator):
+        def __init__(self, cutoff: float = 0.5, *, label: str = "x") -> None:
+            self.limit = cutoff  # stored under another name: to_dict must not read attributes back
+
+        def evaluate(self, model, tokenizer, dataset, *, batch_size=None, progress=True):
+            raise NotImplementedError
+
+    node = Threshold(0.25).to_dict()
+    assert {k: v for k, v in node.items() if k != "_component_"} == {"cutoff": 0.25, "label": "x"}
+    assert Threshold.from_dict(node).limit == 0.25
+    assert repr(Threshold(0.25)) == "Threshold(cutoff=0.25, label='x')"
 
 
 def test_required_columns_follow_constructor_arguments():

@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from peft import LoraConfig
 from transformers import TrainerCallback
 
@@ -20,6 +21,60 @@ def _tasks(names=("nlu", "math")):
     return qcl.recipes.synthetic(seed=0, n_train=16, n_eval=3, tasks=names)
 
 
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _base_linears(model):
+    """{name: module} of every base projection (the base_layer of the LoRA-wrapped ones)."""
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and "lora_" not in name and not name.endswith("lm_head"):
+            out[name.removesuffix(".base_layer")] = module
+    return out
+
+
+def _assert_precision_is_applied(model, precision, model_dir):
+    """The base of the trained PeftModel is at ``precision``: layer types, dtypes, values."""
+    linears = _base_linears(model)
+    assert sorted({n.rsplit(".", 1)[-1] for n in linears}) == sorted(PROJECTIONS)
+    assert len(linears) == 2 * len(PROJECTIONS)  # 2 layers
+    lm_head = model.get_output_embeddings()
+    lora = [(n, p) for n, p in model.named_parameters() if "lora_" in n]
+    assert len(lora) == 2 * 2 * 2 and all(p.dtype == torch.float32 and p.requires_grad for _, p in lora)
+    if precision in ("int8", "nf4", "fp4"):
+        import bitsandbytes as bnb
+
+        want = bnb.nn.Linear8bitLt if precision == "int8" else bnb.nn.Linear4bit
+        assert all(type(m) is want for m in linears.values()), {n: type(m) for n, m in linears.items()}
+        if precision == "int8":
+            assert {m.weight.dtype for m in linears.values()} == {torch.int8}
+        else:
+            kinds = {(m.weight.quant_type, m.weight.dtype) for m in linears.values()}
+            assert kinds == {(precision, torch.uint8)}
+        assert not isinstance(lm_head, (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit))  # skip_modules
+        return
+    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+    assert {(type(m), m.weight.dtype) for m in linears.values()} == {(torch.nn.Linear, dtype)}
+    assert lm_head.weight.dtype == dtype and not any(p.requires_grad for n, p in model.named_parameters()
+                                                         if "lora_" not in n)
+    if precision != "ternary":
+        return
+    # every projection holds exactly {-g, 0, +g}, g = mean |W| of the checkpoint's bf16 weight (BitNet
+    # b1.58 absmean), and the frozen base did not move during training
+    from safetensors.torch import load_file
+
+    original = load_file(str(model_dir / "model.safetensors"))
+    for name, module in linears.items():
+        w = original[name.removeprefix("base_model.model.") + ".weight"].to(torch.bfloat16).float()
+        g = w.abs().mean()
+        expected = (g * (w / (g + 1e-5)).round().clamp(-1, 1)).to(torch.bfloat16)
+        got = module.weight.detach()
+        assert torch.equal(got, expected), name
+        assert set(torch.unique(got.float()).tolist()) == {-float(expected.max()), 0.0, float(expected.max())}
+    # lm_head is in skip_modules: left in (many-valued) bf16
+    assert torch.unique(lm_head.weight.float()).numel() > 3
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "int8", "nf4", "fp4", "ternary"])
 @pytest.mark.parametrize("fraction", [None, 0.25])
 def test_full_loop_fills_the_matrix_and_saves_everything(small_model_dir, tmp_path, precision, fraction):
@@ -27,6 +82,7 @@ def test_full_loop_fills_the_matrix_and_saves_everything(small_model_dir, tmp_pa
     trainer = ContinualTrainer(model=small_model_dir, precision=precision, tasks=_tasks(), replay=replay,
                                lora=LORA, args=ARGS, output_dir=tmp_path / "run", seed=0, progress=False)
     result = trainer.fit()
+    _assert_precision_is_applied(trainer.model, precision, small_model_dir)
     m = result.accuracy_matrix
     assert m.shape == (3, 2) and np.isfinite(m).all() and ((0 <= m) & (m <= 1)).all()
     assert [r["task"] for r in result.stage_records] == ["nlu", "math"]
@@ -38,7 +94,7 @@ def test_full_loop_fills_the_matrix_and_saves_everything(small_model_dir, tmp_pa
     loaded = ContinualResult.load(tmp_path / "run")
     np.testing.assert_array_equal(loaded.accuracy_matrix, m)
     assert (tmp_path / "run" / "stages" / "stage-002" / "adapter" / "adapter_model.safetensors").exists()
-    assert ((tmp_path / "run" / "stages" / "stage-002" / "replay").exists()) == bool(fraction)
+    assert ((tmp_path / "run" / "stages" / "stage-002" / "plugins" / "00-replay").exists()) == bool(fraction)
     records = json.loads((tmp_path / "run" / "evals" / "row-002-math.json").read_text())
     assert len(records["records"]) == 3 and records["score"] == m[2, 1]
 
@@ -139,7 +195,7 @@ def test_resume_with_a_different_config_names_the_difference(tiny_model_dir, tmp
         ({"args": {"max_steps": 1}}, "args must be a quantcl.StageArgs"),
         ({"lora": {"r": 8}}, "lora must be a peft.LoraConfig"),
         ({"adapter_mode": "stack"}, "adapter_mode"),
-        ({"callbacks": [print]}, "callbacks must be"),
+        ({"callbacks": [print]}, "callbacks/plugins must be"),
         ({"model": 3}, "model must be"),
     ],
 )

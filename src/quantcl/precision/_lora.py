@@ -69,5 +69,5 @@ def prepare_base_for_lora(model: torch.nn.Module) -> torch.nn.Module:
     # With gradient checkpointing (reentrant or not, enabled now or later by a Trainer) the
     # checkpointed blocks need an input that requires grad, or the adapters get no gradient.
     if hasattr(model, "enable_input_require_grads") and not getattr(model, "_require_grads_hooks", None):
-        model.enable_input_require_grads()
+        getattr(model, "enable_input_require_grads")()  # noqa: B009  (a PreTrainedModel method)
     return model

@@ -91,8 +91,10 @@ def _convert(path: Path, out_dir: Path) -> None:
     # The dequantized model still says "quantized with gguf"; make it an ordinary model.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.hf_quantizer = None
-    model.is_quantized = False
+    # transformers reads these two plain attributes; setattr keeps type checkers from
+    # treating them as nn.Module submodule assignments
+    setattr(model, "hf_quantizer", None)  # noqa: B010
+    setattr(model, "is_quantized", False)  # noqa: B010
     model.save_pretrained(out_dir)
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     tokenizer.save_pretrained(out_dir)

@@ -189,7 +189,7 @@ class PrecisionPolicy:
             return None
         preset = PRESETS[self.name]
         return _bnb.make_bnb_config(
-            preset.bits,
+            int(preset.bits),  # 8 or 4: only the bitsandbytes presets get here
             quant_type=preset.quant_type or "nf4",
             compute_dtype=self.torch_dtype,
             double_quant=self.double_quant,

@@ -1,10 +1,16 @@
-"""Replay of earlier tasks' examples: :class:`ReplayBuffer` and selection strategies."""
+"""Replay of earlier tasks' examples: :class:`ReplayBuffer` and selection strategies.
 
-from quantcl.replay.buffer import FORMAT_VERSION, ReplayBuffer
+Modules, each importing only those before it: ``reservoir`` (Algorithm R sampling), ``strategies``
+(what to keep), ``mixing`` (replayed + new rows on Arrow tables), ``storage`` (files on disk),
+``buffer`` (the :class:`ReplayBuffer` composing them).
+"""
+
+from quantcl.replay.buffer import ReplayBuffer
+from quantcl.replay.reservoir import Reservoir
+from quantcl.replay.storage import FORMAT_VERSION
 from quantcl.replay.strategies import (
     ReplayScorer,
     ReplayStrategy,
-    Reservoir,
     get_strategy,
     register_strategy,
     strategy_names,

@@ -1,22 +1,29 @@
-"""ReplayBuffer: keeps examples of earlier tasks and mixes them into new tasks' data."""
+"""ReplayBuffer: keeps examples of earlier tasks and mixes them into new tasks' data.
+
+The buffer keeps the books (per-task shares, open streams, its state); ``strategies`` select rows,
+``mixing`` builds mixed datasets, ``storage`` writes and reads files.
+"""
 
 from __future__ import annotations
 
 import itertools
 import math
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
 from quantcl.errors import ConfigError, StateError
-from quantcl.replay.strategies import ReplayScorer, ReplayStrategy, get_strategy
+from quantcl.replay import mixing, storage, strategies
+from quantcl.replay.reservoir import RowStream
+from quantcl.replay.storage import FORMAT_VERSION
+from quantcl.replay.strategies import ReplayScorer, ReplayStrategy
 
 __all__ = ["ReplayBuffer", "FORMAT_VERSION"]
 
-FORMAT_VERSION = 1
-SOURCE = "source_task"
+_SETTINGS = ("fraction", "capacity", "rounding", "seed")  # must match for a state to load
 
 
 def _count(n: int, fraction: float, rounding: str) -> int:
@@ -53,13 +60,13 @@ class ReplayBuffer:
         if rounding not in ("ceil", "floor"):
             raise ConfigError(f"rounding={rounding!r}; accepted: 'ceil', 'floor'")
         self.fraction, self.capacity, self.rounding, self.seed = fraction, capacity, rounding, int(seed)
-        self.strategy = get_strategy(strategy, **strategy_kwargs)
+        self.strategy = strategies.get_strategy(strategy, **strategy_kwargs)
+        self.strategy.to_dict()  # a strategy whose arguments cannot be saved fails here, not at save
         self.rng = np.random.default_rng(self.seed)
-        self._rows: dict[str, Any] = {}  # task -> datasets.Dataset of kept rows (in kept order)
+        self._rows: dict[str, Any] = {}  # task -> datasets.Dataset of kept rows (None while streaming)
         self._kept: dict[str, list[int]] = {}  # task -> kept row indices in the task's dataset
-        self._open: dict[str, Any] = {}  # task -> Reservoir of a stream still being added
+        self._open: dict[str, RowStream] = {}  # task -> reservoir of a stream still being added
 
-    # ---- introspection ----
     @property
     def tasks(self) -> list[str]:
         """Task names in the order they were added."""
@@ -70,12 +77,13 @@ class ReplayBuffer:
 
     def __repr__(self) -> str:
         cap = f"fraction={self.fraction}" if self.fraction is not None else f"capacity={self.capacity}"
-        return f"ReplayBuffer({cap}, strategy={self.strategy.name!r}, seed={self.seed}, tasks={self.tasks}, size={len(self)})"
+        return (f"ReplayBuffer({cap}, strategy={self.strategy.name!r}, seed={self.seed}, tasks={self.tasks}, "
+                f"size={len(self)})")
 
     def config(self) -> dict[str, Any]:
-        """JSON-able description (for results files)."""
+        """JSON-able description: settings, the strategy's ``to_dict()`` node and name, rows per task."""
         return {"fraction": self.fraction, "capacity": self.capacity, "rounding": self.rounding,
-                "seed": self.seed, "strategy": self.strategy.config(),
+                "seed": self.seed, "strategy": self.strategy.to_dict(), "strategy_name": self.strategy.name,
                 "tasks": {t: len(self._open[t].items) if t in self._open else len(k)
                           for t, k in self._kept.items()}}
 
@@ -84,11 +92,7 @@ class ReplayBuffer:
     # ---- adding ----
     def _check_columns(self, dataset: Any) -> None:
         if self._rows:
-            ref = next(iter(self._rows.values()))
-            want = [c for c in ref.column_names if c != SOURCE]
-            got = [c for c in dataset.column_names if c != SOURCE]
-            if sorted(want) != sorted(got):
-                raise ConfigError(f"dataset columns {got} do not match the buffer's columns {want}")
+            mixing.same_columns(next(iter(self._rows.values())), dataset)
 
     def _shares(self, n_tasks: int) -> list[int]:
         assert self.capacity is not None
@@ -106,40 +110,31 @@ class ReplayBuffer:
                 self._rows[t] = self._rows[t].select([pos[v] for v in new])
                 self._kept[t] = list(new)
 
-    def add_task(self, task_name: str, dataset: Any, *, model: ReplayScorer | None = None) -> None:
-        """Select and keep examples of ``task_name`` from ``dataset`` using the strategy."""
-        self._close_streams()
+    def _check_new_task(self, task_name: str) -> None:
         if not isinstance(task_name, str) or not task_name:
             raise ConfigError(f"task_name must be a non-empty str, got {task_name!r}")
         if task_name in self._rows:
             raise ConfigError(f"task {task_name!r} was already added; tasks: {self.tasks}")
+
+    def add_task(self, task_name: str, dataset: Any, *, model: ReplayScorer | None = None) -> None:
+        """Select and keep examples of ``task_name`` from ``dataset`` using the strategy."""
+        self._close_streams()
+        self._check_new_task(task_name)
         if dataset is None or len(dataset) == 0:
             raise ConfigError(f"dataset of task {task_name!r} is empty")
         self._check_columns(dataset)
         n = len(dataset)
-        if self.fraction is not None:
-            k = min(n, _count(n, self.fraction, self.rounding))
-        else:
-            k = min(n, self._shares(len(self._rows) + 1)[-1])
-        idx = [int(i) for i in self.strategy.select(task_name, dataset, k, rng=self.rng, model=model)] if k else []
-        if len(idx) != k or len(set(idx)) != k or any(i < 0 or i >= n for i in idx):
-            raise ConfigError(f"strategy {self.strategy.name!r} must return {k} distinct indices in "
-                              f"[0, {n}); got {len(idx)} ({len(set(idx))} distinct, range "
-                              f"{min(idx, default=None)}..{max(idx, default=None)})")
+        k = self._shares(len(self._rows) + 1)[-1] if self.fraction is None else _count(n, self.fraction, self.rounding)
+        idx = strategies.select_rows(self.strategy, task_name, dataset, min(n, k), rng=self.rng, model=model)
         self._rebalance()
-        rows = dataset.select(idx)
-        if SOURCE in rows.column_names:
-            rows = rows.remove_columns(SOURCE)
-        self._rows[task_name] = rows
-        self._kept[task_name] = idx
+        self._rows[task_name], self._kept[task_name] = mixing.without_source(dataset.select(idx)), idx
 
     def add_example(self, task_name: str, row: dict[str, Any], *, k: int | None = None) -> None:
         """Offer one example of a streamed task to an exact uniform reservoir of size ``k``.
 
-        ``k`` is needed on the first example of a task with ``fraction=`` (the stream's length is
-        unknown); with ``capacity=`` it defaults to the task's equal share. The task joins
-        :attr:`tasks` at once; adding another task (or saving, sampling, mixing) closes it.
-        Memory is bounded by ``k``, not by the stream.
+        ``k`` is needed on a task's first example with ``fraction=`` (the stream's length is
+        unknown); with ``capacity=`` it defaults to the task's share. The task joins :attr:`tasks`
+        at once; adding another task (or saving, sampling, mixing) closes it. Memory is O(``k``).
 
         Example:
             >>> buf = ReplayBuffer(capacity=2)
@@ -147,43 +142,34 @@ class ReplayBuffer:
             >>> len(buf)
             2
         """
-        self._stream(task_name, k, row).add((self._open[task_name].seen, dict(row)))
+        self._stream(task_name, k, row).add_row(row)
 
     def add_stream(self, task_name: str, rows: Iterable[dict[str, Any]], *, k: int | None = None,
                    chunk: int = 65536) -> None:
         """Add a whole task from an iterable of row dicts; same law as :meth:`add_example` per row.
 
-        Rows are consumed in chunks of ``chunk`` with vectorised keep decisions; only kept rows
-        are held. The task is closed at the end.
+        Keep decisions are vectorised per ``chunk`` rows; only kept rows are held. The task is
+        closed at the end.
 
         Example:
             >>> buf = ReplayBuffer(capacity=3, seed=0)
-            >>> buf.add_stream("a", ({"prompt": str(i), "target": "t"} for i in range(1000)))
-            >>> len(buf)
+            >>> buf.add_stream("a", ({"prompt": str(i), "target": "t"} for i in range(1000))); len(buf)
             3
         """
         it = iter(rows)
-        while True:
-            part = list(itertools.islice(it, chunk))
-            if not part:
-                break
-            res = self._stream(task_name, k, part[0])
-            res.offer(part, lambda pos, r: (pos, dict(r)))
-        if task_name not in self._open:
+        first = next(it, None)
+        if first is not None:
+            self._stream(task_name, k, first).offer_rows(itertools.chain([first], it), chunk=chunk)
+        elif task_name not in self._open:
             raise ConfigError(f"stream of task {task_name!r} is empty")
         self._close_streams()
 
-    def _stream(self, task_name: str, k: int | None, row: dict[str, Any]) -> Any:
+    def _stream(self, task_name: str, k: int | None, row: dict[str, Any]) -> RowStream:
         """The open reservoir of ``task_name``, opened (closing any other) on its first row."""
-        from quantcl.replay.strategies import Reservoir
-
         res = self._open.get(task_name)
         if res is not None:
             return res
-        if not isinstance(task_name, str) or not task_name:
-            raise ConfigError(f"task_name must be a non-empty str, got {task_name!r}")
-        if task_name in self._rows:
-            raise ConfigError(f"task {task_name!r} was already added; tasks: {self.tasks}")
+        self._check_new_task(task_name)
         if k is None:
             if self.capacity is None:
                 raise ConfigError("add_example/add_stream with fraction= needs k= (the reservoir size)")
@@ -192,205 +178,113 @@ class ReplayBuffer:
             raise ConfigError(f"k={k!r}; accepted: an int >= 0")
         self._close_streams()
         self._rebalance()
-        res = self._open[task_name] = Reservoir(k, self.rng)
-        res.columns = list(row)
-        self._rows[task_name] = None
-        self._kept[task_name] = []
+        res = self._open[task_name] = RowStream(k, self.rng, list(row))
+        self._rows[task_name], self._kept[task_name] = None, []
         return res
 
     def _close_streams(self) -> None:
-        import datasets
-
-        for task, res in list(self._open.items()):
-            rows = [r for _, r in res.items]
-            self._kept[task] = res.positions
-            ds = datasets.Dataset.from_list(rows) if rows else datasets.Dataset.from_dict(
-                {c: [] for c in res.columns}, features=None)
-            del self._open[task]
-            del self._rows[task]  # re-added below so the column check sees only other tasks
+        for task, stream in list(self._open.items()):
+            del self._open[task], self._rows[task], self._kept[task]  # back once its columns check out
+            ds = stream.dataset()
             self._check_columns(ds)
-            self._rows[task] = ds
+            self._rows[task], self._kept[task] = ds, stream.positions
 
     # ---- using ----
-    @staticmethod
-    def _with_source(ds: Any, name: str) -> Any:
-        """Arrow table of ``ds`` (indices applied) plus a ``source_task`` column, without fingerprinting."""
-        import pyarrow as pa
-
-        table = ds.data.table if ds._indices is None else ds.with_format("arrow")[:]
-        if SOURCE in table.column_names:
-            table = table.drop_columns([SOURCE])
-        return table.append_column(SOURCE, pa.array([name] * len(table), pa.string()))
-
-    @staticmethod
-    def _dataset(table: Any, like: Any) -> Any:
-        import datasets
-
-        feats = datasets.Features({**{c: f for c, f in like.features.items() if c != SOURCE},
-                                   SOURCE: datasets.Value("string")})
-        return datasets.Dataset(table, info=datasets.DatasetInfo(features=feats))
-
     def sample(self) -> Any:
         """All kept rows, in task order, with a ``source_task`` column."""
-        import pyarrow as pa
-
         self._close_streams()
-        if not self._rows:
-            raise ConfigError("the replay buffer is empty: add_task first")
-        tables = [self._with_source(ds, t) for t, ds in self._rows.items()]
-        return self._dataset(pa.concat_tables(tables), next(iter(self._rows.values())))
+        return mixing.sample(self._rows)
 
     def mix(self, new_dataset: Any, *, task_name: str | None = None, ratio: float | None = None,
             batch_size: int = 8) -> Any:
-        """New data plus replayed rows, shuffled deterministically (seed, number of tasks seen).
+        """New data plus every kept row, shuffled deterministically (seed, number of tasks seen).
 
-        With ``ratio=None`` every kept row is appended once and the whole is permuted. With
-        ``ratio=r`` (0 <= r < 1) the output has all ``len(new)`` new rows (permuted) and
-        ``round(len(new) * r / (1 - r))`` replayed rows (drawn uniformly, with replacement only
-        when the buffer holds fewer); each consecutive block of ``batch_size`` rows holds
-        ``round(batch_size * r)`` replayed rows, the rest new, until one kind runs out.
+        ``ratio=r`` instead lays out ``round(batch_size * r)`` replayed rows per block of
+        ``batch_size`` (see :func:`quantcl.replay.mixing.mix`).
 
         Example:
             >>> mixed = buf.mix(new_ds, task_name="math")  # doctest: +SKIP
         """
-        import pyarrow as pa
-
-        if ratio is not None and not (0.0 <= ratio < 1.0) or batch_size < 1:
-            raise ConfigError(f"ratio={ratio!r}, batch_size={batch_size!r}; accepted: 0 <= ratio < 1 "
-                              "(or None), batch_size >= 1")
-        if len(new_dataset) == 0:
-            raise ConfigError("new_dataset is empty")
         self._close_streams()
         self._check_columns(new_dataset)
-        new_t = self._with_source(new_dataset, task_name or "")
-        shuffle_rng = np.random.default_rng([self.seed, len(self._rows)])
-        if not self._rows:
-            return self._dataset(new_t.take(shuffle_rng.permutation(len(new_t))), new_dataset)
-        rep_t = pa.concat_tables([self._with_source(ds, t) for t, ds in self._rows.items()])
-        if rep_t.schema != new_t.schema:
-            try:
-                rep_t = rep_t.select(new_t.column_names).cast(new_t.schema)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError) as e:
-                raise ConfigError(f"replayed rows {rep_t.schema.names} cannot take the new dataset's "
-                                  f"types {new_t.schema}: {e}") from e
-        both = pa.concat_tables([new_t, rep_t])
-        n_new = len(new_t)
-        if ratio is None:
-            return self._dataset(both.take(shuffle_rng.permutation(len(both))), new_dataset)
-        n_rep = int(round(n_new * ratio / (1 - ratio))) if len(rep_t) else 0
-        rep_idx = shuffle_rng.choice(len(rep_t), size=n_rep, replace=n_rep > len(rep_t)) + n_new
-        new_idx = shuffle_rng.permutation(n_new)
-        per = int(round(batch_size * ratio))
-        order: list[np.ndarray] = []
-        a = b = 0
-        while a < n_new or b < n_rep:
-            take_r = min(per, n_rep - b) if a < n_new else n_rep - b
-            take_n = min(batch_size - take_r, n_new - a)
-            order += [new_idx[a:a + take_n], rep_idx[b:b + take_r]]
-            a, b = a + take_n, b + take_r
-        return self._dataset(both.take(np.concatenate(order)), new_dataset)
+        return mixing.mix(new_dataset, self._rows, rng=np.random.default_rng([self.seed, len(self._rows)]),
+                        task_name=task_name, ratio=ratio, batch_size=batch_size)
 
     # ---- persistence ----
-    def state_dict(self) -> dict[str, Any]:
-        """JSON-able state: config, RNG state, kept indices, features and rows (task -> row dicts).
-
-        Example:
-            >>> state = buf.state_dict()  # doctest: +SKIP
-        """
+    def _state(self) -> dict[str, Any]:
         self._close_streams()
-        return {"format_version": FORMAT_VERSION, "strategy_class": type(self.strategy).__qualname__,
-                "config": self.config(), "rng": self.rng.bit_generator.state,
-                "kept": {t: list(v) for t, v in self._kept.items()},
-                "features": {t: ds.features.to_dict() for t, ds in self._rows.items()},
-                "rows": {t: ds.to_list() for t, ds in self._rows.items()}}
+        return {"format_version": FORMAT_VERSION, "config": self.config(), "rng": self.rng.bit_generator.state,
+                "tasks": self.tasks, "kept": {t: list(v) for t, v in self._kept.items()},
+                "features": {t: ds.features.to_dict() for t, ds in self._rows.items()}}
 
-    def _check_state(self, state: dict[str, Any]) -> None:
-        if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
-            got = state.get("format_version") if isinstance(state, dict) else type(state).__name__
-            raise StateError(f"replay state format {got!r}; expected {FORMAT_VERSION}")
-        if state.get("strategy_class") != type(self.strategy).__qualname__:
-            raise StateError(f"replay state was saved by strategy {state.get('strategy_class')!r}, "
-                             f"this buffer uses {type(self.strategy).__qualname__!r}")
-        missing = [k for k in ("config", "rng", "kept", "rows") if k not in state]
-        if not missing and not isinstance(state["rows"], dict):
-            missing = ["rows"]
-        if missing:
-            raise StateError(f"replay state lacks {missing}")
-        mine, theirs = self.config(), dict(state["config"])
-        for key in ("fraction", "capacity", "rounding", "seed", "strategy"):
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able state: config, RNG state, task order, kept indices, features and rows."""
+        return {**self._state(), "rows": {t: ds.to_list() for t, ds in self._rows.items()}}
+
+    def _refuse(self, state: Any, rows: Any) -> None:  # StateError: other format/settings/strategy
+        storage.check_layout(state, rows)
+        mine, theirs = self.config(), state["config"]
+        for key in _SETTINGS:
             if theirs.get(key) != mine[key]:
                 raise StateError(f"replay state has {key}={theirs.get(key)!r}, this buffer {mine[key]!r}")
-        if set(state["kept"]) != set(state["rows"]) or any(
-                len(state["kept"][t]) != len(state["rows"][t]) for t in state["kept"]):
-            raise StateError("replay state is inconsistent: kept indices and rows differ per task")
-        if list(state["kept"]) != list(state["rows"]):
-            raise StateError("replay state is inconsistent: task order differs between kept and rows")
+        strategies.check_same_strategy(theirs.get("strategy"), self.strategy)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` output; :class:`StateError` if saved by another config/strategy.
-
-        Example:
-            >>> twin = ReplayBuffer(fraction=0.5, strategy="first", seed=0)  # doctest: +SKIP
-            >>> twin.load_state_dict(buf.state_dict())  # doctest: +SKIP
-        """
-        import datasets
-        import pyarrow as pa
-
-        self._check_state(state)
-        feats = state.get("features", {})
+    def _adopt(self, state: Any, rows: Any) -> None:
+        self._refuse(state, rows)
         try:
-            rows = {}
-            for t, r in state["rows"].items():
-                if t in feats:
-                    f = datasets.Features.from_dict(feats[t])
-                    rows[t] = datasets.Dataset(pa.Table.from_pylist(r, schema=f.arrow_schema),
-                                               info=datasets.DatasetInfo(features=f))
-                else:
-                    rows[t] = datasets.Dataset.from_list(r)
-        except (TypeError, ValueError, KeyError, pa.ArrowException) as e:
-            raise StateError(f"replay state rows unreadable: {e}") from e
-        self._restore(state, rows)
-
-    def _restore(self, state: dict[str, Any], rows: dict[str, Any]) -> None:
-        try:
+            kept = {t: [int(i) for i in state["kept"][t]] for t in state["tasks"]}
             self.rng.bit_generator.state = state["rng"]
         except (TypeError, ValueError, KeyError) as e:
-            raise StateError(f"replay RNG state unreadable: {e}") from e
-        self._open = {}
-        self._kept = {t: [int(i) for i in v] for t, v in state["kept"].items()}
-        self._rows = rows
+            raise StateError(f"replay state's RNG or kept indices unreadable: {e}") from e
+        self._open, self._kept, self._rows = {}, kept, {t: rows[t] for t in state["tasks"]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (:class:`StateError` as for :meth:`restore`)."""
+        self._refuse(state, state.get("rows") if isinstance(state, Mapping) else None)
+        self._adopt(state, storage.datasets_from_lists(state["rows"], state.get("features", {}), order=state["tasks"]))
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Save to ``directory/v{N}/`` (Parquet per task + manifest) and atomically point CURRENT at it."""
-        from quantcl.replay._store import write_version
-
-        return write_version(self, Path(directory))
+        return storage.write_version(directory, self._state(), self._rows)
 
     def restore(self, directory: str | os.PathLike[str]) -> None:
-        """Load a :meth:`save` directory into this buffer (same config and strategy class required).
+        """Load a :meth:`save` directory into this buffer (how a resumed run gets its buffer back).
 
-        Example:
-            >>> buf.restore("runs/x/stages/stage-001/replay")  # doctest: +SKIP
+        Raises:
+            StateError: the save's fraction/capacity/rounding/seed, strategy class or strategy
+                arguments differ from this buffer's (naming what differs), or its files are bad.
         """
-        other = type(self).load(directory, strategy=self.strategy)
-        mine, theirs = self.config(), other.config()
-        for key in ("fraction", "capacity", "rounding", "seed", "strategy"):
-            if theirs[key] != mine[key]:
-                raise StateError(f"saved replay buffer has {key}={theirs[key]!r}, this buffer {mine[key]!r}")
-        self.rng.bit_generator.state = other.rng.bit_generator.state
-        self._rows, self._kept, self._open = other._rows, other._kept, {}
+        self._adopt(*storage.read_version(directory))
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str], *,
-             strategy: ReplayStrategy | None = None) -> "ReplayBuffer":
-        """Load the version CURRENT points to; verifies format and sha256 checksums.
+    def load(cls, directory: str | os.PathLike[str], *, strategy: ReplayStrategy | None = None) -> ReplayBuffer:
+        """Load the version CURRENT points to (format and sha256 checked), strategy included.
 
-        The strategy is rebuilt from its registered name and options; pass ``strategy=`` (an
-        instance of the same class) for an unregistered one.
+        The strategy is rebuilt from its saved ``to_dict()`` node (by registered name or dotted
+        path); pass ``strategy=`` (same class and arguments) for a class that cannot be imported,
+        e.g. one defined inside a function: ``ReplayBuffer.load(dir, strategy=Mine(step=3))``.
+        """
+        state, rows = storage.read_version(directory)
+        storage.check_layout(state, rows)
+        buf = cls.from_config(state["config"], strategy=strategy)
+        buf._adopt(state, rows)
+        return buf
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], *, strategy: ReplayStrategy | None = None) -> ReplayBuffer:
+        """An empty buffer with the settings and strategy of :meth:`config` output (``tasks`` ignored).
+
+        Raises:
+            StateError: missing settings, or a strategy that cannot be rebuilt (then pass ``strategy=``).
 
         Example:
-            >>> buf = ReplayBuffer.load("runs/x/replay")  # doctest: +SKIP
+            >>> ReplayBuffer.from_config(ReplayBuffer(capacity=4, strategy="loss", keep="lowest").config()).strategy
+            LossStrategy(loss_column=None, keep='lowest')
         """
-        from quantcl.replay._store import read_version
-
-        return read_version(cls, Path(directory), strategy)
+        try:
+            if strategy is None:
+                strategy = strategies.strategy_from_dict(config["strategy"], name=config.get("strategy_name"))
+            cap = {"capacity": config["capacity"]} if config["fraction"] is None else {"fraction": config["fraction"]}
+            return cls(**cap, strategy=strategy, seed=config["seed"], rounding=config["rounding"])
+        except (KeyError, TypeError, ConfigError) as e:
+            raise StateError(f"cannot build a ReplayBuffer from config {config!r}: {e}") from e

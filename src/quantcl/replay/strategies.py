@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, runtime_checkable
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from quantcl.errors import ConfigError, UnknownNameError
+from quantcl.components import COMPONENT_KEY, Component, component_path, locate
+from quantcl.errors import ConfigError, StateError, UnknownNameError
+from quantcl.replay.reservoir import Reservoir
 
 __all__ = [
     "ReplayScorer",
@@ -15,6 +18,9 @@ __all__ = [
     "register_strategy",
     "get_strategy",
     "strategy_names",
+    "strategy_from_dict",
+    "check_same_strategy",
+    "select_rows",
 ]
 
 
@@ -37,8 +43,12 @@ class ReplayScorer(Protocol):
         ...
 
 
-class ReplayStrategy:
+class ReplayStrategy(Component):
     """Base of replay strategies: implement :meth:`select`.
+
+    A strategy is a :class:`~quantcl.components.Component`: its constructor arguments are
+    recorded, saved with the buffer (:meth:`to_dict`) and used to rebuild it on load, and a saved
+    buffer is only restored into a buffer whose strategy has the same class and arguments.
 
     Example:
         >>> class Last(ReplayStrategy):
@@ -50,16 +60,32 @@ class ReplayStrategy:
 
     def select(self, task: str, dataset: Any, k: int, *, rng: np.random.Generator,
                model: ReplayScorer | None = None) -> list[int]:
-        """Return ``k`` distinct row indices of ``dataset`` to keep for ``task``."""
+        """Return ``k`` distinct row indices of ``dataset`` to keep for ``task``, in keep priority.
+
+        The order matters: when a total ``capacity=`` is shared by more tasks, :meth:`shrink`
+        keeps a prefix of this list by default, so put the rows to keep longest first (the
+        ``loss`` strategy returns the highest-loss rows first, ``diversity`` its greedy centers in
+        the order it picked them).
+
+        Args:
+            task: the task's name.
+            dataset: the task's rows (a ``datasets.Dataset``).
+            k: how many indices to return.
+            rng: the buffer's generator; draw all randomness from it for reproducible runs.
+            model: a :class:`ReplayScorer` for model-aware strategies, or ``None``.
+        """
         raise NotImplementedError
 
     def shrink(self, kept: list[int], k: int, *, rng: np.random.Generator) -> list[int]:
-        """Reduce a task's kept indices to ``k`` (capacity rebalancing). Default: keep the prefix."""
+        """Reduce a task's kept indices (as :meth:`select` ordered them) to ``k``.
+
+        Used for capacity rebalancing. Default: the first ``k``, i.e. the highest keep priority.
+        """
         return list(kept[:k])
 
     def config(self) -> dict[str, Any]:
-        """JSON-able description of this strategy."""
-        return {"name": self.name, "class": type(self).__qualname__}
+        """:meth:`to_dict` plus the registry ``name`` (a constructor argument called ``name`` wins)."""
+        return {"name": self.name, **self.to_dict()}
 
 
 _REGISTRY: dict[str, type[ReplayStrategy]] = {}
@@ -79,7 +105,7 @@ def register_strategy(name: str, cls: type[ReplayStrategy] | None = None) -> Any
         if not (isinstance(c, type) and issubclass(c, ReplayStrategy)):
             raise ConfigError(f"register_strategy({name!r}) needs a ReplayStrategy subclass, got {c!r}")
         _REGISTRY[name] = c
-        if c.name in ("custom", ""):
+        if c.__dict__.get("name") in (None, "custom", ""):  # not one the class names itself
             c.name = name
         return c
 
@@ -102,74 +128,77 @@ def get_strategy(spec: str | ReplayStrategy, **kwargs: Any) -> ReplayStrategy:
     return _REGISTRY[spec](**kwargs)
 
 
-class Reservoir:
-    """Exact uniform reservoir (Algorithm R) over a stream, with a vectorised bulk path.
+def select_rows(strategy: ReplayStrategy, task: str, dataset: Any, k: int, *, rng: np.random.Generator,
+                model: ReplayScorer | None = None) -> list[int]:
+    """``strategy.select(...)`` as ints, checked: ``k`` distinct indices in ``[0, len(dataset))``.
 
-    Memory is bounded by ``capacity``. ``items`` holds the kept stream positions (or rows).
+    Raises:
+        ConfigError: the strategy broke that contract (saying how).
+    """
+    n = len(dataset)
+    idx = [int(i) for i in strategy.select(task, dataset, k, rng=rng, model=model)] if k else []
+    if len(idx) != k or len(set(idx)) != k or any(i < 0 or i >= n for i in idx):
+        raise ConfigError(f"strategy {strategy.name!r} must return {k} distinct indices in "
+                          f"[0, {n}); got {len(idx)} ({len(set(idx))} distinct, range "
+                          f"{min(idx, default=None)}..{max(idx, default=None)})")
+    return idx
+
+
+def strategy_from_dict(node: Mapping[str, Any], name: str | None = None) -> ReplayStrategy:
+    """Rebuild a strategy from :meth:`ReplayStrategy.to_dict` output.
+
+    The class is the registered one whose dotted path is the node's ``_component_`` (so classes
+    registered inside a function load too; ``name`` is tried first), else the class that path
+    imports. A class neither registered nor importable cannot be rebuilt: build it yourself.
+
+    Raises:
+        StateError: the node names no importable strategy class, or its arguments are refused.
 
     Example:
-        >>> r = Reservoir(3, np.random.default_rng(0)); r.add_bulk(100); len(r.items)
-        3
+        >>> strategy_from_dict(get_strategy("loss", keep="lowest").to_dict()).keep
+        'lowest'
     """
+    if not isinstance(node, Mapping) or not isinstance(node.get(COMPONENT_KEY), str):
+        raise StateError(f"not a saved replay strategy: expected a mapping with a {COMPONENT_KEY!r} key, "
+                         f"got {node!r}")
+    path = node[COMPONENT_KEY]
+    cls = _REGISTRY.get(name) if name is not None else None
+    if cls is None or component_path(cls) != path:
+        cls = next((c for c in _REGISTRY.values() if component_path(c) == path), None)
+    if cls is None:
+        try:
+            target = locate(path)
+        except ConfigError as err:
+            raise StateError(f"cannot rebuild replay strategy {path!r}: it is neither registered nor "
+                             f"importable ({err}); pass strategy= an instance of it") from err
+        if not (isinstance(target, type) and issubclass(target, ReplayStrategy)):
+            raise StateError(f"{path!r} is not a ReplayStrategy subclass")
+        cls = target
+    try:
+        return cls.from_dict(node)
+    except (TypeError, ValueError) as err:
+        raise StateError(f"cannot rebuild replay strategy {path!r} from {dict(node)!r}: {err}") from err
 
-    def __init__(self, capacity: int, rng: np.random.Generator) -> None:
-        self.capacity = int(capacity)
-        self.rng = rng
-        self.seen = 0
-        self.items: list[Any] = []
 
-    def add(self, item: Any) -> None:
-        """Offer one item: kept with probability capacity / seen."""
-        self.seen += 1
-        if len(self.items) < self.capacity:
-            self.items.append(item)
-            return
-        j = int(self.rng.integers(0, self.seen))
-        if j < self.capacity:
-            self.items[j] = item
+def check_same_strategy(saved: Any, strategy: ReplayStrategy) -> None:
+    """Refuse a saved strategy node whose class or arguments differ from ``strategy``'s.
 
-    def add_bulk(self, n: int, *, chunk: int = 1 << 17) -> None:
-        """Offer stream positions ``seen .. seen+n-1`` (same law as n calls to :meth:`add`).
+    Raises:
+        StateError: naming the other class, or each differing argument with both values.
+    """
+    mine = strategy.to_dict()
+    if not isinstance(saved, Mapping) or saved.get(COMPONENT_KEY) != mine[COMPONENT_KEY]:
+        got = saved.get(COMPONENT_KEY) if isinstance(saved, Mapping) else saved
+        raise StateError(f"replay state was saved with strategy {got!r}; this buffer uses "
+                         f"{mine[COMPONENT_KEY]!r}")
+    def show(node: Mapping[str, Any], key: str) -> str:
+        return repr(node[key]) if key in node else "<absent>"
 
-        Decisions are vectorised per chunk, so memory stays O(capacity + chunk).
-        """
-        start = 0
-        while start < n:
-            m = min(chunk, n - start)
-            self.offer(range(self.seen, self.seen + m))
-            start += m
-
-    def offer(self, items: Any, wrap: Callable[[int, Any], Any] | None = None) -> None:
-        """Offer a sequence of items at once, exactly as :meth:`add` on each in turn would.
-
-        ``wrap(stream_position, item)``, if given, builds what is stored, only for kept items.
-        """
-        n, k, base = len(items), self.capacity, self.seen
-        get = (lambda i: items[i]) if wrap is None else (lambda i: wrap(base + i, items[i]))
-        fill = max(0, min(n, k - len(self.items)))
-        self.items.extend(get(i) for i in range(fill))
-        self.seen += fill
-        rest = n - fill
-        if rest <= 0:
-            return
-        if k == 0:
-            self.seen += rest
-            return
-        # item number t (1-based in the stream) draws j uniform in [0, t); kept in slot j iff j < k
-        t = np.arange(self.seen + 1, self.seen + rest + 1, dtype=np.int64)
-        j = self.rng.integers(0, t)
-        hit = np.nonzero(j < k)[0]
-        # later replacements win: keep the last write per slot
-        rev_slots, first = np.unique(j[hit][::-1], return_index=True)
-        winners = hit[::-1][first] + fill
-        for slot, i in zip(rev_slots.tolist(), winners.tolist()):
-            self.items[slot] = get(i)
-        self.seen += rest
-
-    @property
-    def positions(self) -> list[int]:
-        """Kept stream positions when items are ``(position, row)`` pairs."""
-        return [int(p) for p, _ in self.items]
+    diff = [f"{k}={show(saved, k)} saved, {show(mine, k)} here" for k in sorted(set(saved) | set(mine))
+            if (k in saved, saved.get(k)) != (k in mine, mine.get(k))]
+    if diff:
+        raise StateError(f"replay state was saved with other {type(strategy).__name__} arguments: "
+                         f"{'; '.join(diff)}")
 
 
 @register_strategy("reservoir")
@@ -178,12 +207,13 @@ class ReservoirStrategy(ReplayStrategy):
 
     name = "reservoir"
 
-    def select(self, task, dataset, k, *, rng, model=None):  # type: ignore[override]
+    def select(self, task: str, dataset: Any, k: int, *, rng: np.random.Generator,
+               model: ReplayScorer | None = None) -> list[int]:
         r = Reservoir(k, rng)
         r.add_bulk(len(dataset))
         return [int(i) for i in r.items]
 
-    def shrink(self, kept, k, *, rng):  # type: ignore[override]
+    def shrink(self, kept: list[int], k: int, *, rng: np.random.Generator) -> list[int]:
         keep = np.sort(rng.choice(len(kept), size=k, replace=False))
         return [kept[i] for i in keep]
 
@@ -194,7 +224,8 @@ class UniformStrategy(ReservoirStrategy):
 
     name = "uniform"
 
-    def select(self, task, dataset, k, *, rng, model=None):  # type: ignore[override]
+    def select(self, task: str, dataset: Any, k: int, *, rng: np.random.Generator,
+               model: ReplayScorer | None = None) -> list[int]:
         return [int(i) for i in rng.choice(len(dataset), size=k, replace=False)]
 
 
@@ -204,7 +235,8 @@ class FirstStrategy(ReplayStrategy):
 
     name = "first"
 
-    def select(self, task, dataset, k, *, rng, model=None):  # type: ignore[override]
+    def select(self, task: str, dataset: Any, k: int, *, rng: np.random.Generator,
+               model: ReplayScorer | None = None) -> list[int]:
         return list(range(k))
 
 
@@ -217,7 +249,8 @@ class BalancedStrategy(ReplayStrategy):
     def __init__(self, label_column: str | None = None) -> None:
         self.label_column = label_column
 
-    def select(self, task, dataset, k, *, rng, model=None):  # type: ignore[override]
+    def select(self, task: str, dataset: Any, k: int, *, rng: np.random.Generator,
+               model: ReplayScorer | None = None) -> list[int]:
         if self.label_column is None:
             return [int(i) for i in rng.choice(len(dataset), size=k, replace=False)]
         if self.label_column not in dataset.column_names:
@@ -233,8 +266,6 @@ class BalancedStrategy(ReplayStrategy):
             depth += 1
         return out
 
-    def config(self):  # type: ignore[override]
-        return {**super().config(), "label_column": self.label_column}
 
 
 def _column_or_model(dataset: Any, column: str | None, model: Any, attr: str, what: str) -> np.ndarray:
@@ -258,13 +289,12 @@ class LossStrategy(ReplayStrategy):
             raise ConfigError(f"keep={keep!r}; valid: 'highest', 'lowest'")
         self.loss_column, self.keep = loss_column, keep
 
-    def select(self, task, dataset, k, *, rng, model=None):  # type: ignore[override]
+    def select(self, task: str, dataset: Any, k: int, *, rng: np.random.Generator,
+               model: ReplayScorer | None = None) -> list[int]:
         loss = _column_or_model(dataset, self.loss_column, model, "losses", "loss")
         order = np.argsort(-loss if self.keep == "highest" else loss, kind="stable")
         return [int(i) for i in order[:k]]
 
-    def config(self):  # type: ignore[override]
-        return {**super().config(), "loss_column": self.loss_column, "keep": self.keep}
 
 
 @register_strategy("diversity")
@@ -276,7 +306,8 @@ class DiversityStrategy(ReplayStrategy):
     def __init__(self, embedding_column: str | None = None) -> None:
         self.embedding_column = embedding_column
 
-    def select(self, task, dataset, k, *, rng, model=None):  # type: ignore[override]
+    def select(self, task: str, dataset: Any, k: int, *, rng: np.random.Generator,
+               model: ReplayScorer | None = None) -> list[int]:
         emb = _column_or_model(dataset, self.embedding_column, model, "embeddings", "embedding")
         emb = emb.reshape(len(emb), -1)
         if k == 0:
@@ -290,6 +321,3 @@ class DiversityStrategy(ReplayStrategy):
             chosen.append(nxt)
             dist = np.minimum(dist, ((emb - emb[nxt]) ** 2).sum(1))
         return chosen
-
-    def config(self):  # type: ignore[override]
-        return {**super().config(), "embedding_column": self.embedding_column}

@@ -9,7 +9,14 @@ Example:
 
 from __future__ import annotations
 
-from quantcl.tasks.evaluators import CodeExecution, EvalResult, Evaluator, MultipleChoice, NumericMatch
+from quantcl.tasks.evaluators import (
+    CodeExecution,
+    EvalResult,
+    Evaluator,
+    MultipleChoice,
+    NumericMatch,
+    register_evaluator,
+)
 from quantcl.tasks.task import Task, TaskSequence, Template
 from quantcl.tasks.tokenize import IGNORE_INDEX, make_collator, tokenize_for_training
 
@@ -22,6 +29,7 @@ __all__ = [
     "make_collator",
     "EvalResult",
     "Evaluator",
+    "register_evaluator",
     "MultipleChoice",
     "NumericMatch",
     "CodeExecution",

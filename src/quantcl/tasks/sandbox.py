@@ -38,7 +38,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from quantcl.errors import ConfigError
 
@@ -282,7 +282,7 @@ def _kill_leftovers(pgid: int, work: str, uid: int | None, wait: float = 2.0) ->
 
 
 def _remove_tree(path: str) -> None:
-    def retry(func, p, _exc):
+    def retry(func: Any, p: str, _exc: Any) -> None:
         try:
             os.chmod(os.path.dirname(p), 0o700)
             os.chmod(p, 0o700)

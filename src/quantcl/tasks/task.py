@@ -270,7 +270,8 @@ class Task:
             "name": self.name,
             "train_size": _size(self.train),
             "eval_size": _size(self.eval),
-            "evaluator": ev.to_dict() if callable(getattr(ev, "to_dict", None)) else {"type": type(ev).__name__},
+            "evaluator": ev.to_dict() if callable(getattr(ev, "to_dict", None))
+            else {"_component_": f"{type(ev).__module__}.{type(ev).__qualname__}"},
             "prompt": describe_template(self.prompt),
             "target": describe_template(self.target),
             "chat": self.chat,

@@ -16,7 +16,14 @@ Example:
 
 from __future__ import annotations
 
-from quantcl.tasks.evaluators.base import EvalResult, Evaluator
+from quantcl.tasks.evaluators.base import (
+    EvalResult,
+    Evaluator,
+    evaluator_class,
+    evaluator_names,
+    get_evaluator,
+    register_evaluator,
+)
 from quantcl.tasks.evaluators.code import ALLOW_CODE_ENV, DEFAULT_CODE_STOP, CodeExecution, pass_at_k
 from quantcl.tasks.evaluators.multiple_choice import DEFAULT_CHOICE_PATTERN, MultipleChoice, extract_choice
 from quantcl.tasks.evaluators.numeric import DEFAULT_NUMERIC_STOP, NumericMatch, extract_number, numbers_match
@@ -24,6 +31,10 @@ from quantcl.tasks.evaluators.numeric import DEFAULT_NUMERIC_STOP, NumericMatch,
 __all__ = [
     "EvalResult",
     "Evaluator",
+    "register_evaluator",
+    "get_evaluator",
+    "evaluator_class",
+    "evaluator_names",
     "MultipleChoice",
     "NumericMatch",
     "CodeExecution",

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
-from quantcl.errors import ConfigError
+from quantcl.components import Component
+from quantcl.errors import ConfigError, UnknownNameError
 
-__all__ = ["EvalResult", "Evaluator"]
+__all__ = ["EvalResult", "Evaluator", "register_evaluator", "get_evaluator", "evaluator_class", "evaluator_names"]
 
 
 @dataclass(frozen=True)
@@ -39,16 +39,22 @@ class EvalResult:
         return {"score": self.score, "metrics": dict(self.metrics), "records": list(self.records), "n": self.n}
 
 
-class Evaluator:
+class Evaluator(Component):
     """Scores a model on a dataset with ``prompt``/``target`` (and evaluator-specific) columns.
 
     Subclasses implement :meth:`evaluate`. Evaluators keep no state between calls: the model
     changes between continual stages, so nothing computed with other weights is ever reused.
+    Their constructor arguments are saved with the run (:class:`~quantcl.components.Component`),
+    so a subclass needs nothing but ``__init__`` and ``evaluate``.
 
     Example:
-        >>> import quantcl as qcl
-        >>> qcl.evaluators.MultipleChoice()(model, tokenizer, dataset)  # doctest: +SKIP
-        0.75
+        >>> class Always(Evaluator):
+        ...     def __init__(self, score: float = 1.0) -> None:
+        ...         self.score = score
+        ...     def evaluate(self, model, tokenizer, dataset, *, batch_size=None, progress=True):
+        ...         return EvalResult(self.score, {"acc": self.score}, [], len(dataset))
+        >>> Always(0.5).to_dict()["score"]
+        0.5
     """
 
     # The defaults; an instance built with other column names holds its own tuple.
@@ -79,18 +85,62 @@ class Evaluator:
     def check_ready(self) -> None:
         """Raise :class:`~quantcl.errors.UnsafeCodeError` if this evaluator may not run yet."""
 
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON-able constructor arguments: ``{"type": "ClassName", **kwargs}``."""
-        out: dict[str, Any] = {"type": type(self).__name__}
-        for name in inspect.signature(type(self).__init__).parameters:
-            if name != "self":
-                value = getattr(self, name)
-                out[name] = list(value) if isinstance(value, tuple) else value
-        return out
 
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items() if k != "type")
-        return f"{type(self).__name__}({args})"
+_REGISTRY: dict[str, type[Evaluator]] = {}
+E = TypeVar("E", bound=type[Evaluator])
+
+
+def register_evaluator(name: str, cls: type[Evaluator] | None = None) -> Any:
+    """Register an :class:`Evaluator` subclass under ``name`` (decorator or direct call).
+
+    A registered name can be used in YAML (``evaluator: {type: name, ...}``); any importable
+    class also works without registering, as ``evaluator: {_component_: package.module.Class}``.
+
+    Example:
+        >>> @register_evaluator("always")
+        ... class Always(Evaluator):
+        ...     def evaluate(self, model, tokenizer, dataset, *, batch_size=None, progress=True):
+        ...         return EvalResult(1.0, {}, [], len(dataset))
+        >>> "always" in evaluator_names()
+        True
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"register_evaluator needs a non-empty name, got {name!r}")
+
+    def deco(c: E) -> E:
+        if not (isinstance(c, type) and issubclass(c, Evaluator)):
+            raise ConfigError(f"register_evaluator({name!r}) needs an Evaluator subclass, got {c!r}")
+        _REGISTRY[name] = c
+        return c
+
+    return deco(cls) if cls is not None else deco
+
+
+def evaluator_names() -> list[str]:
+    """Names of all registered evaluators, sorted."""
+    return sorted(_REGISTRY)
+
+
+def evaluator_class(name: str) -> type[Evaluator]:
+    """The class registered under ``name``.
+
+    Raises:
+        UnknownNameError: no evaluator has that name (the message lists the valid ones).
+    """
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise UnknownNameError(f"unknown evaluator {name!r}; valid: {', '.join(evaluator_names())} "
+                               "(or name any importable class with _component_: package.module.Class)")
+    return _REGISTRY[name]
+
+
+def get_evaluator(name: str, **kwargs: Any) -> Evaluator:
+    """Build the evaluator registered under ``name`` with constructor ``kwargs``.
+
+    Example:
+        >>> get_evaluator("NumericMatch").to_dict()["_component_"]
+        'quantcl.tasks.evaluators.numeric.NumericMatch'
+    """
+    return evaluator_class(name)(**kwargs)
 
 
 @contextlib.contextmanager

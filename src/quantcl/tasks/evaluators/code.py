@@ -11,7 +11,14 @@ import numpy as np
 
 from quantcl.errors import ConfigError, UnsafeCodeError
 from quantcl.tasks.evaluators._batching import generate_texts
-from quantcl.tasks.evaluators.base import EvalResult, Evaluator, column, inference_mode, positive_int
+from quantcl.tasks.evaluators.base import (
+    EvalResult,
+    Evaluator,
+    column,
+    inference_mode,
+    positive_int,
+    register_evaluator,
+)
 
 __all__ = ["CodeExecution", "pass_at_k", "DEFAULT_CODE_STOP", "ALLOW_CODE_ENV"]
 
@@ -43,6 +50,7 @@ def _opted_in(flag: bool) -> bool:
     return flag or os.environ.get(ALLOW_CODE_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
+@register_evaluator("CodeExecution")
 class CodeExecution(Evaluator):
     """pass@k of generated code, each completion run with its tests in the sandbox.
 

@@ -7,7 +7,14 @@ from typing import Any, Literal
 
 from quantcl.errors import ConfigError
 from quantcl.tasks.evaluators._batching import generate_texts, loglikelihoods
-from quantcl.tasks.evaluators.base import EvalResult, Evaluator, column, inference_mode, positive_int
+from quantcl.tasks.evaluators.base import (
+    EvalResult,
+    Evaluator,
+    column,
+    inference_mode,
+    positive_int,
+    register_evaluator,
+)
 
 __all__ = ["MultipleChoice", "extract_choice", "DEFAULT_CHOICE_PATTERN"]
 
@@ -47,6 +54,7 @@ def extract_choice(text: str, choices: list[str], pattern: str = DEFAULT_CHOICE_
     return None
 
 
+@register_evaluator("MultipleChoice")
 class MultipleChoice(Evaluator):
     """Accuracy on multiple-choice items: which option does the model prefer?
 
@@ -149,7 +157,8 @@ class MultipleChoice(Evaluator):
                 return self._generate(model, tokenizer, prompts, choices, answers, size, progress)
             return self._loglikelihood(model, tokenizer, prompts, choices, answers, size, progress)
 
-    def _loglikelihood(self, model, tokenizer, prompts, choices, answers, size, progress) -> EvalResult:
+    def _loglikelihood(self, model: Any, tokenizer: Any, prompts: list[str], choices: list[list[str]],
+                       answers: list[int], size: int, progress: bool) -> EvalResult:
         max_length = self.max_length or getattr(getattr(model, "config", None), "max_position_embeddings", None)
         groups = [[(p, c) for c in opts] for p, opts in zip(prompts, choices)]
         scored = loglikelihoods(model, tokenizer, groups, batch_size=size, max_length=max_length,
@@ -172,7 +181,8 @@ class MultipleChoice(Evaluator):
         metrics = {name: hit / n for name, hit in hits.items()}
         return EvalResult(metrics[self.normalization], metrics, records, n)
 
-    def _generate(self, model, tokenizer, prompts, choices, answers, size, progress) -> EvalResult:
+    def _generate(self, model: Any, tokenizer: Any, prompts: list[str], choices: list[list[str]],
+                  answers: list[int], size: int, progress: bool) -> EvalResult:
         texts = generate_texts(model, tokenizer, prompts, max_new_tokens=self.max_new_tokens,
                                batch_size=size, progress=progress, desc="MultipleChoice (generate)")
         records, correct, invalid = [], 0, 0

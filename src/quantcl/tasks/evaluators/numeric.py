@@ -9,7 +9,14 @@ from typing import Any
 
 from quantcl.errors import ConfigError
 from quantcl.tasks.evaluators._batching import generate_texts
-from quantcl.tasks.evaluators.base import EvalResult, Evaluator, column, inference_mode, positive_int
+from quantcl.tasks.evaluators.base import (
+    EvalResult,
+    Evaluator,
+    column,
+    inference_mode,
+    positive_int,
+    register_evaluator,
+)
 
 __all__ = ["NumericMatch", "extract_number", "numbers_match", "DEFAULT_NUMERIC_STOP"]
 
@@ -59,6 +66,7 @@ def numbers_match(prediction: float | None, gold: float | None, tolerance: float
     return math.isclose(prediction, gold, rel_tol=0.0, abs_tol=tolerance)
 
 
+@register_evaluator("NumericMatch")
 class NumericMatch(Evaluator):
     """Accuracy of generated numeric answers (e.g. GSM8K).
 

@@ -1,0 +1,13 @@
+"""Plug-ins: what watches or changes a continual stage through its hooks.
+
+Example:
+    >>> from quantcl.plugins import StagePlugin
+    >>> class Halve(StagePlugin):
+    ...     def loss(self, trainer, model, inputs, outputs, loss):
+    ...         return loss / 2
+"""
+
+from quantcl.plugins.base import StageCallback, StagePlugin, TrainerSpec
+from quantcl.plugins.replay import ReplayPlugin
+
+__all__ = ["StagePlugin", "StageCallback", "TrainerSpec", "ReplayPlugin"]

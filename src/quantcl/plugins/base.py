@@ -1,0 +1,148 @@
+"""The plug-in contract: :class:`StagePlugin`, one small method per hook, all optional.
+
+A continual stage runs these hooks, in this order, for every plug-in in the order given::
+
+    on_stage_begin(trainer, stage, task)            before anything of the stage
+    adapt_data(trainer, stage, task, dataset)       -> the rows the stage trains on (prompt/target)
+    configure_trainer(trainer, stage, task, spec)   edit the TrainerSpec: arguments, callbacks, class
+    loss(trainer, model, inputs, outputs, loss)     -> the loss of each training step (add or replace)
+    on_evaluate(trainer, row, task, result)         after each task's evaluation
+    on_stage_end(trainer, stage, task, scores)      after the stage trained and every task was evaluated
+    save_state(directory) / load_state(directory)   what must survive a crash, saved with the stage
+
+``stage`` counts from 1. Plug-ins record their constructor arguments (they are
+:class:`~quantcl.components.Component` objects), so the run directory names them and a resumed run
+refuses different ones. Values a plug-in measures go into the stage's record with
+``trainer.log_stage(name=value)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from quantcl.components import Component
+
+if TYPE_CHECKING:  # pragma: no cover
+    from quantcl.tasks import Task
+    from quantcl.trainer import ContinualTrainer
+
+__all__ = ["StagePlugin", "StageCallback", "TrainerSpec", "compose_trainer_class", "overrides_hook"]
+
+
+@dataclasses.dataclass
+class TrainerSpec:
+    """What a stage's ``transformers.Trainer`` is built from; ``configure_trainer`` edits it in place.
+
+    Attributes:
+        args: the stage's ``transformers.TrainingArguments`` (replace fields with
+            ``dataclasses.replace`` or set them).
+        callbacks: ``transformers.TrainerCallback`` objects for this stage.
+        trainer_class: the class to build (a ``transformers.Trainer`` subclass); quantcl adds its
+            loss hook on top of it when a plug-in defines :meth:`StagePlugin.loss`.
+        kwargs: the other ``Trainer(...)`` arguments: ``train_dataset``, ``data_collator``,
+            ``processing_class``, and anything added (``optimizers``, ``compute_loss_func``...).
+    """
+
+    args: Any
+    callbacks: list[Any]
+    trainer_class: type
+    kwargs: dict[str, Any]
+
+    def build(self, model: Any, plugins: list[StagePlugin], trainer: ContinualTrainer) -> Any:
+        """The ``transformers.Trainer`` this spec describes, with the plug-ins' loss hooks."""
+        cls = compose_trainer_class(self.trainer_class, plugins, trainer)
+        return cls(model=model, args=self.args, callbacks=list(self.callbacks), **self.kwargs)
+
+
+class StagePlugin(Component):
+    """Base of plug-ins that watch or change continual stages; override only the hooks you need.
+
+    Example:
+        >>> class ScaleLoss(StagePlugin):
+        ...     def __init__(self, factor: float = 0.5) -> None:
+        ...         self.factor = factor
+        ...     def loss(self, trainer, model, inputs, outputs, loss):
+        ...         return loss * self.factor
+        >>> ScaleLoss(2.0).to_dict()["factor"]
+        2.0
+    """
+
+    def on_stage_begin(self, trainer: ContinualTrainer, stage: int, task: Task) -> None:
+        """Before stage ``stage`` (1-based) trains ``task``."""
+
+    def adapt_data(self, trainer: ContinualTrainer, stage: int, task: Task, dataset: Any) -> Any:
+        """Return the rows (``prompt``/``target`` columns, not yet tokenized) the stage trains on."""
+        return dataset
+
+    def configure_trainer(self, trainer: ContinualTrainer, stage: int, task: Task, spec: TrainerSpec) -> None:
+        """Change how the stage's ``transformers.Trainer`` is built by editing ``spec``."""
+
+    def loss(self, trainer: ContinualTrainer, model: Any, inputs: dict[str, Any], outputs: Any,
+             loss: Any) -> Any:
+        """Return the training loss of one step, given the ``transformers.Trainer``'s ``loss``.
+
+        ``inputs`` holds ``input_ids``, ``attention_mask`` and ``labels`` (-100 on prompt and
+        padding); ``outputs`` is the model's output (``outputs.logits``).
+        """
+        return loss
+
+    def on_evaluate(self, trainer: ContinualTrainer, row: int, task: Task, result: Any) -> None:
+        """After ``task`` was evaluated for matrix row ``row`` (0 = before training, i = after stage i)."""
+
+    def on_stage_end(self, trainer: ContinualTrainer, stage: int, task: Task, scores: dict[str, float]) -> None:
+        """After stage ``stage`` trained ``task`` and every task was evaluated (``scores``)."""
+
+    def save_state(self, directory: Path) -> None:
+        """Save what a resumed run needs into ``directory`` (called after each stage)."""
+
+    def load_state(self, directory: Path) -> None:
+        """Load what :meth:`save_state` wrote (called when a run resumes after a finished stage)."""
+
+    @property
+    def state_key(self) -> str:
+        """The name of this plug-in's folder inside a stage directory."""
+        return type(self).__name__.lower()
+
+
+class StageCallback(StagePlugin):
+    """A plug-in that only watches: ``on_stage_begin``, ``on_evaluate``, ``on_stage_end``.
+
+    Every hook of :class:`StagePlugin` is available to it too; the name is kept for callbacks
+    written against quantcl 0.1. Plain ``transformers.TrainerCallback`` objects may be passed to
+    :class:`~quantcl.ContinualTrainer` as well: they go to every stage's ``transformers.Trainer``.
+    Under ``torchrun`` / ``accelerate launch`` the hooks run in every process; check
+    ``trainer.is_main_process`` before writing files or logging once.
+
+    Example:
+        >>> class PrintScores(StageCallback):
+        ...     def on_stage_end(self, trainer, stage, task, scores):
+        ...         print(stage, task.name, scores)
+    """
+
+
+def overrides_hook(plugin: StagePlugin, hook: str) -> bool:
+    """True when ``plugin``'s class defines its own ``hook`` (so the default need not run)."""
+    return getattr(type(plugin), hook) is not getattr(StagePlugin, hook)
+
+
+def compose_trainer_class(base: type, plugins: list[StagePlugin], trainer: ContinualTrainer) -> type:
+    """``base`` itself, or a subclass whose ``compute_loss`` passes the loss through the plug-ins.
+
+    Only plug-ins that define :meth:`StagePlugin.loss` take part, so a run without them trains
+    with ``base`` unchanged.
+    """
+    hooks = [p for p in plugins if overrides_hook(p, "loss")]
+    if not hooks:
+        return base
+
+    def compute_loss(self: Any, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        loss, outputs = base.compute_loss(self, model, inputs, return_outputs=True,  # type: ignore[attr-defined]
+                                          num_items_in_batch=num_items_in_batch)
+        for plugin in hooks:
+            loss = plugin.loss(trainer, model, inputs, outputs, loss)
+        return (loss, outputs) if return_outputs else loss
+
+    return type(f"{base.__name__}WithPlugins", (base,), {"compute_loss": compute_loss})
