@@ -12,7 +12,6 @@ it: the tests are meaningful on every machine. (Verified: with the fix disabled,
 
 from __future__ import annotations
 
-import pytest
 import torch
 from peft import LoraConfig
 
