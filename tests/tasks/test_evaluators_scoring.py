@@ -214,3 +214,15 @@ def test_synthetic_recipe_validates_with_these_evaluators():
 
     tasks = synthetic(n_train=2, n_eval=2)
     assert [type(t.evaluator).__name__ for t in tasks] == ["MultipleChoice", "NumericMatch", "CodeExecution"]
+
+
+def test_synthetic_multiple_choice_rows_have_three_distinct_options_for_every_seed():
+    """Seed 2 drew 'eeee' (no other anagram): a one-option row that MultipleChoice refused."""
+    from quantcl.tasks.recipes import synthetic
+
+    for seed in range(6):
+        nlu = synthetic(seed=seed, n_train=400, n_eval=40, tasks=("nlu",))[0]
+        for split in (nlu.train, nlu.eval):
+            for row in split:
+                assert len(set(row["choices"])) == 3, (seed, row)
+                assert row["choices"][row["answer"]] == row["target"]

@@ -62,6 +62,8 @@ def _nlu_row(rng: random.Random) -> dict:
         options.add("".join(letters))
         if len(options) == 3:
             break
+    while len(options) < 3:  # a word of one repeated letter has no other anagram
+        options.add(_word(rng, 4))
     ordered = sorted(options)
     rng.shuffle(ordered)
     return {
