@@ -123,3 +123,74 @@ def test_instantiate_wraps_constructor_errors_with_the_config_key():
     with pytest.raises(ConfigError, match=r"config key 'tasks\[0\].evaluator'.*normalization"):
         instantiate({"_component_": "quantcl.tasks.evaluators.multiple_choice.MultipleChoice",
                      "normalization": "bogus"}, "tasks[0].evaluator")
+
+
+class PosOnly(Component):
+    def __init__(self, a: int, /, *rest: int, b: int = 2) -> None:
+        self.a, self.rest, self.b = a, rest, b
+
+
+def test_positional_only_and_star_args_round_trip():
+    node = PosOnly(1, 5, 6, b=3).to_dict()
+    assert node == {"_component_": component_path(PosOnly), "a": 1, "*rest": [5, 6], "b": 3}
+    for again in (PosOnly.from_dict(node), instantiate(node)):
+        assert (again.a, again.rest, again.b) == (1, (5, 6), 3)
+    assert check_node(node) is PosOnly
+
+
+def test_a_component_may_not_override_new():
+    with pytest.raises(TypeError, match="overrides __new__"):
+        class Sneaky(Component):  # noqa: F841
+            def __new__(cls, x):
+                return super().__new__(cls)
+
+
+@dataclasses.dataclass
+class WithFactory(Component):
+    items: list = dataclasses.field(default_factory=list)
+    rate: float = 0.1
+
+
+def test_dataclass_default_factory_fields_are_saved_as_their_values():
+    assert WithFactory().to_dict() == {"_component_": component_path(WithFactory), "items": [], "rate": 0.1}
+    assert WithFactory.from_dict(WithFactory(items=[1, 2]).to_dict()).items == [1, 2]
+
+
+class CustomShape(Component):
+    """Saves itself in its own shape: its from_dict must be used, also when nested."""
+
+    def __init__(self, values: object) -> None:
+        self.values = list(values)
+
+    def to_dict(self):
+        return {"_component_": component_path(type(self)), "joined": ",".join(map(str, self.values))}
+
+    @classmethod
+    def from_dict(cls, data):
+        return cls([int(v) for v in data["joined"].split(",")])
+
+
+def test_nested_components_are_rebuilt_by_their_own_from_dict():
+    node = Holder(CustomShape(range(3))).to_dict()
+    assert node["inner"]["joined"] == "0,1,2"
+    assert Holder.from_dict(node).inner.values == [0, 1, 2]
+    assert instantiate(node["inner"]).values == [0, 1, 2]  # a node copied from run.json into a config
+
+
+def test_unknown_saved_arguments_are_a_state_error():
+    with pytest.raises(StateError, match=r"cannot rebuild .*Other from \['step', 'zz'\]"):
+        Other.from_dict({**Other(2).to_dict(), "zz": 1})
+
+
+class Base(Component):
+    pass
+
+
+class Sub(Base):
+    pass
+
+
+def test_from_dict_builds_subclasses_and_refuses_unrelated_classes():
+    assert type(Base.from_dict(Sub().to_dict())) is Sub
+    with pytest.raises(StateError, match="cannot be loaded into"):
+        Sub.from_dict(Base().to_dict())

@@ -91,11 +91,12 @@ def test_component_nodes_build_the_users_classes(tmp_path, tiny_model_dir, user_
 def test_a_registered_evaluator_is_named_by_type(tmp_path, tiny_model_dir, user_module):
     tasks = [{"name": "a", "train": "train.jsonl", "eval": "train.jsonl",
               "evaluator": {"type": "prompt_length", "max_chars": 5}}]
-    import importlib
-
-    importlib.import_module(user_module)  # registering happens on import, as for strategies
-    trainer = build_trainer(load_config(_write(tmp_path, tiny_model_dir, tasks=tasks, plugins=[])))
+    # registering happens when the module is imported: `imports:` does that first
+    cfg = _write(tmp_path, tiny_model_dir, tasks=tasks, plugins=[], imports=[user_module])
+    trainer = build_trainer(load_config(cfg))
     assert trainer.tasks[0].evaluator.max_chars == 5
+    with pytest.raises(ConfigError, match=r"config key 'imports\[0\]': cannot import 'no_such_module'"):
+        build_trainer(load_config(_write(tmp_path, tiny_model_dir, imports=["no_such_module"])))
 
 
 def test_a_task_builder_node_gives_the_tasks(tmp_path, tiny_model_dir, user_module):

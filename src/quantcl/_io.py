@@ -10,7 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_replace_dir", "read_json", "to_jsonable"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_replace_dir", "fsync_dir", "fsync_tree", "read_json",
+           "to_jsonable"]
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -27,6 +28,31 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)  # the rename itself survives a power cut only once its directory is synced
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Flush a directory's entries (renames, new files) to disk; a no-op where the OS cannot."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str | Path) -> None:
+    """fsync every file and directory under ``root`` (what another library wrote there, e.g.
+    ``save_pretrained``), so that renaming ``root`` into place publishes durable content."""
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(dirpath)
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -66,8 +92,10 @@ def atomic_replace_dir(tmp_dir: str | Path, final_dir: str | Path) -> None:
     old = final_dir.with_name(final_dir.name + ".old")
     if old.exists():
         shutil.rmtree(old)
+    fsync_tree(tmp_dir)
     if final_dir.exists():
         os.replace(final_dir, old)
     os.replace(tmp_dir, final_dir)
+    fsync_dir(final_dir.parent)
     if old.exists():
         shutil.rmtree(old)

@@ -7,7 +7,7 @@ import os
 import resource
 from typing import Any
 
-__all__ = ["Processes", "datasets_progress_bars_off", "peak_memory_bytes"]
+__all__ = ["Processes", "datasets_progress_bars_off", "peak_memory_bytes", "no_final_checkpoint"]
 
 
 class Processes:
@@ -55,3 +55,22 @@ def peak_memory_bytes() -> int:
     if torch.cuda.is_available():
         return int(torch.cuda.max_memory_allocated())
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
+
+
+def no_final_checkpoint() -> Any:
+    """A ``TrainerCallback`` that skips the Trainer checkpoint at the stage's last step.
+
+    Resuming from a checkpoint whose ``global_step`` equals ``max_steps`` in the middle of an
+    epoch makes ``transformers.Trainer`` run one step more than an uninterrupted run (it checks
+    the step limit only after a step). The stage is saved right after its last step anyway, so a
+    crash in between resumes from the previous checkpoint instead.
+    """
+    from transformers import TrainerCallback
+
+    class NoFinalCheckpoint(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            if state.max_steps > 0 and state.global_step >= state.max_steps:
+                control.should_save = False
+            return control
+
+    return NoFinalCheckpoint()

@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import math
@@ -31,7 +32,7 @@ from typing import Any, TypeVar
 
 from quantcl.errors import ConfigError, StateError, UnknownNameError
 
-__all__ = ["Component", "COMPONENT_KEY", "component_path", "locate", "instantiate", "check_node"]
+__all__ = ["Component", "COMPONENT_KEY", "component_path", "encode_argument", "locate", "instantiate", "check_node"]
 
 COMPONENT_KEY = "_component_"
 C = TypeVar("C", bound="Component")
@@ -68,6 +69,12 @@ class Component:
 
     _component_args: dict[str, Any]
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__new__" in cls.__dict__:  # its arguments would never reach Component.__new__
+            raise TypeError(f"{cls.__qualname__} overrides __new__; a Component records its arguments "
+                            "there, so set things up in __init__ instead")
+
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         self = super().__new__(cls)
         init = cls.__init__
@@ -81,7 +88,12 @@ class Component:
 
     @property
     def init_args(self) -> dict[str, Any]:
-        """The constructor arguments, defaults filled in (a copy)."""
+        """The constructor arguments, defaults filled in (a copy).
+
+        For a dataclass, its ``__init__`` fields as they are now (``default_factory`` values too).
+        """
+        if dataclasses.is_dataclass(self):
+            return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
         return dict(getattr(self, "_component_args", {}))
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,18 +101,19 @@ class Component:
         owner = type(self).__name__
         node: dict[str, Any] = {COMPONENT_KEY: component_path(type(self))}
         for name, value in self.init_args.items():
-            node[name] = _encode(value, f"{owner}({name}=...)")
+            node[name] = encode_argument(value, f"{owner}({name}=...)")
         return node
 
     @classmethod
     def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
-        """Rebuild from :meth:`to_dict` output.
+        """Rebuild from :meth:`to_dict` output: the node's class, if it is this class or a subclass.
 
-        On a base class (``ReplayStrategy.from_dict(node)``) the node's own class is built if it
-        is a subclass; on a concrete class the node must have been saved by that class.
+        So ``ReplayStrategy.from_dict(node)`` builds whichever strategy saved the node, while
+        ``Stride.from_dict(node)`` refuses a node saved by a class that is not a ``Stride``.
 
         Raises:
-            StateError: the node has no ``_component_`` key, or names another class.
+            StateError: the node has no ``_component_`` key, names another class, or holds
+                arguments that class does not take.
         """
         if not isinstance(data, Mapping) or not isinstance(data.get(COMPONENT_KEY), str):
             raise StateError(f"not a saved {cls.__name__}: expected a mapping with a {COMPONENT_KEY!r} key, "
@@ -114,12 +127,40 @@ class Component:
                 raise StateError(f"cannot load a {cls.__name__} saved by {path!r}: {err}") from err
             if not (isinstance(target, type) and issubclass(target, cls)):
                 raise StateError(f"a state saved by {path!r} cannot be loaded into {component_path(cls)}")
+        if target is not cls and _own_from_dict(target):
+            return target.from_dict(data)
         kwargs = {k: _decode(v) for k, v in data.items() if k != COMPONENT_KEY}
-        return target(**kwargs)  # type: ignore[no-any-return,unused-ignore]
+        try:
+            return _call(target, kwargs)
+        except TypeError as err:
+            raise StateError(f"cannot rebuild {path} from {sorted(kwargs)}: {err}") from err
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.init_args.items())
         return f"{type(self).__name__}({args})"
+
+
+def _own_from_dict(cls: Any) -> bool:
+    """True when ``cls`` (a Component subclass) defines its own ``from_dict``."""
+    return isinstance(cls, type) and issubclass(cls, Component) and (
+        getattr(cls.from_dict, "__func__", None) is not getattr(Component.from_dict, "__func__", None))
+
+
+def _call(target: Any, kwargs: dict[str, Any]) -> Any:
+    """``target(**kwargs)``, passing positional-only and ``*args`` entries positionally."""
+    fn = getattr(target, "__init__") if isinstance(target, type) else target  # noqa: B009
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return target(**kwargs)
+    if isinstance(target, type):
+        params = params[1:]
+    kwargs = dict(kwargs)
+    args = [kwargs.pop(p.name) for p in params if p.kind is p.POSITIONAL_ONLY and p.name in kwargs]
+    for p in params:
+        if p.kind is p.VAR_POSITIONAL and f"*{p.name}" in kwargs:
+            args += list(kwargs.pop(f"*{p.name}"))
+    return target(*args, **kwargs)
 
 
 def _bind(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
@@ -143,7 +184,12 @@ def _bind(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any])
     return out
 
 
-def _encode(value: Any, where: str) -> Any:
+def encode_argument(value: Any, where: str) -> Any:
+    """The JSON form of one constructor argument (components become nodes).
+
+    Raises:
+        ConfigError: the value cannot be saved; ``where`` names the argument in the message.
+    """
     if isinstance(value, Component):
         return value.to_dict()
     if value is None or isinstance(value, (str, bool, int)):
@@ -155,9 +201,9 @@ def _encode(value: Any, where: str) -> Any:
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, (list, tuple)):
-        return [_encode(v, where) for v in value]
+        return [encode_argument(v, where) for v in value]
     if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
-        return {k: _encode(v, where) for k, v in value.items()}
+        return {k: encode_argument(v, where) for k, v in value.items()}
     raise ConfigError(
         f"{where} holds a {type(value).__name__}, which cannot be saved: a component's constructor "
         "arguments must be JSON values (str, int, float, bool, None, lists and str-keyed dicts of "
@@ -168,6 +214,9 @@ def _encode(value: Any, where: str) -> Any:
 def _decode(value: Any) -> Any:
     if isinstance(value, Mapping):
         if COMPONENT_KEY in value:
+            target = locate(value[COMPONENT_KEY])
+            if isinstance(target, type) and issubclass(target, Component):
+                return target.from_dict(value)
             return instantiate(value)
         return {k: _decode(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -241,14 +290,17 @@ def check_node(node: Mapping[str, Any], key: str = "component") -> Any:
     params = list(sig.parameters.values())
     if isinstance(target, type):
         params = params[1:]
-    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    kind = inspect.Parameter
+    named = (kind.POSITIONAL_ONLY, kind.POSITIONAL_OR_KEYWORD, kind.KEYWORD_ONLY)
+    names = [p.name for p in params if p.kind in named]
+    names += [f"*{p.name}" for p in params if p.kind is p.VAR_POSITIONAL]
     if not any(p.kind is p.VAR_KEYWORD for p in params):
         unknown = sorted(set(kwargs) - set(names))
         if unknown:
             raise ConfigError(f"config key '{key}': {node[COMPONENT_KEY]} has no argument(s) {unknown}; "
                               f"valid: {names}")
     missing = [p.name for p in params if p.default is p.empty and p.name not in kwargs
-               and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+               and p.kind in named]
     if missing:
         raise ConfigError(f"config key '{key}': {node[COMPONENT_KEY]} needs argument(s) {missing}")
     for name, value in kwargs.items():
@@ -277,12 +329,17 @@ def instantiate(node: Mapping[str, Any], key: str = "component", **overrides: An
         >>> instantiate({"_component_": "collections.Counter", "a": 2})
         Counter({'a': 2})
     """
-    check_node({**node, **overrides}, key)
     target, kwargs = _split(node, key)
+    if _own_from_dict(target):  # a component saved in its own shape (e.g. ReplayPlugin's buffer)
+        try:
+            return target.from_dict({**node, **overrides})
+        except StateError as err:
+            raise ConfigError(f"config key '{key}': {err}") from err
+    check_node({**node, **overrides}, key)
     kwargs = {k: _decode(v) for k, v in kwargs.items()}
     kwargs.update(overrides)
     try:
-        return target(**kwargs)
+        return _call(target, kwargs)
     except (TypeError, ValueError) as err:
         if isinstance(err, ConfigError):
             raise type(err)(f"config key '{key}': {err}") from err

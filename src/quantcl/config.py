@@ -19,6 +19,7 @@ A config mirrors the ``ContinualTrainer`` arguments::
     # replay: {fraction: 0.01, strategy: {_component_: my_pkg.KeepHardest, margin: 0.1}}
     plugins:                       # any StagePlugin, by dotted path, with its arguments
       - {_component_: my_pkg.plugins.LwF, alpha: 1.0}
+    imports: [my_pkg.evaluators]   # modules to import first (they may register_evaluator/strategy)
     lora: {r: 8, lora_alpha: 16, target_modules: all-linear}
     args: {learning_rate: 2.0e-4, max_steps: 100, overrides: {0: {learning_rate: 2.0e-4}}}
     output_dir: runs/nf4
@@ -42,6 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from quantcl._checks import require_bool
 from quantcl.components import COMPONENT_KEY, check_node, instantiate
 from quantcl.errors import ConfigError, QuantCLError
 
@@ -55,7 +57,7 @@ __all__ = ["load_config", "build_trainer", "validate_config"]
 
 _TOP_KEYS = {
     "model", "precision", "tasks", "replay", "lora", "args", "output_dir", "seed",
-    "adapter_mode", "allow_code_execution", "model_kwargs", "progress", "plugins",
+    "adapter_mode", "allow_code_execution", "model_kwargs", "progress", "plugins", "imports",
 }
 T = TypeVar("T")
 DEMO_MODEL_ID = "quantcl:demo"  # `model: quantcl:demo` names the demo model, built once and cached
@@ -131,7 +133,7 @@ def _evaluator(key: str, spec: Any, allow_code: bool | None) -> Any:
         _check_signature(key, cls.__init__, spec)
         build = lambda: cls(**spec)  # noqa: E731
     if cls.unsafe and "allow_code_execution" in inspect.signature(cls.__init__).parameters:
-        spec.setdefault("allow_code_execution", bool(allow_code))
+        spec.setdefault("allow_code_execution", allow_code is True)
     return _at(key, build)
 
 
@@ -190,6 +192,20 @@ def _replay(value: Any) -> Any:
     return _at("replay", lambda: ReplayBuffer(**data))
 
 
+def _imports(value: Any) -> None:
+    import importlib
+
+    if value is None:
+        return
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"config key 'imports' must be a list of module names, got {value!r}")
+    for i, name in enumerate(value):
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ConfigError(f"config key 'imports[{i}]': cannot import {name!r}: {err}") from err
+
+
 def _plugins(value: Any) -> list[Any]:
     from quantcl.plugins import StagePlugin
 
@@ -238,6 +254,7 @@ def build_trainer(config: dict[str, Any], *, build_demo_model: bool = True, **ov
         raise ConfigError(f"unknown config key(s) {unknown}; valid: {sorted(_TOP_KEYS)}")
     if "model" not in config:
         raise ConfigError("config key 'model' is missing (a Hub id, local directory or .gguf file)")
+    _imports(config.get("imports"))
     allow_code = config.get("allow_code_execution")
     if allow_code is not None and not isinstance(allow_code, bool):
         raise ConfigError(f"config key 'allow_code_execution' must be true or false, got {allow_code!r}")
@@ -249,7 +266,7 @@ def build_trainer(config: dict[str, Any], *, build_demo_model: bool = True, **ov
     lora = _lora(config.get("lora"))
     args = _args(config.get("args"))
     plugins = _plugins(config.get("plugins"))
-    progress = bool(config.get("progress", True))
+    progress = _at("progress", lambda: require_bool(config.get("progress", True), "progress"))
     if model == DEMO_MODEL_ID:
         from quantcl.demo import demo_model_dir, demo_model_is_cached
 

@@ -27,7 +27,9 @@ from quantcl.errors import ConfigError, StateError
 
 __all__ = ["RunDirectory", "STATE_VERSION"]
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: plug-in state under stages/stage-NNN/plugins/ (quantcl 0.1 wrote 1)
+# configuration keys that may differ on resume: they do not change what is computed
+RESUME_IGNORES = frozenset({"versions", "callbacks"})
 
 
 class RunDirectory:
@@ -89,9 +91,10 @@ class RunDirectory:
             raise StateError(f"cannot read the run state in {self.root}: {err}") from err
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             got = state.get("version") if isinstance(state, dict) else type(state).__name__
-            raise StateError(f"{self.state_path} has version {got!r}, expected {STATE_VERSION}")
+            hint = " (written by quantcl 0.1: finish it with that version, or start a new run)" if got == 1 else ""
+            raise StateError(f"{self.state_path} has version {got!r}, expected {STATE_VERSION}{hint}")
         differing = sorted(k for k in set(config) | set(saved)
-                           if k != "versions" and saved.get(k) != config.get(k))
+                           if k not in RESUME_IGNORES and saved.get(k) != config.get(k))
         if differing:
             raise ConfigError(f"cannot resume {self.root}: the configuration differs in {differing}; "
                               "resume with the same arguments or choose another output_dir")

@@ -18,8 +18,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from quantcl._checks import require_bool
 from quantcl._io import to_jsonable
-from quantcl._runtime import Processes, datasets_progress_bars_off, peak_memory_bytes
+from quantcl._runtime import Processes, datasets_progress_bars_off, no_final_checkpoint, peak_memory_bytes
 from quantcl.errors import ConfigError
 from quantcl.plugins import ReplayPlugin, StageCallback, StagePlugin, TrainerSpec
 from quantcl.plugins.base import overrides_hook
@@ -120,11 +121,13 @@ class ContinualTrainer:
             raise ConfigError(
                 f"callbacks/plugins must be StagePlugin or transformers.TrainerCallback objects, got {strays!r}"
             )
-        self.plugins: list[StagePlugin] = ([ReplayPlugin(replay)] if replay is not None else [])
+        self._replay_plugin = ReplayPlugin(replay) if replay is not None else None
+        self._watchers = [c for c in callbacks if isinstance(c, StageCallback)]  # not compared on resume
+        self.plugins: list[StagePlugin] = [self._replay_plugin] if self._replay_plugin is not None else []
         self.plugins += [c for c in given if isinstance(c, StagePlugin)]
         self.hf_callbacks = [c for c in given if isinstance(c, TrainerCallback)]
         self.model_kwargs = dict(model_kwargs or {})
-        self.progress = progress
+        self.progress = require_bool(progress, "ContinualTrainer(progress=...)")
         self.model: Any = None
         self.tokenizer: Any = None
         self._procs = Processes()
@@ -139,10 +142,10 @@ class ContinualTrainer:
 
     @property
     def stage_callbacks(self) -> list[StagePlugin]:
-        """Deprecated alias of :attr:`plugins`."""
+        """Deprecated: the plug-ins and callbacks given (:attr:`plugins` less the replay plug-in)."""
         warnings.warn("ContinualTrainer.stage_callbacks is deprecated; use .plugins", DeprecationWarning,
                       stacklevel=2)
-        return self.plugins
+        return [p for p in self.plugins if p is not self._replay_plugin]
 
     def log_stage(self, **values: Any) -> None:
         """Add JSON-able ``values`` to the record of the stage in progress (``result.stage_records``).
@@ -160,8 +163,7 @@ class ContinualTrainer:
     # ----------------------------------------------------------------------------- config
     def config(self) -> dict[str, Any]:
         """The run's full configuration, JSON-able (versions included)."""
-        extra = [p for p in self.plugins if not (self.replay is not None and isinstance(p, ReplayPlugin)
-                                                  and p.buffer is self.replay)]
+        extra = [p for p in self.plugins if p is not self._replay_plugin and not any(p is w for w in self._watchers)]
         return to_jsonable(
             {
                 "model": self.model_source,
@@ -169,6 +171,7 @@ class ContinualTrainer:
                 "tasks": self.tasks.to_dict(),
                 "replay": self.replay.to_dict() if self.replay is not None else None,
                 "plugins": [p.to_dict() for p in extra],
+                "callbacks": [c.to_dict() for c in self._watchers],
                 "lora": self.lora.to_dict(),
                 "args": self.args.to_dict(),
                 "seed": self.seed,
@@ -334,7 +337,7 @@ class ContinualTrainer:
                 str(self.run_dir.checkpoint_dir(stage)), seed=self.seed + stage,
                 disable_tqdm=not self.progress, **self.policy.training_arguments(),
             ),
-            callbacks=list(self.hf_callbacks),
+            callbacks=[*self.hf_callbacks, no_final_checkpoint()],
             trainer_class=Trainer,
             kwargs={"train_dataset": train_data, "data_collator": make_collator(self.tokenizer),
                     "processing_class": self.tokenizer},

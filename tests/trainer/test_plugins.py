@@ -290,3 +290,141 @@ def test_lwf_example_keeps_the_new_stage_close_to_the_previous_model(tiny_model_
     without, with_lwf = Measure.kl
     assert without > 0.005  # stage 2 moved the model (0.016 here)
     assert with_lwf < 0.5 * without
+
+
+def test_stage_callbacks_is_a_deprecated_alias_of_plugins(tiny_model_dir, tmp_path):
+    rec = Recorder()
+    trainer = _fit(tiny_model_dir, tmp_path / "run", callbacks=[rec])
+    with pytest.warns(DeprecationWarning, match="use .plugins"):
+        assert trainer.stage_callbacks == [rec]
+
+
+class Opaque(StagePlugin):
+    def __init__(self, handle: object) -> None:
+        self.handle = handle
+
+
+def test_a_plugin_whose_arguments_cannot_be_saved_fails_when_the_trainer_is_built(tiny_model_dir, tmp_path):
+    with pytest.raises(ConfigError, match=r"Opaque\(handle=...\) holds a object"):
+        _fit(tiny_model_dir, tmp_path / "run", plugins=[Opaque(object())])
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_edited_state_that_names_a_missing_stage_removes_nothing(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    _fit(tiny_model_dir, out, tasks=_tasks(("nlu", "math", "code")), plugins=[Counter()]).fit()
+    state = json.loads((out / "state.json").read_text())
+    # pretend the run stopped after stage 2 of 3, then claim stage 3 is done without its directory
+    state["completed_stages"] = 3
+    (out / "stages" / "stage-003").rename(out / "stages" / "stage-002")
+    (out / "state.json").write_text(json.dumps(state))
+    before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    trainer = _fit(tiny_model_dir, out, tasks=_tasks(("nlu", "math", "code")), plugins=[Counter()])
+    with pytest.raises(qcl.StateError, match="stage-003 is missing.*nothing was removed"):
+        trainer.check_resume()
+    with pytest.raises(qcl.StateError, match="stage-003 is missing"):
+        trainer.fit(resume=True)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == before
+
+
+def test_check_resume_refuses_another_configuration_before_any_work(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    _fit(tiny_model_dir, out, tasks=_tasks(("nlu",)), plugins=[FirstRows(4)]).fit()
+    _fit(tiny_model_dir, out, tasks=_tasks(("nlu",)), plugins=[FirstRows(4)]).check_resume()
+    with pytest.raises(ConfigError, match=r"differs in \['plugins'\]"):
+        _fit(tiny_model_dir, out, tasks=_tasks(("nlu",)), plugins=[FirstRows(8)]).check_resume()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        _fit(tiny_model_dir, out, tasks=_tasks(("nlu",)), plugins=[FirstRows(4)]).check_resume(resume=False)
+
+
+class SeesMicroBatchMean(StagePlugin):
+    """Records the loss the hook gets next to the mean target-token CE of the micro-batch."""
+
+    seen: list[tuple[float, float, bool]] = []
+    uniform: list[float] = []  # mean -log p over the vocabulary at the target positions
+
+    def configure_trainer(self, trainer, stage, task, spec):
+        spec.args = dataclasses.replace(spec.args, gradient_accumulation_steps=2, per_device_train_batch_size=2)
+
+    def loss(self, trainer, model, inputs, outputs, loss):
+        labels = inputs["labels"][:, 1:]
+        mask = labels != -100
+        logp = outputs.logits[:, :-1].float().log_softmax(-1)
+        ce = -logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)[mask].mean()
+        SeesMicroBatchMean.seen.append((float(loss.detach()), float(ce.detach()), "labels" in inputs))
+        SeesMicroBatchMean.uniform.append(float(-logp[mask].mean().detach()))
+        return loss
+
+
+class Smoothing(StagePlugin):
+    def configure_trainer(self, trainer, stage, task, spec):
+        spec.args = dataclasses.replace(spec.args, label_smoothing_factor=0.1)
+
+
+def test_the_loss_hook_gets_the_micro_batch_mean_under_gradient_accumulation(tiny_model_dir, tmp_path):
+    SeesMicroBatchMean.seen = []
+    _fit(tiny_model_dir, tmp_path / "run", tasks=_tasks(("math",)), plugins=[SeesMicroBatchMean()]).fit()
+    assert len(SeesMicroBatchMean.seen) == 6  # 3 steps x 2 micro-batches
+    for loss, ce, _ in SeesMicroBatchMean.seen:
+        assert loss == pytest.approx(ce, rel=1e-4)  # not CE summed over both micro-batches / their tokens
+
+
+def test_the_loss_hook_sees_labels_with_label_smoothing(tiny_model_dir, tmp_path):
+    SeesMicroBatchMean.seen, SeesMicroBatchMean.uniform = [], []
+    _fit(tiny_model_dir, tmp_path / "run", tasks=_tasks(("math",)),
+         plugins=[Smoothing(), SeesMicroBatchMean()]).fit()
+    assert SeesMicroBatchMean.seen and all(has_labels for _, _, has_labels in SeesMicroBatchMean.seen)
+    for (loss, ce, _), uniform in zip(SeesMicroBatchMean.seen, SeesMicroBatchMean.uniform):
+        assert loss == pytest.approx(0.9 * ce + 0.1 * uniform, rel=1e-4)  # transformers' label smoother
+
+
+class Watch(qcl.StageCallback):
+    def __init__(self, stream, every: int = 1) -> None:
+        self.stream = stream
+
+    def on_stage_end(self, trainer, stage, task, scores):
+        self.stream.write(f"{stage}\n")
+
+
+def test_watch_only_callbacks_keep_unsaveable_arguments_and_may_change_on_resume(tiny_model_dir, tmp_path):
+    import io
+
+    stream = io.StringIO()
+    out = tmp_path / "run"
+    trainer = _fit(tiny_model_dir, out, tasks=_tasks(("nlu", "math")), callbacks=[Watch(stream)])
+    assert trainer.config()["callbacks"] == [{"_component_": f"{Watch.__module__}.Watch",
+                                              "stream": "<unsaved StringIO>", "every": 1}]
+    assert trainer.config()["plugins"] == []
+    CrashOnStage.crash_at = 2
+    with pytest.raises(Crash):
+        _fit(tiny_model_dir, out, tasks=_tasks(("nlu", "math")), callbacks=[Watch(stream)],
+             plugins=[CrashOnStage()]).fit()
+    CrashOnStage.crash_at = None
+    # another callback, or none, does not block resuming; the plug-in must stay the same
+    _fit(tiny_model_dir, out, tasks=_tasks(("nlu", "math")), callbacks=[Watch(io.StringIO(), every=3)],
+         plugins=[CrashOnStage()]).fit(resume=True)
+    assert stream.getvalue() == "1\n"
+
+
+class CrashOnStage(StagePlugin):
+    crash_at: int | None = None
+
+    def on_stage_begin(self, trainer, stage, task):
+        if stage == CrashOnStage.crash_at:
+            raise Crash(stage)
+
+
+def test_stage_callbacks_excludes_the_replay_plugin(tiny_model_dir, tmp_path):
+    rec = Recorder()
+    trainer = _fit(tiny_model_dir, tmp_path / "run", callbacks=[rec], replay=qcl.ReplayBuffer(fraction=0.25))
+    with pytest.warns(DeprecationWarning):
+        assert trainer.stage_callbacks == [rec]
+
+
+def test_a_run_directory_of_quantcl_0_1_is_refused_with_a_clear_message(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    _fit(tiny_model_dir, out, tasks=_tasks(("nlu",))).fit()
+    state = json.loads((out / "state.json").read_text())
+    (out / "state.json").write_text(json.dumps({**state, "version": 1}))
+    with pytest.raises(qcl.StateError, match="version 1, expected 2 .written by quantcl 0.1"):
+        _fit(tiny_model_dir, out, tasks=_tasks(("nlu",))).fit(resume=True)

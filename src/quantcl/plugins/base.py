@@ -22,7 +22,8 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from quantcl.components import Component
+from quantcl.components import COMPONENT_KEY, Component, component_path, encode_argument
+from quantcl.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     from quantcl.tasks import Task
@@ -115,11 +116,24 @@ class StageCallback(StagePlugin):
     Under ``torchrun`` / ``accelerate launch`` the hooks run in every process; check
     ``trainer.is_main_process`` before writing files or logging once.
 
+    Passed in ``callbacks=``, a StageCallback is recorded in ``run.json`` but not compared on
+    resume (watching a run does not change it), and an argument that cannot be saved as JSON (a
+    stream, a list of callables) is recorded by its type name instead of refused.
+
     Example:
         >>> class PrintScores(StageCallback):
         ...     def on_stage_end(self, trainer, stage, task, scores):
         ...         print(stage, task.name, scores)
     """
+
+    def to_dict(self) -> dict[str, Any]:
+        node: dict[str, Any] = {COMPONENT_KEY: component_path(type(self))}
+        for name, value in self.init_args.items():
+            try:
+                node[name] = encode_argument(value, name)
+            except ConfigError:
+                node[name] = f"<unsaved {type(value).__name__}>"
+        return node
 
 
 def overrides_hook(plugin: StagePlugin, hook: str) -> bool:
@@ -131,18 +145,28 @@ def compose_trainer_class(base: type, plugins: list[StagePlugin], trainer: Conti
     """``base`` itself, or a subclass whose ``compute_loss`` passes the loss through the plug-ins.
 
     Only plug-ins that define :meth:`StagePlugin.loss` take part, so a run without them trains
-    with ``base`` unchanged.
+    with ``base`` unchanged. With them, the Trainer computes each micro-batch's loss as the mean
+    over its own target tokens (``model_accepts_loss_kwargs = False``) and divides by the
+    gradient-accumulation steps itself: the units in which a regulariser's term is written, so
+    that its weight does not change with ``gradient_accumulation_steps`` or the number of devices.
     """
     hooks = [p for p in plugins if overrides_hook(p, "loss")]
     if not hooks:
         return base
 
-    def compute_loss(self: Any, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: Any = None) -> Any:
-        loss, outputs = base.compute_loss(self, model, inputs, return_outputs=True,  # type: ignore[attr-defined]
-                                          num_items_in_batch=num_items_in_batch)
-        for plugin in hooks:
-            loss = plugin.loss(trainer, model, inputs, outputs, loss)
-        return (loss, outputs) if return_outputs else loss
+    class WithPlugins(base):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.model_accepts_loss_kwargs = False
 
-    return type(f"{base.__name__}WithPlugins", (base,), {"compute_loss": compute_loss})
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            # a copy: transformers pops "labels" from what it gets (label smoothing, compute_loss_func)
+            loss, outputs = super().compute_loss(model, dict(inputs), return_outputs=True,
+                                                 num_items_in_batch=num_items_in_batch)
+            for plugin in hooks:
+                loss = plugin.loss(trainer, model, inputs, outputs, loss)
+            return (loss, outputs) if return_outputs else loss
+
+    WithPlugins.__name__ = WithPlugins.__qualname__ = f"{base.__name__}WithPlugins"
+    return WithPlugins

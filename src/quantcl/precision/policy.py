@@ -31,6 +31,7 @@ from pathlib import Path
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from quantcl._checks import require_bool
 from quantcl.errors import ConfigError, StateError, UnknownNameError
 from quantcl.precision import bnb as _bnb
 from quantcl.precision._device import cpu_has_native_bf16, ensure_pad_token, target_devices
@@ -130,7 +131,7 @@ class PrecisionPolicy:
             raise ConfigError(f"int8_threshold must be > 0, got {self.int8_threshold!r}")
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "compute_dtype", dtype)
-        object.__setattr__(self, "double_quant", bool(self.double_quant))
+        object.__setattr__(self, "double_quant", require_bool(self.double_quant, "PrecisionPolicy(double_quant=...)"))
         object.__setattr__(self, "skip_modules", tuple(str(m) for m in self.skip_modules))
         object.__setattr__(self, "int8_threshold", float(self.int8_threshold))
 
@@ -262,7 +263,7 @@ class PrecisionPolicy:
         path = os.fspath(source)
         if is_gguf_source(path):
             path = str(gguf_to_checkpoint(path))
-        trust = bool(kwargs.pop("trust_remote_code", False))
+        trust = require_bool(kwargs.pop("trust_remote_code", False), "trust_remote_code")
         if self.is_quantized:
             kwargs["quantization_config"] = self.bnb_config()
             if self.bits == 8:

@@ -84,8 +84,9 @@ class ReplayStrategy(Component):
         return list(kept[:k])
 
     def config(self) -> dict[str, Any]:
-        """:meth:`to_dict` plus the registry ``name`` (a constructor argument called ``name`` wins)."""
-        return {"name": self.name, **self.to_dict()}
+        """:meth:`to_dict` plus the registry ``name`` and the ``class`` (as quantcl 0.1 gave them;
+        a constructor argument called ``name`` wins)."""
+        return {"name": self.name, "class": type(self).__qualname__, **self.to_dict()}
 
 
 _REGISTRY: dict[str, type[ReplayStrategy]] = {}
@@ -100,6 +101,8 @@ def register_strategy(name: str, cls: type[ReplayStrategy] | None = None) -> Any
         ...     def select(self, task, dataset, k, *, rng, model=None):
         ...         return list(range(len(dataset) - k, len(dataset)))
     """
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"register_strategy needs a non-empty name, got {name!r}")
 
     def deco(c: type[ReplayStrategy]) -> type[ReplayStrategy]:
         if not (isinstance(c, type) and issubclass(c, ReplayStrategy)):

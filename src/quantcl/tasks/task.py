@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 from datasets import Dataset
 
+from quantcl._checks import require_bool
 from quantcl.errors import ConfigError, UnknownNameError, UnsafeCodeError
 from quantcl.tasks._format import Template, describe_template, format_batch, render, template_columns
 from quantcl.tasks._load import load_file, load_hub_splits, to_dataset
@@ -85,7 +86,7 @@ class Task:
         self.evaluator = evaluator
         self.prompt = prompt
         self.target = target
-        self.chat = bool(chat)
+        self.chat = require_bool(chat, f"task {name!r}: chat")
         self.system = system
 
     # constructors ------------------------------------------------------------------------

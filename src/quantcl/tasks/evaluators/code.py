@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from quantcl._checks import require_bool
 from quantcl.errors import ConfigError, UnsafeCodeError
 from quantcl.tasks.evaluators._batching import generate_texts
 from quantcl.tasks.evaluators.base import (
@@ -115,7 +116,8 @@ class CodeExecution(Evaluator):
             raise ConfigError(f"CodeExecution(timeout=...) must be > 0 seconds, got {timeout!r}")
         positive_int("CodeExecution", "memory_mb", memory_mb)
         self.required_columns = ("prompt", test_column, entry_point_column)
-        self.allow_code_execution, self.n_samples, self.k = bool(allow_code_execution), n_samples, k
+        allow = require_bool(allow_code_execution, "CodeExecution(allow_code_execution=...)")
+        self.allow_code_execution, self.n_samples, self.k = allow, n_samples, k
         self.temperature, self.top_p, self.max_new_tokens = float(temperature), float(top_p), max_new_tokens
         self.stop, self.timeout, self.memory_mb, self.workers = tuple(stop), float(timeout), memory_mb, workers
         self.test_column, self.entry_point_column = test_column, entry_point_column
