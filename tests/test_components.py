@@ -194,3 +194,13 @@ def test_from_dict_builds_subclasses_and_refuses_unrelated_classes():
     assert type(Base.from_dict(Sub().to_dict())) is Sub
     with pytest.raises(StateError, match="cannot be loaded into"):
         Sub.from_dict(Base().to_dict())
+
+
+class NoArgs(Component):
+    pass
+
+
+def test_a_component_without_init_refuses_arguments():
+    with pytest.raises(TypeError, match=r"NoArgs\(\) takes no arguments, got \['step'\]"):
+        NoArgs(step=3)
+    assert NoArgs().to_dict() == {"_component_": component_path(NoArgs)}

@@ -21,7 +21,7 @@ def test_unknown_override_field_names_the_key_and_lists_valid_fields():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"learning_rate": 0}, "learning_rate must be > 0"),
+        ({"learning_rate": 0}, "learning_rate must be a number > 0, got 0"),
         ({"max_steps": 0}, "max_steps"),
         ({"per_device_train_batch_size": 0}, "per_device_train_batch_size"),
         ({"save_steps": 0}, "save_steps"),

@@ -18,6 +18,15 @@ from quantcl.errors import QuantCLError
 __all__ = ["main"]
 
 
+def _fractions(text: str) -> list[float]:
+    from quantcl.errors import ConfigError
+
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--replay takes comma-separated fractions in [0, 1] such as 0,0.1; got {text!r}") from None
+
+
 def _cmd_demo(ns: argparse.Namespace) -> int:
     from quantcl.demo import run_demo
 
@@ -26,7 +35,7 @@ def _cmd_demo(ns: argparse.Namespace) -> int:
         model=ns.model,
         precisions=ns.precisions.split(",") if ns.precisions else None,
         compute_dtype=ns.compute_dtype,
-        replay_fractions=[float(x) for x in ns.replay.split(",")],
+        replay_fractions=_fractions(ns.replay),
         seed=ns.seed,
         quick=ns.quick,
         progress=not ns.no_progress,

@@ -79,7 +79,9 @@ class Component:
         self = super().__new__(cls)
         init = cls.__init__
         if init is object.__init__:
-            recorded: dict[str, Any] | None = {} if not (args or kwargs) else None
+            if args or kwargs:  # object.__init__ would ignore them, since __new__ is overridden
+                raise TypeError(f"{cls.__name__}() takes no arguments, got {sorted(kwargs) or list(args)}")
+            recorded: dict[str, Any] | None = {}
         else:
             recorded = _bind(init, args, kwargs)
         if recorded is not None:  # else __init__ raises the TypeError; copy/pickle restore __dict__

@@ -43,7 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from quantcl._checks import require_bool
+from quantcl._checks import require_bool, require_int
 from quantcl.components import COMPONENT_KEY, check_node, instantiate
 from quantcl.errors import ConfigError, QuantCLError
 
@@ -266,6 +266,11 @@ def build_trainer(config: dict[str, Any], *, build_demo_model: bool = True, **ov
     lora = _lora(config.get("lora"))
     args = _args(config.get("args"))
     plugins = _plugins(config.get("plugins"))
+    seed = _at("seed", lambda: require_int(config.get("seed", 0), "seed", minimum=0))
+    output_dir = config.get("output_dir", "runs/quantcl")
+    if not isinstance(output_dir, str) or not output_dir:
+        raise ConfigError(f"config key 'output_dir' must be a directory path (a string), got {output_dir!r}")
+    output_dir = str(Path(output_dir).expanduser())
     progress = _at("progress", lambda: require_bool(config.get("progress", True), "progress"))
     if model == DEMO_MODEL_ID:
         from quantcl.demo import demo_model_dir, demo_model_is_cached
@@ -281,8 +286,8 @@ def build_trainer(config: dict[str, Any], *, build_demo_model: bool = True, **ov
         replay=replay,
         lora=lora,
         args=args,
-        output_dir=str(Path(config.get("output_dir", "runs/quantcl")).expanduser()),
-        seed=int(config.get("seed", 0)),
+        output_dir=output_dir,
+        seed=seed,
         plugins=plugins,
         adapter_mode=config.get("adapter_mode", "continue"),
         model_kwargs=_kwargs("model_kwargs", config.get("model_kwargs")),

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from quantcl._checks import require_int, require_number
 from quantcl.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -85,21 +86,32 @@ class StageArgs:
             )
 
     def _check(self) -> None:
-        if not self.learning_rate > 0:
-            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.max_steps == 0 or self.max_steps < -1:
-            raise ConfigError(f"max_steps must be a positive int or -1 (use epochs), got {self.max_steps}")
-        if self.max_steps == -1 and not self.num_train_epochs > 0:
-            raise ConfigError(f"num_train_epochs must be > 0, got {self.num_train_epochs}")
+        require_number(self.learning_rate, "StageArgs.learning_rate", low=0, low_open=True)
+        if require_int(self.max_steps, "StageArgs.max_steps", minimum=-1) == 0:
+            raise ConfigError("StageArgs.max_steps must be a positive int or -1 (use epochs), got 0")
+        require_number(self.num_train_epochs, "StageArgs.num_train_epochs", low=0, low_open=True)
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length",
                      "eval_batch_size", "logging_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
-        if self.save_steps is not None and (not isinstance(self.save_steps, int) or self.save_steps < 1):
-            raise ConfigError(f"save_steps must be None or an int >= 1, got {self.save_steps!r}")
-        if self.warmup_steps < 0:
-            raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+            require_int(getattr(self, name), f"StageArgs.{name}", minimum=1)
+        if self.save_steps is not None:
+            require_int(self.save_steps, "StageArgs.save_steps (or None)", minimum=1)
+        require_number(self.warmup_steps, "StageArgs.warmup_steps", low=0)
+        require_number(self.weight_decay, "StageArgs.weight_decay", low=0)
+        if not isinstance(self.lr_scheduler_type, str) or self.lr_scheduler_type not in _schedulers():
+            raise ConfigError(f"StageArgs.lr_scheduler_type {self.lr_scheduler_type!r} is not a transformers "
+                              f"scheduler; valid: {', '.join(_schedulers())}")
+        for name in ("overrides", "extra"):
+            if not isinstance(getattr(self, name), dict):
+                raise ConfigError(f"StageArgs.{name} must be a dict, got {getattr(self, name)!r}")
+
+    def check_tasks(self, task_names: list[str]) -> None:
+        """Raise ConfigError if ``overrides`` names a task or stage index outside ``task_names``."""
+        valid: list[str | int] = [*task_names, *range(len(task_names))]
+        unknown = [k for k in self.overrides
+                   if k not in valid and not (isinstance(k, str) and k.isdigit() and int(k) in valid)]
+        if unknown:
+            raise ConfigError(f"StageArgs.overrides names {unknown}, which are neither tasks nor stage indices "
+                              f"of this sequence; valid: {valid}")
 
     def for_stage(self, index: int, task_name: str) -> StageArgs:
         """The arguments of stage ``index`` (0-based) training task ``task_name``."""
@@ -162,3 +174,11 @@ class StageArgs:
                 for k, v in data["overrides"].items()
             }
         return cls(**data)
+
+
+def _schedulers() -> list[str]:
+    """The names ``transformers.TrainingArguments(lr_scheduler_type=...)`` accepts."""
+    from transformers import SchedulerType
+
+    return [t.value for t in SchedulerType]
+

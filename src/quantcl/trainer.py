@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from quantcl._checks import require_bool
+from quantcl._checks import require_bool, require_int
 from quantcl._io import to_jsonable
 from quantcl._runtime import Processes, datasets_progress_bars_off, no_final_checkpoint, peak_memory_bytes
 from quantcl.errors import ConfigError
@@ -113,8 +113,16 @@ class ContinualTrainer:
                 "re-quantizing it (lossy); use adapter_mode='continue' or a float precision"
             )
         self.adapter_mode = adapter_mode
+        self.args.check_tasks(self.tasks.names)
+        if not isinstance(output_dir, (str, os.PathLike)):
+            raise ConfigError(f"output_dir must be a path (str or os.PathLike), got {output_dir!r}")
         self.output_dir = Path(output_dir)
-        self.seed = int(seed)
+        self.seed = require_int(seed, "ContinualTrainer(seed=...)", minimum=0)
+        for name, value in (("callbacks", callbacks), ("plugins", plugins)):
+            if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+                raise ConfigError(f"{name} must be a list (possibly empty), got {value!r}")
+        if model_kwargs is not None and not isinstance(model_kwargs, dict):
+            raise ConfigError(f"model_kwargs must be a dict of load_model keywords, got {model_kwargs!r}")
         given = [*callbacks, *plugins]
         strays = [c for c in given if not isinstance(c, (StagePlugin, TrainerCallback))]
         if strays:

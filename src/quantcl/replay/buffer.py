@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from quantcl._checks import require_int, require_number
 from quantcl.errors import ConfigError, StateError
 from quantcl.replay import mixing, storage, strategies
 from quantcl.replay.reservoir import RowStream
@@ -53,14 +54,19 @@ class ReplayBuffer:
                  rounding: str = "ceil", **strategy_kwargs: Any) -> None:
         if (fraction is None) == (capacity is None):
             raise ConfigError("give exactly one of fraction= (0..1) or capacity= (int >= 0)")
-        if fraction is not None and not (isinstance(fraction, (int, float)) and 0.0 <= fraction <= 1.0):
-            raise ConfigError(f"fraction={fraction!r}; accepted: a number in [0, 1]")
-        if capacity is not None and (not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 0):
-            raise ConfigError(f"capacity={capacity!r}; accepted: an int >= 0")
+        if fraction is not None:
+            require_number(fraction, "ReplayBuffer(fraction=...)", low=0, high=1)
+        if capacity is not None:
+            require_int(capacity, "ReplayBuffer(capacity=...)", minimum=0)
+        require_int(seed, "ReplayBuffer(seed=...)", minimum=0)
         if rounding not in ("ceil", "floor"):
             raise ConfigError(f"rounding={rounding!r}; accepted: 'ceil', 'floor'")
         self.fraction, self.capacity, self.rounding, self.seed = fraction, capacity, rounding, int(seed)
-        self.strategy = strategies.get_strategy(strategy, **strategy_kwargs)
+        try:
+            self.strategy = strategies.get_strategy(strategy, **strategy_kwargs)
+        except TypeError as err:  # an option the strategy does not take
+            raise ConfigError(f"ReplayBuffer(strategy={strategy!r}, ...): options {sorted(strategy_kwargs)} "
+                              f"do not fit it: {err}") from err
         self.strategy.to_dict()  # a strategy whose arguments cannot be saved fails here, not at save
         self.rng = np.random.default_rng(self.seed)
         self._rows: dict[str, Any] = {}  # task -> datasets.Dataset of kept rows (None while streaming)

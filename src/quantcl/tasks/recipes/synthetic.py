@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator
 
 from datasets import Dataset
 
+from quantcl._checks import require_int
 from quantcl.errors import ConfigError
 from quantcl.tasks.evaluators import CodeExecution, MultipleChoice, NumericMatch
 from quantcl.tasks.task import Task, TaskSequence
@@ -131,8 +132,9 @@ def synthetic(
         raise ConfigError(
             f"synthetic(tasks=...) got {list(tasks)!r}; choose from {list(SYNTHETIC_TASKS)}"
         )
-    if n_train < 1 or n_eval < 1:
-        raise ConfigError(f"synthetic() needs n_train >= 1 and n_eval >= 1, got {n_train}, {n_eval}")
+    require_int(n_train, "synthetic(n_train=...)", minimum=1)
+    require_int(n_eval, "synthetic(n_eval=...)", minimum=1)
+    require_int(seed, "synthetic(seed=...)")
     evaluators = {
         "nlu": lambda: MultipleChoice(),
         "math": lambda: NumericMatch(answer_phrase="The final answer is:", max_new_tokens=32),
