@@ -16,6 +16,7 @@ from quantcl.components import COMPONENT_KEY, component_path
 from quantcl.errors import ConfigError, StateError
 from quantcl.plugins.base import StagePlugin
 from quantcl.replay import ReplayBuffer
+from quantcl.replay.mixing import without_source
 
 if TYPE_CHECKING:  # pragma: no cover
     from quantcl.tasks import Task
@@ -23,7 +24,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["ReplayPlugin"]
 
-SOURCE = "source_task"
 
 
 class ReplayPlugin(StagePlugin):
@@ -69,7 +69,7 @@ class ReplayPlugin(StagePlugin):
         self._rows = dataset
         mixed = self.buffer.mix(dataset, task_name=task.name)
         trainer.log_stage(n_replay_rows=len(mixed) - len(dataset))
-        return mixed.remove_columns(SOURCE) if SOURCE in mixed.column_names else mixed
+        return without_source(mixed)
 
     def on_stage_end(self, trainer: ContinualTrainer, stage: int, task: Task, scores: dict[str, float]) -> None:
         from quantcl.scoring import ModelScorer
