@@ -63,10 +63,15 @@ def _nlu_row(rng: random.Random) -> dict:
         options.add("".join(letters))
         if len(options) == 3:
             break
-    while len(options) < 3:  # a word of one repeated letter has no other anagram
-        options.add(_word(rng, 4))
+    shuffler = rng
+    if len(options) < 3:
+        # A word of one repeated letter has no other anagram. Its distractors (and their order)
+        # come from a generator of their own, so every other row of every seed stays as it was.
+        shuffler = random.Random(f"distractors:{word}")
+        while len(options) < 3:
+            options.add(_word(shuffler, 4))
     ordered = sorted(options)
-    rng.shuffle(ordered)
+    shuffler.shuffle(ordered)
     return {
         "prompt": f"Which is '{word}' backwards?\nAnswer:",
         "target": f" {answer}",
