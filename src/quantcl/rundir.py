@@ -74,7 +74,8 @@ class RunDirectory:
         Raises:
             ConfigError: the directory holds a run and ``resume`` is False, or the saved
                 configuration differs from ``config`` (``versions`` excepted).
-            StateError: the state files are unreadable or of another version.
+            StateError: the state files are unreadable, of another version, or name a finished
+                stage whose directory is missing (checked before anything is removed).
         """
         if not self.state_path.exists():
             if self.config_path.exists() and not resume:
@@ -98,6 +99,10 @@ class RunDirectory:
         if differing:
             raise ConfigError(f"cannot resume {self.root}: the configuration differs in {differing}; "
                               "resume with the same arguments or choose another output_dir")
+        completed = state.get("completed_stages")
+        if isinstance(completed, bool) or not isinstance(completed, int) or completed < 0:
+            raise StateError(f"{self.state_path}: completed_stages must be an int >= 0, got {completed!r}")
+        self.check_completed(completed)
         return state
 
     def start(self, config: dict[str, Any]) -> None:

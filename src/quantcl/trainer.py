@@ -194,9 +194,7 @@ class ContinualTrainer:
 
         A directory holding another configuration (or, with ``resume=False``, any run) is refused.
         """
-        state = self.run_dir.load(self.config(), resume)
-        if state is not None:
-            self.run_dir.check_completed(int(state.get("completed_stages", 0)))
+        self.run_dir.load(self.config(), resume)
 
     # ----------------------------------------------------------------------------- model
     def _load_model(self, completed: int) -> None:
@@ -246,12 +244,12 @@ class ContinualTrainer:
 
         procs, run_dir = self._procs, self.run_dir
         # Every process decides from the same files before the main one writes anything.
-        saved = run_dir.load(self.config(), resume)
+        config = self.config()
+        saved = run_dir.load(config, resume)
         completed = int(saved["completed_stages"]) if saved is not None else 0
-        run_dir.check_completed(completed)
         procs.barrier()
         if saved is None:
-            run_dir.start(self.config())
+            run_dir.start(config)
         state = saved if saved is not None else run_dir.new_state()
         n = len(self.tasks)
         matrix = np.full((n + 1, n), np.nan)
