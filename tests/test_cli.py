@@ -90,7 +90,7 @@ def test_synthetic_code_task_obeys_allow_code_execution_false(tmp_path, tiny_mod
     [
         ({"precision": "int3"}, "config key 'precision'.*int3.*fp32"),
         ({"replay": {"fraction": 0.1, "strategy": "nope"}}, "config key 'replay'.*nope"),
-        ({"replay": {"fraction": 2.0}}, "config key 'replay'.*fraction"),
+        ({"replay": {"fraction": 2.0}}, "config key 'replay.fraction'.*2.0"),
         ({"args": {"max_stepz": 3}}, "config key 'args'.*max_stepz"),
         ({"tasks": {"recipe": "imagenet"}}, "config key 'tasks.recipe'"),
         ({"lora": {"rank": 8}}, "config key 'lora'.*rank"),

@@ -112,7 +112,7 @@ def test_a_task_builder_node_gives_the_tasks(tmp_path, tiny_model_dir, user_modu
     ({"plugins": [{"_component_": "user_ext.Stride"}]}, ConfigError, "is not a quantcl StagePlugin"),
     ({"plugins": [{"_component_": "user_ext.Nope"}]}, UnknownNameError, "module 'user_ext' has no 'Nope'"),
     ({"plugins": [{"_component_": "missing_pkg.Tag"}]}, UnknownNameError, "no module 'missing_pkg'"),
-    ({"plugins": {"_component_": "user_ext.Tag"}}, ConfigError, "'plugins' must be a list"),
+    ({"plugins": {"_component_": "user_ext.Tag"}}, ConfigError, "config key 'plugins': plugins must be a list"),
     ({"replay": {"fraction": 0.5, "strategy": {"_component_": "user_ext.Stride", "stp": 2}}}, ConfigError,
      r"'replay.strategy'.*\['stp'\]"),
     ({"tasks": [{"name": "a", "train": "train.jsonl", "eval": "train.jsonl",

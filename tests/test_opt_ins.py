@@ -47,7 +47,7 @@ def _config(tmp_path, model_dir, **changes):
     ({"allow_code_execution": "false"}, "allow_code_execution"),
     ({"progress": "false"}, "progress"),
     ({"tasks": {"recipe": "synthetic", "kwargs": {"n_train": 4, "n_eval": 2, "allow_code_execution": "no"}}},
-     "tasks"),
+     "tasks.kwargs.allow_code_execution"),
 ])
 def test_yaml_opt_ins_refuse_strings_naming_the_key(tmp_path, tiny_model_dir, change, key):
     with pytest.raises(ConfigError, match=f"config key '{key}'.*(true or false|True or False)"):

@@ -121,3 +121,14 @@ def test_dict_round_trip_keeps_integer_stage_keys():
     back = StageArgs.from_dict(args.to_dict())
     assert back == args
     assert back.for_stage(0, "x").learning_rate == 1e-3
+
+
+def test_an_unknown_extra_key_is_refused_at_construction_with_a_suggestion():
+    with pytest.raises(ConfigError, match=r"StageArgs.extra has unknown TrainingArguments key\(s\) "
+                                          r"\['gradient_checkpointng'\] \(did you mean 'gradient_checkpointing'\?\)"):
+        StageArgs(extra={"gradient_checkpointng": True})
+
+
+def test_extra_must_be_a_dict_with_string_keys():
+    with pytest.raises(ConfigError, match=r"StageArgs.extra must be a dict"):
+        StageArgs(extra=["report_to"])  # type: ignore[arg-type]

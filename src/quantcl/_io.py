@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -11,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_replace_dir", "fsync_dir", "fsync_tree", "read_json",
-           "to_jsonable"]
+           "to_jsonable", "sha256_file", "tree_digests", "seal", "seal_ok", "SEAL_KEY"]
+
+SEAL_KEY = "sha256"
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -99,3 +102,56 @@ def atomic_replace_dir(tmp_dir: str | Path, final_dir: str | Path) -> None:
     fsync_dir(final_dir.parent)
     if old.exists():
         shutil.rmtree(old)
+
+
+def sha256_file(path: str | Path) -> str:
+    """The sha256 hex digest of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tree_digests(root: str | Path, *, relative_to: str | Path | None = None) -> dict[str, str]:
+    """``{posix path: sha256}`` of every file under ``root``, paths relative to ``relative_to``
+    (default ``root``), sorted.
+
+    Example:
+        >>> import tempfile; d = Path(tempfile.mkdtemp()); _ = (d / "a.txt").write_text("x")
+        >>> tree_digests(d)["a.txt"][:12]
+        '2d711642b726'
+    """
+    root = Path(root)
+    base = Path(relative_to) if relative_to is not None else root
+    out = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = Path(dirpath, name)
+            out[path.relative_to(base).as_posix()] = sha256_file(path)
+    return dict(sorted(out.items()))
+
+
+def _canonical(obj: Any) -> bytes:
+    body = {k: v for k, v in to_jsonable(obj).items() if k != SEAL_KEY}
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def seal(obj: dict[str, Any]) -> dict[str, Any]:
+    """A JSON-able copy of ``obj`` with ``"sha256"`` set to the digest of the rest of it, so an
+    edit of any value (a hand-edited score, a lowered counter) is seen by :func:`seal_ok`.
+
+    Example:
+        >>> sealed = seal({"a": 1})
+        >>> seal_ok(sealed), seal_ok({**sealed, "a": 2})
+        (True, False)
+    """
+    body = to_jsonable(obj)
+    body[SEAL_KEY] = hashlib.sha256(_canonical(body)).hexdigest()
+    return body
+
+
+def seal_ok(obj: Any) -> bool:
+    """Whether ``obj`` (read back from JSON) carries the digest :func:`seal` gave it."""
+    return (isinstance(obj, dict) and isinstance(obj.get(SEAL_KEY), str)
+            and hashlib.sha256(_canonical(obj)).hexdigest() == obj[SEAL_KEY])

@@ -1,13 +1,18 @@
-"""What a run needs of its process: the torchrun/accelerate process group, quiet dataset bars, peak memory."""
+"""What a run needs of its process: the torchrun/accelerate process group, quiet dataset bars, peak
+memory, and the Trainer callbacks that make mid-stage checkpoints safe to resume from."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import resource
+from pathlib import Path
 from typing import Any
 
-__all__ = ["Processes", "datasets_progress_bars_off", "peak_memory_bytes", "no_final_checkpoint"]
+from quantcl._io import atomic_write_json, fsync_tree, read_json, seal, seal_ok, sha256_file, tree_digests
+
+__all__ = ["Processes", "datasets_progress_bars_off", "peak_memory_bytes", "no_final_checkpoint", "checkpoint_ledger",
+           "checkpoint_is_complete", "LEDGER"]
 
 
 class Processes:
@@ -74,3 +79,66 @@ def no_final_checkpoint() -> Any:
             return control
 
     return NoFinalCheckpoint()
+
+
+LEDGER = "quantcl-checkpoint.json"
+
+
+def checkpoint_ledger() -> Any:
+    """A ``TrainerCallback`` that seals each Trainer checkpoint and carries the loss sum over a resume.
+
+    After the Trainer saves ``checkpoint-N`` it writes ``checkpoint-N/quantcl-checkpoint.json``:
+    the sha256 of every file there (so a torn or edited ``optimizer.pt`` is seen, and the
+    previous checkpoint used instead) and the Trainer's running loss sums. ``transformers``
+    restarts those sums at zero on resume, so the stage's ``train_loss`` would average only the
+    steps after the resume; restoring them in ``on_train_begin`` (after the Trainer zeroes them)
+    gives the uninterrupted run's value. Set ``.trainer`` to the ``transformers.Trainer`` and
+    ``.resume_from`` to the checkpoint directory being resumed, if any.
+    """
+    from transformers import TrainerCallback
+
+    class CheckpointLedger(TrainerCallback):
+        trainer: Any = None
+        resume_from: str | None = None
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            hf = self.trainer
+            if self.resume_from is None or hf is None or not hasattr(hf, "_total_loss_scalar"):
+                return control
+            loss = read_json(Path(self.resume_from) / LEDGER).get("loss")
+            if loss is not None:  # private Trainer attributes: see the docstring
+                hf._total_loss_scalar = loss["total"]
+                hf._tr_loss += loss["pending"]
+                hf._globalstep_last_logged = loss["last_logged"]
+            return control
+
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if not state.is_world_process_zero or not checkpoint.is_dir():
+                return control
+            hf = self.trainer
+            loss = None
+            if hf is not None and hasattr(hf, "_total_loss_scalar") and hasattr(hf, "_tr_loss"):
+                loss = {"total": float(hf._total_loss_scalar), "pending": float(hf._tr_loss.item()),
+                        "last_logged": int(hf._globalstep_last_logged)}
+            files = {k: v for k, v in tree_digests(checkpoint).items() if k != LEDGER}
+            fsync_tree(checkpoint)
+            atomic_write_json(checkpoint / LEDGER, seal({"step": state.global_step, "files": files, "loss": loss}))
+            return control
+
+    return CheckpointLedger()
+
+
+def checkpoint_is_complete(path: Path) -> bool:
+    """Whether ``path`` holds a sealed ledger whose listed files are all there, unchanged."""
+    try:
+        ledger = read_json(path / LEDGER)
+    except (OSError, ValueError):
+        return False
+    if not seal_ok(ledger) or not isinstance(ledger.get("files"), dict):
+        return False
+    for name, digest in ledger["files"].items():
+        file = path / name
+        if not file.is_file() or sha256_file(file) != digest:
+            return False
+    return True

@@ -27,9 +27,18 @@ def _fractions(text: str) -> list[float]:
         raise ConfigError(f"--replay takes comma-separated fractions in [0, 1] such as 0,0.1; got {text!r}") from None
 
 
+def _output_dir(value: str | None) -> None:
+    """``--output-dir`` must be a directory, or a path where one can be made."""
+    from quantcl._checks import require_directory
+
+    if value is not None:
+        require_directory(value, "--output-dir")
+
+
 def _cmd_demo(ns: argparse.Namespace) -> int:
     from quantcl.demo import run_demo
 
+    _output_dir(ns.output_dir)
     run_demo(
         ns.output_dir,
         model=ns.model,
@@ -46,6 +55,7 @@ def _cmd_demo(ns: argparse.Namespace) -> int:
 def _cmd_run(ns: argparse.Namespace) -> int:
     from quantcl.config import build_trainer, load_config
 
+    _output_dir(ns.output_dir)
     config = load_config(ns.config)
     overrides = {"output_dir": ns.output_dir, "seed": ns.seed}
     if ns.allow_code_execution:
@@ -74,6 +84,11 @@ def _cmd_report(ns: argparse.Namespace) -> int:
     root = Path(ns.dir)
     if not root.exists():
         raise ConfigError(f"no such directory: {root}")
+    if root.is_file():
+        if root.name != "result.json":
+            raise ConfigError(f"{root} is a file; quantcl report expects a run's output_dir (or its result.json), "
+                              "or a folder of runs")
+        root = root.parent
     found = sorted(p.parent for p in root.rglob("result.json"))
     if not found:
         raise ConfigError(f"no result.json under {root}; point `quantcl report` at a run's output_dir")
@@ -116,12 +131,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true", help="hide progress bars")
     r.set_defaults(func=_cmd_run)
 
-    v = sub.add_parser("validate", help="check a YAML config without training")
+    v = sub.add_parser("validate", help="check a YAML config, the model and its LoRA targets without "
+                                        "loading weights or training")
     v.add_argument("config")
     v.set_defaults(func=_cmd_validate)
 
     rep = sub.add_parser("report", help="tables (and plots) from saved results")
-    rep.add_argument("dir", help="a run's output_dir, or a folder of runs")
+    rep.add_argument("dir", help="a run's output_dir (or its result.json), or a folder of runs")
     rep.add_argument("--plot", action="store_true", help="also write result.png per run")
     rep.set_defaults(func=_cmd_report)
     return p

@@ -32,6 +32,10 @@ arguments beside it (torchtune's pattern): an evaluator, a replay strategy, a pl
 builder (``tasks: {_component_: my_pkg.build_tasks, n: 100}`` returning a TaskSequence or a list
 of Tasks). ``quantcl validate`` checks every such node against the signature before building.
 
+``quantcl validate`` also reads the model's ``config.json`` and builds the model on the ``meta``
+device (no weights) to check that every LoRA ``target_modules`` entry names a module of it. Every
+error names the key path (``config key 'replay.fraction': ...``).
+
 Relative data paths (task files, ``data_dir``, a local model) are resolved against the config
 file's directory; ``output_dir`` against the working directory.
 """
@@ -41,11 +45,22 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from quantcl._checks import require_bool, require_int
+from quantcl._checks import (
+    at_key,
+    did_you_mean,
+    require_bool,
+    require_choice,
+    require_directory,
+    require_int,
+    require_list_of,
+    require_path,
+    require_str,
+)
+from quantcl._validate_model import DEMO_MODEL_ID, check_lora_config, check_model_source, looks_local
 from quantcl.components import COMPONENT_KEY, check_node, instantiate
-from quantcl.errors import ConfigError, QuantCLError
+from quantcl.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     from quantcl.precision import PrecisionPolicy
@@ -53,14 +68,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from quantcl.tasks import TaskSequence
     from quantcl.trainer import ContinualTrainer
 
-__all__ = ["load_config", "build_trainer", "validate_config"]
+__all__ = ["load_config", "build_trainer", "validate_config", "check_model_and_lora"]
 
 _TOP_KEYS = {
     "model", "precision", "tasks", "replay", "lora", "args", "output_dir", "seed",
     "adapter_mode", "allow_code_execution", "model_kwargs", "progress", "plugins", "imports",
 }
-T = TypeVar("T")
-DEMO_MODEL_ID = "quantcl:demo"  # `model: quantcl:demo` names the demo model, built once and cached
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -68,6 +81,10 @@ def load_config(path: str | Path) -> dict[str, Any]:
     import yaml
 
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.iterdir() if p.suffix in (".yaml", ".yml"))
+        raise ConfigError(f"{path} is a directory; give a YAML config file"
+                          + (f" (YAML files there: {found})" if found else ""))
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -80,23 +97,14 @@ def load_config(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _at(key: str, fn: Callable[[], T]) -> T:
-    """Run ``fn``; re-raise a user error with the config key it came from."""
-    try:
-        return fn()
-    except QuantCLError as err:
-        if str(err).startswith("config key '"):
-            raise
-        raise type(err)(f"config key '{key}': {err}") from err
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"config key '{key}': {err}") from err
+_at = at_key  # run a builder; its error names the config key path (quantcl._checks.at_key)
 
 
 def _kwargs(key: str, value: Any) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ConfigError(f"config key '{key}' must be a mapping, got {type(value).__name__}")
+        raise ConfigError(f"config key '{key}' must be a mapping, got {value!r} ({type(value).__name__})")
     return value
 
 
@@ -104,10 +112,10 @@ def _check_signature(key: str, fn: Callable, kwargs: dict[str, Any]) -> None:
     params = inspect.signature(fn).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return
-    bad = sorted(set(kwargs) - set(params))
+    bad = sorted(set(kwargs) - set(params), key=str)
     if bad:
         valid = sorted(k for k in params if k != "self")
-        raise ConfigError(f"config key '{key}': unknown option(s) {bad}; valid: {valid}")
+        raise ConfigError(f"config key '{key}': unknown option(s) {bad}{did_you_mean(bad[0], valid)}; valid: {valid}")
 
 
 def _precision(value: Any) -> PrecisionPolicy:
@@ -149,17 +157,17 @@ def _tasks(value: Any, base: Path, allow_code: bool | None) -> TaskSequence:
         kwargs = dict(_kwargs("tasks.kwargs", value.pop("kwargs", None)))
         if value:
             raise ConfigError(f"config key 'tasks': unknown key(s) {sorted(value)}; valid: ['kwargs', 'recipe']")
-        if recipe not in ("synthetic", "lessismore"):
-            raise ConfigError(f"config key 'tasks.recipe' must be 'synthetic' or 'lessismore', got {recipe!r}")
+        _at("tasks.recipe", lambda: require_choice(recipe, "tasks.recipe", ["synthetic", "lessismore"]))
         fn = getattr(recipes, recipe)
         if "allow_code_execution" in inspect.signature(fn).parameters:
             # synthetic's programs are the library's own: it opts in unless the config says no
             default = allow_code if allow_code is not None else recipe == "synthetic"
             kwargs.setdefault("allow_code_execution", default)
         if "data_dir" in kwargs and kwargs["data_dir"] is not None:
-            kwargs["data_dir"] = str(base / kwargs["data_dir"])
+            kwargs["data_dir"] = str(base / _at("tasks.kwargs.data_dir", lambda: require_path(
+                kwargs["data_dir"], "tasks.kwargs.data_dir")))
         _check_signature("tasks.kwargs", fn, kwargs)
-        return _at("tasks", lambda: fn(**kwargs))
+        return _at("tasks.kwargs", lambda: fn(**kwargs))
     if not isinstance(value, list) or not value:
         raise ConfigError("config key 'tasks' must be a recipe mapping or a non-empty list of tasks")
     built = []
@@ -173,10 +181,18 @@ def _tasks(value: Any, base: Path, allow_code: bool | None) -> TaskSequence:
         for split in ("train", "eval"):
             if split not in spec:
                 raise ConfigError(f"config key '{key}.{split}' is missing (a json/jsonl/parquet/csv file)")
-            spec[split] = str(base / spec[split])
+            spec[split] = _files(f"{key}.{split}", spec[split], base)
         name = spec.pop("name", None)
         built.append(_at(key, lambda: Task.from_files(name, evaluator=evaluator, **spec)))
     return _at("tasks", lambda: TaskSequence(built))
+
+
+def _files(key: str, value: Any, base: Path) -> str | list[str]:
+    """A data file path, or a list of them, resolved against the config's directory."""
+    if isinstance(value, list):
+        paths = _at(key, lambda: require_list_of(value, key, str, items="file paths", nonempty=True))
+        return [str(base / p) for p in paths]
+    return str(base / _at(key, lambda: require_str(value, f"{key} (a file path or a list of them)")))
 
 
 def _replay(value: Any) -> Any:
@@ -197,8 +213,7 @@ def _imports(value: Any) -> None:
 
     if value is None:
         return
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"config key 'imports' must be a list of module names, got {value!r}")
+    _at("imports", lambda: require_list_of(value, "imports", str, items="module names (str)"))
     for i, name in enumerate(value):
         try:
             importlib.import_module(name)
@@ -211,8 +226,7 @@ def _plugins(value: Any) -> list[Any]:
 
     if value is None:
         return []
-    if not isinstance(value, list):
-        raise ConfigError(f"config key 'plugins' must be a list of {COMPONENT_KEY} nodes, got {type(value).__name__}")
+    _at("plugins", lambda: require_list_of(value, "plugins", object, items=f"{COMPONENT_KEY} nodes"))
     built = []
     for i, node in enumerate(value):
         key = f"plugins[{i}]"
@@ -230,7 +244,9 @@ def _lora(value: Any) -> Any:
     if not data:
         return None
     _check_signature("lora", LoraConfig.__init__, data)
-    return _at("lora", lambda: LoraConfig(**data))
+    lora = _at("lora", lambda: LoraConfig(**data))
+    _at("lora", lambda: check_lora_config(lora))  # peft takes r=0 and fails only once the model is loaded
+    return lora
 
 
 def _args(value: Any) -> StageArgs:
@@ -256,9 +272,12 @@ def build_trainer(config: dict[str, Any], *, build_demo_model: bool = True, **ov
         raise ConfigError("config key 'model' is missing (a Hub id, local directory or .gguf file)")
     _imports(config.get("imports"))
     allow_code = config.get("allow_code_execution")
-    if allow_code is not None and not isinstance(allow_code, bool):
-        raise ConfigError(f"config key 'allow_code_execution' must be true or false, got {allow_code!r}")
-    model = str(config["model"])
+    if allow_code is not None:
+        _at("allow_code_execution", lambda: require_bool(allow_code, "allow_code_execution"))
+    model = _at("model", lambda: require_str(config["model"], "model (a Hub id, local directory or .gguf file)"))
+    model_kwargs = _kwargs("model_kwargs", config.get("model_kwargs"))
+    adapter_mode = _at("adapter_mode", lambda: require_choice(config.get("adapter_mode", "continue"),
+                                                              "adapter_mode", ["continue", "merge"]))
     # every cheap object first: a typo fails before the demo model is built
     precision = _precision(config.get("precision", "bf16"))
     tasks = _tasks(config.get("tasks"), base, allow_code)
@@ -266,19 +285,22 @@ def build_trainer(config: dict[str, Any], *, build_demo_model: bool = True, **ov
     lora = _lora(config.get("lora"))
     args = _args(config.get("args"))
     plugins = _plugins(config.get("plugins"))
+    _at("args.overrides", lambda: args.check_tasks(tasks.names))
     seed = _at("seed", lambda: require_int(config.get("seed", 0), "seed", minimum=0))
-    output_dir = config.get("output_dir", "runs/quantcl")
-    if not isinstance(output_dir, str) or not output_dir:
-        raise ConfigError(f"config key 'output_dir' must be a directory path (a string), got {output_dir!r}")
-    output_dir = str(Path(output_dir).expanduser())
+    output_dir = _at("output_dir", lambda: require_str(config.get("output_dir", "runs/quantcl"),
+                                                       "output_dir (a directory path)"))
+    output_dir = _at("output_dir", lambda: require_directory(str(Path(output_dir).expanduser()), "output_dir"))
     progress = _at("progress", lambda: require_bool(config.get("progress", True), "progress"))
     if model == DEMO_MODEL_ID:
         from quantcl.demo import demo_model_dir, demo_model_is_cached
 
         if build_demo_model or demo_model_is_cached():
             model = str(demo_model_dir(progress=progress))
-    elif (base / Path(model).expanduser()).exists():
-        model = str(base / Path(model).expanduser())
+    else:
+        local = base / Path(model).expanduser()
+        if local.exists() or looks_local(model):  # a missing path is reported as resolved
+            model = str(local)
+        _at("model", lambda: check_model_source(model, model_kwargs))
     return ContinualTrainer(
         model=model,
         precision=precision,
@@ -289,12 +311,41 @@ def build_trainer(config: dict[str, Any], *, build_demo_model: bool = True, **ov
         output_dir=output_dir,
         seed=seed,
         plugins=plugins,
-        adapter_mode=config.get("adapter_mode", "continue"),
-        model_kwargs=_kwargs("model_kwargs", config.get("model_kwargs")),
+        adapter_mode=adapter_mode,
+        model_kwargs=model_kwargs,
         progress=progress,
     )
 
 
 def validate_config(path: str | Path) -> None:
-    """Build every object of a config without training: raises the first error found."""
-    build_trainer(load_config(path), build_demo_model=False)
+    """Build every object of a config without training, then check the model and the LoRA targets
+    against the model's ``config.json`` (built on the ``meta`` device: no weights are read, only
+    ``config.json`` is fetched for a Hub id not cached, unless offline); raises the first error found.
+
+    Example:
+        >>> validate_config("examples/synthetic.yaml")  # doctest: +SKIP
+    """
+    trainer = build_trainer(load_config(path), build_demo_model=False)
+    check_model_and_lora(trainer.model_source, trainer.lora, trainer.model_kwargs)
+
+
+def check_model_and_lora(source: str, lora: Any, model_kwargs: dict[str, Any]) -> None:
+    """Raise a ConfigError naming ``model`` or ``lora.target_modules`` if the model's config cannot
+    be read, is not a causal LM, or has no module a LoRA target names (no weights are loaded)."""
+    from quantcl._validate_model import empty_model, model_config
+    from quantcl.precision._lora import check_target_modules
+
+    config = _at("model", lambda: model_config(source, model_kwargs))
+    if config is None:  # a .gguf file: its architecture is known once converted, at load
+        return
+    trust = model_kwargs.get("trust_remote_code") is True
+    model = _at("model", lambda: empty_model(source, config, trust_remote_code=trust))
+    targets = lora.target_modules
+    if targets is None:
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults
+
+        if config.model_type not in defaults:
+            raise ConfigError(f"config key 'lora.target_modules' is not set, and peft has no default targets for "
+                              f"model type {config.model_type!r}; name them (e.g. all-linear)")
+        return
+    _at("lora.target_modules", lambda: check_target_modules(model, targets))

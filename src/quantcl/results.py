@@ -110,6 +110,9 @@ class ContinualResult:
             )
         if np.isinf(matrix).any():
             raise ConfigError("accuracy_matrix must hold finite scores or nan, found inf")
+        outside = matrix[~np.isnan(matrix) & ((matrix < 0) | (matrix > 1))]
+        if outside.size:  # a score is a fraction (Evaluator contract): 5.0 would report retention 15
+            raise ConfigError(f"accuracy_matrix must hold scores in [0, 1] (or nan), found {outside[0]!r}")
         padded = np.full((T + 1, T), np.nan)
         padded[: matrix.shape[0]] = matrix
         self.accuracy_matrix = padded
@@ -180,6 +183,12 @@ class ContinualResult:
             if not isinstance(data.get(key), kind):
                 raise StateError(f"corrupt quantcl result: {key!r} must be a JSON {kind.__name__}, "
                                  f"got {type(data.get(key)).__name__}")
+        for row in data["accuracy_matrix"]:
+            bad = [v for v in row if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)))] \
+                if isinstance(row, list) else [row]
+            if bad:
+                raise StateError(f"corrupt quantcl result: the accuracy matrix holds {bad[0]!r}; "
+                                 "scores are numbers in [0, 1] or null")
         try:
             matrix = np.array(
                 [[math.nan if v is None else v for v in row] for row in data["accuracy_matrix"]], dtype=float

@@ -16,18 +16,20 @@ Every file is written atomically; a stage directory appears complete or not at a
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from quantcl._io import atomic_replace_dir, atomic_write_json, read_json
+from quantcl._io import atomic_replace_dir, atomic_write_json, read_json, seal, seal_ok, sha256_file, tree_digests
+from quantcl._runtime import checkpoint_is_complete
 from quantcl.errors import ConfigError, StateError
 
 __all__ = ["RunDirectory", "STATE_VERSION"]
 
-STATE_VERSION = 2  # 2: plug-in state under stages/stage-NNN/plugins/ (quantcl 0.1 wrote 1)
+# 2: plug-in state under stages/stage-NNN/plugins/ (quantcl 0.1 wrote 1); 3: sealed, with file digests
+STATE_VERSION = 3
 # configuration keys that may differ on resume: they do not change what is computed
 RESUME_IGNORES = frozenset({"versions", "callbacks"})
 
@@ -66,54 +68,114 @@ class RunDirectory:
     # ------------------------------------------------------------------ state
     def new_state(self) -> dict[str, Any]:
         return {"version": STATE_VERSION, "completed_stages": 0, "matrix": None,
-                "stage_records": [], "eval_details": {}}
+                "stage_records": [], "eval_details": {}, "files": {}}
 
-    def load(self, config: dict[str, Any], resume: bool) -> dict[str, Any] | None:
+    def load(self, config: dict[str, Any], resume: bool, task_names: Sequence[str]) -> dict[str, Any] | None:
         """The saved state to continue from, or ``None`` for a new run; refuses a mismatch.
+
+        Everything is checked before anything is removed: the state's seal and shape, and the
+        sha256 of every file it depends on (``run.json``, the newest stage's directory, the
+        evaluation records). A run that never finished a stage may be resumed with another
+        configuration: it starts again (nothing it saved can be used with the new one).
 
         Raises:
             ConfigError: the directory holds a run and ``resume`` is False, or the saved
-                configuration differs from ``config`` (``versions`` excepted).
-            StateError: the state files are unreadable, of another version, or name a finished
-                stage whose directory is missing (checked before anything is removed).
+                configuration differs from ``config`` (``versions`` excepted) after a stage.
+            StateError: a state file is missing, unreadable, edited, of another version, or
+                names a file that is missing or changed; the message names the file.
         """
         if not self.state_path.exists():
+            stages = sorted(p.name for p in (self.root / "stages").glob("stage-*"))
+            if stages:
+                raise StateError(f"{self.state_path} is missing, but {self.root / 'stages'} holds {stages}: "
+                                 "the run's progress cannot be known without it; nothing was removed")
             if self.config_path.exists() and not resume:
                 raise ConfigError(f"{self.root} already holds a run; pass resume=True to continue it "
                                   "or choose another output_dir")
-            return None
+            return None  # a run that never saved its state starts again (see start())
         if not resume:
             raise ConfigError(f"{self.root} already holds a run; pass resume=True to continue it "
                               "or choose another output_dir")
-        try:
-            state = read_json(self.state_path)
-            saved = read_json(self.config_path)
-        except (OSError, ValueError) as err:
-            raise StateError(f"cannot read the run state in {self.root}: {err}") from err
-        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-            got = state.get("version") if isinstance(state, dict) else type(state).__name__
-            hint = " (written by quantcl 0.1: finish it with that version, or start a new run)" if got == 1 else ""
-            raise StateError(f"{self.state_path} has version {got!r}, expected {STATE_VERSION}{hint}")
+        state = self._read_state(len(task_names))
+        self._check_files(state)
+        saved = read_json(self.config_path)
         differing = sorted(k for k in set(config) | set(saved)
                            if k not in RESUME_IGNORES and saved.get(k) != config.get(k))
+        if differing and state["completed_stages"] == 0:
+            return None  # nothing finished under the old configuration: start again with the new one
         if differing:
             raise ConfigError(f"cannot resume {self.root}: the configuration differs in {differing}; "
                               "resume with the same arguments or choose another output_dir")
-        completed = state.get("completed_stages")
-        if isinstance(completed, bool) or not isinstance(completed, int) or completed < 0:
-            raise StateError(f"{self.state_path}: completed_stages must be an int >= 0, got {completed!r}")
-        self.check_completed(completed)
         return state
 
+    def _read_state(self, n_tasks: int) -> dict[str, Any]:
+        path = self.state_path
+        try:
+            state = read_json(path)
+        except (OSError, ValueError) as err:
+            raise StateError(f"cannot read {path} (truncated or damaged?): {err}") from err
+        got = state.get("version") if isinstance(state, dict) else type(state).__name__
+        if got != STATE_VERSION:
+            hints = {1: " (written by quantcl 0.1: finish it with that version, or start a new run)",
+                     2: " (written by a development version of quantcl: start a new run)"}
+            hint = hints.get(got, "") if isinstance(got, int) else ""
+            raise StateError(f"{path} has version {got!r}, expected {STATE_VERSION}{hint}")
+        if not seal_ok(state):
+            raise StateError(f"{path} was edited or is damaged: its sha256 seal does not match its content; "
+                             "restore it from a backup or start a new run (nothing was removed)")
+        problem = _state_problem(state, n_tasks)
+        if problem:
+            raise StateError(f"{path}: {problem}")
+        return state
+
+    def _check_files(self, state: dict[str, Any]) -> None:
+        completed = state["completed_stages"]
+        self.check_completed(completed)
+        for name, digest in state["files"].items():
+            path = self.root / name
+            if not path.is_file():
+                raise StateError(f"{path} is missing; the saved state depends on it (nothing was removed)")
+            if sha256_file(path) != digest:
+                raise StateError(f"{path} changed since the run wrote it (sha256 mismatch): truncated, edited or "
+                                 "replaced; restore it or start a new run (nothing was removed)")
+        if completed > 0:
+            stage = self.stage_dir(completed)
+            extra = sorted(k for k in tree_digests(stage, relative_to=self.root) if k not in state["files"])
+            if extra:
+                raise StateError(f"{self.root / extra[0]} was not written by this run (files in {stage} not "
+                                 f"in its state: {extra}); remove it to resume")
+
     def start(self, config: dict[str, Any]) -> None:
-        """Create the directory of a new run and write its configuration."""
-        if self.writer:
-            self.root.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.config_path, config)
+        """Create the directory of a new run and write its configuration.
+
+        What a run that never finished a stage left (its row-0 records, checkpoints of its first
+        stage) is removed first, state last, so a crash in between leaves a state that still
+        checks out or none.
+        """
+        if not self.writer:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self.config_path.exists():  # only in a directory a run made: never a user's own folders
+            for name in ("stages", "checkpoints"):
+                shutil.rmtree(self.root / name, ignore_errors=True)
+            self.state_path.unlink(missing_ok=True)
+            for name in ("evals", "logs"):
+                shutil.rmtree(self.root / name, ignore_errors=True)
+        atomic_write_json(self.config_path, config)
 
     def save(self, state: dict[str, Any]) -> None:
-        if self.writer:
-            atomic_write_json(self.state_path, state)
+        """Write ``state`` sealed, with the sha256 of every file it depends on (checked by :meth:`load`)."""
+        if not self.writer:
+            return
+        completed = state["completed_stages"]
+        files = {self.config_path.name: sha256_file(self.config_path)}
+        for row in range(completed + 1):
+            for path in sorted((self.root / "evals").glob(f"row-{row:03d}-*.json")):
+                files[path.relative_to(self.root).as_posix()] = sha256_file(path)
+        if completed > 0:
+            files.update(tree_digests(self.stage_dir(completed), relative_to=self.root))
+        state["files"] = files
+        atomic_write_json(self.state_path, seal(state))
 
     def write_eval(self, row: int, task: str, payload: dict[str, Any]) -> None:
         if self.writer:
@@ -157,8 +219,14 @@ class RunDirectory:
                              f"{self.stage_dir(completed)} is missing (found: {found}); nothing was removed")
 
     def remove_leftovers(self, completed: int) -> None:
-        """Delete what a crash between saving the state and cleaning up left behind."""
-        if not self.writer or completed == 0:
+        """Delete what a crash left behind: temporary files of an atomic write, and after a crash
+        between saving the state and cleaning up, the older stage and the finished checkpoints."""
+        if not self.writer:
+            return
+        for folder in (self.root, self.root / "evals"):
+            for path in folder.glob(".*.tmp"):  # atomic_write_bytes' temporary files
+                path.unlink(missing_ok=True)
+        if completed == 0:
             return
         keep = self.stage_dir(completed).name
         for path in (self.root / "stages").glob("stage-*"):
@@ -180,25 +248,42 @@ class RunDirectory:
                 shutil.move(str(path), str(logs / path.name))
 
     def last_checkpoint(self, stage: int) -> str | None:
-        """The newest complete ``checkpoint-N`` of ``stage`` (a half-written one is skipped)."""
+        """The newest ``checkpoint-N`` of ``stage`` whose files match its ledger (see
+        :func:`quantcl._runtime.checkpoint_ledger`); newer ones that do not (a kill mid-save, a
+        truncated ``optimizer.pt``) are removed, and the stage resumes from the one before."""
         root = self.checkpoint_dir(stage)
         if not root.is_dir():
             return None
-        found = []
-        for path in root.iterdir():
-            m = re.fullmatch(r"checkpoint-(\d+)", path.name)
-            if m and _complete_checkpoint(path):
-                found.append((int(m.group(1)), path))
-        return str(max(found)[1]) if found else None
+        found = sorted(((int(m.group(1)), path) for path in root.iterdir()
+                        if (m := re.fullmatch(r"checkpoint-(\d+)", path.name))), reverse=True)
+        for _step, path in found:
+            if checkpoint_is_complete(path):
+                return str(path)
+            if self.writer:
+                shutil.rmtree(path, ignore_errors=True)
+        return None
 
 
-def _complete_checkpoint(path: Path) -> bool:
-    # transformers writes trainer_state.json last, non-atomically: a kill can leave it torn.
-    try:
-        json.loads((path / "trainer_state.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return True
+def _state_problem(state: dict[str, Any], n_tasks: int) -> str | None:
+    """What is wrong with the shape of a (sealed) state, or None."""
+    kinds = {"completed_stages": int, "matrix": list, "stage_records": list, "eval_details": dict, "files": dict}
+    for key, kind in kinds.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            return f"{key!r} must be a JSON {kind.__name__}, got {state.get(key)!r:.60}"
+    completed, matrix = state["completed_stages"], state["matrix"]
+    if not 0 <= completed <= n_tasks:
+        return f"completed_stages must be in 0..{n_tasks} for {n_tasks} tasks, got {completed}"
+    if len(matrix) != n_tasks + 1 or any(not isinstance(r, list) or len(r) != n_tasks for r in matrix):
+        return f"the accuracy matrix must have {n_tasks + 1} rows of {n_tasks} scores"
+    for i, row in enumerate(matrix):
+        for value in row:
+            measured = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+            if (i <= completed and not measured) or (i > completed and value is not None):
+                return f"accuracy matrix row {i} holds {value!r}; rows 0..{completed} hold scores in [0, 1], later rows null"
+    records = state["stage_records"]
+    if [r.get("stage") if isinstance(r, dict) else r for r in records] != list(range(1, completed + 1)):
+        return f"stage_records must be one record per finished stage (1..{completed})"
+    return None
 
 
 def _safe(name: str) -> str:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from quantcl._checks import require_int, require_number
+from quantcl._checks import did_you_mean, require_choice, require_int, require_mapping, require_number
 from quantcl.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -69,23 +70,21 @@ class StageArgs:
         self._check()
         names = {f.name for f in dataclasses.fields(self)} - {"overrides", "extra"}
         for key, values in self.overrides.items():
-            if not isinstance(values, dict):
-                raise ConfigError(f"StageArgs.overrides[{key!r}] must be a dict of fields, got {values!r}")
-            bad = sorted(set(values) - names)
+            where = f"StageArgs.overrides[{key!r}]"
+            values = require_mapping(values, where)
+            bad = sorted(set(values) - names, key=str)
             if bad:
-                raise ConfigError(
-                    f"StageArgs.overrides[{key!r}] has unknown field(s) {bad}; "
-                    f"valid: {sorted(names)}"
-                )
-            dataclasses.replace(self, overrides={}, **values)  # validates the overridden values
-        reserved = sorted(_RESERVED & set(self.extra))
-        if reserved:
-            raise ConfigError(
-                f"StageArgs.extra may not set {reserved}: ContinualTrainer sets these itself "
-                "(output_dir and seed are ContinualTrainer arguments)"
-            )
+                raise ConfigError(f"{where} has unknown field(s) {bad}{did_you_mean(bad[0], names)}; "
+                                  f"valid: {sorted(names)}")
+            try:
+                dataclasses.replace(self, overrides={}, extra={}, **values)  # validates the overridden values
+            except ConfigError as err:
+                raise ConfigError(str(err).replace("StageArgs.", f"{where}.", 1)) from None
+        self._check_extra()
 
     def _check(self) -> None:
+        for name in ("overrides", "extra"):
+            require_mapping(getattr(self, name), f"StageArgs.{name}")
         require_number(self.learning_rate, "StageArgs.learning_rate", low=0, low_open=True)
         if require_int(self.max_steps, "StageArgs.max_steps", minimum=-1) == 0:
             raise ConfigError("StageArgs.max_steps must be a positive int or -1 (use epochs), got 0")
@@ -94,15 +93,27 @@ class StageArgs:
                      "eval_batch_size", "logging_steps"):
             require_int(getattr(self, name), f"StageArgs.{name}", minimum=1)
         if self.save_steps is not None:
-            require_int(self.save_steps, "StageArgs.save_steps (or None)", minimum=1)
+            require_int(self.save_steps, "StageArgs.save_steps", minimum=1)
         require_number(self.warmup_steps, "StageArgs.warmup_steps", low=0)
         require_number(self.weight_decay, "StageArgs.weight_decay", low=0)
-        if not isinstance(self.lr_scheduler_type, str) or self.lr_scheduler_type not in _schedulers():
-            raise ConfigError(f"StageArgs.lr_scheduler_type {self.lr_scheduler_type!r} is not a transformers "
-                              f"scheduler; valid: {', '.join(_schedulers())}")
-        for name in ("overrides", "extra"):
-            if not isinstance(getattr(self, name), dict):
-                raise ConfigError(f"StageArgs.{name} must be a dict, got {getattr(self, name)!r}")
+        require_choice(self.lr_scheduler_type, "StageArgs.lr_scheduler_type (a transformers scheduler)",
+                       _schedulers())
+
+    def _check_extra(self) -> None:
+        """``extra`` keys must be ``TrainingArguments`` fields that quantcl does not set itself."""
+        reserved = sorted(_RESERVED & set(self.extra))
+        if reserved:
+            raise ConfigError(
+                f"StageArgs.extra may not set {reserved}: ContinualTrainer sets these itself "
+                "(output_dir and seed are ContinualTrainer arguments)"
+            )
+        if not self.extra:
+            return
+        valid = _training_argument_names()
+        unknown = sorted((k for k in self.extra if k not in valid), key=str)
+        if unknown:
+            raise ConfigError(f"StageArgs.extra has unknown TrainingArguments key(s) {unknown}"
+                              f"{did_you_mean(unknown[0], valid)}; see transformers.TrainingArguments")
 
     def check_tasks(self, task_names: list[str]) -> None:
         """Raise ConfigError if ``overrides`` names a task or stage index outside ``task_names``."""
@@ -163,17 +174,31 @@ class StageArgs:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StageArgs:
+        """Build from :meth:`to_dict` output or a config mapping (stage keys such as ``"0"`` become ints).
+
+        Example:
+            >>> StageArgs.from_dict({"max_steps": 5, "overrides": {"0": {"learning_rate": 1e-3}}}).overrides
+            {0: {'learning_rate': 0.001}}
+        """
+        data = require_mapping(data, "StageArgs.from_dict")
         names = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(data) - names)
+        bad = sorted(set(data) - names, key=str)
         if bad:
-            raise ConfigError(f"unknown StageArgs field(s) {bad}; valid: {sorted(names)}")
-        data = dict(data)
+            raise ConfigError(f"unknown StageArgs field(s) {bad}{did_you_mean(bad[0], names)}; valid: {sorted(names)}")
         if "overrides" in data:
             data["overrides"] = {
                 (int(k) if isinstance(k, str) and k.isdigit() else k): v
-                for k, v in data["overrides"].items()
+                for k, v in require_mapping(data["overrides"], "StageArgs.overrides").items()
             }
         return cls(**data)
+
+
+@functools.lru_cache(maxsize=1)
+def _training_argument_names() -> frozenset[str]:
+    """The keyword arguments ``transformers.TrainingArguments`` takes."""
+    from transformers import TrainingArguments
+
+    return frozenset(f.name for f in dataclasses.fields(TrainingArguments) if f.init)
 
 
 def _schedulers() -> list[str]:

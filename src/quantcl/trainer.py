@@ -20,7 +20,8 @@ import numpy as np
 
 from quantcl._checks import require_bool, require_int
 from quantcl._io import to_jsonable
-from quantcl._runtime import Processes, datasets_progress_bars_off, no_final_checkpoint, peak_memory_bytes
+from quantcl._runtime import (Processes, checkpoint_ledger, datasets_progress_bars_off, no_final_checkpoint,
+                              peak_memory_bytes)
 from quantcl.errors import ConfigError
 from quantcl.plugins import ReplayPlugin, StageCallback, StagePlugin, TrainerSpec
 from quantcl.plugins.base import overrides_hook
@@ -88,25 +89,22 @@ class ContinualTrainer:
         from peft import LoraConfig
         from transformers import TrainerCallback
 
-        if not isinstance(model, (str, os.PathLike)):
-            raise ConfigError(
-                f"model must be a Hub id, a local directory or a .gguf path, got {type(model).__name__}"
-            )
+        from quantcl._checks import require_choice, require_directory, require_instance, require_mapping
+        from quantcl._validate_model import check_lora_config, check_model_source
+
+        # every argument is checked here, cheapest first, before any work (quantcl._checks)
+        require_instance(model, "model", (str, os.PathLike), "a Hub id, a local directory or a .gguf path")
+        model_kwargs = require_mapping(model_kwargs, "model_kwargs (load_model keywords)", allow_none=True)
         self.model_source = str(model)
         self.policy = precision if isinstance(precision, PrecisionPolicy) else PrecisionPolicy(precision)
-        self.tasks = tasks if isinstance(tasks, TaskSequence) else TaskSequence(list(tasks))
-        if replay is not None and not isinstance(replay, ReplayBuffer):
-            raise ConfigError(f"replay must be a ReplayBuffer or None, got {type(replay).__name__}")
-        self.replay = replay
+        self.tasks = tasks if isinstance(tasks, TaskSequence) else TaskSequence(tasks)  # it checks the items
+        self.replay = require_instance(replay, "replay", (ReplayBuffer, type(None)), "a ReplayBuffer or None")
         lora = lora or LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.05)
-        if not isinstance(lora, LoraConfig):
-            raise ConfigError(f"lora must be a peft.LoraConfig, got {type(lora).__name__}")
+        require_instance(lora, "lora", LoraConfig, "a peft.LoraConfig")
+        check_lora_config(lora)  # peft takes r=0 and fails only once the model is loaded
         self.lora = copy.deepcopy(lora)  # peft writes into the config it is given
-        self.args = args or StageArgs()
-        if not isinstance(self.args, StageArgs):
-            raise ConfigError(f"args must be a quantcl.StageArgs, got {type(self.args).__name__}")
-        if adapter_mode not in ("continue", "merge"):
-            raise ConfigError(f"adapter_mode must be 'continue' or 'merge', got {adapter_mode!r}")
+        self.args = require_instance(args or StageArgs(), "args", StageArgs, "a quantcl.StageArgs")
+        require_choice(adapter_mode, "adapter_mode", ["continue", "merge"])
         if adapter_mode == "merge" and self.policy.kind != "float":
             raise ConfigError(
                 f"adapter_mode='merge' would merge LoRA into the {self.policy.name} base, "
@@ -114,15 +112,12 @@ class ContinualTrainer:
             )
         self.adapter_mode = adapter_mode
         self.args.check_tasks(self.tasks.names)
-        if not isinstance(output_dir, (str, os.PathLike)):
-            raise ConfigError(f"output_dir must be a path (str or os.PathLike), got {output_dir!r}")
-        self.output_dir = Path(output_dir)
+        self.output_dir = Path(require_directory(output_dir, "output_dir"))
         self.seed = require_int(seed, "ContinualTrainer(seed=...)", minimum=0)
         for name, value in (("callbacks", callbacks), ("plugins", plugins)):
             if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
                 raise ConfigError(f"{name} must be a list (possibly empty), got {value!r}")
-        if model_kwargs is not None and not isinstance(model_kwargs, dict):
-            raise ConfigError(f"model_kwargs must be a dict of load_model keywords, got {model_kwargs!r}")
+        check_model_source(self.model_source, model_kwargs)
         given = [*callbacks, *plugins]
         strays = [c for c in given if not isinstance(c, (StagePlugin, TrainerCallback))]
         if strays:
@@ -194,7 +189,7 @@ class ContinualTrainer:
 
         A directory holding another configuration (or, with ``resume=False``, any run) is refused.
         """
-        self.run_dir.load(self.config(), resume)
+        self.run_dir.load(self.config(), resume, self.tasks.names)
 
     # ----------------------------------------------------------------------------- model
     def _load_model(self, completed: int) -> None:
@@ -245,7 +240,7 @@ class ContinualTrainer:
         procs, run_dir = self._procs, self.run_dir
         # Every process decides from the same files before the main one writes anything.
         config = self.config()
-        saved = run_dir.load(config, resume)
+        saved = run_dir.load(config, resume, self.tasks.names)
         completed = int(saved["completed_stages"]) if saved is not None else 0
         procs.barrier()
         if saved is None:
@@ -253,8 +248,8 @@ class ContinualTrainer:
         state = saved if saved is not None else run_dir.new_state()
         n = len(self.tasks)
         matrix = np.full((n + 1, n), np.nan)
-        if state["matrix"] is not None:
-            matrix[:] = np.array(state["matrix"], dtype=float)
+        if saved is not None:
+            matrix[:] = np.array([[np.nan if v is None else v for v in row] for row in state["matrix"]], dtype=float)
         run_dir.remove_leftovers(completed)
         if completed > 0:
             for i, plugin in enumerate(self.plugins):
@@ -262,7 +257,7 @@ class ContinualTrainer:
                     plugin.load_state(self._plugin_dir(run_dir.stage_dir(completed), i, plugin))
         self._load_model(completed)
 
-        if completed == 0 and state["matrix"] is None:
+        if saved is None:
             set_seed(self.seed)
             self._evaluate_all(0, matrix, state["eval_details"])
             state["matrix"] = matrix.tolist()
@@ -303,11 +298,13 @@ class ContinualTrainer:
             for plugin in self.plugins:
                 data = plugin.adapt_data(self, stage, task, data)
             train_data = tokenize_for_training(data, self.tokenizer, max_length=args.max_length)
-            hf_trainer = self._build_trainer(stage, task, args, train_data)
+            ledger = checkpoint_ledger()
+            hf_trainer = self._build_trainer(stage, task, args, train_data, ledger)
+            ledger.trainer, ledger.resume_from = hf_trainer, self.run_dir.last_checkpoint(stage)
             record["prepare_seconds"] = time.perf_counter() - start
 
             start = time.perf_counter()
-            output = hf_trainer.train(resume_from_checkpoint=self.run_dir.last_checkpoint(stage))
+            output = hf_trainer.train(resume_from_checkpoint=ledger.resume_from)
             record["train_seconds"] = time.perf_counter() - start
 
             start = time.perf_counter()
@@ -323,7 +320,7 @@ class ContinualTrainer:
             self._save_stage(stage)
             record["save_seconds"] = time.perf_counter() - start
             record.update({
-                "train_loss": float(output.training_loss),
+                "train_loss": _stage_loss(hf_trainer, output),
                 "steps": int(output.global_step),
                 "n_train_rows": len(rows),
                 "learning_rate": args.learning_rate,
@@ -335,7 +332,7 @@ class ContinualTrainer:
         finally:
             self._record = None
 
-    def _build_trainer(self, stage: int, task: Task, args: StageArgs, train_data: Any) -> Any:
+    def _build_trainer(self, stage: int, task: Task, args: StageArgs, train_data: Any, ledger: Any) -> Any:
         from transformers import Trainer
 
         spec = TrainerSpec(
@@ -343,7 +340,7 @@ class ContinualTrainer:
                 str(self.run_dir.checkpoint_dir(stage)), seed=self.seed + stage,
                 disable_tqdm=not self.progress, **self.policy.training_arguments(),
             ),
-            callbacks=[*self.hf_callbacks, no_final_checkpoint()],
+            callbacks=[*self.hf_callbacks, no_final_checkpoint(), ledger],
             trainer_class=Trainer,
             kwargs={"train_dataset": train_data, "data_collator": make_collator(self.tokenizer),
                     "processing_class": self.tokenizer},
@@ -383,3 +380,13 @@ class ContinualTrainer:
                 directory.mkdir(parents=True, exist_ok=True)
                 plugin.save_state(directory)
         self.run_dir.commit_stage(stage)
+
+
+def _stage_loss(hf_trainer: Any, output: Any) -> float:
+    """The mean training loss over all the stage's steps, also after a resume mid-stage (the
+    Trainer's own ``training_loss`` averages only the steps run since the resume; the checkpoint
+    ledger restored the sum of the earlier ones)."""
+    total, steps = getattr(hf_trainer, "_total_loss_scalar", None), int(output.global_step)
+    if not isinstance(total, float) or steps <= 0:
+        return float(output.training_loss)
+    return total / steps

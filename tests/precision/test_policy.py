@@ -106,10 +106,29 @@ def test_from_dict_rejects_unknown_keys():
 
 
 def test_skip_modules_must_be_a_list():
-    with pytest.raises(ConfigError, match="skip_modules must be a list"):
+    with pytest.raises(ConfigError, match=r"skip_modules=...\) must be a list of module names \(str\), got 'lm_head'"):
         PrecisionPolicy("int8", skip_modules="lm_head")  # type: ignore[arg-type]
 
 
 def test_int8_threshold_must_be_positive():
-    with pytest.raises(ConfigError, match="int8_threshold must be > 0"):
+    with pytest.raises(ConfigError, match=r"int8_threshold=...\) must be a number > 0, got 0"):
         PrecisionPolicy("int8", int8_threshold=0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"int8_threshold": "x"}, r"PrecisionPolicy\(int8_threshold=...\) must be a number > 0, got 'x' \(str\)"),
+        ({"skip_modules": 5}, r"PrecisionPolicy\(skip_modules=...\) must be a list of module names \(str\), got 5"),
+        ({"skip_modules": ["lm_head", 3]}, r"skip_modules=...\) must be a list of module names \(str\), got "),
+    ],
+)
+def test_options_of_the_wrong_type_are_config_errors(kwargs, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        PrecisionPolicy("int8", **kwargs)
+
+
+def test_from_dict_given_a_name_says_it_expects_a_dict():
+    with pytest.raises(ConfigError, match=r"PrecisionPolicy.from_dict must be a dict \(mapping\), got 'nf4' \(str\); "
+                                          r"for a preset name use PrecisionPolicy\('nf4'\)"):
+        PrecisionPolicy.from_dict("nf4")  # type: ignore[arg-type]

@@ -101,6 +101,38 @@ def test_truncated_manifest_raises_state_error(tmp_path):
         ReplayBuffer.load(tmp_path)
 
 
+def _two_task_save(tmp_path):
+    b = ReplayBuffer(fraction=0.2, seed=0)
+    b.add_task("a", make(50))
+    b.add_task("b", make(50, "q"))
+    v = b.save(tmp_path)
+    return v, json.loads((v / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize("edit", ["rng", "swap-task-names", "other-file", "drop-seal"])
+def test_an_edited_manifest_is_refused_not_used(tmp_path, edit):
+    v, manifest = _two_task_save(tmp_path)
+    if edit == "rng":
+        manifest["state"]["rng"]["state"]["state"] += 1
+    elif edit == "swap-task-names":  # rows would be attributed to the wrong task
+        a, b = manifest["tasks"]
+        a["task"], b["task"] = b["task"], a["task"]
+    elif edit == "other-file":  # another valid Parquet file of the save, with its digest
+        manifest["tasks"][0]["file"], manifest["tasks"][0]["sha256"] = (
+            manifest["tasks"][1]["file"], manifest["tasks"][1]["sha256"])
+    else:
+        del manifest["sha256"]
+    (v / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StateError, match=r"manifest\.json.*(edited|twice)"):
+        ReplayBuffer.load(tmp_path)
+
+
+def test_an_unedited_manifest_rewritten_in_another_layout_still_loads(tmp_path):
+    v, manifest = _two_task_save(tmp_path)
+    (v / "manifest.json").write_text(json.dumps(manifest, indent=4))  # same content, other bytes
+    assert ReplayBuffer.load(tmp_path).tasks == ["a", "b"]
+
+
 def test_state_of_other_fraction_raises_state_error():
     a = ReplayBuffer(fraction=0.1)
     a.add_task("a", make(20))
@@ -189,11 +221,11 @@ def test_version_1_save_is_refused_naming_both_versions(tmp_path):
     v = b.save(tmp_path)
     manifest = json.loads((v / "manifest.json").read_text())
     (v / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
-    with pytest.raises(StateError, match=r"version 1.*version 2"):
+    with pytest.raises(StateError, match=r"version 1.*version 3"):
         ReplayBuffer.load(tmp_path)
-    with pytest.raises(StateError, match=r"version 1.*version 2"):
+    with pytest.raises(StateError, match=r"version 1.*version 3"):
         ReplayBuffer(fraction=0.1).restore(tmp_path)
-    with pytest.raises(StateError, match=r"version 1.*version 2"):
+    with pytest.raises(StateError, match=r"version 1.*version 3"):
         ReplayBuffer(fraction=0.1).load_state_dict({**b.state_dict(), "format_version": 1})
 
 

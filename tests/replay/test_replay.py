@@ -363,3 +363,31 @@ def test_mix_keeps_non_string_features():
     b.add_task("a", make(4, score=[1, 2, 3, 4]))
     m = b.mix(make(4, "n", score=[5, 6, 7, 8]), task_name="b")
     assert m.features["score"].dtype == "int64" and sorted(m["score"])[-1] == 8
+
+
+def test_mix_refuses_to_change_replayed_values_to_the_new_tasks_type():
+    # task a's targets are strings ("1", "02"); task b's are ints: casting would replay "02" as 2
+    b = ReplayBuffer(fraction=1.0, seed=0)
+    b.add_task("a", datasets.Dataset.from_dict({"prompt": ["x", "y"], "target": ["1", "02"]}))
+    new = datasets.Dataset.from_dict({"prompt": ["z"], "target": [3]})
+    with pytest.raises(ConfigError, match=r"column 'target' is string in the replayed rows of task 'a' but int64 "
+                                          r"in the new task's \('b'\): .*would change their values"):
+        b.mix(new, task_name="b")
+
+
+def test_mix_widens_types_that_lose_nothing_and_keeps_every_value():
+    import pyarrow as pa
+
+    b = ReplayBuffer(fraction=1.0, seed=0)
+    old = datasets.Dataset.from_dict({"prompt": ["x", "y"], "target": ["1", "2"], "score": [7, 8],
+                                      "note": [None, None]},
+                                     features=datasets.Features({"prompt": datasets.Value("string"),
+                                                                 "target": datasets.Value("string"),
+                                                                 "score": datasets.Value("int32"),
+                                                                 "note": datasets.Value("null")}))
+    b.add_task("a", old)
+    new = datasets.Dataset.from_dict({"prompt": ["z"], "target": ["3"], "score": [2**40], "note": ["n"]})
+    m = b.mix(new, task_name="b")
+    assert m.data.table.schema.field("score").type == pa.int64()
+    replayed = sorted((r["prompt"], r["target"], r["score"], r["note"]) for r in m.to_list() if r["source_task"] == "a")
+    assert replayed == [("x", "1", 7, None), ("y", "2", 8, None)]

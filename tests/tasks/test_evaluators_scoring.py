@@ -100,6 +100,26 @@ def test_evaluate_completions_scores_known_outcomes():
     json.dumps(result.to_dict())  # records are JSON-able
 
 
+@pytest.mark.parametrize("isolation", ["builtin", "bubblewrap"])
+def test_evaluate_completions_reports_the_isolation_each_program_ran_under(isolation):
+    from quantcl.tasks.sandbox import bubblewrap_status
+
+    if isolation == "bubblewrap" and not bubblewrap_status()[0]:
+        with pytest.raises(ConfigError, match="isolation='bubblewrap' is not available"):
+            CodeExecution(allow_code_execution=True, isolation=isolation).check_ready()
+        return
+    ev = CodeExecution(allow_code_execution=True, timeout=5.0, isolation=isolation)
+    result = ev.evaluate_completions(PROBLEMS.select([0, 1]), ["    return a + b\n", "    return x\n"])
+    expected = ("bubblewrap",) if isolation == "bubblewrap" else ("namespaces", "rlimits")
+    assert all(r["isolation"][0] in expected for r in result.records), result.records
+    assert [r["statuses"] for r in result.records] == [["passed"], ["failed"]]
+
+
+def test_code_execution_refuses_an_unknown_isolation():
+    with pytest.raises(ConfigError, match="isolation=.*'auto', 'bubblewrap' or 'builtin'"):
+        CodeExecution(allow_code_execution=True, isolation="docker")
+
+
 def test_evaluate_completions_computes_pass_at_k_over_samples():
     ev = CodeExecution(allow_code_execution=True, n_samples=5, k=(1, 2), timeout=1.5)
     add = ["    return a + b\n"] * 2 + ["    return a - b\n"] * 3  # c = 2 of n = 5

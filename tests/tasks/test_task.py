@@ -10,6 +10,7 @@ from transformers import AutoTokenizer
 
 from quantcl.errors import ConfigError, UnsafeCodeError
 from quantcl.tasks import Task
+from quantcl.tasks.evaluators import EvalResult
 from quantcl.tiny import make_char_tokenizer
 
 TRAIN = [{"question": "1+1", "answer": "2"}, {"question": "2+3", "answer": "5"}, {"question": "4+4", "answer": "8"}]
@@ -29,7 +30,7 @@ class StubEvaluator:
     def evaluate(self, model, tokenizer, dataset, *, batch_size=None, progress=True):
         self.calls.append({"model": model, "tokenizer": tokenizer, "rows": dataset.to_list(),
                            "batch_size": batch_size, "progress": progress})
-        return "result"
+        return EvalResult(0.5, {}, [], len(dataset))
 
     def check(self, dataset):
         if self.check_error:
@@ -304,8 +305,18 @@ def test_to_dict_describes_templates_sizes_and_evaluator():
 def test_evaluate_passes_rendered_eval_rows_to_the_evaluator():
     ev = StubEvaluator()
     out = make_task(evaluator=ev).evaluate("model", "tok", batch_size=4, progress=False)
-    assert out == "result"
+    assert out.score == 0.5 and out.n == 2
     (call,) = ev.calls
     assert (call["model"], call["tokenizer"], call["batch_size"], call["progress"]) == ("model", "tok", 4, False)
     assert [r["prompt"] for r in call["rows"]] == ["Q: 3+3\nA:", "Q: 5+2\nA:"]
     assert call["rows"][0]["answer_id"] == 0
+
+
+@pytest.mark.parametrize("returned", ["result", EvalResult(1.5), EvalResult(-0.1), EvalResult(True), EvalResult("0.5")])
+def test_an_evaluator_returning_no_score_in_0_1_is_refused_naming_it(returned):
+    class Bad(StubEvaluator):
+        def evaluate(self, *args, **kwargs):
+            return returned
+
+    with pytest.raises(ConfigError, match="task 'arith': Bad.evaluate must return an EvalResult with a score in"):
+        make_task(evaluator=Bad()).evaluate("model", "tok")

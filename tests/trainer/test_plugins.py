@@ -426,5 +426,5 @@ def test_a_run_directory_of_quantcl_0_1_is_refused_with_a_clear_message(tiny_mod
     _fit(tiny_model_dir, out, tasks=_tasks(("nlu",))).fit()
     state = json.loads((out / "state.json").read_text())
     (out / "state.json").write_text(json.dumps({**state, "version": 1}))
-    with pytest.raises(qcl.StateError, match="version 1, expected 2 .written by quantcl 0.1"):
+    with pytest.raises(qcl.StateError, match="version 1, expected 3 .written by quantcl 0.1"):
         _fit(tiny_model_dir, out, tasks=_tasks(("nlu",))).fit(resume=True)

@@ -1,4 +1,9 @@
-"""Kill a real training process with SIGKILL at several points; resuming must give the same run."""
+"""Fault injection: SIGKILL a real 3-task run with replay at named points; resuming must give the
+uninterrupted run's files: adapter bytes, replay files, evaluation records and stage records.
+
+The child process kills itself (``os.kill(os.getpid(), SIGKILL)``) at the point named by
+``KILL_AT``, reached through monkeypatched hooks, so every point is hit exactly, not raced for.
+"""
 
 import json
 import os
@@ -6,67 +11,128 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from safetensors.numpy import load_file
 
 SCRIPT = textwrap.dedent(
     """
-    import sys
+    import os, signal, sys
     import quantcl as qcl
+    import quantcl.replay.storage as storage
     from peft import LoraConfig
-    out, model = sys.argv[1], sys.argv[2]
+    from quantcl import rundir, results
+    from transformers import TrainerCallback
+
+    out, model, kill_at = sys.argv[1], sys.argv[2], os.environ.get("KILL_AT", "")
+    kind, _, where = kill_at.partition(":")
+    counts = {}
+
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def at(name, key):  # kill the n-th time `name` is reached, n from KILL_AT "kind:key"
+        if kind == name and str(key) == where:
+            die()
+
+    stage_of = lambda args: int(args.output_dir.rsplit("-", 1)[1])
+
+    class Killer(TrainerCallback):  # runs before quantcl's checkpoint ledger
+        def on_step_end(self, args, state, control, **kw):
+            at("train", f"{stage_of(args)}.{state.global_step}")
+        def on_save(self, args, state, control, **kw):
+            at("checkpoint", f"{stage_of(args)}.{state.global_step}")  # saved, ledger not yet written
+        def on_step_begin(self, args, state, control, **kw):
+            at("after-checkpoint", f"{stage_of(args)}.{state.global_step}")
+
+    def patch(owner, name, before=None, after=None):
+        original = getattr(owner, name)
+        def wrapper(*a, **k):
+            if before: before(*a, **k)
+            out = original(*a, **k)
+            if after: after(*a, **k)
+            return out
+        setattr(owner, name, wrapper)
+
+    patch(rundir.RunDirectory, "write_eval", after=lambda self, row, task, payload: at("eval", f"{row}.{task}"))
+    patch(rundir.RunDirectory, "commit_stage", before=lambda self, stage: at("commit", stage))
+    patch(rundir.RunDirectory, "finish_stage", before=lambda self, stage: at("cleanup", stage))
+    patch(results.ContinualResult, "save", before=lambda self, path: at("result", 0))
+
+    def replay_file(path, data):
+        counts["replay"] = counts.get("replay", 0) + 1
+        at("replay-file", counts["replay"])
+    patch(storage, "_write_file", after=replay_file)
+
+    real_write_json = rundir.atomic_write_json
+    def state_write(path, obj):  # a torn temporary file next to the old state, then the kill
+        if path.name == "state.json":
+            counts["state"] = counts.get("state", 0) + 1
+            if kind == "state" and str(counts["state"]) == where:
+                (path.parent / ".state.json.1234.tmp").write_text("{\\"version\\": 3, ")
+                die()
+        real_write_json(path, obj)
+    rundir.atomic_write_json = state_write
+
+    base = qcl.recipes.synthetic(seed=0, n_train=24, n_eval=3, tasks=("nlu", "math"))
+    other = qcl.recipes.synthetic(seed=1, n_train=24, n_eval=3, tasks=("nlu",))[0]
+    third = qcl.Task("nlu-b", other.train, other.eval, other.evaluator, prompt=other.prompt, target=other.target)
     trainer = qcl.ContinualTrainer(
-        model=model, precision="fp32",
-        tasks=qcl.recipes.synthetic(seed=0, n_train=24, n_eval=3, tasks=("nlu", "math")),
+        model=model, precision="fp32", tasks=qcl.TaskSequence([*base, third]),
         replay=qcl.ReplayBuffer(fraction=0.25, strategy="reservoir", seed=0),
         lora=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.1),
         args=qcl.StageArgs(learning_rate=5e-3, max_steps=6, save_steps=2, per_device_train_batch_size=4,
-                           max_length=64, logging_steps=1),
-        output_dir=out, seed=3, progress=False)
+                           lr_scheduler_type="constant", max_length=64, logging_steps=1),
+        output_dir=out, seed=3, progress=False, callbacks=[Killer()])
     trainer.fit(resume=True)
     """
 )
 
-
-def _state(out: Path) -> dict:
-    try:
-        return json.loads((out / "state.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _checkpoint(out: Path, stage: int, step: int) -> bool:
-    return (out / "checkpoints" / f"stage-{stage:03d}" / f"checkpoint-{step}" / "trainer_state.json").exists()
-
-
+# name -> KILL_AT; the replay files of a save are the task files then the manifest then CURRENT
 KILL_POINTS = {
-    "before-row-0": lambda out: (out / "run.json").exists(),
-    "after-row-0": lambda out: _state(out).get("completed_stages") == 0,
-    "mid-stage-1": lambda out: _checkpoint(out, 1, 2),
-    "after-stage-1": lambda out: _state(out).get("completed_stages") == 1,
-    "mid-stage-2": lambda out: _checkpoint(out, 2, 4),
+    "during-eval-row-0": "eval:0.nlu",
+    "inside-training-stage-1": "train:1.1",
+    "at-checkpoint-stage-1": "checkpoint:1.2",
+    "just-after-checkpoint-stage-1": "after-checkpoint:1.2",
+    "during-eval-row-1": "eval:1.math",
+    "inside-replay-save-stage-1": "replay-file:1",
+    "before-commit-stage-1": "commit:1",
+    "inside-state-write-stage-1": "state:2",
+    "between-state-and-cleanup-stage-1": "cleanup:1",
+    "inside-training-stage-2": "train:2.5",
+    "at-checkpoint-stage-2": "checkpoint:2.4",
+    "inside-replay-save-stage-2": "replay-file:4",
+    "between-state-and-cleanup-stage-2": "cleanup:2",
+    "inside-training-stage-3": "train:3.3",
+    "just-after-checkpoint-stage-3": "after-checkpoint:3.4",
+    "during-eval-row-3": "eval:3.nlu-b",
+    "before-result": "result:0",
 }
+TIMING = ("prepare_seconds", "train_seconds", "eval_seconds", "save_seconds", "replay_seconds",
+          "peak_memory_bytes")
 
 
-def _run(script: Path, out: Path, model: Path, kill_when=None) -> None:
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    proc = subprocess.Popen([sys.executable, str(script), str(out), str(model)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    if kill_when is None:
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err.decode()[-3000:]
-        return
-    deadline = time.monotonic() + 300
-    while not kill_when(out):
-        assert proc.poll() is None, f"finished before the kill point: {proc.stderr.read().decode()[-2000:]}"
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+def _run(script: Path, out: Path, model: Path, kill_at: str = "") -> int:
+    env = {**os.environ, "PYTHONHASHSEED": "0", "KILL_AT": kill_at}
+    proc = subprocess.run([sys.executable, str(script), str(out), str(model)], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
+    if kill_at:
+        assert proc.returncode == -signal.SIGKILL, f"{kill_at} never reached: {proc.stderr.decode()[-3000:]}"
+    else:
+        assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    return proc.returncode
+
+
+def _outcome(out: Path) -> dict:
+    result = json.loads((out / "result.json").read_text())
+    state = json.loads((out / "state.json").read_text())
+    strip = lambda records: [{k: v for k, v in r.items() if k not in TIMING} for r in records]  # noqa: E731
+    final = out / "stages" / "stage-003"
+    files = {p.relative_to(out).as_posix(): p.read_bytes()
+             for p in sorted([*final.rglob("*"), *(out / "evals").glob("*.json")]) if p.is_file()}
+    return {"matrix": result["accuracy_matrix"], "records": strip(result["stage_records"]),
+            "state_records": strip(state["stage_records"]), "details": result["eval_details"], "files": files,
+            "leftovers": sorted(p.name for p in out.iterdir() if p.name not in ("result.json", "run.json"))}
 
 
 @pytest.fixture(scope="module")
@@ -76,27 +142,30 @@ def reference(tmp_path_factory, tiny_model_dir):
     script.write_text(SCRIPT)
     out = root / "uninterrupted"
     _run(script, out, tiny_model_dir)
-    return script, out
-
-
-def _adapter(out: Path) -> dict:
-    return load_file(str(out / "stages" / "stage-002" / "adapter" / "adapter_model.safetensors"))
+    return script, _outcome(out)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point", list(KILL_POINTS))
-def test_sigkill_then_resume_gives_the_uninterrupted_run(reference, tiny_model_dir, tmp_path, point):
-    script, ref_out = reference
+def test_sigkill_then_resume_gives_the_uninterrupted_files(reference, tiny_model_dir, tmp_path, point):
+    script, expected = reference
     out = tmp_path / "killed"
-    _run(script, out, tiny_model_dir, kill_when=KILL_POINTS[point])
-    assert not (out / "result.json").exists()
+    _run(script, out, tiny_model_dir, kill_at=KILL_POINTS[point])
+    assert not (out / "result.json").exists() or point == "before-result"
     _run(script, out, tiny_model_dir)
-    ref, got = json.loads((ref_out / "result.json").read_text()), json.loads((out / "result.json").read_text())
-    assert got["accuracy_matrix"] == ref["accuracy_matrix"]
-    a, b = _adapter(ref_out), _adapter(out)
-    assert sorted(a) == sorted(b)
-    for name in a:
-        np.testing.assert_allclose(b[name], a[name], rtol=0, atol=1e-6, err_msg=name)
-    # the replay buffer after the last stage is the same too
-    replay = Path("stages", "stage-002", "plugins", "00-replay")
-    assert sorted(os.listdir(out / replay)) == sorted(os.listdir(ref_out / replay))
+    got = _outcome(out)
+    assert got["matrix"] == expected["matrix"]
+    assert got["records"] == expected["records"]  # steps, train_loss, n_train_rows, n_replay_rows...
+    assert got["state_records"] == expected["state_records"]
+    assert got["details"] == expected["details"]
+    assert sorted(got["files"]) == sorted(expected["files"])
+    for name, data in expected["files"].items():  # adapter, replay Parquet + manifest, eval records
+        assert got["files"][name] == data, name
+    assert got["leftovers"] == expected["leftovers"]  # no stray stage, checkpoint or temporary files
+
+
+def test_every_kill_point_names_a_hook_of_the_script():
+    kinds = {v.split(":")[0] for v in KILL_POINTS.values()}
+    assert kinds <= {"eval", "train", "checkpoint", "after-checkpoint", "replay-file", "commit", "state",
+                     "cleanup", "result"}
+    assert len(KILL_POINTS) >= 12

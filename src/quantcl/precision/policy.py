@@ -31,7 +31,7 @@ from pathlib import Path
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from quantcl._checks import require_bool
+from quantcl._checks import require_bool, require_list_of, require_mapping, require_number
 from quantcl.errors import ConfigError, StateError, UnknownNameError
 from quantcl.precision import bnb as _bnb
 from quantcl.precision._device import cpu_has_native_bf16, ensure_pad_token, target_devices
@@ -125,15 +125,13 @@ class PrecisionPolicy:
                 f"precision {name!r} computes in {preset.compute_dtype}; got compute_dtype={dtype!r} "
                 f"(choose the {dtype!r} preset instead)"
             )
-        if isinstance(self.skip_modules, str):
-            raise ConfigError(f"skip_modules must be a list of module names, got the string {self.skip_modules!r}")
-        if not self.int8_threshold > 0:
-            raise ConfigError(f"int8_threshold must be > 0, got {self.int8_threshold!r}")
+        skip = require_list_of(self.skip_modules, "PrecisionPolicy(skip_modules=...)", str, items="module names (str)")
+        threshold = require_number(self.int8_threshold, "PrecisionPolicy(int8_threshold=...)", low=0, low_open=True)
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "compute_dtype", dtype)
         object.__setattr__(self, "double_quant", require_bool(self.double_quant, "PrecisionPolicy(double_quant=...)"))
-        object.__setattr__(self, "skip_modules", tuple(str(m) for m in self.skip_modules))
-        object.__setattr__(self, "int8_threshold", float(self.int8_threshold))
+        object.__setattr__(self, "skip_modules", tuple(skip))
+        object.__setattr__(self, "int8_threshold", threshold)
 
     # ------------------------------------------------------------------ description
     @staticmethod
@@ -172,6 +170,8 @@ class PrecisionPolicy:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PrecisionPolicy:
         """Build from :meth:`to_dict` output (or a config mapping with a ``name`` key)."""
+        data = require_mapping(data, "PrecisionPolicy.from_dict", hint=(
+            f"; for a preset name use PrecisionPolicy({data!r})" if isinstance(data, str) else ""))
         fields = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(data) - set(fields))
         if unknown:

@@ -6,6 +6,7 @@ The buffer keeps the books (per-task shares, open streams, its state); ``strateg
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 import os
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from quantcl._checks import require_int, require_number
+from quantcl._checks import did_you_mean, require_choice, require_int, require_number
 from quantcl.errors import ConfigError, StateError
 from quantcl.replay import mixing, storage, strategies
 from quantcl.replay.reservoir import RowStream
@@ -25,6 +26,7 @@ from quantcl.replay.strategies import ReplayScorer, ReplayStrategy
 __all__ = ["ReplayBuffer", "FORMAT_VERSION"]
 
 _SETTINGS = ("fraction", "capacity", "rounding", "seed")  # must match for a state to load
+_OWN_OPTIONS = ("capacity", "fraction", "rounding", "seed", "strategy")  # ReplayBuffer's own arguments
 
 
 def _count(n: int, fraction: float, rounding: str) -> int:
@@ -32,6 +34,33 @@ def _count(n: int, fraction: float, rounding: str) -> int:
     if abs(x - round(x)) < 1e-9:  # 0.2 * 10 is 2.0000000000000004: not a reason to round up
         return int(round(x))
     return int(math.ceil(x) if rounding == "ceil" else math.floor(x))
+
+
+def _check_strategy_options(strategy: Any, options: dict[str, Any]) -> None:
+    """Refuse ``ReplayBuffer(..., **options)`` keys the strategy's constructor does not take, naming them."""
+    if not options:
+        return
+    given = ", ".join(f"{k}=..." for k in sorted(options))
+    if isinstance(strategy, ReplayStrategy):
+        raise ConfigError(f"ReplayBuffer({given}): options go to the strategy's constructor, but strategy= "
+                          f"is already an object ({strategy!r}); pass them to it instead")
+    cls = strategies._REGISTRY.get(strategy) if isinstance(strategy, str) else strategy
+    if not (isinstance(cls, type) and issubclass(cls, ReplayStrategy)):
+        return  # an unknown name: get_strategy says so
+    params = {n: p for n, p in inspect.signature(cls.__init__).parameters.items()
+              if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    if cls.__init__ is object.__init__:
+        params = {}
+    elif any(p.kind is p.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values()):
+        return
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        label = repr(strategy) if isinstance(strategy, str) else cls.__name__
+        takes = ", ".join(params) if params else "no options"
+        hint = did_you_mean(unknown[0], [*params, *_OWN_OPTIONS])
+        raise ConfigError(f"ReplayBuffer({', '.join(f'{k}=...' for k in unknown)}): unknown option"
+                          f"{'s' if len(unknown) > 1 else ''}; strategy {label} takes {takes}{hint}; "
+                          f"valid: {', '.join(_OWN_OPTIONS)}")
 
 
 class ReplayBuffer:
@@ -59,8 +88,8 @@ class ReplayBuffer:
         if capacity is not None:
             require_int(capacity, "ReplayBuffer(capacity=...)", minimum=0)
         require_int(seed, "ReplayBuffer(seed=...)", minimum=0)
-        if rounding not in ("ceil", "floor"):
-            raise ConfigError(f"rounding={rounding!r}; accepted: 'ceil', 'floor'")
+        require_choice(rounding, "ReplayBuffer(rounding=...)", ["ceil", "floor"])
+        _check_strategy_options(strategy, strategy_kwargs)
         self.fraction, self.capacity, self.rounding, self.seed = fraction, capacity, rounding, int(seed)
         try:
             self.strategy = strategies.get_strategy(strategy, **strategy_kwargs)

@@ -84,7 +84,9 @@ def mix(new_dataset: Any, kept: Mapping[str, Any], *, rng: np.random.Generator, 
 
     Raises:
         ConfigError: a bad ``ratio``/``batch_size``, an empty ``new_dataset``, or replayed rows
-            whose types cannot take the new dataset's.
+            whose column types differ from the new dataset's in a way that would change their
+            values (a string ``"02"`` read as the int 2); widening (int32 to int64, an all-null
+            column) is done, as it changes no value.
     """
     import pyarrow as pa
 
@@ -96,18 +98,60 @@ def mix(new_dataset: Any, kept: Mapping[str, Any], *, rng: np.random.Generator, 
     new_t = _with_source(new_dataset, task_name or "")
     if not kept:
         return _dataset(new_t.take(rng.permutation(len(new_t))), new_dataset)
-    rep_t = pa.concat_tables([_with_source(ds, t) for t, ds in kept.items()])
-    if rep_t.schema != new_t.schema:
-        try:
-            rep_t = rep_t.select(new_t.column_names).cast(new_t.schema)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError) as e:
-            raise ConfigError(f"replayed rows {rep_t.schema.names} cannot take the new dataset's "
-                              f"types {new_t.schema}: {e}") from e
+    rep_t = pa.concat_tables([_as_new(_with_source(ds, t), t, new_t.schema, task_name) for t, ds in kept.items()])
     both = pa.concat_tables([new_t, rep_t])
     if ratio is None:
         return _dataset(both.take(rng.permutation(len(both))), new_dataset)
     order = _ratio_order(len(new_t), len(rep_t), ratio, batch_size, rng)
     return _dataset(both.take(order), new_dataset)
+
+
+def _as_new(table: Any, task: str, schema: Any, new_task: str | None) -> Any:
+    """The replayed rows of ``task`` with the new task's column types, if that changes no value."""
+    import pyarrow as pa
+
+    if table.schema == schema:
+        return table
+    for field in schema:
+        if field.name in table.column_names and not _keeps_values(table.schema.field(field.name).type, field.type):
+            have = table.schema.field(field.name).type
+            raise ConfigError(
+                f"column {field.name!r} is {have} in the replayed rows of task {task!r} but {field.type} in the "
+                f"new task's ({new_task!r}): replaying them as {field.type} would change their values; give "
+                f"both tasks' {field.name!r} column one type"
+            )
+    try:
+        return table.select(schema.names).cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError) as e:
+        raise ConfigError(f"replayed rows of task {task!r} {table.schema.names} cannot take the new dataset's "
+                          f"types {schema}: {e}") from e
+
+
+def _keeps_values(src: Any, dst: Any) -> bool:
+    """Whether every ``src`` value is the same value as ``dst`` (a wider int or float, a string kept a
+    string, an all-null column); ``"02"`` read as the int 2, or 3 as the float 3.0, is not."""
+    import pyarrow as pa
+
+    t = pa.types
+    if src == dst or t.is_null(src):
+        return True
+    if t.is_integer(src) and t.is_integer(dst):
+        if t.is_signed_integer(src) == t.is_signed_integer(dst):
+            return bool(dst.bit_width >= src.bit_width)
+        return t.is_unsigned_integer(src) and dst.bit_width > src.bit_width
+    if t.is_floating(src) and t.is_floating(dst):
+        return bool(dst.bit_width >= src.bit_width)
+    for family in ((t.is_string, t.is_large_string), (t.is_binary, t.is_large_binary)):
+        if any(f(src) for f in family) and any(f(dst) for f in family):
+            return True
+    lists = (t.is_list, t.is_large_list)
+    if any(f(src) for f in lists) and any(f(dst) for f in lists):
+        return _keeps_values(src.value_type, dst.value_type)
+    if t.is_struct(src) and t.is_struct(dst):
+        fields = {src.field(i).name: src.field(i).type for i in range(src.num_fields)}
+        wanted = {dst.field(i).name: dst.field(i).type for i in range(dst.num_fields)}
+        return fields.keys() == wanted.keys() and all(_keeps_values(fields[k], wanted[k]) for k in fields)
+    return False
 
 
 def _ratio_order(n_new: int, n_kept: int, ratio: float, batch_size: int, rng: np.random.Generator) -> np.ndarray:

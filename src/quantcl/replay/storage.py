@@ -1,7 +1,8 @@
 """On-disk format of a replay buffer: versioned dirs, Parquet per task, JSON manifest, CURRENT pointer.
 
 A save writes ``dir/v{N}/`` (``task_{i:04d}.parquet`` per task and ``manifest.json`` holding the
-format version, the caller's JSON-able state, and the tasks in order with each file's sha256),
+format version, the caller's JSON-able state, and the tasks in order with each file's sha256,
+sealed by a sha256 of its own content),
 then atomically points ``dir/CURRENT`` at it; only then are versions older than ``N-1`` removed,
 so a crash at any point leaves the last good save readable. Plain data in, plain data out: a
 state dict and ``{task: datasets.Dataset}`` (task order kept).
@@ -27,14 +28,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from quantcl._io import atomic_write_bytes
+from quantcl._io import atomic_write_bytes, seal, seal_ok
 from quantcl.errors import StateError
 from quantcl.replay.mixing import arrow_table
 
 __all__ = ["FORMAT_VERSION", "POINTER", "MANIFEST", "write_version", "read_version", "check_layout",
            "datasets_from_lists"]
 
-FORMAT_VERSION = 2  # 2: strategies saved as Component nodes; task order stored as a list
+FORMAT_VERSION = 3  # 2: strategies saved as Component nodes, task order a list; 3: sealed manifest
 POINTER = "CURRENT"
 MANIFEST = "manifest.json"
 
@@ -98,7 +99,7 @@ def write_version(directory: str | os.PathLike[str], state: Mapping[str, Any], r
         name, data = f"task_{i:04d}.parquet", _parquet_bytes(ds)
         _write_file(vdir / name, data)
         tasks.append({"task": task, "file": name, "sha256": _sha(data)})
-    manifest = {"format_version": FORMAT_VERSION, "state": dict(state), "tasks": tasks}
+    manifest = seal({"format_version": FORMAT_VERSION, "state": dict(state), "tasks": tasks})
     _write_file(vdir / MANIFEST, json.dumps(manifest, sort_keys=True, indent=1).encode())
     _write_file(directory / POINTER, vdir.name.encode())
     for old in existing:  # only after the pointer moved: the last good save is never lost
@@ -111,8 +112,8 @@ def read_version(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], dic
     """Read the version ``CURRENT`` points to: ``(state, {task: Dataset})``, tasks in saved order.
 
     Raises:
-        StateError: no save, a manifest that is truncated or of another format version, or a data
-            file that is missing or fails its sha256 check.
+        StateError: no save, a manifest that is truncated, edited or of another format version, or
+            a data file that is missing or fails its sha256 check.
     """
     import datasets
     import pyarrow as pa
@@ -134,6 +135,9 @@ def read_version(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], dic
     if got != FORMAT_VERSION:
         raise StateError(f"replay buffer in {vdir} has on-disk format version {got!r}; this quantcl "
                          f"reads version {FORMAT_VERSION} only (re-save it with the quantcl that wrote it)")
+    if not seal_ok(manifest):  # an edited RNG state or task name would otherwise be used silently
+        raise StateError(f"replay manifest {vdir / MANIFEST} was edited or is damaged (its sha256 seal "
+                         "does not match its content)")
     try:
         state, entries = dict(manifest["state"]), list(manifest["tasks"])
         files = [(str(e["task"]), str(e["file"]), str(e["sha256"])) for e in entries]

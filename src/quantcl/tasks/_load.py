@@ -62,10 +62,23 @@ def load_file(task: str, split: str, paths: str | Path | Sequence[str | Path]) -
     for f in files:
         if not f.is_file():
             raise ConfigError(f"task {task!r}: {split} file {str(f)!r} does not exist")
+    names = [str(f) for f in files]
+    empty = [str(f) for f in files if f.stat().st_size == 0]
+    if empty:
+        which = f" ({empty})" if len(files) > 1 else ""
+        raise ConfigError(f"task {task!r}: could not read {split} file(s) {names}: the file is empty{which}")
     try:
-        return load_dataset(builders.pop(), data_files=[str(f) for f in files], split="train")
+        return load_dataset(builders.pop(), data_files=names, split="train")
     except Exception as exc:  # malformed JSON/CSV/parquet
-        raise ConfigError(f"task {task!r}: could not read {split} file(s) {[str(f) for f in files]}: {exc}") from exc
+        raise ConfigError(f"task {task!r}: could not read {split} file(s) {names}: {_reason(exc)}") from exc
+
+
+def _reason(exc: Exception) -> str:
+    """What went wrong reading a data file, in words (some ``datasets`` errors have no message)."""
+    text = str(exc).strip()
+    if "corresponds to no data" in text:  # blank lines only, or a csv header without rows
+        return "the file(s) hold no rows"
+    return text or f"{type(exc).__name__} (is the file empty or truncated?)"
 
 
 def load_hub_splits(

@@ -1,19 +1,12 @@
 """Run untrusted Python (model-generated code) in a separate, limited, throwaway process.
 
-Each program runs in its own subprocess, started in a new session, inside a temporary directory
-(its cwd, ``HOME`` and ``TMPDIR``) that is deleted afterwards, with ``python -I`` and an
-environment stripped of everything but ``PATH``/``HOME``/``TMPDIR``/``LANG``. A small runner
-process applies, before the program starts:
-
-* resource limits: address space (``RLIMIT_AS``), CPU seconds, file size (``RLIMIT_FSIZE``),
-  process count (``RLIMIT_NPROC``), open files, no core dumps; plus a wall-clock timeout enforced
-  by the parent, which kills the whole process group;
-* as root: a private network and PID namespace (``unshare``; when the program's first process
-  exits every process it left behind is killed by the kernel) and a switch to an unprivileged
-  uid of its own (so ``RLIMIT_NPROC`` is enforced, which it is not for root, and files of other
-  users cannot be deleted);
-* as another user: the same namespaces through an unprivileged user namespace where the kernel
-  allows it, else a socket guard in the program's prelude (best effort, see docs/evaluators.md).
+Each run gets the best isolation the machine allows (``SandboxResult.isolation_mode``):
+``"bubblewrap"`` where ``bwrap`` works (a file system of its own, private namespaces; see
+:mod:`quantcl.tasks._bwrap`), else the weaker built-in ``"namespaces"`` (host file system, private
+network/PID/IPC) or ``"rlimits"`` (limits and a socket guard). In every mode a runner applies
+resource limits, switches root to a uid of the sandbox's own, dies with the evaluator and kills the
+program at its wall-clock limit by itself; afterwards everything is killed and removed (what a
+killed evaluator left, on the next run). docs/evaluators.md says what each mode leaves open.
 
 Example:
     >>> from quantcl.tasks.sandbox import run_sandboxed
@@ -23,17 +16,22 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
+import itertools
 import json
 import math
 import os
 import pwd
+import re
+import select
 import shutil
 import signal
 import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,17 +39,23 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from quantcl.errors import ConfigError
+from quantcl.tasks import _bwrap
 from quantcl.tasks._sandbox_scripts import BOOT as _BOOT
 from quantcl.tasks._sandbox_scripts import RUNNER as _RUNNER
+from quantcl.tasks._sandbox_scripts import read_head, read_report
 
-__all__ = ["SandboxLimits", "SandboxResult", "run_sandboxed", "run_many"]
+__all__ = ["SandboxLimits", "SandboxResult", "run_sandboxed", "run_many", "bubblewrap_status"]
 
 Status = Literal["passed", "failed", "timeout", "error"]
-_OUTPUT_LIMIT = 4096  # bytes of stdout/stderr kept per run
-_SETUP_FAILED = 125  # runner exit code: the sandbox could not be set up
-# Root drops to uids of its own (like IOI's isolate), one per concurrent sandbox, so that one
-# program's fork bomb cannot exhaust another's RLIMIT_NPROC and cleanup can kill by uid.
-_UID_BASE, _UID_SLOTS = 61000, 16
+IsolationMode = Literal["bubblewrap", "namespaces", "rlimits"]
+IsolationChoice = Literal["auto", "bubblewrap", "builtin"]
+_WATCHDOG_GRACE = 1.0  # the runner kills the program this long after its limit if nobody else did
+# Root drops to uids of its own (like IOI's isolate), each held by one sandbox at a time (a lock file):
+# a fork bomb cannot exhaust another's RLIMIT_NPROC, and cleanup can kill and delete by uid.
+_UID_BASE, _UID_COUNT = 61000, 4096
+_handed_out = itertools.count()  # runs started by this process, to spread them over the uids
+_PREFIX = "quantcl-sandbox-"  # temp dirs are named _PREFIX + "<evaluator pid>-<random>"
+_SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")  # world-writable: purged of the uid's files
 _SAFE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
@@ -65,6 +69,9 @@ class SandboxLimits:
         cpu_seconds: CPU-time limit; ``None`` means ``ceil(timeout) + 1``.
         max_processes: processes the program may have at once (``RLIMIT_NPROC``).
         max_file_mb: largest file the program may write (``RLIMIT_FSIZE``).
+        disk_mb: under bubblewrap, the total the program's files may hold at once: its tmpfs
+            (cwd, ``/tmp``) gets ``disk_mb - shm_mb`` and ``/dev/shm`` ``shm_mb = max(1, disk_mb // 8)``.
+            The built-in modes cannot cap it (only ``max_file_mb`` per file).
 
     Example:
         >>> SandboxLimits(timeout=2.0, memory_mb=256).cpu
@@ -76,11 +83,14 @@ class SandboxLimits:
     cpu_seconds: int | None = None
     max_processes: int = 16
     max_file_mb: int = 16
+    disk_mb: int = 64
 
     def __post_init__(self) -> None:
-        for name, low in (("timeout", 0), ("memory_mb", 16), ("max_processes", 1), ("max_file_mb", 0)):
+        for name, low in (("timeout", 0), ("memory_mb", 16), ("max_processes", 1), ("max_file_mb", 0),
+                          ("disk_mb", 1)):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value <= low and not (name == "max_file_mb" and value == 0):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                    value <= low and not (name == "max_file_mb" and value == 0)):
                 raise ConfigError(f"sandbox {name} must be a number > {low}, got {value!r}")
         if self.cpu_seconds is not None and (not isinstance(self.cpu_seconds, int) or self.cpu_seconds < 1):
             raise ConfigError(f"sandbox cpu_seconds must be an int >= 1 or None, got {self.cpu_seconds!r}")
@@ -89,6 +99,11 @@ class SandboxLimits:
     def cpu(self) -> int:
         """The CPU-second limit actually applied."""
         return self.cpu_seconds if self.cpu_seconds is not None else math.ceil(self.timeout) + 1
+
+    @property
+    def shm_mb(self) -> int:
+        """The part of ``disk_mb`` that is ``/dev/shm`` (bubblewrap)."""
+        return max(1, int(self.disk_mb) // 8)
 
 
 @dataclass(frozen=True)
@@ -103,7 +118,10 @@ class SandboxResult:
         stdout: the first few KB of standard output.
         stderr: the first few KB of standard error (a traceback, or the setup error).
         duration: wall-clock seconds.
-        isolation: what was applied: ``"user"``, ``"network"``, ``"pid"``, ``"socket-guard"``.
+        isolation: what was applied: ``"mount"``, ``"network"``, ``"pid"``, ``"ipc"``, ``"uts"``,
+            ``"no-userns"``, ``"user"`` (an unprivileged uid of its own), ``"socket-guard"``.
+        isolation_mode: ``"bubblewrap"``, ``"namespaces"`` (built-in, private network and PID
+            namespaces) or ``"rlimits"`` (built-in, limits and a socket guard only).
     """
 
     passed: bool
@@ -113,111 +131,213 @@ class SandboxResult:
     stderr: str
     duration: float
     isolation: tuple[str, ...] = field(default=())
+    isolation_mode: IsolationMode = "rlimits"
 
     def to_dict(self) -> dict:
         """JSON-able fields."""
         return {**asdict(self), "isolation": list(self.isolation)}
 
 
-_slot_lock = threading.Condition()
-_slots_in_use: set[int] = set()
+def bubblewrap_status() -> tuple[bool, str]:
+    """Whether runs can use bubblewrap here, and if not why (checked once per process by a real
+    sandboxed run of ``pass``), e.g. ``(False, "bwrap was not found: install bubblewrap ...")``."""
+    def probe(bwrap: str) -> tuple[bool, str]:
+        result = _run("pass", SandboxLimits(timeout=20.0), bwrap)
+        return result.passed, (result.stderr.strip() or f"status {result.status}").splitlines()[-1]
+
+    return _bwrap.status(probe)
 
 
-def _acquire_uid() -> int:
-    with _slot_lock:
-        while True:
-            for slot in range(_UID_SLOTS):
-                if slot in _slots_in_use:
-                    continue
-                uid = _UID_BASE + (os.getpid() % 256) * _UID_SLOTS + slot
-                try:
-                    pwd.getpwuid(uid)  # a real account: never borrow it
-                except KeyError:
-                    _slots_in_use.add(slot)
-                    return uid
-            _slot_lock.wait()
+def _acquire_uid() -> tuple[int, int, float]:
+    """A free sandbox uid, the descriptor whose lock holds it (also against other processes) and
+    when it was handed out; first purged of what a killed evaluator's sandbox left under it."""
+    lock_dir = os.path.join(tempfile.gettempdir(), f"{_PREFIX}uids")
+    os.makedirs(lock_dir, mode=0o700, exist_ok=True)
+    if (st := os.lstat(lock_dir)).st_uid != os.geteuid() or st.st_mode & 0o077 or not stat.S_ISDIR(st.st_mode):
+        raise PermissionError(f"{lock_dir} is not a private directory of this user (mode 0700): remove it")
+    start = os.getpid() * 64 + next(_handed_out)  # not the last run's uid: its zombies may linger
+    while True:
+        for uid in (_UID_BASE + (start + i) % _UID_COUNT for i in range(_UID_COUNT)):
+            with contextlib.suppress(KeyError):
+                pwd.getpwuid(uid)  # a real account: never borrow it
+                continue
+            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+            fd = os.open(os.path.join(lock_dir, str(uid)), flags, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            _purge_uid(uid, since=os.fstat(fd).st_mtime)  # the lock's mtime: when last handed out
+            os.utime(fd)
+            return uid, fd, os.fstat(fd).st_mtime
+        time.sleep(0.05)
 
 
-def _release_uid(uid: int) -> None:
-    with _slot_lock:
-        _slots_in_use.discard((uid - _UID_BASE) % _UID_SLOTS)
-        _slot_lock.notify()
-
-
-def _reachable_by_others(path: str) -> bool:
-    """True when a user who is neither owner nor group can reach and execute/read ``path``."""
-    path = os.path.realpath(path)
-    parts = path.split(os.sep)
-    for i in range(2, len(parts) + 1):
-        try:
-            mode = os.stat(os.sep.join(parts[:i]) or os.sep).st_mode
-        except OSError:
-            return False
-        if not mode & (stat.S_IXOTH if stat.S_ISDIR(mode) or i == len(parts) else stat.S_IROTH):
-            return False
-    return True
-
-
-def _interpreter(drop: bool) -> str | None:
-    """The Python that runs the program: ours, unless the unprivileged uid cannot read it."""
-    if not drop:
-        return sys.executable
-    if all(_reachable_by_others(p) for p in (sys.executable, sys.base_prefix, sys.prefix)):
-        return sys.executable
-    for candidate in ("/usr/local/bin/python3", "/usr/bin/python3"):
-        if os.path.exists(candidate) and _reachable_by_others(candidate):
-            return candidate
-    return None
-
-
-def _read_head(path: str) -> str:
-    with open(path, "rb") as f:
-        return f.read(_OUTPUT_LIMIT).decode("utf-8", "replace")
-
-
-def _leftovers(work: str, uid: int | None) -> list[int]:
-    """Processes the program left: those of its uid (only sandboxes use it), else those still
-    working inside its temp dir."""
+def _processes(uid: int | None = None, cwd_under: str | None = None) -> list[int]:
+    """Live processes of ``uid`` (only sandboxes use it), or those working inside ``cwd_under``
+    (zombies are left to whoever reaps them: they hold nothing but a pid)."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if uid is not None:
-                if os.stat(f"/proc/{pid}").st_uid == uid:
-                    found.append(int(pid))
-            elif os.readlink(f"/proc/{pid}/cwd").startswith(work):
-                found.append(int(pid))
+            if uid is not None and os.stat(f"/proc/{pid}").st_uid == uid or cwd_under is not None and (
+                    os.readlink(f"/proc/{pid}/cwd") + os.sep).startswith(cwd_under + os.sep):
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rpartition(")")[2].split()[0] not in ("Z", "X"):
+                        found.append(int(pid))
         except OSError:
             pass
     return found
 
 
-def _kill_leftovers(pgid: int, work: str, uid: int | None, wait: float = 2.0) -> None:
+def _kill_leftovers(pgid: int | None, uid: int | None, cwd_under: str | None, wait: float = 2.0) -> None:
     """Kill the program's process group and whatever it left, and wait until they are gone
     (a PID namespace is torn down by the kernel, but not instantly)."""
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    if pgid is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
     deadline = time.monotonic() + wait
-    while (pids := _leftovers(work, uid)) and time.monotonic() < deadline:
+    while (uid is not None or cwd_under) and (pids := _processes(uid, cwd_under)) and time.monotonic() < deadline:
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
         time.sleep(0.01)
 
 
 def _remove_tree(path: str) -> None:
+    """Delete a file or a directory tree, also one the program made read-only; never changes
+    anything outside ``path`` nor follows a link."""
     def retry(func: Any, p: str, _exc: Any) -> None:
-        try:
-            os.chmod(os.path.dirname(p), 0o700)
-            os.chmod(p, 0o700)
+        with contextlib.suppress(OSError):
+            for q in (os.path.dirname(p), p) if p != path else (p,):
+                if not os.path.islink(q):
+                    os.chmod(q, 0o700)
             func(p)
-        except OSError:
-            pass
 
-    shutil.rmtree(path, onerror=retry)
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, onerror=retry)
+    else:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def _purge_uid(uid: int, since: float) -> None:
+    """Kill every process of a sandbox uid and delete what it made (since it was handed out,
+    give or take a second) in the world-writable dirs."""
+    _kill_leftovers(None, uid, None)
+
+    def walk(directory: str, depth: int) -> None:
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            return
+        for entry in entries:
+            with contextlib.suppress(OSError):  # (an entry may vanish meanwhile)
+                st = entry.stat(follow_symlinks=False)
+                if st.st_uid == uid and st.st_ctime >= since - 1:
+                    _remove_tree(entry.path)
+                elif stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_IWOTH and depth < 3:
+                    walk(entry.path, depth + 1)
+
+    for directory in dict.fromkeys((*_SHARED_TMP, tempfile.gettempdir())):
+        walk(directory, 0)
+
+
+def _sweep_stale_dirs() -> None:
+    """Remove the temp dirs of sandboxes whose evaluator died (e.g. SIGKILL) before cleaning up,
+    killing any process still working inside them."""
+    base = tempfile.gettempdir()
+    for m in filter(None, (re.fullmatch(re.escape(_PREFIX) + r"(\d+)-\w+", n) for n in os.listdir(base))):
+        path = os.path.join(base, m[0])
+        with contextlib.suppress(OSError):  # (its evaluator is another user's: EPERM; or the dir is gone)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(m[1]), 0)
+                continue  # its evaluator is alive
+            if os.lstat(path).st_uid == os.geteuid():
+                _kill_leftovers(None, None, path)
+                _remove_tree(path)
+
+
+def _run(code: str, limits: SandboxLimits, bwrap: str | None) -> SandboxResult:
+    """One run, under ``bwrap`` when given, else the built-in isolation."""
+    root = os.geteuid() == 0
+    python = sys.executable if bwrap else _bwrap.interpreter(root)
+    start = time.perf_counter()
+    if python is None:
+        return SandboxResult(False, "error", None, "", f"no Python interpreter readable by an unprivileged "
+                             f"user was found (tried {sys.executable}, {', '.join(_bwrap.SYSTEM_PYTHONS)})", 0.0)
+    _sweep_stale_dirs()
+    uid, lock, since = _acquire_uid() if root else (None, None, 0.0)
+    top = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-")
+    read_end, write_end = os.pipe()
+    try:
+        os.chmod(top, 0o711)  # the sandbox uid may pass through to its work dir, not list
+        control, work = os.path.join(top, "ctl"), os.path.join(top, "work")
+        for directory in (control, work):
+            os.mkdir(directory, 0o700)
+        program = os.path.join(control if bwrap else work, "program.py")
+        with open(program, "w", encoding="utf-8") as f:
+            f.write(code)
+        if uid is not None and not bwrap:
+            for path in (work, program):
+                os.chown(path, uid, uid)
+        # + the runner (as the sandbox's uid too); as non-root every process of the user counts, bwrap's too
+        nproc = limits.max_processes + 1 + (0 if uid is not None else len(_processes(os.geteuid())) + 2)
+        inner = (_bwrap.WORK, _bwrap.PROGRAM) if bwrap else (work, program)
+        env = {**_SAFE_ENV, "HOME": inner[0], "TMPDIR": inner[0]}
+        cfg = {"uid": uid, "work": inner[0], "program": inner[1], "python": python, "env": env,
+               "report_fd": write_end, "unshare": not bwrap, "applied": _bwrap.features(root) if bwrap else [],
+               "parent": None if bwrap else os.getpid(), "deadline": limits.timeout + _WATCHDOG_GRACE,
+               "nproc": nproc, "memory_mb": int(limits.memory_mb), "cpu": limits.cpu,
+               "max_file_mb": int(limits.max_file_mb), "boot": _BOOT}
+        argv = [sys.executable, "-I", "-c", _RUNNER, json.dumps(cfg)]  # the runner starts as the evaluator's user
+        out_path, err_path = os.path.join(control, "stdout"), os.path.join(control, "stderr")
+        with open(out_path, "wb") as out, open(err_path, "wb") as err, open(program, "rb") as source:
+            if bwrap:
+                tmp_mb = max(1, int(limits.disk_mb) - limits.shm_mb)
+                argv = _bwrap.command(bwrap, root=root, tmp_mb=tmp_mb, shm_mb=limits.shm_mb,
+                                      program_fd=source.fileno()) + argv
+            try:
+                proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd="/" if bwrap else work, env=env,
+                    start_new_session=True, pass_fds=(write_end, source.fileno()) if bwrap else (write_end,))
+            finally:
+                os.close(write_end)  # (the runner's copy stays open until it has reported)
+                write_end = -1
+            deadline = time.monotonic() + limits.timeout
+            with contextlib.suppress(OSError, AttributeError):  # wake at its exit, not Popen.wait's polling
+                (poller := select.poll()).register(pidfd := os.pidfd_open(proc.pid))
+                poller.poll(limits.timeout * 1000)
+                os.close(pidfd)
+            try:
+                returncode: int | None = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                returncode = None
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        duration = time.perf_counter() - start
+        info = read_report(read_end)
+        _kill_leftovers(proc.pid, uid, None if bwrap or uid is not None else work)
+        stdout, stderr = read_head(out_path), read_head(err_path)
+        isolation = tuple(info.get("isolation", ()))
+        mode: IsolationMode = "bubblewrap" if bwrap else (
+            "namespaces" if {"network", "pid"} <= set(isolation) else "rlimits")
+        if info.get("error") or not info and returncode is not None:
+            status: Status = "error"
+            stderr = f"sandbox setup failed: {info.get('error') or 'the runner did not start'}\n{stderr}"
+        elif returncode is None or returncode in (-9, 128 + 9) and duration >= limits.timeout:
+            status, returncode = "timeout", None  # (the runner's watchdog may have fired first)
+        else:
+            status = "passed" if returncode == 0 else "failed"
+        return SandboxResult(status == "passed", status, returncode, stdout, stderr, duration, isolation, mode)
+    finally:
+        for fd in (read_end, write_end) if write_end >= 0 else (read_end,):
+            os.close(fd)
+        if uid is not None:
+            _purge_uid(uid, since)
+        _remove_tree(top)
+        if lock is not None:
+            os.close(lock)
 
 
 def run_sandboxed(
@@ -228,6 +348,8 @@ def run_sandboxed(
     cpu_seconds: int | None = None,
     max_processes: int = 16,
     max_file_mb: int = 16,
+    disk_mb: int = 64,
+    isolation: IsolationChoice = "auto",
 ) -> SandboxResult:
     """Run ``code`` as a Python program in a fresh, limited, throwaway sandbox.
 
@@ -238,6 +360,9 @@ def run_sandboxed(
         cpu_seconds: CPU-time limit (``None``: ``ceil(timeout) + 1``).
         max_processes: concurrent processes allowed to the program.
         max_file_mb: largest file it may write.
+        disk_mb: total size of its files at once (bubblewrap only, see :class:`SandboxLimits`).
+        isolation: ``"auto"`` (bubblewrap where usable, else built-in), ``"bubblewrap"``
+            (:class:`~quantcl.errors.ConfigError` when it is not usable, saying why) or ``"builtin"``.
 
     Returns:
         A :class:`SandboxResult`; nothing the program does raises here.
@@ -246,68 +371,13 @@ def run_sandboxed(
         >>> run_sandboxed("while True: pass", timeout=1.0).status
         'timeout'
     """
-    limits = SandboxLimits(timeout, memory_mb, cpu_seconds, max_processes, max_file_mb)
-    drop = os.geteuid() == 0
-    python = _interpreter(drop)
-    start = time.perf_counter()
-    if python is None:
-        return SandboxResult(False, "error", None, "", "no Python interpreter readable by an unprivileged "
-                             "user was found (tried sys.executable, /usr/local/bin/python3, /usr/bin/python3)",
-                             0.0)
-    uid = _acquire_uid() if drop else None
-    work = tempfile.mkdtemp(prefix="quantcl-sandbox-")
-    control = tempfile.mkdtemp(prefix="quantcl-sandbox-ctl-")
-    try:
-        program = os.path.join(work, "program.py")
-        with open(program, "w", encoding="utf-8") as f:
-            f.write(code)
-        if uid is not None:
-            for p in (work, program):
-                os.chown(p, uid, uid)
-        report = os.path.join(control, "report.json")
-        env = {**_SAFE_ENV, "HOME": work, "TMPDIR": work}
-        cfg = {"uid": uid, "work": work, "program": program, "python": python, "report": report,
-               "env": env, "max_processes": limits.max_processes, "memory_mb": int(limits.memory_mb),
-               "cpu": limits.cpu, "max_file_mb": int(limits.max_file_mb), "boot": _BOOT}
-        out_path, err_path = os.path.join(control, "stdout"), os.path.join(control, "stderr")
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            proc = subprocess.Popen(
-                [sys.executable, "-I", "-c", _RUNNER, json.dumps(cfg)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=work, env=env,
-                start_new_session=True, close_fds=True,
-            )
-            try:
-                returncode: int | None = proc.wait(timeout=limits.timeout)
-            except subprocess.TimeoutExpired:
-                returncode = None
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        duration = time.perf_counter() - start
-        try:
-            with open(report) as f:
-                info = json.load(f)
-        except (OSError, ValueError):
-            info = {"isolation": [], "error": None}
-        isolation = tuple(info.get("isolation", ()))
-        _kill_leftovers(proc.pid, work, uid)
-        stdout, stderr = _read_head(out_path), _read_head(err_path)
-        if info.get("error"):
-            status: Status = "error"
-            stderr = f"sandbox setup failed: {info['error']}\n{stderr}"
-        elif returncode is None:
-            status = "timeout"
-        else:
-            status = "passed" if returncode == 0 else "failed"
-        return SandboxResult(status == "passed", status, returncode, stdout, stderr, duration, isolation)
-    finally:
-        _remove_tree(work)
-        _remove_tree(control)
-        if uid is not None:
-            _release_uid(uid)
+    limits = SandboxLimits(timeout, memory_mb, cpu_seconds, max_processes, max_file_mb, disk_mb)
+    return _run(code, limits, _bwrap.choose(isolation, bubblewrap_status))
 
 
 def run_many(
-    programs: Sequence[str], *, workers: int = 2, progress: bool = False, **limits: float | int | None
+    programs: Sequence[str], *, workers: int = 2, progress: bool = False, isolation: IsolationChoice = "auto",
+    **limits: float | int | None,
 ) -> list[SandboxResult]:
     """Run several programs, ``workers`` sandboxes at a time (threads, each waiting on one
     subprocess); results in input order. ``limits`` are :func:`run_sandboxed`'s keywords.
@@ -321,8 +391,9 @@ def run_many(
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be an int >= 1, got {workers!r}")
     SandboxLimits(**limits)  # type: ignore[arg-type]  # bad limits fail before anything runs
+    _bwrap.choose(isolation, bubblewrap_status)  # so does an unusable isolation
     if not programs:
         return []
     with ThreadPoolExecutor(max_workers=min(workers, len(programs))) as pool:
-        jobs = pool.map(lambda code: run_sandboxed(code, **limits), programs)  # type: ignore[arg-type]
-        return list(tqdm(jobs, total=len(programs), desc="sandbox", disable=not progress))
+        run = functools.partial(run_sandboxed, isolation=isolation, **limits)  # type: ignore[arg-type]
+        return list(tqdm(pool.map(run, programs), total=len(programs), desc="sandbox", disable=not progress))

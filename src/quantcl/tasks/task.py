@@ -180,10 +180,22 @@ class Task:
     def evaluate(
         self, model: Any, tokenizer: Any, *, batch_size: int | None = None, progress: bool = True
     ) -> EvalResult:
-        """Score ``model`` on the evaluation split with this task's evaluator."""
-        return self.evaluator.evaluate(
+        """Score ``model`` on the evaluation split with this task's evaluator.
+
+        Raises:
+            ConfigError: the evaluator returned no :class:`EvalResult` or a score outside [0, 1].
+        """
+        from quantcl.tasks.evaluators.base import EvalResult
+
+        result = self.evaluator.evaluate(
             model, tokenizer, self.eval_rows(tokenizer), batch_size=batch_size, progress=progress
         )
+        score = getattr(result, "score", None)
+        if (not isinstance(result, EvalResult) or isinstance(score, bool) or not isinstance(score, (int, float))
+                or not 0 <= score <= 1):
+            raise ConfigError(f"task {self.name!r}: {type(self.evaluator).__name__}.evaluate must return an "
+                                  f"EvalResult with a score in [0, 1], got {result!r:.200}")
+        return result
 
     # checks ------------------------------------------------------------------------------
     def validate(self) -> None:

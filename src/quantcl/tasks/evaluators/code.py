@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from quantcl.tasks.evaluators.base import (
     positive_int,
     register_evaluator,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from quantcl.tasks.sandbox import IsolationChoice
 
 __all__ = ["CodeExecution", "pass_at_k", "DEFAULT_CODE_STOP", "ALLOW_CODE_ENV"]
 
@@ -76,6 +79,9 @@ class CodeExecution(Evaluator):
         entry_point_column: column with the function name passed to ``check``.
         seed: seeds the sampling.
         batch_size: prompts per ``generate`` call; ``evaluate(batch_size=...)`` overrides it.
+        isolation: the sandbox's isolation: ``"auto"`` (bubblewrap where it works, else the
+            built-in one), ``"bubblewrap"`` (refused up front where it does not work) or
+            ``"builtin"``; each record's ``isolation`` lists what each program ran under.
 
     Example:
         >>> ev = CodeExecution(allow_code_execution=True, n_samples=5, k=(1, 5))
@@ -103,6 +109,7 @@ class CodeExecution(Evaluator):
         entry_point_column: str = "entry_point",
         seed: int = 0,
         batch_size: int = 8,
+        isolation: IsolationChoice = "auto",
     ) -> None:
         for name, value in (("n_samples", n_samples), ("max_new_tokens", max_new_tokens),
                             ("workers", workers), ("batch_size", batch_size)):
@@ -122,6 +129,9 @@ class CodeExecution(Evaluator):
         self.stop, self.timeout, self.memory_mb, self.workers = tuple(stop), float(timeout), memory_mb, workers
         self.test_column, self.entry_point_column = test_column, entry_point_column
         self.seed, self.batch_size = seed, batch_size
+        if isolation not in ("auto", "bubblewrap", "builtin"):
+            raise ConfigError(f"CodeExecution(isolation=...) must be 'auto', 'bubblewrap' or 'builtin', got {isolation!r}")
+        self.isolation = isolation
 
     def check_ready(self) -> None:
         """Raise :class:`~quantcl.errors.UnsafeCodeError` unless running generated code was allowed."""
@@ -132,6 +142,11 @@ class CodeExecution(Evaluator):
                 "CodeExecution(allow_code_execution=True), the CLI flag --allow-code-execution, or "
                 f"the environment variable {ALLOW_CODE_ENV}=1."
             )
+        if self.isolation == "bubblewrap":  # fail before generating anything, not at the first program
+            from quantcl.tasks import _bwrap
+            from quantcl.tasks.sandbox import bubblewrap_status
+
+            _bwrap.choose(self.isolation, bubblewrap_status)
 
     def program(self, prompt: str, completion: str, test: str, entry_point: str) -> str:
         """The program run for one completion (HumanEval convention)."""
@@ -179,7 +194,7 @@ class CodeExecution(Evaluator):
         entries = column(dataset, self.entry_point_column)
         programs = [self.program(p, c, str(t), str(e)) for p, t, e, s in zip(prompts, tests, entries, samples) for c in s]
         results = iter(run_many(programs, workers=self.workers, progress=progress,
-                                timeout=self.timeout, memory_mb=self.memory_mb))
+                                timeout=self.timeout, memory_mb=self.memory_mb, isolation=self.isolation))
         records, totals = [], {f"pass@{k}": 0.0 for k in self.k}
         for prompt, s in zip(prompts, samples):
             runs = [next(results) for _ in s]
@@ -190,6 +205,7 @@ class CodeExecution(Evaluator):
             records.append({
                 "prompt": prompt, "prediction": s[0], "correct": runs[0].passed, "completions": s,
                 "statuses": [r.status for r in runs], "n_correct": c, **per_k,
+                "isolation": [r.isolation_mode for r in runs],
                 "errors": [r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "" for r in runs],
             })
         n = len(records)

@@ -7,6 +7,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from quantcl._checks import require_list_of, require_number
 from quantcl.errors import ConfigError
 from quantcl.tasks.evaluators._batching import generate_texts
 from quantcl.tasks.evaluators.base import (
@@ -102,10 +103,8 @@ class NumericMatch(Evaluator):
     ) -> None:
         positive_int("NumericMatch", "max_new_tokens", max_new_tokens)
         positive_int("NumericMatch", "batch_size", batch_size)
-        if isinstance(stop, str) or not all(isinstance(s, str) for s in stop):
-            raise ConfigError(f"NumericMatch(stop=...) must be a sequence of strings, got {stop!r}")
-        if not isinstance(tolerance, (int, float)) or tolerance < 0:
-            raise ConfigError(f"NumericMatch(tolerance=...) must be a number >= 0, got {tolerance!r}")
+        stop = require_list_of(stop, "NumericMatch(stop=...)", str, items="stop strings (str)")
+        require_number(tolerance, "NumericMatch(tolerance=...)", low=0)
         self.required_columns = ("prompt", answer_column or "target")
         self.answer_phrase, self.answer_column = answer_phrase, answer_column
         self.max_new_tokens, self.stop, self.tolerance = max_new_tokens, tuple(stop), float(tolerance)

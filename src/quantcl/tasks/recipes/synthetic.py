@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 
 from datasets import Dataset
 
-from quantcl._checks import require_int
+from quantcl._checks import require_bool, require_int, require_list_of
 from quantcl.errors import ConfigError
 from quantcl.tasks.evaluators import CodeExecution, MultipleChoice, NumericMatch
 from quantcl.tasks.task import Task, TaskSequence
@@ -132,6 +132,9 @@ def synthetic(
     Returns:
         A validated :class:`~quantcl.TaskSequence`.
     """
+    tasks = tuple(require_list_of(tasks, "synthetic(tasks=...)", str, items=f"task names from {list(SYNTHETIC_TASKS)}",
+                                  nonempty=True))
+    require_bool(allow_code_execution, "synthetic(allow_code_execution=...)")
     unknown = [t for t in tasks if t not in _GENERATORS]
     if unknown or not tasks:
         raise ConfigError(
@@ -139,7 +142,7 @@ def synthetic(
         )
     require_int(n_train, "synthetic(n_train=...)", minimum=1)
     require_int(n_eval, "synthetic(n_eval=...)", minimum=1)
-    require_int(seed, "synthetic(seed=...)")
+    require_int(seed, "synthetic(seed=...)", minimum=0)
     evaluators = {
         "nlu": lambda: MultipleChoice(),
         "math": lambda: NumericMatch(answer_phrase="The final answer is:", max_new_tokens=32),
