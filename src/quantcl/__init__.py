@@ -54,10 +54,12 @@ _LAZY: dict[str, str] = {
     "ReplayPlugin": "quantcl.plugins",
     "ContinualResult": "quantcl.results",
     "compute_metrics": "quantcl.metrics",
+    "Sweep": "quantcl.sweep",
+    "SweepResult": "quantcl.sweep",
 }
 _SUBMODULES = {"evaluators": "quantcl.evaluators", "recipes": "quantcl.recipes",
                "metrics": "quantcl.metrics", "plugins": "quantcl.plugins",
-               "components": "quantcl.components"}
+               "components": "quantcl.components", "sweep": "quantcl.sweep"}
 
 __all__ = [
     "__version__",
@@ -95,5 +97,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from quantcl.replay import ReplayBuffer, ReplayScorer, ReplayStrategy, register_strategy, strategy_names
     from quantcl.results import ContinualResult
     from quantcl.stage_args import StageArgs
+    from quantcl.sweep import Sweep, SweepResult
     from quantcl.tasks import EvalResult, Evaluator, Task, TaskSequence, register_evaluator
     from quantcl.trainer import ContinualTrainer

@@ -1,4 +1,4 @@
-"""The ``quantcl`` command line: ``demo``, ``run``, ``validate``, ``report``.
+"""The ``quantcl`` command line: ``demo``, ``run``, ``sweep``, ``validate``, ``report``.
 
 User errors (a broken config, a missing file, an unknown precision or strategy) print one line
 ``quantcl: error: ...`` and exit with status 2, without a traceback.
@@ -69,6 +69,34 @@ def _cmd_run(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(ns: argparse.Namespace) -> int:
+    from quantcl.config import load_config
+    from quantcl.sweep import Sweep
+
+    _output_dir(ns.output_dir)
+    config = load_config(ns.config)
+    if "sweep" not in config:
+        from quantcl.errors import ConfigError
+
+        raise ConfigError(f"{ns.config} has no 'sweep:' section (dotted config keys mapped to lists of values); "
+                          "`quantcl run` runs a single config")
+    if ns.allow_code_execution:
+        config["allow_code_execution"] = True
+    if ns.no_progress:
+        config["progress"] = False
+    sweep = Sweep(config, output_dir=ns.output_dir, executor=ns.executor, max_workers=ns.workers)
+    sweep.validate()
+    if ns.dry_run:
+        print(sweep.describe())
+        return 0
+    result = sweep.run()
+    print(result.to_markdown())
+    if ns.plot:
+        print(f"\nplot: {result.plot(sweep.output_dir / 'sweep.png')}")
+    print(f"\nSaved to {sweep.output_dir} (summary.md, summary.csv)")
+    return 1 if result.failed else 0
+
+
 def _cmd_validate(ns: argparse.Namespace) -> int:
     from quantcl.config import validate_config
 
@@ -84,6 +112,14 @@ def _cmd_report(ns: argparse.Namespace) -> int:
     root = Path(ns.dir)
     if not root.exists():
         raise ConfigError(f"no such directory: {root}")
+    if (root / "sweep.json").is_file():
+        from quantcl.sweep import Sweep
+
+        sweep_result = Sweep.load(root).result()
+        print(sweep_result.to_markdown())
+        if ns.plot:
+            print(f"\nplot: {sweep_result.plot(root / 'sweep.png')}")
+        return 0
     if root.is_file():
         if root.name != "result.json":
             raise ConfigError(f"{root} is a file; quantcl report expects a run's output_dir (or its result.json), "
@@ -131,13 +167,27 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true", help="hide progress bars")
     r.set_defaults(func=_cmd_run)
 
+    sw = sub.add_parser("sweep", help="a grid of runs from a YAML config's sweep: section, aggregated over seeds")
+    sw.add_argument("config", help="YAML run config with a sweep: section")
+    sw.add_argument("--output-dir", default=None, help="overrides the config's output_dir (the sweep's folder)")
+    sw.add_argument("--dry-run", action="store_true", help="check every point, list the grid and what is done; "
+                                                           "run nothing")
+    sw.add_argument("--executor", default="sequential", choices=["sequential", "process", "ray"],
+                    help="where runs go: this process, a local process pool, or Ray tasks")
+    sw.add_argument("--workers", type=int, default=2, help="processes of the process pool")
+    sw.add_argument("--plot", action="store_true", help="also write sweep.png")
+    sw.add_argument("--allow-code-execution", action="store_true",
+                    help="allow evaluators to run model-generated code (in the sandbox)")
+    sw.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    sw.set_defaults(func=_cmd_sweep)
+
     v = sub.add_parser("validate", help="check a YAML config, the model and its LoRA targets without "
                                         "loading weights or training")
     v.add_argument("config")
     v.set_defaults(func=_cmd_validate)
 
     rep = sub.add_parser("report", help="tables (and plots) from saved results")
-    rep.add_argument("dir", help="a run's output_dir (or its result.json), or a folder of runs")
+    rep.add_argument("dir", help="a run's output_dir (or its result.json), a sweep's folder, or a folder of runs")
     rep.add_argument("--plot", action="store_true", help="also write result.png per run")
     rep.set_defaults(func=_cmd_report)
     return p

@@ -265,6 +265,9 @@ def build_trainer(config: dict[str, Any], *, build_demo_model: bool = True, **ov
 
     config = {**config, **{k: v for k, v in overrides.items() if v is not None}}
     base = Path(config.pop("_base_dir", "."))
+    if "sweep" in config:
+        raise ConfigError("this config has a 'sweep:' section (a grid of runs): run it with `quantcl sweep` "
+                          "or quantcl.Sweep, or remove the section to run one config")
     unknown = sorted(set(config) - _TOP_KEYS)
     if unknown:
         raise ConfigError(f"unknown config key(s) {unknown}; valid: {sorted(_TOP_KEYS)}")
