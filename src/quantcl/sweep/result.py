@@ -120,7 +120,7 @@ class SweepResult:
         if not summary:
             return "(no finished runs)"
         factors = self.factors
-        cols = cols or ("replay.fraction" if "replay.fraction" in factors else (factors[1:2] or [None])[0])
+        cols = cols or ("replay.fraction" if "replay.fraction" in factors else next(iter(factors[1:]), None))
         rows = rows or ("precision" if "precision" in factors and cols != "precision"
                         else next((f for f in factors if f != cols), None))
         if quantities is None:
