@@ -18,8 +18,13 @@ __all__ = ["Processes", "datasets_progress_bars_off", "peak_memory_bytes", "no_f
 class Processes:
     """The processes of a ``torchrun`` / ``accelerate launch`` job, or just this one.
 
-    Each process runs the whole loop (the Trainer shards the training batches; evaluation is
-    repeated in each process and gives the same scores); only the main process writes files.
+    Each process runs the whole loop (the Trainer shards the training batches, and evaluation
+    shares out the evaluation rows: :mod:`quantcl._sharding`); only the main process writes files.
+
+    Example:
+        >>> procs = Processes()  # WORLD_SIZE unset: this process alone
+        >>> procs.rank, procs.world_size, procs.all_gather("share")
+        (0, 1, ['share'])
     """
 
     def __init__(self) -> None:
@@ -33,6 +38,26 @@ class Processes:
     @property
     def is_main(self) -> bool:
         return self._state is None or bool(self._state.is_main_process)
+
+    @property
+    def rank(self) -> int:
+        """This process's index, 0 .. ``world_size - 1``."""
+        return 0 if self._state is None else int(self._state.process_index)
+
+    @property
+    def world_size(self) -> int:
+        """The number of processes in the job (1 without ``torchrun``)."""
+        return 1 if self._state is None else int(self._state.num_processes)
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        """``obj`` of every process (picklable), in rank order, in every process."""
+        if self.world_size == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
 
     def barrier(self) -> None:
         if self._state is not None:

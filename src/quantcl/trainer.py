@@ -212,9 +212,12 @@ class ContinualTrainer:
         self.model, self.tokenizer = peft_model, tokenizer
 
     def _evaluate_all(self, row: int, matrix: np.ndarray, details: dict[str, Any]) -> None:
+        # Under torchrun each process scores its share of a shardable evaluator's rows and all
+        # get the merged result (quantcl._sharding), so on_evaluate sees the same one everywhere.
         for j, task in enumerate(self.tasks):
             result = task.evaluate(
-                self.model, self.tokenizer, batch_size=self.args.eval_batch_size, progress=self.progress
+                self.model, self.tokenizer, batch_size=self.args.eval_batch_size, progress=self.progress,
+                group=self._procs,
             )
             matrix[row, j] = result.score
             details.setdefault(str(row), {})[task.name] = dict(result.metrics, score=result.score)

@@ -33,6 +33,7 @@ from quantcl.tasks._format import Template, describe_template, format_batch, ren
 from quantcl.tasks._load import load_file, load_hub_splits, to_dataset
 
 if TYPE_CHECKING:  # pragma: no cover
+    from quantcl._sharding import ProcessGroup
     from quantcl.tasks.evaluators import EvalResult, Evaluator
 
 __all__ = ["Task", "TaskSequence", "Template"]
@@ -178,18 +179,23 @@ class Task:
         return dataset.map(self._formatter(tokenizer), batched=True, desc=f"Formatting {self.name} (eval)")
 
     def evaluate(
-        self, model: Any, tokenizer: Any, *, batch_size: int | None = None, progress: bool = True
+        self, model: Any, tokenizer: Any, *, batch_size: int | None = None, progress: bool = True,
+        group: ProcessGroup | None = None,
     ) -> EvalResult:
         """Score ``model`` on the evaluation split with this task's evaluator.
+
+        With ``group`` (the processes of a ``torchrun`` job; ``ContinualTrainer`` passes its
+        own), a shardable evaluator scores each process's share of the rows and every process
+        gets the merged result (see :mod:`quantcl._sharding`).
 
         Raises:
             ConfigError: the evaluator returned no :class:`EvalResult` or a score outside [0, 1].
         """
+        from quantcl._sharding import evaluate_rows
         from quantcl.tasks.evaluators.base import EvalResult
 
-        result = self.evaluator.evaluate(
-            model, tokenizer, self.eval_rows(tokenizer), batch_size=batch_size, progress=progress
-        )
+        result = evaluate_rows(self.evaluator, model, tokenizer, self.eval_rows(tokenizer), group=group,
+                               batch_size=batch_size, progress=progress)
         score = getattr(result, "score", None)
         if (not isinstance(result, EvalResult) or isinstance(score, bool) or not isinstance(score, (int, float))
                 or not 0 <= score <= 1):

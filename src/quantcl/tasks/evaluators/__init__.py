@@ -19,9 +19,12 @@ from __future__ import annotations
 from quantcl.tasks.evaluators.base import (
     EvalResult,
     Evaluator,
+    Shard,
+    ShardResult,
     evaluator_class,
     evaluator_names,
     get_evaluator,
+    ordered_records,
     register_evaluator,
 )
 from quantcl.tasks.evaluators.code import ALLOW_CODE_ENV, DEFAULT_CODE_STOP, CodeExecution, pass_at_k
@@ -31,6 +34,9 @@ from quantcl.tasks.evaluators.numeric import DEFAULT_NUMERIC_STOP, NumericMatch,
 __all__ = [
     "EvalResult",
     "Evaluator",
+    "Shard",
+    "ShardResult",
+    "ordered_records",
     "register_evaluator",
     "get_evaluator",
     "evaluator_class",

@@ -2,6 +2,12 @@
 
 Requests are batched longest first (the padding waste is smallest and an out-of-memory error
 shows up on the first batch) and the results are put back in the caller's order.
+
+With a :class:`~quantcl.tasks.evaluators.base.Shard` only that shard's batches run: the batches
+are always formed from all the requests, as in one process, because a row's log-likelihood (by
+a few ulps) and so possibly its greedy or sampled continuation depend on the rows padded into
+its batch. Sampling reseeds each batch from ``(seed, batch number)``, so a batch draws the same
+tokens whichever process runs it.
 """
 
 from __future__ import annotations
@@ -9,9 +15,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from quantcl.tasks.evaluators.base import model_device, pad_token_id
+from quantcl.tasks.evaluators.base import Shard, model_device, pad_token_id
 
-__all__ = ["encode_pair", "loglikelihoods", "generate_texts", "truncate_at_stop"]
+__all__ = ["encode_pair", "loglikelihoods", "generate_texts", "truncate_at_stop", "batch_seed"]
+
+WHOLE = Shard(0, 1)
 
 
 def _ids(tokenizer: Any, text: str) -> list[int]:
@@ -71,8 +79,10 @@ def loglikelihoods(
     max_length: int | None = None,
     progress: bool = False,
     desc: str = "log-likelihood",
-) -> list[list[tuple[float, int]]]:
-    """``(sum of log-probabilities, number of tokens)`` of each continuation given its context.
+    shard: Shard = WHOLE,
+) -> dict[int, list[tuple[float, int]]]:
+    """``(sum of log-probabilities, number of tokens)`` of each continuation given its context,
+    keyed by group index (the groups of ``shard``'s batches only), in index order.
 
     Each group (e.g. the options of one multiple-choice item) runs in one forward pass.
     Sequences longer than ``max_length`` lose tokens from the left of the context.
@@ -86,8 +96,9 @@ def loglikelihoods(
         encoded = [[(c[-max(1, max_length - len(x)) :], x) for c, x in g] for g in encoded]
     lengths = [max((len(c) + len(x) for c, x in g), default=0) for g in encoded]
     batches = _pack(lengths, [len(g) for g in encoded], batch_size)
+    batches = [batches[b] for b in shard.units(len(batches))]
     pad, device = pad_token_id(tokenizer), model_device(model)
-    out: list[list[tuple[float, int]]] = [[] for _ in groups]
+    out: dict[int, list[tuple[float, int]]] = {}
     for batch in tqdm(batches, desc=desc, disable=not progress):
         seqs = [(c + x, len(x)) for g in batch for c, x in encoded[g]]
         width = max(len(s) for s, _ in seqs)
@@ -109,7 +120,7 @@ def loglikelihoods(
         it = iter(scores)
         for g in batch:
             out[g] = [next(it) for _ in encoded[g]]
-    return out
+    return dict(sorted(out.items()))
 
 
 def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -126,6 +137,17 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
             if i != -1:
                 cut = min(cut, i)
     return text[:cut]
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    """The sampling seed of batch number ``batch``: ``seed`` itself for batch 0 (a single-batch
+    evaluation samples as in quantcl 0.1), the others spread over 64 bits by a Weyl step.
+
+    Example:
+        >>> batch_seed(3, 0), batch_seed(0, 1) != batch_seed(1, 0)
+        (3, True)
+    """
+    return (seed + batch * 0x9E3779B97F4A7C15) % 2**64
 
 
 def _stop_criteria(tokenizer: Any, stop: Sequence[str], prompt_width: int) -> Any:
@@ -161,11 +183,14 @@ def generate_texts(
     seed: int = 0,
     progress: bool = False,
     desc: str = "generate",
-) -> list[list[str]]:
-    """Continuations of each prompt (``num_return_sequences`` per prompt), cut at ``stop``.
+    shard: Shard = WHOLE,
+) -> dict[int, list[str]]:
+    """Continuations of each prompt (``num_return_sequences`` per prompt), cut at ``stop``,
+    keyed by prompt index (the prompts of ``shard``'s batches only), in index order.
 
-    Greedy when ``temperature == 0``; otherwise sampling, seeded with ``seed`` inside a forked
-    RNG so the caller's random state is untouched. Prompts are left-padded.
+    Greedy when ``temperature == 0``; otherwise sampling, each batch seeded with
+    :func:`batch_seed` of ``seed`` and its number inside a forked RNG, so the caller's random
+    state is untouched. Prompts are left-padded.
     """
     import torch
     from tqdm.auto import tqdm
@@ -183,12 +208,13 @@ def generate_texts(
     )
     encoded = [_ids(tokenizer, p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
-    out: list[list[str]] = [[] for _ in prompts]
+    n_batches = -(-len(order) // batch_size)
+    out: dict[int, list[str]] = {}
     devices = [device] if getattr(device, "type", "cpu") == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress):
-            idx = order[start : start + batch_size]
+        for b in tqdm(shard.units(n_batches), desc=desc, disable=not progress):
+            torch.manual_seed(batch_seed(seed, b))
+            idx = order[b * batch_size : (b + 1) * batch_size]
             width = max(len(encoded[i]) for i in idx)
             ids = torch.full((len(idx), width), pad, dtype=torch.long)
             mask = torch.zeros((len(idx), width), dtype=torch.long)
@@ -204,4 +230,4 @@ def generate_texts(
             for row, i in enumerate(idx):
                 chunk = texts[row * num_return_sequences : (row + 1) * num_return_sequences]
                 out[i] = [truncate_at_stop(t, stop) for t in chunk]
-    return out
+    return dict(sorted(out.items()))

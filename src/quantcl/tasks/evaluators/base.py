@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from quantcl.components import Component
 from quantcl.errors import ConfigError, UnknownNameError
 
-__all__ = ["EvalResult", "Evaluator", "register_evaluator", "get_evaluator", "evaluator_class", "evaluator_names"]
+__all__ = ["EvalResult", "Evaluator", "Shard", "ShardResult", "ordered_records", "register_evaluator",
+           "get_evaluator", "evaluator_class", "evaluator_names"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,73 @@ class EvalResult:
         return {"score": self.score, "metrics": dict(self.metrics), "records": list(self.records), "n": self.n}
 
 
+@dataclass(frozen=True)
+class Shard:
+    """The share of the evaluation work one of ``count`` processes does: process ``index``.
+
+    Work is dealt out in units (rows, or whole batches for the built-in evaluators) round-robin:
+    unit ``u`` goes to process ``u % count``. ``Shard(0, 1)`` is everything.
+
+    Example:
+        >>> Shard(1, 2).units(5)
+        [1, 3]
+    """
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        for name, value in (("index", self.index), ("count", self.count)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"Shard({name}=...) must be an int, got {value!r}")
+        if not 0 <= self.index < self.count:
+            raise ConfigError(f"Shard needs 0 <= index < count, got index={self.index}, count={self.count}")
+
+    def units(self, n: int) -> list[int]:
+        """Which of ``n`` units this shard takes."""
+        return list(range(self.index, n, self.count))
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """What one process scored: dataset ``rows`` and ``result``, whose records follow ``rows``.
+
+    ``result.records[i]`` is the record of dataset row ``rows[i]``; the shard's ``score`` and
+    ``metrics`` cover its rows only (mergers recompute them from the records).
+    """
+
+    rows: tuple[int, ...]
+    result: EvalResult
+
+
+def ordered_records(parts: Sequence[ShardResult], n: int | None = None) -> list[dict[str, Any]]:
+    """The records of all ``parts`` in dataset row order (the parts may come in any order).
+
+    Raises:
+        ValueError: a row is scored twice or not at all (``0 .. n-1``, ``n`` defaulting to the
+            number of rows given), or a part has not one record per row.
+
+    Example:
+        >>> parts = [ShardResult((1,), EvalResult(1.0, {}, [{"r": 1}], 1)),
+        ...          ShardResult((0, 2), EvalResult(0.0, {}, [{"r": 0}, {"r": 2}], 2))]
+        >>> [r["r"] for r in ordered_records(parts)]
+        [0, 1, 2]
+    """
+    total = sum(len(p.rows) for p in parts) if n is None else n
+    slots: list[dict[str, Any] | None] = [None] * total
+    for part in parts:
+        if len(part.rows) != len(part.result.records):
+            raise ValueError(f"a shard has {len(part.result.records)} records for {len(part.rows)} rows")
+        for row, record in zip(part.rows, part.result.records):
+            if not 0 <= row < total or slots[row] is not None:
+                raise ValueError(f"row {row} is scored twice or is outside 0..{total - 1}")
+            slots[row] = record
+    missing = [i for i, r in enumerate(slots) if r is None]
+    if missing:
+        raise ValueError(f"rows {missing[:10]} were scored by no shard")
+    return [r for r in slots if r is not None]
+
+
 class Evaluator(Component):
     """Scores a model on a dataset with ``prompt``/``target`` (and evaluator-specific) columns.
 
@@ -46,6 +114,11 @@ class Evaluator(Component):
     changes between continual stages, so nothing computed with other weights is ever reused.
     Their constructor arguments are saved with the run (:class:`~quantcl.components.Component`),
     so a subclass needs nothing but ``__init__`` and ``evaluate``.
+
+    Under ``torchrun`` an evaluator that also implements :meth:`merge` is *shardable*: each
+    process runs :meth:`evaluate_shard` on its share of the rows and every process merges the
+    gathered shares. ``merge`` must return exactly what ``evaluate`` returns on the whole
+    dataset; without it every process evaluates every row.
 
     Example:
         >>> class Always(Evaluator):
@@ -66,6 +139,52 @@ class Evaluator(Component):
     ) -> EvalResult:
         """Score ``model`` on ``dataset``; see each subclass."""
         raise NotImplementedError
+
+    def evaluate_shard(
+        self, model: Any, tokenizer: Any, dataset: Any, shard: Shard, *, batch_size: int | None = None,
+        progress: bool = True,
+    ) -> ShardResult:
+        """Score this process's share of ``dataset``: by default rows ``shard.index::shard.count``,
+        passed to :meth:`evaluate` as a dataset of their own.
+
+        Override it when a row's result depends on the rows scored with it (the built-in
+        evaluators deal out whole batches of the unsharded run, see :mod:`quantcl._sharding`).
+        """
+        rows = tuple(shard.units(len(dataset)))
+        if not rows:
+            return ShardResult((), EvalResult(0.0, {}, [], 0))
+        result = self.evaluate(model, tokenizer, dataset.select(rows), batch_size=batch_size, progress=progress)
+        return ShardResult(rows, result)
+
+    def merge(self, parts: Sequence[ShardResult]) -> EvalResult:
+        """The :class:`EvalResult` of the whole dataset from its shards (given in any order).
+
+        Not implemented here: an evaluator that implements it is evaluated sharded under
+        ``torchrun``. Compute metrics from per-row quantities in row order (counts / n), not
+        by averaging the shards' averages, so that floats come out as in one process.
+
+        Example:
+            >>> class Exact(Evaluator):
+            ...     def evaluate(self, model, tokenizer, dataset, *, batch_size=None, progress=True):
+            ...         records = [{"correct": p == t} for p, t in zip(dataset["prompt"], dataset["target"])]
+            ...         return self.merge([ShardResult(tuple(range(len(records))), EvalResult(0, {}, records))])
+            ...     def merge(self, parts):
+            ...         records = ordered_records(parts)
+            ...         acc = sum(r["correct"] for r in records) / len(records)
+            ...         return EvalResult(acc, {"acc": acc}, records, len(records))
+            >>> Exact().shardable, Evaluator().shardable
+            (True, False)
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement merge()")
+
+    @property
+    def shardable(self) -> bool:
+        """Whether :meth:`merge` is implemented by the class that implements :meth:`evaluate`
+        or by a subclass of it (a subclass that changes ``evaluate`` alone is not sharded)."""
+        mro = type(self).__mro__
+        merge_owner = next(c for c in mro if "merge" in vars(c))
+        evaluate_owner = next(c for c in mro if "evaluate" in vars(c))
+        return merge_owner is not Evaluator and mro.index(merge_owner) <= mro.index(evaluate_owner)
 
     def __call__(self, model: Any, tokenizer: Any, dataset: Any) -> float:
         """The headline score: ``evaluate(model, tokenizer, dataset).score``."""

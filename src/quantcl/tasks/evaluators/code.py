@@ -15,8 +15,11 @@ from quantcl.tasks.evaluators._batching import generate_texts
 from quantcl.tasks.evaluators.base import (
     EvalResult,
     Evaluator,
+    Shard,
+    ShardResult,
     column,
     inference_mode,
+    ordered_records,
     positive_int,
     register_evaluator,
 )
@@ -77,7 +80,8 @@ class CodeExecution(Evaluator):
         workers: sandboxes run at once.
         test_column: column with the test code (defining ``check(candidate)``).
         entry_point_column: column with the function name passed to ``check``.
-        seed: seeds the sampling.
+        seed: seeds the sampling (each generation batch from ``seed`` and its number, so the
+            samples are the same when the batches are shared out among processes).
         batch_size: prompts per ``generate`` call; ``evaluate(batch_size=...)`` overrides it.
         isolation: the sandbox's isolation: ``"auto"`` (bubblewrap where it works, else the
             built-in one), ``"bubblewrap"`` (refused up front where it does not work) or
@@ -156,6 +160,15 @@ class CodeExecution(Evaluator):
         self, model: Any, tokenizer: Any, dataset: Any, *, batch_size: int | None = None, progress: bool = True
     ) -> EvalResult:
         """Generate ``n_samples`` completions per problem, run them, report pass@k."""
+        return self.merge([self.evaluate_shard(model, tokenizer, dataset, Shard(), batch_size=batch_size,
+                                               progress=progress)])
+
+    def evaluate_shard(
+        self, model: Any, tokenizer: Any, dataset: Any, shard: Shard, *, batch_size: int | None = None,
+        progress: bool = True,
+    ) -> ShardResult:
+        """Generate for and run the problems of ``shard``'s generation batches (formed from all
+        problems, each seeded by its number, as in one process)."""
         self.check_ready()
         self.check(dataset)
         positive_int("evaluate", "batch_size", batch_size, allow_none=True)
@@ -166,9 +179,15 @@ class CodeExecution(Evaluator):
                 max_new_tokens=self.max_new_tokens, batch_size=batch_size or self.batch_size,
                 stop=self.stop, num_return_sequences=self.n_samples,
                 temperature=self.temperature if sampled else 0.0, top_p=self.top_p, seed=self.seed,
-                progress=progress, desc="CodeExecution (generate)",
+                progress=progress, desc="CodeExecution (generate)", shard=shard,
             )
-        return self.evaluate_completions(dataset, completions, progress=progress)
+        rows = tuple(completions)
+        records = self._records(dataset, rows, list(completions.values()), progress)
+        return ShardResult(rows, self._summarize(records))
+
+    def merge(self, parts: Sequence[ShardResult]) -> EvalResult:
+        """The whole dataset's result: pass@k is the mean of the records' pass@k, summed in row order."""
+        return self._summarize(ordered_records(parts))
 
     def evaluate_completions(
         self, dataset: Any, completions: Sequence[str | Sequence[str]], *, progress: bool = False
@@ -180,8 +199,6 @@ class CodeExecution(Evaluator):
             >>> ev.evaluate_completions(rows, ["    return a + b\\n"]).score  # doctest: +SKIP
             1.0
         """
-        from quantcl.tasks.sandbox import run_many
-
         self.check_ready()
         self.check(dataset)
         samples = [[c] if isinstance(c, str) else list(c) for c in completions]
@@ -189,25 +206,40 @@ class CodeExecution(Evaluator):
             raise ConfigError(f"evaluate_completions: {len(samples)} completion entries for {len(dataset)} problems")
         if any(len(s) < max(self.k) for s in samples):
             raise ConfigError(f"evaluate_completions: pass@{max(self.k)} needs >= {max(self.k)} completions per problem")
+        return self._summarize(self._records(dataset, tuple(range(len(dataset))), samples, progress))
+
+    def _records(self, dataset: Any, rows: Sequence[int], samples: Sequence[Sequence[str]],
+                 progress: bool) -> list[dict[str, Any]]:
+        """Run the completions ``samples[i]`` of problem ``rows[i]``; one record per problem."""
+        from quantcl.tasks.sandbox import run_many
+
         prompts = [str(p) for p in column(dataset, "prompt")]
         tests = column(dataset, self.test_column)
         entries = column(dataset, self.entry_point_column)
-        programs = [self.program(p, c, str(t), str(e)) for p, t, e, s in zip(prompts, tests, entries, samples) for c in s]
+        programs = [self.program(prompts[i], c, str(tests[i]), str(entries[i])) for i, s in zip(rows, samples)
+                    for c in s]
         results = iter(run_many(programs, workers=self.workers, progress=progress,
                                 timeout=self.timeout, memory_mb=self.memory_mb, isolation=self.isolation))
-        records, totals = [], {f"pass@{k}": 0.0 for k in self.k}
-        for prompt, s in zip(prompts, samples):
+        records = []
+        for i, s in zip(rows, samples):
             runs = [next(results) for _ in s]
             c = sum(r.passed for r in runs)
-            per_k = {f"pass@{k}": pass_at_k(len(s), c, k) for k in self.k}
-            for name, value in per_k.items():
-                totals[name] += value
             records.append({
-                "prompt": prompt, "prediction": s[0], "correct": runs[0].passed, "completions": s,
-                "statuses": [r.status for r in runs], "n_correct": c, **per_k,
+                "prompt": prompts[i], "prediction": s[0], "correct": runs[0].passed, "completions": list(s),
+                "statuses": [r.status for r in runs], "n_correct": c,
+                **{f"pass@{k}": pass_at_k(len(s), c, k) for k in self.k},
                 "isolation": [r.isolation_mode for r in runs],
                 "errors": [r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "" for r in runs],
             })
+        return records
+
+    def _summarize(self, records: list[dict[str, Any]]) -> EvalResult:
         n = len(records)
+        if n == 0:
+            return EvalResult(0.0, {}, [], 0)
+        totals = {f"pass@{k}": 0.0 for k in self.k}
+        for record in records:  # summed in row order, as floats add differently in another order
+            for name in totals:
+                totals[name] += record[name]
         metrics = {name: total / n for name, total in totals.items()}
         return EvalResult(metrics[f"pass@{self.k[0]}"], metrics, records, n)

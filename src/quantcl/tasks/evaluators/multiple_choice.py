@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from quantcl.errors import ConfigError
@@ -10,8 +11,11 @@ from quantcl.tasks.evaluators._batching import generate_texts, loglikelihoods
 from quantcl.tasks.evaluators.base import (
     EvalResult,
     Evaluator,
+    Shard,
+    ShardResult,
     column,
     inference_mode,
+    ordered_records,
     positive_int,
     register_evaluator,
 )
@@ -148,51 +152,71 @@ class MultipleChoice(Evaluator):
             ``answer``, ``correct`` and, per option, ``loglikelihoods``,
             ``loglikelihoods_norm`` and ``n_tokens`` (or the raw ``generation``).
         """
+        return self.merge([self.evaluate_shard(model, tokenizer, dataset, Shard(), batch_size=batch_size,
+                                               progress=progress)])
+
+    def evaluate_shard(
+        self, model: Any, tokenizer: Any, dataset: Any, shard: Shard, *, batch_size: int | None = None,
+        progress: bool = True,
+    ) -> ShardResult:
+        """Score the items of ``shard``'s batches (batches formed from all items, as in one process)."""
         self.check(dataset)
         prompts, choices, answers = self._items(dataset)
         positive_int("evaluate", "batch_size", batch_size, allow_none=True)
         size = batch_size or self.batch_size
         with inference_mode(model):
             if self.mode == "generate":
-                return self._generate(model, tokenizer, prompts, choices, answers, size, progress)
-            return self._loglikelihood(model, tokenizer, prompts, choices, answers, size, progress)
+                records = self._generate(model, tokenizer, prompts, choices, answers, size, progress, shard)
+            else:
+                records = self._loglikelihood(model, tokenizer, prompts, choices, answers, size, progress, shard)
+        return ShardResult(tuple(records), self._summarize(list(records.values())))
+
+    def merge(self, parts: Sequence[ShardResult]) -> EvalResult:
+        """The whole dataset's result: metrics are counts over the records in row order / n."""
+        return self._summarize(ordered_records(parts))
+
+    def _summarize(self, records: list[dict[str, Any]]) -> EvalResult:
+        n = len(records)
+        if n == 0:
+            return EvalResult(0.0, {}, [], 0)
+        if self.mode == "generate":
+            correct = sum(bool(r["correct"]) for r in records)
+            invalid = sum(r["prediction_index"] is None for r in records)
+            return EvalResult(correct / n, {"acc": correct / n, "invalid": invalid / n}, records, n)
+        metrics = {name: sum(bool(r[f"correct_{name}"]) for r in records) / n for name in ("acc", "acc_norm")}
+        return EvalResult(metrics[self.normalization], metrics, records, n)
 
     def _loglikelihood(self, model: Any, tokenizer: Any, prompts: list[str], choices: list[list[str]],
-                       answers: list[int], size: int, progress: bool) -> EvalResult:
+                       answers: list[int], size: int, progress: bool, shard: Shard) -> dict[int, dict[str, Any]]:
         max_length = self.max_length or getattr(getattr(model, "config", None), "max_position_embeddings", None)
         groups = [[(p, c) for c in opts] for p, opts in zip(prompts, choices)]
         scored = loglikelihoods(model, tokenizer, groups, batch_size=size, max_length=max_length,
-                                progress=progress, desc="MultipleChoice")
-        records, hits = [], {"acc": 0, "acc_norm": 0}
-        for prompt, opts, gold, scores in zip(prompts, choices, answers, scored):
+                                progress=progress, desc="MultipleChoice", shard=shard)
+        records = {}
+        for i, scores in scored.items():
+            prompt, opts, gold = prompts[i], choices[i], answers[i]
             raw = [s for s, _ in scores]
             norm = [s / max(len(o), 1) for (s, _), o in zip(scores, opts)]
             picks = {"acc": raw.index(max(raw)), "acc_norm": norm.index(max(norm))}
-            for name, pick in picks.items():
-                hits[name] += pick == gold
             pick = picks[self.normalization]
-            records.append({
+            records[i] = {
                 "prompt": prompt, "prediction": opts[pick], "prediction_index": pick, "answer": gold,
                 "correct": pick == gold, "correct_acc": picks["acc"] == gold,
                 "correct_acc_norm": picks["acc_norm"] == gold, "choices": opts,
                 "loglikelihoods": raw, "loglikelihoods_norm": norm, "n_tokens": [n for _, n in scores],
-            })
-        n = len(records)
-        metrics = {name: hit / n for name, hit in hits.items()}
-        return EvalResult(metrics[self.normalization], metrics, records, n)
+            }
+        return records
 
     def _generate(self, model: Any, tokenizer: Any, prompts: list[str], choices: list[list[str]],
-                  answers: list[int], size: int, progress: bool) -> EvalResult:
-        texts = generate_texts(model, tokenizer, prompts, max_new_tokens=self.max_new_tokens,
-                               batch_size=size, progress=progress, desc="MultipleChoice (generate)")
-        records, correct, invalid = [], 0, 0
-        for prompt, opts, gold, (text,) in zip(prompts, choices, answers, texts):
+                  answers: list[int], size: int, progress: bool, shard: Shard) -> dict[int, dict[str, Any]]:
+        texts = generate_texts(model, tokenizer, prompts, max_new_tokens=self.max_new_tokens, batch_size=size,
+                               progress=progress, desc="MultipleChoice (generate)", shard=shard)
+        records = {}
+        for i, (text,) in texts.items():
+            opts, gold = choices[i], answers[i]
             pick = extract_choice(text, opts, self.pattern)
-            correct += pick == gold
-            invalid += pick is None
-            records.append({
-                "prompt": prompt, "generation": text, "prediction": None if pick is None else opts[pick],
+            records[i] = {
+                "prompt": prompts[i], "generation": text, "prediction": None if pick is None else opts[pick],
                 "prediction_index": pick, "answer": gold, "correct": pick == gold, "choices": opts,
-            })
-        n = len(records)
-        return EvalResult(correct / n, {"acc": correct / n, "invalid": invalid / n}, records, n)
+            }
+        return records

@@ -13,8 +13,11 @@ from quantcl.tasks.evaluators._batching import generate_texts
 from quantcl.tasks.evaluators.base import (
     EvalResult,
     Evaluator,
+    Shard,
+    ShardResult,
     column,
     inference_mode,
+    ordered_records,
     positive_int,
     register_evaluator,
 )
@@ -138,6 +141,14 @@ class NumericMatch(Evaluator):
             records: ``prompt``, ``generation``, ``prediction`` (number or ``None``), ``gold``,
             ``correct``.
         """
+        return self.merge([self.evaluate_shard(model, tokenizer, dataset, Shard(), batch_size=batch_size,
+                                               progress=progress)])
+
+    def evaluate_shard(
+        self, model: Any, tokenizer: Any, dataset: Any, shard: Shard, *, batch_size: int | None = None,
+        progress: bool = True,
+    ) -> ShardResult:
+        """Score the rows of ``shard``'s generation batches (formed from all rows, as in one process)."""
         self.check(dataset)
         golds = self._golds(dataset)
         positive_int("evaluate", "batch_size", batch_size, allow_none=True)
@@ -145,13 +156,24 @@ class NumericMatch(Evaluator):
         with inference_mode(model):
             texts = generate_texts(model, tokenizer, prompts, max_new_tokens=self.max_new_tokens,
                                    batch_size=batch_size or self.batch_size, stop=self.stop,
-                                   progress=progress, desc="NumericMatch")
-        records, correct, extracted = [], 0, 0
-        for prompt, gold, (text,) in zip(prompts, golds, texts):
+                                   progress=progress, desc="NumericMatch", shard=shard)
+        records = []
+        for i, (text,) in texts.items():
             pred = extract_number(text, self.answer_phrase)
-            ok = numbers_match(pred, gold, self.tolerance)
-            correct += ok
-            extracted += pred is not None
-            records.append({"prompt": prompt, "generation": text, "prediction": pred, "gold": gold, "correct": ok})
+            ok = numbers_match(pred, golds[i], self.tolerance)
+            records.append({"prompt": prompts[i], "generation": text, "prediction": pred, "gold": golds[i],
+                            "correct": ok})
+        return ShardResult(tuple(texts), self._summarize(records))
+
+    def merge(self, parts: Sequence[ShardResult]) -> EvalResult:
+        """The whole dataset's result: metrics are counts over the records in row order / n."""
+        return self._summarize(ordered_records(parts))
+
+    @staticmethod
+    def _summarize(records: list[dict[str, Any]]) -> EvalResult:
         n = len(records)
+        if n == 0:
+            return EvalResult(0.0, {}, [], 0)
+        correct = sum(bool(r["correct"]) for r in records)
+        extracted = sum(r["prediction"] is not None for r in records)
         return EvalResult(correct / n, {"acc": correct / n, "extracted": extracted / n}, records, n)
