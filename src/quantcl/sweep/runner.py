@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from quantcl._checks import require_int
-from quantcl._io import atomic_write_json, read_json
+from quantcl._io import atomic_write_bytes, atomic_write_json, read_json
 from quantcl.errors import ConfigError, StateError
 from quantcl.results import RESULT_FILE, ContinualResult
 from quantcl.sweep.grid import apply_overrides, expand_grid, parse_grid, point_name
@@ -214,7 +214,7 @@ class Sweep:
         else:
             self._run_pool(jobs)
         result = self.result()
-        (self.output_dir / "summary.md").write_text(result.to_markdown() + "\n")
+        atomic_write_bytes(self.output_dir / "summary.md", (result.to_markdown() + "\n").encode())
         result.to_csv(self.output_dir / "summary.csv")
         return result
 
