@@ -132,3 +132,92 @@ def test_an_unknown_extra_key_is_refused_at_construction_with_a_suggestion():
 def test_extra_must_be_a_dict_with_string_keys():
     with pytest.raises(ConfigError, match=r"StageArgs.extra must be a dict"):
         StageArgs(extra=["report_to"])  # type: ignore[arg-type]
+
+
+# ---- learning-rate schedules: the documented values at given steps, through transformers' own builder
+def _lrs(args: StageArgs, tmp_path, steps):
+    import torch
+    from transformers.optimization import get_scheduler
+
+    ta = args.training_arguments(str(tmp_path), seed=0)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.learning_rate)
+    sched = get_scheduler(ta.lr_scheduler_type, opt, num_warmup_steps=ta.get_warmup_steps(args.max_steps),
+                          num_training_steps=args.max_steps, scheduler_specific_kwargs=ta.lr_scheduler_kwargs)
+    out = {}
+    for step in range(args.max_steps + 1):
+        if step in steps:
+            out[step] = sched.get_last_lr()[0]
+        opt.step()
+        sched.step()
+    return out
+
+
+@pytest.mark.parametrize(("decay", "at_90"), [("linear", 0.5), ("cosine", 0.5), ("1-sqrt", 1 - 0.5 ** 0.5)])
+def test_wsd_warms_up_holds_then_cools_down_over_the_last_fraction(tmp_path, decay, at_90):
+    args = StageArgs(learning_rate=1.0, max_steps=100, warmup_steps=10, lr_scheduler_type="warmup_stable_decay",
+                     cooldown_fraction=0.2, lr_scheduler_kwargs={"decay_type": decay})
+    lr = _lrs(args, tmp_path, {0, 5, 10, 50, 79, 80, 90, 100})
+    assert lr[0] == 0 and lr[5] == pytest.approx(0.5)  # linear warmup over 10 steps
+    assert lr[10] == lr[50] == lr[79] == lr[80] == 1.0  # stable until the cooldown starts at 80
+    assert lr[90] == pytest.approx(at_90)  # half-way through the 20 cooldown steps
+    assert lr[100] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_wsd_min_lr_ratio_and_explicit_decay_steps(tmp_path):
+    args = StageArgs(learning_rate=2.0, max_steps=40, lr_scheduler_type="warmup_stable_decay",
+                     lr_scheduler_kwargs={"num_decay_steps": 10, "decay_type": "linear", "min_lr_ratio": 0.1})
+    lr = _lrs(args, tmp_path, {0, 29, 30, 35, 40})
+    assert lr[0] == lr[29] == lr[30] == 2.0
+    assert lr[35] == pytest.approx(2.0 * (0.1 + 0.9 * 0.5)) and lr[40] == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("constant", {0: 1.0, 50: 1.0, 99: 1.0}),
+    ("linear", {0: 1.0, 50: 0.5, 100: 0.0}),
+    ("cosine", {0: 1.0, 50: 0.5, 100: 0.0}),
+])
+def test_the_other_schedules_give_their_documented_values(tmp_path, name, expected):
+    lr = _lrs(StageArgs(learning_rate=1.0, max_steps=100, lr_scheduler_type=name), tmp_path, set(expected))
+    assert lr == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"lr_scheduler_type": "warmup_stable_decay", "max_steps": 10}, "needs exactly one of StageArgs.cooldown_fraction"),
+    ({"lr_scheduler_type": "warmup_stable_decay", "max_steps": 10, "cooldown_fraction": 0.2,
+      "lr_scheduler_kwargs": {"num_decay_steps": 2}}, "needs exactly one of"),
+    ({"lr_scheduler_type": "warmup_stable_decay", "cooldown_fraction": 0.2}, "needs max_steps > 0"),
+    ({"lr_scheduler_type": "warmup_stable_decay", "max_steps": 10, "cooldown_fraction": 1.5},
+     r"cooldown_fraction must be a number in \[0, 1\]"),
+    ({"lr_scheduler_type": "cosine", "cooldown_fraction": 0.2}, "applies to lr_scheduler_type='warmup_stable_decay'"),
+    ({"lr_scheduler_type": "warmup_stable_decay", "max_steps": 10, "cooldown_fraction": 0.2,
+      "lr_scheduler_kwargs": {"decay_type": "exp"}}, "decay_type"),
+    ({"lr_scheduler_type": "warmup_stable_decay", "max_steps": 10, "cooldown_fraction": 0.2,
+      "lr_scheduler_kwargs": {"decay": "linear"}}, "unknown warmup_stable_decay option"),
+    ({"extra": {"lr_scheduler_kwargs": {}}}, "may not set lr_scheduler_kwargs"),
+])
+def test_bad_schedule_settings_are_refused(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        StageArgs(**kwargs)
+
+
+def test_wsd_through_the_trainer_follows_the_schedule(tiny_model_dir, tmp_path):
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+
+    import quantcl as qcl
+
+    class Rates(TrainerCallback):
+        seen: list[float] = []
+
+        def on_step_begin(self, args, state, control, lr_scheduler=None, **kwargs):
+            Rates.seen.append(lr_scheduler.get_last_lr()[0])
+
+    args = StageArgs(learning_rate=1e-2, max_steps=10, warmup_steps=2, lr_scheduler_type="warmup_stable_decay",
+                     cooldown_fraction=0.4, lr_scheduler_kwargs={"decay_type": "linear"},
+                     per_device_train_batch_size=4, max_length=64)
+    qcl.ContinualTrainer(model=tiny_model_dir, precision="fp32",
+                         tasks=qcl.recipes.synthetic(n_train=8, n_eval=2, tasks=("nlu",)),
+                         lora=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]), args=args,
+                         output_dir=tmp_path / "run", callbacks=[Rates()], progress=False).fit()
+    expected = [0.0, 0.005, 0.01, 0.01, 0.01, 0.01, 0.01, 0.0075, 0.005, 0.0025]
+    assert Rates.seen == pytest.approx(expected)

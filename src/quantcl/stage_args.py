@@ -40,7 +40,15 @@ class StageArgs:
         warmup_steps: an int number of steps, or a float in [0, 1) for a ratio of the stage.
         per_device_train_batch_size: batch size per device.
         gradient_accumulation_steps: micro-batches per optimizer step.
-        lr_scheduler_type: any ``transformers`` scheduler name ("linear", "cosine", "constant", ...).
+        lr_scheduler_type: any ``transformers`` scheduler name ("linear", "cosine", "constant",
+            "warmup_stable_decay", ...).
+        lr_scheduler_kwargs: options of that scheduler (``transformers.TrainingArguments``'s own
+            field); for ``"warmup_stable_decay"`` those of ``transformers.get_wsd_schedule``:
+            ``decay_type`` (``"linear"``, ``"cosine"``, ``"1-sqrt"``), ``warmup_type``,
+            ``min_lr_ratio``, ``num_decay_steps``, ``num_stable_steps``.
+        cooldown_fraction: with ``"warmup_stable_decay"``, the last fraction of the stage's
+            ``max_steps`` spent decaying (``num_decay_steps = round(fraction * max_steps)``), the
+            "cooldown start as a fraction" of WSD; give it or ``lr_scheduler_kwargs.num_decay_steps``.
         weight_decay: AdamW weight decay.
         max_length: tokens per training example (prompt cut from the left first).
         eval_batch_size: batch size of the evaluators.
@@ -58,6 +66,8 @@ class StageArgs:
     per_device_train_batch_size: int = 8
     gradient_accumulation_steps: int = 1
     lr_scheduler_type: str = "linear"
+    lr_scheduler_kwargs: dict[str, Any] = field(default_factory=dict)
+    cooldown_fraction: float | None = None
     weight_decay: float = 0.0
     max_length: int = 512
     eval_batch_size: int = 16
@@ -98,6 +108,32 @@ class StageArgs:
         require_number(self.weight_decay, "StageArgs.weight_decay", low=0)
         require_choice(self.lr_scheduler_type, "StageArgs.lr_scheduler_type (a transformers scheduler)",
                        _schedulers())
+        self._check_schedule()
+
+    def _check_schedule(self) -> None:
+        """WSD needs its cooldown length; its options are those of ``get_wsd_schedule``."""
+        kwargs = require_mapping(self.lr_scheduler_kwargs, "StageArgs.lr_scheduler_kwargs")
+        if self.cooldown_fraction is not None:
+            require_number(self.cooldown_fraction, "StageArgs.cooldown_fraction", low=0, high=1)
+            if self.lr_scheduler_type != "warmup_stable_decay":
+                raise ConfigError(f"StageArgs.cooldown_fraction applies to lr_scheduler_type='warmup_stable_decay', "
+                                  f"not {self.lr_scheduler_type!r}")
+        if self.lr_scheduler_type != "warmup_stable_decay":
+            return
+        valid = ["decay_type", "warmup_type", "min_lr_ratio", "num_cycles", "num_decay_steps", "num_stable_steps"]
+        bad = sorted(set(kwargs) - set(valid), key=str)
+        if bad:
+            raise ConfigError(f"StageArgs.lr_scheduler_kwargs has unknown warmup_stable_decay option(s) {bad}"
+                              f"{did_you_mean(str(bad[0]), valid)}; valid: {valid}")
+        for name in ("decay_type", "warmup_type"):
+            if name in kwargs:
+                require_choice(kwargs[name], f"StageArgs.lr_scheduler_kwargs.{name}", ["linear", "cosine", "1-sqrt"])
+        if (self.cooldown_fraction is None) == ("num_decay_steps" not in kwargs):
+            raise ConfigError("lr_scheduler_type='warmup_stable_decay' needs exactly one of StageArgs.cooldown_fraction "
+                              "(e.g. 0.2: the last 20% of max_steps) or lr_scheduler_kwargs.num_decay_steps")
+        if self.cooldown_fraction is not None and self.max_steps <= 0:
+            raise ConfigError("StageArgs.cooldown_fraction needs max_steps > 0 (the cooldown is a fraction of it); "
+                              "with epochs give lr_scheduler_kwargs.num_decay_steps")
 
     def _check_extra(self) -> None:
         """``extra`` keys must be ``TrainingArguments`` fields that quantcl does not set itself."""
@@ -107,6 +143,9 @@ class StageArgs:
                 f"StageArgs.extra may not set {reserved}: ContinualTrainer sets these itself "
                 "(output_dir and seed are ContinualTrainer arguments)"
             )
+        if "lr_scheduler_kwargs" in self.extra:
+            raise ConfigError("StageArgs.extra may not set lr_scheduler_kwargs: it is a StageArgs field "
+                              "(StageArgs(lr_scheduler_kwargs=...)), checked for the scheduler it belongs to")
         if not self.extra:
             return
         valid = _training_argument_names()
@@ -149,6 +188,7 @@ class StageArgs:
             per_device_train_batch_size=self.per_device_train_batch_size,
             gradient_accumulation_steps=self.gradient_accumulation_steps,
             lr_scheduler_type=self.lr_scheduler_type,
+            lr_scheduler_kwargs=self._scheduler_kwargs(),
             weight_decay=self.weight_decay,
             logging_steps=self.logging_steps,
             save_strategy="steps" if self.save_steps else "no",
@@ -165,6 +205,12 @@ class StageArgs:
             return TrainingArguments(**kwargs)
         except TypeError as err:  # an unknown key in `extra`
             raise ConfigError(f"StageArgs.extra: {err}; see transformers.TrainingArguments") from err
+
+    def _scheduler_kwargs(self) -> dict[str, Any]:
+        kwargs = dict(self.lr_scheduler_kwargs)
+        if self.cooldown_fraction is not None:
+            kwargs["num_decay_steps"] = round(self.cooldown_fraction * self.max_steps)
+        return kwargs
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict; ``StageArgs.from_dict(args.to_dict()) == args``."""
