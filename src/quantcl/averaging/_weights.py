@@ -1,43 +1,21 @@
-"""Weight averaging of the trainable parameters: LAWA, EMA, model soups.
-
-Everything here works on the *trainable* parameters only (``requires_grad``), keyed by
-``model.named_parameters()`` names: for a peft LoRA model that is the adapter, so a snapshot
-costs a few MB; for a fully fine-tuned model it is every trained weight.
-
-- :class:`LAWA` (Kaddour 2022, "latest weight averaging"): every ``every`` optimizer steps keep a
-  CPU copy of the trainable weights, the last ``window`` of them; the average is their mean.
-- :class:`EMA`: an exponential moving average (``torch.optim.swa_utils.AveragedModel``) of the
-  trainable weights, updated every ``every`` steps.
-- :func:`soup` / :func:`greedy_soup` (Wortsman et al. 2022): uniform/weighted mean of finished
-  checkpoints or adapters, and the greedy subset that does not hurt a validation loss.
-
-Example:
-    >>> import torch
-    >>> a = {"w": torch.tensor([0.0, 2.0])}
-    >>> b = {"w": torch.tensor([2.0, 4.0])}
-    >>> soup([a, b])["w"]
-    tensor([1., 3.])
-"""
+"""State dicts of the trainable parameters and model soups (see :mod:`quantcl.averaging`)."""
 
 from __future__ import annotations
 
-import copy
 import math
 import os
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Union
 
 import torch
 from torch import nn
-from transformers import TrainerCallback
 
-from quantcl._checks import require_int, require_number
+from quantcl._checks import require_number
 from quantcl.errors import ConfigError
 
-__all__ = ["LAWA", "EMA", "soup", "greedy_soup", "trainable_state_dict", "load_trainable", "load_state_dict_from",
-           "StateDict", "Candidate"]
+__all__ = ["soup", "greedy_soup", "trainable_state_dict", "load_trainable", "load_state_dict_from", "StateDict",
+           "Candidate", "ADAPTER_FILE"]
 
 StateDict = dict[str, torch.Tensor]
 #: A checkpoint to average: a state dict, a module (its trainable parameters), a saved peft
@@ -264,152 +242,3 @@ def greedy_soup(candidates: Sequence[Candidate],
 # ----------------------------------------------------------------------------- callbacks
 
 
-def _model_from(kwargs: dict[str, Any]) -> nn.Module | None:
-    model = kwargs.get("model")
-    return model if isinstance(model, nn.Module) else None
-
-
-class LAWA(TrainerCallback):
-    """Latest weight averaging (Kaddour 2022): the mean of the last ``window`` snapshots of the
-    trainable weights, one taken every ``every`` optimizer steps.
-
-    As a ``transformers.TrainerCallback`` it snapshots in ``on_step_end`` when
-    ``state.global_step % every == 0``; :meth:`snapshot` takes one by hand. Snapshots are CPU
-    copies, so memory is ``window`` x the trainable parameters (small for LoRA). The window
-    carries across Trainer runs (e.g. ContinualTrainer stages) until :meth:`reset`.
-
-    Example:
-        >>> lawa = LAWA(every=50, window=5)
-        >>> # Trainer(..., callbacks=[lawa]).train(); averaged = lawa.apply(model)
-        >>> lawa.window, len(lawa.snapshots)
-        (5, 0)
-    """
-
-    def __init__(self, every: int, window: int) -> None:
-        self.every = require_int(every, "LAWA(every=...)", minimum=1)
-        self.window = require_int(window, "LAWA(window=...)", minimum=1)
-        self._snapshots: deque[StateDict] = deque(maxlen=self.window)
-        self._steps: deque[int] = deque(maxlen=self.window)
-
-    @property
-    def snapshots(self) -> list[StateDict]:
-        """The kept snapshots, oldest first (at most ``window``)."""
-        return list(self._snapshots)
-
-    @property
-    def snapshot_steps(self) -> list[int]:
-        """The ``global_step`` of each kept snapshot (-1 for one taken by hand)."""
-        return list(self._steps)
-
-    def snapshot(self, model: nn.Module, step: int = -1) -> None:
-        """Take a snapshot of ``model``'s trainable weights now (the oldest drops out of a full window)."""
-        self._snapshots.append(trainable_state_dict(model))
-        self._steps.append(step)
-
-    def reset(self) -> None:
-        """Forget every snapshot (e.g. when a new adapter starts)."""
-        self._snapshots.clear()
-        self._steps.clear()
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        model = _model_from(kwargs)
-        if model is not None and state.global_step % self.every == 0:
-            self.snapshot(model, int(state.global_step))
-
-    def averaged_state_dict(self) -> StateDict:
-        """The uniform mean of the kept snapshots: ``(1/k) * sum_{j=1..k} theta_{t_j}``, ``k <= window``.
-
-        Raises:
-            ConfigError: no snapshot was taken yet.
-        """
-        if not self._snapshots:
-            raise ConfigError(f"LAWA has no snapshot yet: it takes one every {self.every} optimizer steps "
-                              "(train with it as a callback, or call .snapshot(model))")
-        return soup(list(self._snapshots))
-
-    def apply(self, model: nn.Module) -> nn.Module:
-        """A deep copy of ``model`` with the averaged trainable weights; ``model`` is untouched."""
-        averaged = self.averaged_state_dict()
-        return load_trainable(copy.deepcopy(model), averaged)
-
-
-class _Params(nn.Module):
-    """Just the given parameters, in name order (what AveragedModel averages)."""
-
-    def __init__(self, params: Sequence[nn.Parameter]) -> None:
-        super().__init__()
-        self.params = nn.ParameterList(params)
-
-
-class EMA(TrainerCallback):
-    """Exponential moving average of the trainable weights, updated every ``every`` optimizer steps.
-
-    ``ema_1 = theta_1``; ``ema_n = decay * ema_{n-1} + (1 - decay) * theta_n``, i.e.
-    ``ema_n = decay^(n-1) theta_1 + sum_{j=2..n} (1 - decay) decay^(n-j) theta_j``
-    (``torch.optim.swa_utils.AveragedModel`` with ``get_ema_multi_avg_fn(decay)``), over a small
-    module holding copies of the trainable tensors only, on ``device`` (default CPU).
-
-    Example:
-        >>> ema = EMA(decay=0.9)
-        >>> m = torch.nn.Linear(1, 1, bias=False)
-        >>> _ = torch.nn.init.zeros_(m.weight); ema.update(m)
-        >>> _ = torch.nn.init.ones_(m.weight); ema.update(m)
-        >>> round(ema.averaged_state_dict()["weight"].item(), 6)
-        0.1
-    """
-
-    def __init__(self, decay: float, every: int = 1, *, device: str | torch.device = "cpu") -> None:
-        self.decay = require_number(decay, "EMA(decay=...)", low=0, high=1, low_open=True)
-        if self.decay >= 1:
-            raise ConfigError(f"EMA(decay=...) must be a number in (0, 1), got {decay!r}")
-        self.every = require_int(every, "EMA(every=...)", minimum=1)
-        self.device = torch.device(device)
-        self._names: list[str] | None = None
-        self._averaged: torch.optim.swa_utils.AveragedModel | None = None
-
-    @property
-    def num_updates(self) -> int:
-        """How many parameter values have been averaged in."""
-        return 0 if self._averaged is None else int(self._averaged.n_averaged.item())
-
-    def reset(self) -> None:
-        """Forget the average (the next update starts from the parameters as they are)."""
-        self._names, self._averaged = None, None
-
-    def update(self, model: nn.Module) -> None:
-        """Average ``model``'s current trainable weights in (the first update copies them)."""
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        params = _trainable(model)
-        names = [n for n, _ in params]
-        if self._averaged is None or self._names is None:
-            holder = _Params([nn.Parameter(p.detach().to(self.device, copy=True), requires_grad=False)
-                              for _, p in params])
-            self._averaged = AveragedModel(holder, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=False)
-            self._names = names
-        else:
-            _check_keys(self._names, names, "the EMA", "the model's trainable parameters")
-        # a view of the live parameters (no copy); AveragedModel moves them to its device itself
-        self._averaged.update_parameters(_Params([p for _, p in params]))
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        model = _model_from(kwargs)
-        if model is not None and state.global_step % self.every == 0:
-            self.update(model)
-
-    def averaged_state_dict(self) -> StateDict:
-        """CPU copies of the averaged trainable weights, keyed like :func:`trainable_state_dict`.
-
-        Raises:
-            ConfigError: no update happened yet.
-        """
-        if self._averaged is None or self._names is None or self.num_updates == 0:
-            raise ConfigError(f"EMA has no average yet: it updates every {self.every} optimizer steps "
-                              "(train with it as a callback, or call .update(model))")
-        values = list(self._averaged.module.parameters())  # the holder's, in name order
-        return {n: p.detach().to("cpu", copy=True) for n, p in zip(self._names, values)}
-
-    def apply(self, model: nn.Module) -> nn.Module:
-        """A deep copy of ``model`` with the averaged trainable weights; ``model`` is untouched."""
-        averaged = self.averaged_state_dict()
-        return load_trainable(copy.deepcopy(model), averaged)
