@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_replace_dir", "fsync_dir", "fsync_tree", "read_json",
-           "to_jsonable", "sha256_file", "tree_digests", "seal", "seal_ok", "SEAL_KEY"]
+           "to_jsonable", "sha256_file", "tree_digests", "digest_mismatch", "seal", "seal_ok", "SEAL_KEY"]
 
 SEAL_KEY = "sha256"
 
@@ -130,6 +130,18 @@ def tree_digests(root: str | Path, *, relative_to: str | Path | None = None) -> 
             path = Path(dirpath, name)
             out[path.relative_to(base).as_posix()] = sha256_file(path)
     return dict(sorted(out.items()))
+
+
+def digest_mismatch(root: str | Path, digests: dict[str, str]) -> tuple[Path, str] | None:
+    """The first file of ``digests`` (``{path relative to root: sha256}``, as :func:`tree_digests`
+    gives) that is ``"missing"`` or ``"changed"`` under ``root``, with which; ``None`` if all match."""
+    for name, digest in digests.items():
+        path = Path(root) / name
+        if not path.is_file():
+            return path, "missing"
+        if sha256_file(path) != digest:
+            return path, "changed"
+    return None
 
 
 def _canonical(obj: Any) -> bytes:

@@ -9,7 +9,7 @@ import resource
 from pathlib import Path
 from typing import Any
 
-from quantcl._io import atomic_write_json, fsync_tree, read_json, seal, seal_ok, sha256_file, tree_digests
+from quantcl._io import atomic_write_json, digest_mismatch, fsync_tree, read_json, seal, seal_ok, tree_digests
 
 __all__ = ["Processes", "datasets_progress_bars_off", "peak_memory_bytes", "no_final_checkpoint", "checkpoint_ledger",
            "checkpoint_is_complete", "LEDGER"]
@@ -160,10 +160,4 @@ def checkpoint_is_complete(path: Path) -> bool:
         ledger = read_json(path / LEDGER)
     except (OSError, ValueError):
         return False
-    if not seal_ok(ledger) or not isinstance(ledger.get("files"), dict):
-        return False
-    for name, digest in ledger["files"].items():
-        file = path / name
-        if not file.is_file() or sha256_file(file) != digest:
-            return False
-    return True
+    return seal_ok(ledger) and isinstance(ledger.get("files"), dict) and digest_mismatch(path, ledger["files"]) is None

@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from quantcl._io import atomic_replace_dir, atomic_write_json, read_json, seal, seal_ok, sha256_file, tree_digests
+from quantcl._io import (atomic_replace_dir, atomic_write_json, digest_mismatch, read_json, seal, seal_ok,
+                         sha256_file, tree_digests)
 from quantcl._runtime import checkpoint_is_complete
 from quantcl.errors import ConfigError, StateError
 
@@ -131,13 +132,12 @@ class RunDirectory:
     def _check_files(self, state: dict[str, Any]) -> None:
         completed = state["completed_stages"]
         self.check_completed(completed)
-        for name, digest in state["files"].items():
-            path = self.root / name
-            if not path.is_file():
-                raise StateError(f"{path} is missing; the saved state depends on it (nothing was removed)")
-            if sha256_file(path) != digest:
-                raise StateError(f"{path} changed since the run wrote it (sha256 mismatch): truncated, edited or "
-                                 "replaced; restore it or start a new run (nothing was removed)")
+        mismatch = digest_mismatch(self.root, state["files"])
+        if mismatch is not None and mismatch[1] == "missing":
+            raise StateError(f"{mismatch[0]} is missing; the saved state depends on it (nothing was removed)")
+        if mismatch is not None:
+            raise StateError(f"{mismatch[0]} changed since the run wrote it (sha256 mismatch): truncated, edited or "
+                             "replaced; restore it or start a new run (nothing was removed)")
         if completed > 0:
             stage = self.stage_dir(completed)
             extra = sorted(k for k in tree_digests(stage, relative_to=self.root) if k not in state["files"])

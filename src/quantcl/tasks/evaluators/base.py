@@ -156,6 +156,15 @@ class Evaluator(Component):
         result = self.evaluate(model, tokenizer, dataset.select(rows), batch_size=batch_size, progress=progress)
         return ShardResult(rows, result)
 
+    def _evaluate_as_one_shard(
+        self, model: Any, tokenizer: Any, dataset: Any, *, batch_size: int | None = None, progress: bool = True
+    ) -> EvalResult:
+        """:meth:`evaluate` of an evaluator that overrides :meth:`evaluate_shard` and
+        :meth:`merge`: the whole dataset as a single shard, merged, so that one process and
+        several run the same code."""
+        return self.merge([self.evaluate_shard(model, tokenizer, dataset, Shard(), batch_size=batch_size,
+                                               progress=progress)])
+
     def merge(self, parts: Sequence[ShardResult]) -> EvalResult:
         """The :class:`EvalResult` of the whole dataset from its shards (given in any order).
 

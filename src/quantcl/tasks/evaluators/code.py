@@ -160,8 +160,7 @@ class CodeExecution(Evaluator):
         self, model: Any, tokenizer: Any, dataset: Any, *, batch_size: int | None = None, progress: bool = True
     ) -> EvalResult:
         """Generate ``n_samples`` completions per problem, run them, report pass@k."""
-        return self.merge([self.evaluate_shard(model, tokenizer, dataset, Shard(), batch_size=batch_size,
-                                               progress=progress)])
+        return self._evaluate_as_one_shard(model, tokenizer, dataset, batch_size=batch_size, progress=progress)
 
     def evaluate_shard(
         self, model: Any, tokenizer: Any, dataset: Any, shard: Shard, *, batch_size: int | None = None,

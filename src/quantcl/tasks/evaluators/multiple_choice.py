@@ -152,8 +152,7 @@ class MultipleChoice(Evaluator):
             ``answer``, ``correct`` and, per option, ``loglikelihoods``,
             ``loglikelihoods_norm`` and ``n_tokens`` (or the raw ``generation``).
         """
-        return self.merge([self.evaluate_shard(model, tokenizer, dataset, Shard(), batch_size=batch_size,
-                                               progress=progress)])
+        return self._evaluate_as_one_shard(model, tokenizer, dataset, batch_size=batch_size, progress=progress)
 
     def evaluate_shard(
         self, model: Any, tokenizer: Any, dataset: Any, shard: Shard, *, batch_size: int | None = None,

@@ -141,8 +141,7 @@ class NumericMatch(Evaluator):
             records: ``prompt``, ``generation``, ``prediction`` (number or ``None``), ``gold``,
             ``correct``.
         """
-        return self.merge([self.evaluate_shard(model, tokenizer, dataset, Shard(), batch_size=batch_size,
-                                               progress=progress)])
+        return self._evaluate_as_one_shard(model, tokenizer, dataset, batch_size=batch_size, progress=progress)
 
     def evaluate_shard(
         self, model: Any, tokenizer: Any, dataset: Any, shard: Shard, *, batch_size: int | None = None,
