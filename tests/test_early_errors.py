@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 
 import pytest
-import yaml
 from peft import LoraConfig
 
 import quantcl as qcl
+from _configs import write_run_config
 from quantcl.cli import main
 from quantcl.config import build_trainer, load_config, validate_config
 from quantcl.errors import ConfigError
@@ -21,13 +21,7 @@ def _tasks():
     return qcl.recipes.synthetic(n_train=2, n_eval=2, tasks=("math",))
 
 
-def _write_config(tmp_path, model, **changes):
-    cfg = {"model": str(model), "precision": "fp32", "output_dir": str(tmp_path / "out"), "progress": False,
-           "tasks": {"recipe": "synthetic", "kwargs": {"n_train": 2, "n_eval": 2, "tasks": ["math"]}},
-           "lora": {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}, **changes}
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+_write_config = write_run_config
 
 
 def _cli(capsys, *argv):

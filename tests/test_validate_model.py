@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import pytest
-import yaml
 
+from _configs import write_run_config
 from quantcl.cli import main
 from quantcl.config import validate_config
 from quantcl.errors import ConfigError
 
 
-def _config(tmp_path, model, **changes):
-    cfg = {"model": str(model), "precision": "fp32", "output_dir": str(tmp_path / "out"), "progress": False,
-           "tasks": {"recipe": "synthetic", "kwargs": {"n_train": 2, "n_eval": 2, "tasks": ["math"]}},
-           "lora": {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}, **changes}
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+_config = write_run_config
 
 
 @pytest.fixture
