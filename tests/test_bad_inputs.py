@@ -51,6 +51,12 @@ def ctx(tiny_model_dir, tmp_path_factory):
     return SimpleNamespace(model=tiny_model_dir, tmp=tmp)
 
 
+def _bitlinear(**options):
+    from quantcl.precision import BitLinear
+
+    return BitLinear(4, 4, **options)
+
+
 def _task(**kwargs):
     return qcl.Task(**{"name": "t", "train": DS, "eval": DS, "evaluator": NumericMatch(), **kwargs})
 
@@ -254,7 +260,27 @@ CASES = [
     ('evaluators.NumericMatch(tolerance="x")', lambda c: NumericMatch(tolerance="x"), r"tolerance=...\) must be a number"),
     ("evaluators.NumericMatch(stop=5)", lambda c: NumericMatch(stop=5), r"stop=...\) must be a list of stop strings"),
     ('evaluators.CodeExecution(isolation="docker")', lambda c: CodeExecution(isolation="docker"),
-     r"isolation=...\) must be 'auto', 'bubblewrap' or 'builtin'"),
+     r"isolation=...\) must be 'auto', 'bubblewrap' or 'builtin'"),    # ---- ternary QAT: BitLinear, PrecisionSchedule, full-parameter training
+    ("BitLinear(4, 4, strength=1.5)", lambda c: _bitlinear(strength=1.5),
+     r"BitLinear.strength \(lambda\) must be a number in \[0, 1\], got 1.5"),
+    ('BitLinear(4, 4, weight_scale="absmax")', lambda c: _bitlinear(weight_scale="absmax"),
+     r"weight_scale=...\) must be one of 'absmean', 'absmedian'"),
+    ("BitLinear(4, 4, activation_bits=1)", lambda c: _bitlinear(activation_bits=1),
+     r"activation_bits=...\) must be an int >= 2"),
+    ("PrecisionSchedule()", lambda c: qcl.PrecisionSchedule(), r"needs exactly one of switch_step, switch_fraction"),
+    ('PrecisionSchedule(switch_step=5, phase_in="cosine")',
+     lambda c: qcl.PrecisionSchedule(switch_step=5, phase_in="cosine"), r"must be one of 'step', 'linear', 'tanh'"),
+    ('PrecisionSchedule("nf4", switch_step=5)', lambda c: qcl.PrecisionSchedule("nf4", switch_step=5),
+     r"start=...\) must be a float preset"),
+    ("PrecisionSchedule(switch_fraction=1.0)", lambda c: qcl.PrecisionSchedule(switch_fraction=1.0),
+     r"must be in \[0, 1\): at 1.0 the switch would come after the end of training"),
+    ("ContinualTrainer(precision=PrecisionSchedule(switch_step=100), args=StageArgs(max_steps=10), ...)",
+     lambda c: _trainer(c, precision=qcl.PrecisionSchedule(switch_step=100), args=qcl.StageArgs(max_steps=10)),
+     r"switch_step=100\) is after the end of training"),
+    ('ContinualTrainer(precision="int8", training="full", ...)',
+     lambda c: _trainer(c, precision="int8", training="full"), r"training='full' cannot train the int8 preset"),
+    ('ContinualTrainer(training="partial", ...)', lambda c: _trainer(c, training="partial"),
+     r"training must be one of 'lora', 'full'"),
 ]
 
 TWO_TASKS = [{"name": "a", "train": "t.jsonl", "eval": "t.jsonl", "evaluator": {"type": "NumericMatch"}},
@@ -281,6 +307,14 @@ CONFIG_CASES = [
      r"config key 'precision.int8_threshold': .*must be a number > 0, got 'x'"),
     ("precision: {name: nf4, bits: 4}", {"precision": {"name": "nf4", "bits": 4}},
      r"config key 'precision': unknown PrecisionPolicy option\(s\) \['bits'\]"),
+    ("precision: {_component_: quantcl.PrecisionSchedule, switch_step: 2, phase_in: cosine}",
+     {"precision": {"_component_": "quantcl.PrecisionSchedule", "switch_step": 2, "phase_in": "cosine"}},
+     r"config key 'precision': PrecisionSchedule\(phase_in=...\) must be one of 'step', 'linear', 'tanh'"),
+    ("precision: {_component_: quantcl.StageArgs}", {"precision": {"_component_": "quantcl.StageArgs"}},
+     r"config key 'precision': 'quantcl.StageArgs' built a StageArgs; expected a PrecisionPolicy or a"),
+    ("training: partial", {"training": "partial"}, r"config key 'training': training must be one of 'lora', 'full'"),
+    ("precision: nf4 with training: full", {"precision": "nf4", "training": "full"},
+     r"training='full' cannot train the nf4 preset"),
     ("(no tasks: key)", {"tasks": "DROP"}, r"config key 'tasks' must be a recipe mapping or a non-empty list"),
     ("tasks: {recipe: imagenet}", {"tasks": {"recipe": "imagenet"}},
      r"config key 'tasks.recipe': tasks.recipe must be one of 'synthetic', 'lessismore', got 'imagenet'"),

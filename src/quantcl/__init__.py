@@ -52,6 +52,7 @@ _LAZY: dict[str, str] = {
     "StagePlugin": "quantcl.plugins",
     "TrainerSpec": "quantcl.plugins",
     "ReplayPlugin": "quantcl.plugins",
+    "PrecisionSchedule": "quantcl.plugins",
     "ContinualResult": "quantcl.results",
     "compute_metrics": "quantcl.metrics",
     "Sweep": "quantcl.sweep",
@@ -92,7 +93,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from quantcl.components import Component
     from quantcl.metrics import compute_metrics
-    from quantcl.plugins import ReplayPlugin, StageCallback, StagePlugin, TrainerSpec
+    from quantcl.plugins import PrecisionSchedule, ReplayPlugin, StageCallback, StagePlugin, TrainerSpec
     from quantcl.precision import PrecisionPolicy
     from quantcl.replay import ReplayBuffer, ReplayScorer, ReplayStrategy, register_strategy, strategy_names
     from quantcl.results import ContinualResult

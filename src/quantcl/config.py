@@ -4,6 +4,9 @@ A config mirrors the ``ContinualTrainer`` arguments::
 
     model: HuggingFaceTB/SmolLM2-135M-Instruct   # Hub id, directory, .gguf, or quantcl:demo
     precision: nf4                 # or {name: nf4, double_quant: true, compute_dtype: bf16}
+    # precision: {_component_: quantcl.PrecisionSchedule, start: fp32, switch_fraction: 0.5,
+    #             phase_in: linear, phase_in_steps: 20}    # 16-bit -> ternary QAT (training: full)
+    training: lora                 # or full: train every weight (float presets, ternary, schedules)
     tasks:
       recipe: synthetic            # or lessismore, with `kwargs:`
       kwargs: {seed: 0, n_train: 200}
@@ -63,6 +66,7 @@ from quantcl.components import COMPONENT_KEY, check_node, instantiate
 from quantcl.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from quantcl.plugins.precision_schedule import PrecisionSchedule
     from quantcl.precision import PrecisionPolicy
     from quantcl.stage_args import StageArgs
     from quantcl.tasks import TaskSequence
@@ -72,7 +76,7 @@ __all__ = ["load_config", "build_trainer", "validate_config", "check_model_and_l
 
 _TOP_KEYS = {
     "model", "precision", "tasks", "replay", "lora", "args", "output_dir", "seed",
-    "adapter_mode", "allow_code_execution", "model_kwargs", "progress", "plugins", "imports",
+    "adapter_mode", "allow_code_execution", "model_kwargs", "progress", "plugins", "imports", "training",
 }
 
 
@@ -118,12 +122,19 @@ def _check_signature(key: str, fn: Callable, kwargs: dict[str, Any]) -> None:
         raise ConfigError(f"config key '{key}': unknown option(s) {bad}{did_you_mean(bad[0], valid)}; valid: {valid}")
 
 
-def _precision(value: Any) -> PrecisionPolicy:
+def _precision(value: Any) -> PrecisionPolicy | PrecisionSchedule:
+    from quantcl.plugins.precision_schedule import PrecisionSchedule
     from quantcl.precision import PrecisionPolicy
 
     if isinstance(value, str):
         return _at("precision", lambda: PrecisionPolicy(value))
     data = _kwargs("precision", value)
+    if COMPONENT_KEY in data:
+        built = _at("precision", lambda: instantiate(data, "precision"))
+        if not isinstance(built, (PrecisionPolicy, PrecisionSchedule)):
+            raise ConfigError(f"config key 'precision': {data[COMPONENT_KEY]!r} built a {type(built).__name__}; "
+                              "expected a PrecisionPolicy or a PrecisionSchedule")
+        return built
     return _at("precision", lambda: PrecisionPolicy.from_dict(data))
 
 
@@ -294,6 +305,9 @@ def build_trainer(config: dict[str, Any], *, build_demo_model: bool = True, **ov
                                                        "output_dir (a directory path)"))
     output_dir = _at("output_dir", lambda: require_directory(str(Path(output_dir).expanduser()), "output_dir"))
     progress = _at("progress", lambda: require_bool(config.get("progress", True), "progress"))
+    training = config.get("training")
+    if training is not None:
+        _at("training", lambda: require_choice(training, "training", ["lora", "full"]))
     if model == DEMO_MODEL_ID:
         from quantcl.demo import demo_model_dir, demo_model_is_cached
 
@@ -317,6 +331,7 @@ def build_trainer(config: dict[str, Any], *, build_demo_model: bool = True, **ov
         adapter_mode=adapter_mode,
         model_kwargs=model_kwargs,
         progress=progress,
+        training=training,
     )
 
 
@@ -329,6 +344,11 @@ def validate_config(path: str | Path) -> None:
         >>> validate_config("examples/synthetic.yaml")  # doctest: +SKIP
     """
     trainer = build_trainer(load_config(path), build_demo_model=False)
+    if trainer.lora is None:  # full-parameter training: only the model itself to check
+        from quantcl._validate_model import model_config
+
+        _at("model", lambda: model_config(trainer.model_source, trainer.model_kwargs))
+        return
     check_model_and_lora(trainer.model_source, trainer.lora, trainer.model_kwargs)
 
 

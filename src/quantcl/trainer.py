@@ -1,6 +1,8 @@
 """ContinualTrainer: a PrecisionPolicy, a TaskSequence and plug-ins (replay...) composed into a run.
 
-Each stage is one ``transformers.Trainer`` run on the task's data as the plug-ins adapt it (the
+Training is LoRA on a frozen base (the default) or of every weight (``training="full"``:
+continued pre-training, full fine-tuning, ternary QAT with a PrecisionSchedule); see
+:mod:`quantcl._model_setup`. Each stage is one ``transformers.Trainer`` run on the task's data as the plug-ins adapt it (the
 replay plug-in mixes in earlier tasks' rows), so ``accelerate launch`` / ``torchrun``,
 ``report_to`` logging and mid-stage checkpoints work as users know them. The run directory and
 resume live in :mod:`quantcl.rundir`; the hooks in :mod:`quantcl.plugins`.
@@ -20,11 +22,13 @@ import numpy as np
 
 from quantcl._checks import require_bool, require_int
 from quantcl._io import to_jsonable
+from quantcl._model_setup import ModelSetup, resolve_training, run_length
 from quantcl._runtime import (Processes, checkpoint_ledger, datasets_progress_bars_off, no_final_checkpoint,
                               peak_memory_bytes)
 from quantcl.errors import ConfigError
 from quantcl.plugins import ReplayPlugin, StageCallback, StagePlugin, TrainerSpec
 from quantcl.plugins.base import overrides_hook
+from quantcl.plugins.precision_schedule import PrecisionSchedule
 from quantcl.precision import PrecisionPolicy
 from quantcl.replay import ReplayBuffer
 from quantcl.results import ContinualResult, collect_versions
@@ -42,7 +46,8 @@ class ContinualTrainer:
 
     Args:
         model: Hub id, local directory or ``.gguf`` file of a causal LM.
-        precision: a :class:`PrecisionPolicy` or a preset name ("bf16", "int8", "nf4", ...).
+        precision: a :class:`PrecisionPolicy`, a preset name ("bf16", "int8", "nf4", ...), or a
+            :class:`~quantcl.PrecisionSchedule` (float training switching to ternary QAT).
         tasks: the :class:`TaskSequence` (or a list of :class:`Task`).
         replay: a :class:`ReplayBuffer` (run as a :class:`~quantcl.plugins.ReplayPlugin`, before
             the other plug-ins), or ``None`` for no replay.
@@ -61,6 +66,9 @@ class ContinualTrainer:
             ``"merge"`` is refused for quantized policies.
         model_kwargs: passed to ``policy.load_model`` (``device_map``, ``trust_remote_code``...).
         progress: show progress bars.
+        training: ``"lora"`` (adapters on a frozen base; the default) or ``"full"`` (every
+            weight: continued pre-training, full fine-tuning, ternary QAT; the default with a
+            PrecisionSchedule). Refused for the bitsandbytes presets. See :mod:`quantcl._model_setup`.
 
     Example:
         >>> trainer = ContinualTrainer(model="HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -72,7 +80,7 @@ class ContinualTrainer:
     def __init__(
         self,
         model: str | os.PathLike[str],
-        precision: PrecisionPolicy | str,
+        precision: PrecisionPolicy | PrecisionSchedule | str,
         tasks: TaskSequence | Sequence[Task],
         replay: ReplayBuffer | None = None,
         lora: Any = None,
@@ -85,6 +93,7 @@ class ContinualTrainer:
         adapter_mode: AdapterMode = "continue",
         model_kwargs: dict[str, Any] | None = None,
         progress: bool = True,
+        training: Literal["lora", "full"] | None = None,
     ) -> None:
         from peft import LoraConfig
         from transformers import TrainerCallback
@@ -96,15 +105,21 @@ class ContinualTrainer:
         require_instance(model, "model", (str, os.PathLike), "a Hub id, a local directory or a .gguf path")
         model_kwargs = require_mapping(model_kwargs, "model_kwargs (load_model keywords)", allow_none=True)
         self.model_source = str(model)
-        self.policy = precision if isinstance(precision, PrecisionPolicy) else PrecisionPolicy(precision)
+        self.schedule = precision if isinstance(precision, PrecisionSchedule) else None
+        if isinstance(precision, PrecisionSchedule):
+            self.policy = precision.policy
+        else:
+            self.policy = precision if isinstance(precision, PrecisionPolicy) else PrecisionPolicy(precision)
         self.tasks = tasks if isinstance(tasks, TaskSequence) else TaskSequence(tasks)  # it checks the items
         self.replay = require_instance(replay, "replay", (ReplayBuffer, type(None)), "a ReplayBuffer or None")
-        lora = lora or LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.05)
-        require_instance(lora, "lora", LoraConfig, "a peft.LoraConfig")
-        check_lora_config(lora)  # peft takes r=0 and fails only once the model is loaded
+        require_choice(adapter_mode, "adapter_mode", ["continue", "merge"])
+        self.training = resolve_training(self.policy, self.schedule, training, lora is not None, adapter_mode)
+        if self.training == "lora":
+            lora = lora or LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.05)
+            require_instance(lora, "lora", LoraConfig, "a peft.LoraConfig")
+            check_lora_config(lora)  # peft takes r=0 and fails only once the model is loaded
         self.lora = copy.deepcopy(lora)  # peft writes into the config it is given
         self.args = require_instance(args or StageArgs(), "args", StageArgs, "a quantcl.StageArgs")
-        require_choice(adapter_mode, "adapter_mode", ["continue", "merge"])
         if adapter_mode == "merge" and self.policy.kind != "float":
             raise ConfigError(
                 f"adapter_mode='merge' would merge LoRA into the {self.policy.name} base, "
@@ -112,6 +127,7 @@ class ContinualTrainer:
             )
         self.adapter_mode = adapter_mode
         self.args.check_tasks(self.tasks.names)
+        self._total_steps = run_length(self.schedule, self.args, self.tasks.names)
         self.output_dir = Path(require_directory(output_dir, "output_dir"))
         self.seed = require_int(seed, "ContinualTrainer(seed=...)", minimum=0)
         for name, value in (("callbacks", callbacks), ("plugins", plugins)):
@@ -130,6 +146,9 @@ class ContinualTrainer:
         self.plugins += [c for c in given if isinstance(c, StagePlugin)]
         self.hf_callbacks = [c for c in given if isinstance(c, TrainerCallback)]
         self.model_kwargs = dict(model_kwargs or {})
+        self._setup = ModelSetup(self.policy, self.schedule, self.training, self.lora, adapter_mode,
+                                 self.model_kwargs, self.seed)
+        self._steps_done = 0  # optimizer steps of the finished stages (a PrecisionSchedule counts over the run)
         self.progress = require_bool(progress, "ContinualTrainer(progress=...)")
         self.model: Any = None
         self.tokenizer: Any = None
@@ -167,15 +186,17 @@ class ContinualTrainer:
     def config(self) -> dict[str, Any]:
         """The run's full configuration, JSON-able (versions included)."""
         extra = [p for p in self.plugins if p is not self._replay_plugin and not any(p is w for w in self._watchers)]
+        extra_keys = {"training": self.training} if self.training != "lora" else {}  # older runs resume
         return to_jsonable(
             {
+                **extra_keys,
                 "model": self.model_source,
-                "precision": self.policy.to_dict(),
+                "precision": self.schedule.to_dict() if self.schedule is not None else self.policy.to_dict(),
                 "tasks": self.tasks.to_dict(),
                 "replay": self.replay.to_dict() if self.replay is not None else None,
                 "plugins": [p.to_dict() for p in extra],
                 "callbacks": [c.to_dict() for c in self._watchers],
-                "lora": self.lora.to_dict(),
+                "lora": self.lora.to_dict() if self.lora is not None else None,
                 "args": self.args.to_dict(),
                 "seed": self.seed,
                 "adapter_mode": self.adapter_mode,
@@ -193,23 +214,8 @@ class ContinualTrainer:
 
     # ----------------------------------------------------------------------------- model
     def _load_model(self, completed: int) -> None:
-        import torch
-
-        source = self.model_source
-        adapter = None
-        if completed > 0:
-            stage_dir = self.run_dir.stage_dir(completed)
-            if self.adapter_mode == "merge":
-                source = str(stage_dir / "merged")
-            else:
-                adapter = stage_dir / "adapter"
-        model, tokenizer = self.policy.load_model(source, **self.model_kwargs)
-        if adapter is not None:
-            peft_model = self.policy.load_adapter(model, adapter, is_trainable=True)
-        else:
-            torch.manual_seed(self.seed + completed)  # the same LoRA init on every resume
-            peft_model = self.policy.attach_lora(model, copy.deepcopy(self.lora))
-        self.model, self.tokenizer = peft_model, tokenizer
+        stage_dir = self.run_dir.stage_dir(completed) if completed > 0 else None
+        self.model, self.tokenizer = self._setup.load(self.model_source, stage_dir, completed)
 
     def _evaluate_all(self, row: int, matrix: np.ndarray, details: dict[str, Any]) -> None:
         # Under torchrun each process scores its share of a shardable evaluator's rows and all
@@ -259,6 +265,7 @@ class ContinualTrainer:
                 if overrides_hook(plugin, "load_state"):
                     plugin.load_state(self._plugin_dir(run_dir.stage_dir(completed), i, plugin))
         self._load_model(completed)
+        self._steps_done = sum(int(r.get("steps", 0)) for r in state["stage_records"])
 
         if saved is None:
             set_seed(self.seed)
@@ -302,13 +309,20 @@ class ContinualTrainer:
                 data = plugin.adapt_data(self, stage, task, data)
             train_data = tokenize_for_training(data, self.tokenizer, max_length=args.max_length)
             ledger = checkpoint_ledger()
+            if self.schedule is not None:
+                self.schedule.begin_stage(stage, self._steps_done, self._total_steps)
             hf_trainer = self._build_trainer(stage, task, args, train_data, ledger)
             ledger.trainer, ledger.resume_from = hf_trainer, self.run_dir.last_checkpoint(stage)
+            if self.schedule is not None:
+                self.schedule.attach(hf_trainer)
             record["prepare_seconds"] = time.perf_counter() - start
 
             start = time.perf_counter()
             output = hf_trainer.train(resume_from_checkpoint=ledger.resume_from)
             record["train_seconds"] = time.perf_counter() - start
+            if self.schedule is not None:
+                record["precision_schedule"] = self.schedule.stage_record(self._steps_done)
+            self._steps_done += int(output.global_step)
 
             start = time.perf_counter()
             self._evaluate_all(stage, matrix, details)
@@ -343,7 +357,9 @@ class ContinualTrainer:
                 str(self.run_dir.checkpoint_dir(stage)), seed=self.seed + stage,
                 disable_tqdm=not self.progress, **self.policy.training_arguments(),
             ),
-            callbacks=[*self.hf_callbacks, no_final_checkpoint(), ledger],
+            # the schedule first: its checkpoint file is written before the ledger seals the folder
+            callbacks=[*([self.schedule] if self.schedule is not None else []), *self.hf_callbacks,
+                       no_final_checkpoint(), ledger],
             trainer_class=Trainer,
             kwargs={"train_dataset": train_data, "data_collator": make_collator(self.tokenizer),
                     "processing_class": self.tokenizer},
@@ -364,17 +380,7 @@ class ContinualTrainer:
         # Every process holds the same model and plug-in state; the main one writes them.
         tmp = self.run_dir.begin_stage_save(stage)
         main = self._procs.is_main
-        if self.adapter_mode == "merge":
-            import torch
-
-            merged = self.model.merge_and_unload()
-            if main:
-                merged.save_pretrained(tmp / "merged")
-                self.tokenizer.save_pretrained(tmp / "merged")
-            torch.manual_seed(self.seed + stage)  # matches _load_model on resume
-            self.model = self.policy.attach_lora(merged, copy.deepcopy(self.lora))
-        elif main:
-            self.model.save_pretrained(tmp / "adapter")
+        self.model = self._setup.save(self.model, self.tokenizer, tmp, stage, main)
         if main:
             for i, plugin in enumerate(self.plugins):
                 if not overrides_hook(plugin, "save_state"):

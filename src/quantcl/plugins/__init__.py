@@ -8,6 +8,7 @@ Example:
 """
 
 from quantcl.plugins.base import StageCallback, StagePlugin, TrainerSpec
+from quantcl.plugins.precision_schedule import PrecisionSchedule
 from quantcl.plugins.replay import ReplayPlugin
 
-__all__ = ["StagePlugin", "StageCallback", "TrainerSpec", "ReplayPlugin"]
+__all__ = ["StagePlugin", "StageCallback", "TrainerSpec", "ReplayPlugin", "PrecisionSchedule"]
