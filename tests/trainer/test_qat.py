@@ -91,7 +91,7 @@ def _plain_run(model_dir, out, schedule, *, steps=8, callbacks=(), lr=3e-3, seed
         schedule.prepare(model)
     args = TrainingArguments(str(out), max_steps=steps, per_device_train_batch_size=4, learning_rate=lr,
                              lr_scheduler_type="constant", logging_steps=1, report_to="none", use_cpu=True,
-                             save_strategy="no", seed=seed, disable_tqdm=True, **extra)
+                             seed=seed, disable_tqdm=True, **{"save_strategy": "no", **extra})
     trainer = Trainer(model=model, args=args, train_dataset=_corpus_rows(tokenizer, 4 * steps),
                       callbacks=[*([schedule] if schedule is not None else []), *callbacks])
     if schedule is not None:
@@ -151,6 +151,23 @@ def test_unprepared_model_is_refused(tiny_model_dir, tmp_path):
             return []
     with pytest.raises(ConfigError, match="no BitLinear layer"):
         _plain_run(tiny_model_dir, tmp_path, Unprepared(switch_step=1), steps=2)
+
+
+def test_resuming_a_checkpoint_with_another_schedule_is_refused(tiny_model_dir, tmp_path):
+    from quantcl import StateError
+
+    _plain_run(tiny_model_dir, tmp_path, PrecisionSchedule(switch_step=3), steps=4, save_strategy="steps",
+               save_steps=2)
+    saved = json.loads((tmp_path / "checkpoint-2" / "quantcl-precision-schedule.json").read_text())
+    assert saved["history"] == [[0, 0.0], [1, 0.0]] and saved["switched"] is False
+    schedule = PrecisionSchedule(switch_step=1)  # would have given lambda 1 at step 1
+    state = type("State", (), {"global_step": 2, "max_steps": 4})()
+    args = type("Args", (), {"output_dir": str(tmp_path)})()
+    with pytest.raises(StateError, match="records other lambdas than this PrecisionSchedule gives"):
+        schedule.on_train_begin(args, state, None)
+    same = PrecisionSchedule(switch_step=3)
+    same.on_train_begin(args, state, None)
+    assert same.history == [(0, 0.0), (1, 0.0)]
 
 
 class _HeldOutLoss(TrainerCallback):

@@ -34,7 +34,7 @@ from quantcl.errors import ConfigError
 __all__ = ["parse_grid", "expand_grid", "point_name", "apply_overrides", "value_label", "SWEEPABLE"]
 
 # the run config's top-level keys a grid may set (output_dir is the sweep's; imports load code)
-SWEEPABLE = ("model", "precision", "tasks", "replay", "lora", "args", "seed", "adapter_mode", "model_kwargs",
+SWEEPABLE = ("model", "precision", "tasks", "replay", "lora", "args", "seed", "adapter_mode", "training", "model_kwargs",
              "plugins", "allow_code_execution")
 
 
