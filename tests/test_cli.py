@@ -124,9 +124,10 @@ def test_demo_refuses_an_unknown_precision_before_work(tmp_path):
     assert not (tmp_path / "d").exists()
 
 
-def test_the_shipped_offline_example_config_validates(tmp_path):
+@pytest.mark.parametrize("name", ["synthetic.yaml", "transition.yaml"])
+def test_the_shipped_offline_example_configs_validate(tmp_path, name):
     from pathlib import Path
 
-    example = Path(__file__).resolve().parents[1] / "examples" / "synthetic.yaml"
+    example = Path(__file__).resolve().parents[1] / "examples" / name
     out = quantcl("validate", example, env={"QUANTCL_CACHE": str(tmp_path / "cache")})
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr

@@ -74,6 +74,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["load_config", "build_trainer", "validate_config", "check_model_and_lora"]
 
+RECIPES = ["synthetic", "lessismore", "python_stdlib", "python_stdlib_cloze"]
 _TOP_KEYS = {
     "model", "precision", "tasks", "replay", "lora", "args", "output_dir", "seed",
     "adapter_mode", "allow_code_execution", "model_kwargs", "progress", "plugins", "imports", "training",
@@ -168,7 +169,7 @@ def _tasks(value: Any, base: Path, allow_code: bool | None) -> TaskSequence:
         kwargs = dict(_kwargs("tasks.kwargs", value.pop("kwargs", None)))
         if value:
             raise ConfigError(f"config key 'tasks': unknown key(s) {sorted(value)}; valid: ['kwargs', 'recipe']")
-        _at("tasks.recipe", lambda: require_choice(recipe, "tasks.recipe", ["synthetic", "lessismore"]))
+        _at("tasks.recipe", lambda: require_choice(recipe, "tasks.recipe", RECIPES))
         fn = getattr(recipes, recipe)
         if "allow_code_execution" in inspect.signature(fn).parameters:
             # synthetic's programs are the library's own: it opts in unless the config says no

@@ -1,4 +1,5 @@
-"""``quantcl.recipes``: ready-made task sequences, re-exported from :mod:`quantcl.tasks.recipes`.
+"""``quantcl.recipes``: ready-made task sequences, re-exported from :mod:`quantcl.tasks.recipes`,
+and the studies of :mod:`quantcl.studies` (``transition_study``).
 
 Example:
     >>> from quantcl.recipes import synthetic
@@ -6,5 +7,18 @@ Example:
     ['nlu', 'math', 'code']
 """
 
+from typing import Any
+
 from quantcl.tasks.recipes import *  # noqa: F403
-from quantcl.tasks.recipes import __all__  # noqa: F401
+from quantcl.tasks.recipes import __all__ as _TASK_RECIPES
+
+__all__ = [*_TASK_RECIPES, "transition_study"]
+
+
+def __getattr__(name: str) -> Any:
+    # the studies import the trainer: loaded on first use, not with the task recipes
+    if name == "transition_study":
+        from quantcl.studies import transition_study
+
+        return transition_study
+    raise AttributeError(f"module 'quantcl.recipes' has no attribute {name!r}")

@@ -6,6 +6,7 @@ evaluator            what it measures                                          h
 ``MultipleChoice``   option preferred by log-likelihood (or generate + regex)  ``acc``/``acc_norm``
 ``NumericMatch``     number in a greedy generation equals the gold number      ``acc``
 ``CodeExecution``    generated code passes its tests in the sandbox            ``pass@k``
+``Perplexity``       token cross-entropy of the target given the prompt        ``1/perplexity``
 ===================  =======================================================  ===============
 
 Example:
@@ -30,6 +31,7 @@ from quantcl.tasks.evaluators.base import (
 from quantcl.tasks.evaluators.code import ALLOW_CODE_ENV, DEFAULT_CODE_STOP, CodeExecution, pass_at_k
 from quantcl.tasks.evaluators.multiple_choice import DEFAULT_CHOICE_PATTERN, MultipleChoice, extract_choice
 from quantcl.tasks.evaluators.numeric import DEFAULT_NUMERIC_STOP, NumericMatch, extract_number, numbers_match
+from quantcl.tasks.evaluators.perplexity import Perplexity
 
 __all__ = [
     "EvalResult",
@@ -44,6 +46,7 @@ __all__ = [
     "MultipleChoice",
     "NumericMatch",
     "CodeExecution",
+    "Perplexity",
     "pass_at_k",
     "extract_number",
     "numbers_match",

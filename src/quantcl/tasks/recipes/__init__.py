@@ -3,6 +3,8 @@
 - :func:`lessismore`: the paper's NLU -> Math -> Code sequence (arXiv 2512.18934), from the
   Hub or a local directory.
 - :func:`synthetic`: offline stand-ins for the same three tasks, no download.
+- :func:`python_stdlib`, :func:`python_stdlib_cloze`: language modelling on the Python standard
+  library's source (real text on every machine) and a held-out next-line cloze task.
 
 Example:
     >>> import quantcl as qcl
@@ -12,6 +14,7 @@ Example:
 from __future__ import annotations
 
 from quantcl.tasks.recipes.lessismore import lessismore
+from quantcl.tasks.recipes.stdlib import python_stdlib, python_stdlib_cloze, stdlib_metadata
 from quantcl.tasks.recipes.synthetic import pretraining_corpus, synthetic
 
-__all__ = ["lessismore", "synthetic", "pretraining_corpus"]
+__all__ = ["lessismore", "synthetic", "pretraining_corpus", "python_stdlib", "python_stdlib_cloze", "stdlib_metadata"]

@@ -1,0 +1,19 @@
+"""Research studies built from the library's parts: each is a function that runs (or resumes)
+every arm over seeds and returns a result with tables and plots.
+
+- :func:`transition_study`: 16-bit -> 1.58-bit continual QAT (arXiv 2502.11895).
+
+Example:
+    >>> from quantcl.studies import transition_variants
+    >>> len(transition_variants())  # float, ternary, 3 switch points x keep/reset x step/linear
+    14
+"""
+
+from __future__ import annotations
+
+from quantcl.studies._curves import HeldOutLoss, loss_spike
+from quantcl.studies._transition_report import TransitionStudyResult
+from quantcl.studies.transition import TransitionVariant, transition_study, transition_variants
+
+__all__ = ["transition_study", "transition_variants", "TransitionVariant", "TransitionStudyResult", "HeldOutLoss",
+           "loss_spike"]

@@ -1,0 +1,226 @@
+"""The 16-bit -> 1.58-bit transition study (Nielsen et al., 2025, arXiv 2502.11895), offline.
+
+A small random-init Llama-architecture model is pre-trained on the Python standard library's
+source (:func:`quantcl.recipes.python_stdlib`: real text on every machine) under each variant:
+
+- ``float``: float training only (fp32 on CPU; the paper's 16-bit baseline);
+- ``ternary``: 1.58-bit QAT from scratch (BitLinear at strength 1 from step 0);
+- ``switch@F/optimizer/phase-in``: float until a fraction ``F`` of the steps, then ternary QAT,
+  with the optimizer state kept or reset, and with a ``step`` switch or a phase-in of lambda.
+
+Each variant runs for every seed (the seed sets the model's initialisation, the data order and
+the sampled text) as a one-stage :class:`~quantcl.ContinualTrainer` run with
+``training="full"``; a :class:`~quantcl.studies.HeldOutLoss` callback records the held-out loss
+curve (every ``eval_every`` steps and after every step in the window after the switch). What is
+reported per run: final held-out loss and perplexity, the loss spike at the switch (peak held-out
+loss in the ``spike_window`` steps after the switch minus the loss just before it), the
+downstream score on the held-out cloze task (:func:`quantcl.recipes.python_stdlib_cloze`), wall
+time. :class:`~quantcl.studies.TransitionStudyResult` aggregates them over seeds (mean, std,
+Student-t 95% interval), as Markdown and CSV, and plots the curves with the switch marked.
+
+Runs are resumable: a finished run leaves ``study-record.json`` (sealed) in its directory and is
+skipped next time; an unfinished run's directory is its own and is started again from scratch.
+
+Example:
+    >>> result = transition_study("runs/transition", seeds=(0, 1, 2), steps=300)  # doctest: +SKIP
+    >>> print(result.to_markdown())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from quantcl._checks import require_choice, require_int, require_list_of, require_number
+from quantcl._io import atomic_write_json, read_json, seal, seal_ok, to_jsonable
+from quantcl.errors import ConfigError, StateError
+from quantcl.studies._curves import HeldOutLoss, loss_spike
+from quantcl.studies._transition_report import TransitionStudyResult
+
+__all__ = ["TransitionVariant", "transition_variants", "transition_study", "RECORD_FILE"]
+
+RECORD_FILE = "study-record.json"
+
+
+@dataclass(frozen=True)
+class TransitionVariant:
+    """One arm of the study: ``switch_fraction`` ``None`` trains float only, ``0.0`` ternary
+    from scratch, else float then ternary from that fraction of the steps."""
+
+    switch_fraction: float | None
+    optimizer: str = "keep"
+    phase_in: str = "step"
+
+    @property
+    def name(self) -> str:
+        if self.switch_fraction is None:
+            return "float"
+        if self.switch_fraction == 0.0:
+            return "ternary"
+        return f"switch@{self.switch_fraction:g}/{self.optimizer}/{self.phase_in}"
+
+
+def transition_variants(switch_fractions: Sequence[float] = (0.2, 0.5, 0.8),
+                        optimizers: Sequence[str] = ("keep", "reset"),
+                        phase_ins: Sequence[str] = ("step", "linear")) -> list[TransitionVariant]:
+    """The float and from-scratch baselines, then every switch x optimizer x phase-in.
+
+    Example:
+        >>> [v.name for v in transition_variants((0.5,), ("keep",), ("step", "tanh"))]
+        ['float', 'ternary', 'switch@0.5/keep/step', 'switch@0.5/keep/tanh']
+    """
+    for f in switch_fractions:
+        if require_number(f, "switch_fractions[i]", low=0.0, high=1.0, low_open=True) == 1.0:
+            raise ConfigError("switch_fractions must be in (0, 1): a switch at 1.0 is after the end of training")
+    for o in optimizers:
+        require_choice(o, "optimizers[i]", ("keep", "reset"))
+    for p in phase_ins:
+        require_choice(p, "phase_ins[i]", ("step", "linear", "tanh"))
+    arms = [TransitionVariant(None), TransitionVariant(0.0)]
+    return arms + [TransitionVariant(float(f), o, p) for f in switch_fractions for o in optimizers for p in phase_ins]
+
+
+def transition_study(
+    output_dir: str | os.PathLike[str],
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    variants: Sequence[TransitionVariant] | None = None,
+    steps: int = 300,
+    phase_in_steps: int | None = None,
+    rewarm_steps: int | None = None,
+    spike_window: int | None = None,
+    eval_every: int = 10,
+    learning_rate: float = 3e-3,
+    batch_size: int = 8,
+    chunk_chars: int = 256,
+    n_eval: int = 64,
+    n_cloze: int = 200,
+    hidden_size: int = 128,
+    num_layers: int = 4,
+    activation_bits: int | None = 8,
+    progress: bool = False,
+) -> TransitionStudyResult:
+    """Run (or resume) the study under ``output_dir``; see the module docstring.
+
+    Args:
+        output_dir: the study's directory (one sub-directory per variant and seed).
+        seeds: at least one seed; report over >= 3.
+        variants: the arms (default :func:`transition_variants`).
+        steps: optimizer steps per run (cosine schedule, 5% warm-up).
+        phase_in_steps: ``K`` of the phase-in arms (default ``steps // 10``).
+        rewarm_steps: learning-rate re-warm after an optimizer reset (default ``steps // 20``).
+        spike_window: steps after the switch over which the spike is measured (default ``K``).
+        eval_every: held-out loss every this many steps (and every step in the spike window).
+        learning_rate, batch_size: the Trainer's.
+        chunk_chars: characters per training and held-out chunk.
+        n_eval: held-out chunks in the loss; n_cloze: held-out cloze items.
+        hidden_size, num_layers: the random Llama model.
+        activation_bits: BitLinear's activation quantization (``None``: weights only).
+        progress: progress bars.
+    """
+    seeds = [require_int(s, "seeds[i]", minimum=0) for s in require_list_of(seeds, "seeds", int, items="ints")]
+    if not seeds:
+        raise ConfigError("transition_study needs at least one seed")
+    steps = require_int(steps, "steps", minimum=10)
+    k = require_int(phase_in_steps if phase_in_steps is not None else max(1, steps // 10), "phase_in_steps", minimum=1)
+    rewarm = require_int(rewarm_steps if rewarm_steps is not None else max(1, steps // 20), "rewarm_steps", minimum=0)
+    window = require_int(spike_window if spike_window is not None else k, "spike_window", minimum=1)
+    arms = list(variants) if variants is not None else transition_variants()
+    settings = {"seeds": seeds, "steps": steps, "phase_in_steps": k, "rewarm_steps": rewarm, "spike_window": window,
+                "eval_every": require_int(eval_every, "eval_every", minimum=1), "learning_rate": learning_rate,
+                "batch_size": batch_size, "chunk_chars": chunk_chars, "n_eval": n_eval, "n_cloze": n_cloze,
+                "hidden_size": hidden_size, "num_layers": num_layers, "activation_bits": activation_bits}
+    root = Path(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    _check_settings(root, settings, arms)
+    records = []
+    for arm in arms:
+        for seed in seeds:
+            records.append(_run_arm(root, arm, seed, settings, progress))
+    return TransitionStudyResult(records, settings)
+
+
+def _check_settings(root: Path, settings: dict[str, Any], arms: list[TransitionVariant]) -> None:
+    """A study directory holds one set of settings: a rerun with others is refused, not mixed."""
+    from quantcl.recipes import stdlib_metadata
+
+    path = root / "study.json"
+    mine = {**settings, "seeds": None, "corpus": stdlib_metadata()}
+    if path.is_file():
+        saved = read_json(path)
+        if not seal_ok(saved) or saved.get("settings") != mine:
+            raise StateError(f"{str(path)!r} holds other study settings (or was edited); use another output_dir")
+    atomic_write_json(path, seal({"settings": mine, "variants": [asdict(a) for a in arms]}))
+
+
+def _run_arm(root: Path, arm: TransitionVariant, seed: int, settings: dict[str, Any], progress: bool) -> dict[str, Any]:
+    run_dir = root / arm.name.replace("/", "-").replace("@", "-at-") / f"seed-{seed}"
+    record_path = run_dir / RECORD_FILE
+    if record_path.is_file():
+        record = read_json(record_path)
+        if not seal_ok(record):
+            raise StateError(f"{str(record_path)!r} was edited or truncated (its seal does not match)")
+        return {k: v for k, v in record.items() if k != "sha256"}
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # an unfinished run of this study: started again from scratch
+    start = time.perf_counter()
+    record = _train_one(run_dir, arm, seed, settings, progress)
+    record["wall_seconds"] = time.perf_counter() - start
+    record = json.loads(json.dumps(to_jsonable(record)))  # as a resumed study reads it back
+    atomic_write_json(record_path, seal(record))
+    return record
+
+
+def _train_one(run_dir: Path, arm: TransitionVariant, seed: int, s: dict[str, Any], progress: bool) -> dict[str, Any]:
+    import math
+
+    import quantcl as qcl
+    from quantcl.tiny import build_tiny_model
+
+    steps, k = s["steps"], s["phase_in_steps"]
+    model_dir = build_tiny_model(run_dir / "init", hidden_size=s["hidden_size"], num_layers=s["num_layers"],
+                                 num_heads=max(1, s["hidden_size"] // 32), max_position_embeddings=s["chunk_chars"] + 8,
+                                 seed=seed)
+    n_train = steps * s["batch_size"]
+    tasks = qcl.recipes.python_stdlib(n_train=n_train, n_eval=s["n_eval"], chunk_chars=s["chunk_chars"], seed=seed)
+    switch: int | None = None
+    if arm.switch_fraction is None:
+        precision: Any = "fp32"
+    else:
+        switch = math.floor(arm.switch_fraction * steps)
+        precision = qcl.PrecisionSchedule(
+            "fp32", switch_step=switch, phase_in=arm.phase_in, phase_in_steps=k if arm.phase_in != "step" else 0,
+            optimizer=arm.optimizer, rewarm_steps=s["rewarm_steps"] if arm.optimizer == "reset" else 0,
+            activation_bits=s["activation_bits"])
+    extra = range(switch, switch + s["spike_window"] + 1) if switch else ()
+    trainer = qcl.ContinualTrainer(
+        model=str(model_dir), precision=precision, tasks=tasks, training="full", seed=seed, progress=progress,
+        output_dir=run_dir / "run",
+        args=qcl.StageArgs(max_steps=steps, learning_rate=s["learning_rate"], warmup_steps=0.05,
+                           lr_scheduler_type="cosine", per_device_train_batch_size=s["batch_size"],
+                           max_length=s["chunk_chars"] + 8, logging_steps=max(1, steps // 10),
+                           eval_batch_size=32, extra={"report_to": "none"}))
+    curve = HeldOutLoss(tasks[0], None, every=s["eval_every"], extra_steps=extra)
+    trainer.hf_callbacks.append(curve)
+    curve.tokenizer = _tokenizer(model_dir)
+    result = trainer.fit()
+    cloze = qcl.recipes.python_stdlib_cloze(n_train=1, n_eval=s["n_cloze"], seed=seed)[0]
+    downstream = cloze.evaluate(trainer.model, trainer.tokenizer, batch_size=32, progress=False)
+    final = result.eval_details["1"]["stdlib"]
+    return {"variant": arm.name, **asdict(arm), "seed": seed, "switch_step": switch,
+            "final_loss": final["loss"], "final_perplexity": final["perplexity"],
+            "spike": loss_spike(curve.curve, switch, s["spike_window"]) if switch else None,
+            "cloze_acc": downstream.score, "train_loss": result.stage_records[0]["train_loss"],
+            "curve": curve.curve, "strength": result.stage_records[0].get("precision_schedule", {}).get("strength")}
+
+
+def _tokenizer(model_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
