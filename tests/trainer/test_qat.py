@@ -104,15 +104,17 @@ class _AdamProbe(TrainerCallback):
     """Adam's step count and the learning rate seen by each optimizer step."""
 
     def __init__(self):
-        self.steps, self.lrs = {}, {}
+        self.steps, self.lrs, self.moments = {}, {}, {}
 
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kw):
         self.lrs[state.global_step] = optimizer.param_groups[0]["lr"]
 
     def on_step_end(self, args, state, control, model=None, optimizer=None, **kw):
         inner = getattr(optimizer, "optimizer", optimizer)
-        param = next(p for p in model.parameters() if p.requires_grad)
+        param = model.model.layers[0].self_attn.q_proj.weight
         self.steps[state.global_step] = int(inner.state[param]["step"])
+        self.moments[state.global_step] = (inner.state[param]["exp_avg"].clone(),
+                                           inner.state[param]["exp_avg_sq"].clone())
 
 
 def test_optimizer_state_kept_or_reset_at_the_switch(tiny_model_dir, tmp_path):
@@ -122,6 +124,14 @@ def test_optimizer_state_kept_or_reset_at_the_switch(tiny_model_dir, tmp_path):
                steps=6, callbacks=[reset])
     assert keep.steps == {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6}
     assert reset.steps == {1: 1, 2: 2, 3: 3, 4: 1, 5: 2, 6: 3}  # moments cleared before step index 3
+    for step in (1, 2, 3):  # the same run up to the switch
+        assert all(torch.equal(a, b) for a, b in zip(keep.moments[step], reset.moments[step]))
+    # fresh AdamW moments after one step are m = (1 - b1) g and v = (1 - b2) g^2, so v / m^2 =
+    # (1 - b2) / (1 - b1)^2 = 0.001 / 0.01 wherever g != 0; kept moments carry their history
+    for probe, fresh in ((reset, True), (keep, False)):
+        m, v = probe.moments[4]
+        ratio = v[m != 0] / m[m != 0] ** 2
+        assert torch.allclose(ratio, torch.full_like(ratio, 0.1), rtol=1e-3) is fresh
     assert reset.lrs[3] == pytest.approx(3e-3 / 2) and reset.lrs[4] == pytest.approx(3e-3)
     assert keep.lrs[3] == pytest.approx(3e-3)
 
