@@ -23,6 +23,16 @@ def test_variants_and_spike():
     assert loss_spike(curve, 5, 3) is None
 
 
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"hidden_size": 100}, "multiple of 32"), ({"activation_bits": 1}, "activation_bits"),
+    ({"learning_rate": 0}, "learning_rate"), ({"variants": [TransitionVariant(1.5)]}, "switch_fractions"),
+    ({"variants": ["float"]}, "TransitionVariant"), ({"seeds": []}, "at least one seed")])
+def test_bad_study_settings_fail_before_anything_is_written(tmp_path, kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        transition_study(tmp_path / "s", **kwargs)
+    assert not (tmp_path / "s").exists()
+
+
 STUDY = {"steps": 20, "hidden_size": 32, "num_layers": 1, "n_eval": 8, "n_cloze": 12, "eval_every": 5,
          "phase_in_steps": 4, "chunk_chars": 64}
 ARMS = [TransitionVariant(None), TransitionVariant(0.0), TransitionVariant(0.5, "reset", "linear")]

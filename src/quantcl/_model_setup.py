@@ -118,12 +118,28 @@ class ModelSetup:
         model.requires_grad_(True)
         return model, tokenizer
 
+    def resume_schedule(self, model: Any, stage_records: list[dict[str, Any]], total_steps: int | None) -> None:
+        """Bring the PrecisionSchedule to where the finished stages left it: their step offsets
+        (a ``switch_stage`` already passed is resolved again) and the last step's lambda on the model."""
+        from quantcl.precision.bitlinear import set_strength
+
+        schedule = self.schedule
+        assert schedule is not None
+        schedule.reset()
+        offset = 0
+        for stage, record in enumerate(stage_records, start=1):
+            schedule.begin_stage(stage, offset, total_steps)
+            offset += int(record.get("steps", 0))
+        if offset > 0:
+            set_strength(model, schedule.strength_at(offset - 1))
+
     def save(self, model: Any, tokenizer: Any, tmp: Path, stage: int, main: bool) -> Any:
         """Write the stage's weights under ``tmp`` (main process only); returns the model to go on with."""
         if self.training == "full":
             if main:
                 model.save_pretrained(tmp / "model")
                 tokenizer.save_pretrained(tmp / "model")
+                _write_bitlinear_note(model, tmp / "model")
             return model
         if self.adapter_mode == "merge":
             import torch
@@ -137,3 +153,17 @@ class ModelSetup:
         if main:
             model.save_pretrained(tmp / "adapter")
         return model
+
+
+def _write_bitlinear_note(model: Any, directory: Path) -> None:
+    """Next to a saved model with BitLinear layers, say which they are and at what strength: the
+    checkpoint holds the latent weights and loads into the plain architecture (as float)."""
+    from quantcl._io import atomic_write_json
+    from quantcl.precision.bitlinear import BitLinear
+
+    layers = {name: {**m.options(), "strength": m.strength} for name, m in model.named_modules()
+              if isinstance(m, BitLinear)}
+    if layers:
+        atomic_write_json(directory / "quantcl-bitlinear.json", {
+            "note": "the weights are BitLinear latent weights; quantcl.precision.to_bitlinear + set_strength "
+                    "rebuilds the quantized model", "layers": layers})

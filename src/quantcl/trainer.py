@@ -266,6 +266,8 @@ class ContinualTrainer:
                     plugin.load_state(self._plugin_dir(run_dir.stage_dir(completed), i, plugin))
         self._load_model(completed)
         self._steps_done = sum(int(r.get("steps", 0)) for r in state["stage_records"])
+        if self.schedule is not None:
+            self._setup.resume_schedule(self.model, state["stage_records"], self._total_steps)
 
         if saved is None:
             set_seed(self.seed)

@@ -100,12 +100,17 @@ def test_strength_one_is_the_quantized_computation():
     assert torch.equal(layer(x), nn.functional.linear(xn, ternary_quantize(linear.weight), linear.bias))
 
 
-def test_intermediate_strength_blends():
+def test_intermediate_strength_blends_weights_activations_and_norm():
     linear, layer = _pair(activation_bits=None)
     layer.strength = 0.25
     x = torch.randn(3, 12)
     w = linear.weight + 0.25 * (ternary_quantize(linear.weight) - linear.weight)
     assert torch.allclose(layer(x), nn.functional.linear(x, w, linear.bias), atol=1e-6)
+    linear, layer = _pair(activation_bits=4, norm=True, strength=0.5)
+    xn = x + 0.5 * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) - x)
+    xq = xn + 0.5 * (activation_quantize(xn, 4) - xn)
+    w = linear.weight + 0.5 * (ternary_quantize(linear.weight) - linear.weight)
+    assert torch.allclose(layer(x), nn.functional.linear(xq, w, linear.bias), atol=1e-5)
 
 
 def test_ste_gradients_are_the_float_layer_gradients_at_the_quantized_values():
@@ -165,12 +170,14 @@ def test_to_bitlinear_swaps_every_linear_but_lm_head(tiny_model_dir):
 
 def test_to_bitlinear_skip_modules_by_component(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with pytest.raises(ConfigError, match=r"skip_modules=...\) must be a list of module names"):
+        to_bitlinear(model, skip_modules="lm_head")
     names = to_bitlinear(model, skip_modules=("lm_head", "mlp"))
     assert names and not any(".mlp." in n for n in names)
     assert all(type(m) is nn.Linear for n, m in model.named_modules() if n.endswith("mlp.up_proj"))
 
 
-def test_to_bitlinear_on_gpt2_conv1d(tmp_path):
+def test_to_bitlinear_on_gpt2_conv1d_and_its_checkpoints(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
@@ -181,6 +188,19 @@ def test_to_bitlinear_on_gpt2_conv1d(tmp_path):
     assert names == ["transformer.h.0.attn.c_attn", "transformer.h.0.attn.c_proj",
                      "transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj"]
     assert torch.allclose(model(ids).logits, reference, atol=1e-5)
+    with torch.no_grad():  # train a little, then save in GPT-2's own (in, out) layout
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    trained = model(ids).logits
+    assert model.state_dict()["transformer.h.0.mlp.c_fc.weight"].shape == (32, 128)
+    model.save_pretrained(tmp_path / "gpt2")
+    plain = GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2").eval()
+    assert torch.allclose(plain(ids).logits, trained, atol=1e-5)
+    again = GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2").eval()
+    to_bitlinear(again, strength=0.0)
+    again.load_state_dict(model.state_dict())  # the Conv1D layout is taken back, square c_proj too
+    assert torch.equal(again.transformer.h[0].attn.c_proj.weight, model.transformer.h[0].attn.c_proj.weight)
+    assert torch.allclose(again(ids).logits, trained, atol=1e-5)
 
 
 def test_to_bitlinear_refuses_quantized_and_peft_models(tiny_model_dir):
@@ -229,6 +249,8 @@ def test_packed_model_gives_the_fake_quantized_logits_and_reloads(tiny_model_dir
     save_packed(model, tmp_path / "packed")
     reloaded = load_packed(tmp_path / "packed")
     assert torch.equal(reloaded(ids).logits, fake)
+    half = reloaded.to(torch.bfloat16)  # computes in the dtype it is moved to
+    assert half(ids).logits.dtype == torch.bfloat16
 
 
 def test_pack_refuses_partial_strength_and_load_checks_digest(tiny_model_dir, tmp_path):

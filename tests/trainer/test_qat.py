@@ -284,13 +284,54 @@ def test_full_training_trains_every_weight_and_resumes_from_the_stage(tiny_model
 
 
 def test_ternary_full_training_is_qat_with_fp32_latent_weights(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
     trainer = _trainer(tiny_model_dir, tmp_path / "run", "ternary", training="full", steps=2)
     trainer.fit()
-    layers = [m for m in trainer.model.modules() if isinstance(m, BitLinear)]
-    assert len(layers) == 14 and all(m.strength == 1.0 and m.weight.dtype == torch.float32 for m in layers)
-    assert all(m.weight.requires_grad for m in layers)
-    latent = layers[0].weight.detach()
-    assert latent.unique().numel() > 3  # the latent weights stay full precision
+    layers = {n: m for n, m in trainer.model.named_modules() if isinstance(m, BitLinear)}
+    assert len(layers) == 14 and all(m.strength == 1.0 and m.weight.dtype == torch.float32 for m in layers.values())
+    assert all(m.weight.requires_grad for m in layers.values())
+    base = load_file(Path(tiny_model_dir) / "model.safetensors")
+    for name, layer in layers.items():  # trained, and the latent weights stay full precision
+        assert not torch.equal(layer.weight.detach(), base[f"{name}.weight"])
+        assert layer.weight.unique().numel() > 3
+    note = json.loads((tmp_path / "run" / "stages" / "stage-002" / "model" / "quantcl-bitlinear.json").read_text())
+    assert set(note["layers"]) == set(layers) and note["layers"]["model.layers.0.mlp.up_proj"]["strength"] == 1.0
+
+
+def test_switch_stage_survives_a_resume_after_that_stage(tiny_model_dir, tmp_path):
+    def make(out):
+        return _trainer(tiny_model_dir, out, PrecisionSchedule(switch_stage=1, phase_in="linear", phase_in_steps=6),
+                        steps=4)
+
+    full = make(tmp_path / "a").fit()
+    assert [r["precision_schedule"]["strength"] for r in full.stage_records] == [
+        pytest.approx([1 / 6, 2 / 6, 3 / 6, 4 / 6]), pytest.approx([5 / 6, 1.0, 1.0, 1.0])]
+    cut = make(tmp_path / "b")
+    cut.hf_callbacks.append(_StopInStage2())
+    with pytest.raises(KeyboardInterrupt):
+        cut.fit()
+    resumed = make(tmp_path / "b").fit(resume=True)
+    assert [r["precision_schedule"] for r in resumed.stage_records] == [r["precision_schedule"] for r in full.stage_records]
+    model = Path("stages/stage-002/model/model.safetensors")
+    assert (tmp_path / "a" / model).read_bytes() == (tmp_path / "b" / model).read_bytes()
+    again = make(tmp_path / "a")
+    again.fit(resume=True)  # a finished run: the model comes back at the strength it ended with
+    assert {m.strength for m in again.model.modules() if isinstance(m, BitLinear)} == {1.0}
+
+
+def test_rewarm_scales_each_step_once_even_when_the_scheduler_does_not_step():
+    from types import SimpleNamespace
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = PrecisionSchedule(switch_step=0, optimizer="reset", rewarm_steps=4)
+    args, seen = SimpleNamespace(output_dir="unused", logging_steps=1), []
+    for step in range(6):  # no lr_scheduler.step() in between, as with ReduceLROnPlateau
+        state = SimpleNamespace(global_step=step, max_steps=6)
+        schedule.on_step_begin(args, state, None, optimizer=optimizer)
+        seen.append(optimizer.param_groups[0]["lr"])
+        schedule.on_optimizer_step(args, state, None, optimizer=optimizer)
+    assert seen == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0] and optimizer.param_groups[0]["lr"] == 1.0
 
 
 def test_schedule_switches_at_a_stage_boundary(tiny_model_dir, tmp_path):

@@ -128,13 +128,18 @@ class PrecisionSchedule(Component, TrainerCallback):
                                                   items="module names (str)"))
         self.bitlinear_options = dict(zip(("weight_scale", "activation_bits", "norm"),
                                           _check_options(weight_scale, activation_bits, norm)))
+        self.trainer: Any = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the state of a run (history, resolved switch, step offset) before a new one."""
         self.step_offset = 0  # optimizer steps of earlier ContinualTrainer stages
         self.total_steps: int | None = None  # the run's steps, for switch_fraction
         self.history: list[tuple[int, float]] = []  # (global step, lambda) of every step trained
-        self.trainer: Any = None
         self._stage_switch: int | None = None  # switch_stage, once that stage has begun
         self._in_continual = False
         self._logging = self._switch_logged = False
+        self._unscaled_lrs: list[float] | None = None
 
     # ----------------------------------------------------------------------------- the schedule
     def resolved_switch_step(self) -> int | None:
@@ -204,6 +209,8 @@ class PrecisionSchedule(Component, TrainerCallback):
 
     # ----------------------------------------------------------------------------- TrainerCallback
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if not self._in_continual and state.global_step == 0:
+            self.reset()  # a fresh plain-Trainer run: nothing of an earlier one carries over
         if self.switch_stage is not None and not self._in_continual:
             raise ConfigError("PrecisionSchedule(switch_stage=...) needs a ContinualTrainer; "
                               "with a plain Trainer use switch_step or switch_fraction")
@@ -232,9 +239,24 @@ class PrecisionSchedule(Component, TrainerCallback):
                 getattr(optimizer, "optimizer", optimizer).state.clear()
         factor = self.lr_factor_at(step)
         if optimizer is not None and factor != 1.0:
+            # scaled for this step only, undone in on_optimizer_step: a scheduler that skips its
+            # step (ReduceLROnPlateau, an fp16 overflow) must not see the factor compound
+            self._unscaled_lrs = [group["lr"] for group in optimizer.param_groups]
             for group in optimizer.param_groups:
                 group["lr"] = group["lr"] * factor
         self.history.append((step, lam))
+        return control
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        optimizer = kwargs.get("optimizer")
+        if optimizer is not None and self._unscaled_lrs is not None:
+            for group, lr in zip(optimizer.param_groups, self._unscaled_lrs):
+                group["lr"] = lr
+        self._unscaled_lrs = None
+        return control
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        self.trainer = None  # do not keep the finished Trainer (and its optimizer state) alive
         return control
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> Any:

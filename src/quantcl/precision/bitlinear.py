@@ -52,7 +52,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from quantcl._checks import require_bool, require_choice, require_int, require_number
+from quantcl._checks import require_bool, require_choice, require_int, require_list_of, require_number
 from quantcl.errors import ConfigError
 
 __all__ = ["BitLinear", "to_bitlinear", "ternary_quantize", "activation_quantize", "WEIGHT_SCALES"]
@@ -175,9 +175,14 @@ class BitLinear(nn.Linear):
     def from_linear(cls, linear: nn.Module, **options: Any) -> BitLinear:
         """A BitLinear with ``linear``'s weights and bias (copied, same dtype and device).
 
-        ``linear`` is an ``nn.Linear`` or a GPT-2 style ``transformers.pytorch_utils.Conv1D``
-        (whose ``(in, out)`` weight is transposed). ``options`` are the constructor's keywords.
+        ``linear`` is an ``nn.Linear`` or a GPT-2 style ``transformers.pytorch_utils.Conv1D``.
+        A Conv1D's ``(in, out)`` weight is held transposed, as ``nn.Linear``'s ``(out, in)``, and
+        its ``state_dict`` keeps Conv1D's layout (``save_pretrained`` checkpoints load back into
+        the original architecture, and ``load_state_dict`` takes them). ``options`` are the
+        constructor's keywords.
         """
+        from transformers.pytorch_utils import Conv1D
+
         weight, bias = _linear_weights(linear)
         layer = cls(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device,
                     dtype=weight.dtype, **options)
@@ -186,6 +191,9 @@ class BitLinear(nn.Linear):
             if bias is not None:
                 layer.bias.copy_(bias)
         layer.weight.requires_grad_(bool(getattr(linear.weight, "requires_grad", False)))
+        if isinstance(linear, Conv1D):
+            layer.register_state_dict_post_hook(_to_conv1d_layout)
+            layer.register_load_state_dict_pre_hook(_from_conv1d_layout)
         return layer
 
     def quantized_weight(self) -> torch.Tensor:
@@ -207,6 +215,20 @@ class BitLinear(nn.Linear):
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, weight_scale={self.weight_scale}, "
                 f"activation_bits={self.activation_bits}, norm={self.norm}, strength={self._strength:g}")
+
+
+def _to_conv1d_layout(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    key = prefix + "weight"
+    if key in state_dict:
+        state_dict[key] = state_dict[key].t()
+
+
+def _from_conv1d_layout(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    key = prefix + "weight"
+    weight = state_dict.get(key)
+    if isinstance(module, BitLinear) and weight is not None and tuple(weight.shape) == (
+            module.in_features, module.out_features):
+        state_dict[key] = weight.t()
 
 
 def _linear_weights(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -259,7 +281,7 @@ def to_bitlinear(model: nn.Module, skip_modules: tuple[str, ...] | list[str] = (
 
     from quantcl.precision.ternary import is_skipped
 
-    skip = tuple(skip_modules)
+    skip = tuple(require_list_of(skip_modules, "to_bitlinear(skip_modules=...)", str, items="module names (str)"))
     _check_options(options.get("weight_scale", "absmean"), options.get("activation_bits", 8),
                    options.get("norm", False))
     _refuse_quantized(model)

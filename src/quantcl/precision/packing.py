@@ -103,14 +103,14 @@ class PackedBitLinear(nn.Module):
         """The dequantized weight ``gamma * codes``, ``(out, in)`` in the compute dtype."""
         codes = unpack_codes(self.packed, self.in_features * self.out_features)
         weight = codes.float().view(self.out_features, self.in_features) * self.scale[0]
-        return weight.to(self.compute_dtype)
+        return weight.to(self.compute_dtype if self.bias is None else self.bias.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.norm:
             x = _rms_norm(x)
         if self.activation_bits is not None:
             x = activation_quantize(x, self.activation_bits)
-        return F.linear(x, self.dequantized_weight(), self.bias)
+        return F.linear(x, self.dequantized_weight().to(x.dtype), self.bias)
 
     def options(self) -> dict[str, Any]:
         return {"weight_scale": self.weight_scale, "activation_bits": self.activation_bits, "norm": self.norm}

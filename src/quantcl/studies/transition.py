@@ -132,6 +132,8 @@ def transition_study(
     rewarm = require_int(rewarm_steps if rewarm_steps is not None else max(1, steps // 20), "rewarm_steps", minimum=0)
     window = require_int(spike_window if spike_window is not None else k, "spike_window", minimum=1)
     arms = list(variants) if variants is not None else transition_variants()
+    _check_inputs(arms, learning_rate, batch_size, chunk_chars, n_eval, n_cloze, hidden_size, num_layers,
+                  activation_bits)
     settings = {"seeds": seeds, "steps": steps, "phase_in_steps": k, "rewarm_steps": rewarm, "spike_window": window,
                 "eval_every": require_int(eval_every, "eval_every", minimum=1), "learning_rate": learning_rate,
                 "batch_size": batch_size, "chunk_chars": chunk_chars, "n_eval": n_eval, "n_cloze": n_cloze,
@@ -144,6 +146,26 @@ def transition_study(
         for seed in seeds:
             records.append(_run_arm(root, arm, seed, settings, progress))
     return TransitionStudyResult(records, settings)
+
+
+def _check_inputs(arms: list[TransitionVariant], learning_rate: float, batch_size: int, chunk_chars: int,
+                  n_eval: int, n_cloze: int, hidden_size: int, num_layers: int, activation_bits: int | None) -> None:
+    """Every setting checked before anything is written or trained."""
+    from quantcl.precision.bitlinear import _check_options
+
+    if not arms or not all(isinstance(a, TransitionVariant) for a in arms):
+        raise ConfigError(f"variants must be a non-empty list of TransitionVariant, got {arms!r}")
+    transition_variants([a.switch_fraction for a in arms if a.switch_fraction], [a.optimizer for a in arms],
+                        [a.phase_in for a in arms])  # checks each field
+    if len({a.name for a in arms}) != len(arms):
+        raise ConfigError("variants must be distinct")
+    require_number(learning_rate, "learning_rate", low=0, low_open=True)
+    for name, value, low in (("batch_size", batch_size, 1), ("chunk_chars", chunk_chars, 32), ("n_eval", n_eval, 1),
+                             ("n_cloze", n_cloze, 1), ("num_layers", num_layers, 1), ("hidden_size", hidden_size, 32)):
+        require_int(value, name, minimum=low)
+    if hidden_size % 32:
+        raise ConfigError(f"hidden_size must be a multiple of 32 (heads of 32 dimensions), got {hidden_size}")
+    _check_options("absmean", activation_bits, False)
 
 
 def _check_settings(root: Path, settings: dict[str, Any], arms: list[TransitionVariant]) -> None:
