@@ -12,7 +12,7 @@ from typing import Any
 from quantcl._io import atomic_write_json, digest_mismatch, fsync_tree, read_json, seal, seal_ok, tree_digests
 
 __all__ = ["Processes", "datasets_progress_bars_off", "peak_memory_bytes", "no_final_checkpoint", "checkpoint_ledger",
-           "checkpoint_is_complete", "LEDGER"]
+           "checkpoint_is_complete", "stage_loss", "LEDGER"]
 
 
 class Processes:
@@ -161,3 +161,13 @@ def checkpoint_is_complete(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return seal_ok(ledger) and isinstance(ledger.get("files"), dict) and digest_mismatch(path, ledger["files"]) is None
+
+
+def stage_loss(hf_trainer: Any, output: Any) -> float:
+    """The mean training loss over all the stage's steps, also after a resume mid-stage (the
+    Trainer's own ``training_loss`` averages only the steps run since the resume; the checkpoint
+    ledger restored the sum of the earlier ones)."""
+    total, steps = getattr(hf_trainer, "_total_loss_scalar", None), int(output.global_step)
+    if not isinstance(total, float) or steps <= 0:
+        return float(output.training_loss)
+    return total / steps

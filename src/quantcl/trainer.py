@@ -24,7 +24,7 @@ from quantcl._checks import require_bool, require_int
 from quantcl._io import to_jsonable
 from quantcl._model_setup import ModelSetup, resolve_training, run_length
 from quantcl._runtime import (Processes, checkpoint_ledger, datasets_progress_bars_off, no_final_checkpoint,
-                              peak_memory_bytes)
+                              peak_memory_bytes, stage_loss)
 from quantcl.errors import ConfigError
 from quantcl.plugins import ReplayPlugin, StageCallback, StagePlugin, TrainerSpec
 from quantcl.plugins.base import overrides_hook
@@ -149,6 +149,7 @@ class ContinualTrainer:
         self._setup = ModelSetup(self.policy, self.schedule, self.training, self.lora, adapter_mode,
                                  self.model_kwargs, self.seed)
         self._steps_done = 0  # optimizer steps of the finished stages (a PrecisionSchedule counts over the run)
+        self.stage_trainer: Any = None  # the running stage's transformers.Trainer (None between stages)
         self.progress = require_bool(progress, "ContinualTrainer(progress=...)")
         self.model: Any = None
         self.tokenizer: Any = None
@@ -168,6 +169,11 @@ class ContinualTrainer:
         warnings.warn("ContinualTrainer.stage_callbacks is deprecated; use .plugins", DeprecationWarning,
                       stacklevel=2)
         return [p for p in self.plugins if p is not self._replay_plugin]
+
+    @property
+    def steps_done(self) -> int:
+        """Optimizer steps of the stages finished so far (including the current one once it has trained)."""
+        return self._steps_done
 
     def log_stage(self, **values: Any) -> None:
         """Add JSON-able ``values`` to the record of the stage in progress (``result.stage_records``).
@@ -315,6 +321,7 @@ class ContinualTrainer:
                 self.schedule.begin_stage(stage, self._steps_done, self._total_steps)
             hf_trainer = self._build_trainer(stage, task, args, train_data, ledger)
             ledger.trainer, ledger.resume_from = hf_trainer, self.run_dir.last_checkpoint(stage)
+            self.stage_trainer = hf_trainer
             if self.schedule is not None:
                 self.schedule.attach(hf_trainer)
             record["prepare_seconds"] = time.perf_counter() - start
@@ -339,7 +346,7 @@ class ContinualTrainer:
             self._save_stage(stage)
             record["save_seconds"] = time.perf_counter() - start
             record.update({
-                "train_loss": _stage_loss(hf_trainer, output),
+                "train_loss": stage_loss(hf_trainer, output),
                 "steps": int(output.global_step),
                 "n_train_rows": len(rows),
                 "learning_rate": args.learning_rate,
@@ -349,7 +356,7 @@ class ContinualTrainer:
             record.setdefault("replay_seconds", 0.0)
             return record
         finally:
-            self._record = None
+            self._record = self.stage_trainer = None
 
     def _build_trainer(self, stage: int, task: Task, args: StageArgs, train_data: Any, ledger: Any) -> Any:
         from transformers import Trainer
@@ -391,13 +398,3 @@ class ContinualTrainer:
                 directory.mkdir(parents=True, exist_ok=True)
                 plugin.save_state(directory)
         self.run_dir.commit_stage(stage)
-
-
-def _stage_loss(hf_trainer: Any, output: Any) -> float:
-    """The mean training loss over all the stage's steps, also after a resume mid-stage (the
-    Trainer's own ``training_loss`` averages only the steps run since the resume; the checkpoint
-    ledger restored the sum of the earlier ones)."""
-    total, steps = getattr(hf_trainer, "_total_loss_scalar", None), int(output.global_step)
-    if not isinstance(total, float) or steps <= 0:
-        return float(output.training_loss)
-    return total / steps

@@ -9,6 +9,8 @@ Example:
 
 from quantcl.plugins.base import StageCallback, StagePlugin, TrainerSpec
 from quantcl.plugins.precision_schedule import PrecisionSchedule
+from quantcl.plugins.ptq_probe import PTQProbe, PTQProbeResult
 from quantcl.plugins.replay import ReplayPlugin
 
-__all__ = ["StagePlugin", "StageCallback", "TrainerSpec", "ReplayPlugin", "PrecisionSchedule"]
+__all__ = ["StagePlugin", "StageCallback", "TrainerSpec", "ReplayPlugin", "PrecisionSchedule", "PTQProbe",
+           "PTQProbeResult"]

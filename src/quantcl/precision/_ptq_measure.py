@@ -117,6 +117,7 @@ def measure(
     batch_size: int = 8,
     evaluator: Any = None,
     eval_dataset: Any = None,
+    skip_modules: Sequence[str] = ("lm_head",),
 ) -> list[dict[str, Any]]:
     """Validation cross-entropy of ``model`` and of each method's quantized copy, on the same tokens.
 
@@ -132,6 +133,7 @@ def measure(
         methods: method strings (see :func:`parse_method`); all are parsed before any work.
         evaluator, eval_dataset: optional; anything with ``evaluate(model, tokenizer, dataset)``
             returning an object with ``.score`` (an accuracy in [0, 1]).
+        skip_modules: linear layers left in float (see :func:`quantize`).
 
     Returns:
         One dict per method: ``method``, ``ce_fp``, ``ce_q``, ``relative_gap`` (ce_q / ce_fp - 1),
@@ -158,7 +160,7 @@ def measure(
     records = []
     for spec in specs:
         start = time.perf_counter()
-        q_model = quantize(model, spec)
+        q_model = quantize(model, spec, skip_modules=skip_modules)
         with _eval_mode(q_model):
             ce_q = _cross_entropy(q_model, batches)
             acc_q = None if evaluator is None else _accuracy(evaluator, q_model, tokenizer, eval_dataset)
