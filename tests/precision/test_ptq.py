@@ -164,11 +164,27 @@ def test_lora_model_is_merged_into_the_copy(tiny_model_dir):
     assert (q_logits - lora_logits).abs().max() < 0.2 * (lora_logits - base_logits).abs().max()
 
 
-def test_bitsandbytes_base_is_refused(small_model_dir):
-    model, _ = PrecisionPolicy("nf4").load_model(small_model_dir)
-    lora = PrecisionPolicy("nf4").attach_lora(model, LoraConfig(r=4, target_modules=["q_proj"]))
-    with pytest.raises(ConfigError, match="PTQ needs a float base"):
-        ptq.quantize(lora, "rtn4")
+@pytest.mark.parametrize("preset", ["nf4", "int8"])
+def test_bitsandbytes_base_is_dequantized_and_the_adapter_merged(small_model_dir, preset):
+    import torch
+
+    from quantcl.precision._ptq_quantize import _float_copy
+
+    policy = PrecisionPolicy(preset, compute_dtype="fp32")
+    model, tok = policy.load_model(small_model_dir)
+    torch.manual_seed(0)
+    lora = policy.attach_lora(model, LoraConfig(r=4, target_modules=["q_proj", "up_proj"], init_lora_weights=False))
+    ids = tok(["hello there, general kenobi"], return_tensors="pt")
+    with torch.no_grad():
+        expected = lora(**ids).logits
+        plain = _float_copy(lora)
+        got = plain(**ids).logits
+    layers = {type(m).__name__ for m in plain.modules()}
+    assert not layers & {"Linear4bit", "Linear8bitLt"} and not any("lora_" in n for n, _ in plain.named_modules())
+    assert (got - expected).abs().max() < 2e-2 * expected.abs().max()  # the same function, in float
+    q = ptq.quantize(lora, "rtn8")
+    assert (q(**ids).logits - expected).abs().max() < 0.1 * expected.abs().max()
+    assert any("lora_" in n for n, _ in lora.named_parameters())  # the model itself is untouched
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gptqmodel") is not None, reason="gptqmodel is installed")

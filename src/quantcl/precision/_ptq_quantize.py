@@ -100,19 +100,56 @@ def _has_bnb_layers(model: torch.nn.Module) -> bool:
 
 
 def _float_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A deep float copy of ``model``, with peft LoRA adapters merged into the base weights."""
-    if _has_bnb_layers(model):
-        raise ConfigError(
-            "PTQ needs a float base model, but this one already has bitsandbytes layers "
-            "(loaded with an int8/nf4/fp4 PrecisionPolicy); load the base in fp32/bf16/fp16 "
-            "(e.g. PrecisionPolicy('bf16').load_model(...)), load the adapter on it, then quantize"
-        )
+    """A deep float copy of ``model``, with peft LoRA adapters merged into the base weights.
+
+    A base with bitsandbytes int8/nf4/fp4 layers is dequantized first (peft's
+    ``dequantize_module_weight``), so the copy is the float model the adapters were trained on:
+    ``W = dequant(W_q) + delta`` per layer, in the dtype of the model's embeddings.
+    """
     clone = copy.deepcopy(model)
-    merge = getattr(clone, "merge_and_unload", None)
-    if merge is not None and hasattr(clone, "peft_config"):
-        clone = merge()
+    if _has_bnb_layers(clone):
+        clone = _dequantized_merge(clone)
+    else:
+        merge = getattr(clone, "merge_and_unload", None)
+        if merge is not None and hasattr(clone, "peft_config"):
+            clone = merge()
     for param in clone.parameters():
         param.requires_grad_(False)
+    return clone
+
+
+def _dequantized_merge(clone: Any) -> Any:
+    """``clone`` (a copy) with every bitsandbytes linear replaced by a float ``nn.Linear`` holding
+    the dequantized weight plus the LoRA delta of the active adapters, if any."""
+    import torch
+    from peft.utils.integrations import dequantize_module_weight
+
+    deltas: dict[str, torch.Tensor] = {}
+    if hasattr(clone, "peft_config"):
+        prefix = "base_model.model."
+        for name, module in clone.named_modules():
+            if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer"):
+                active = [a for a in module.active_adapters if a in getattr(module, "lora_A", {})]
+                if active:
+                    deltas[name.removeprefix(prefix)] = sum(module.get_delta_weight(a).float() for a in active)
+        clone = clone.unload()  # the base model, LoRA modules removed (not merged)
+    dtype = clone.get_input_embeddings().weight.dtype
+    qtypes = _bnb.quantized_linear_types()
+    for name, module in list(clone.named_modules()):
+        delta = deltas.pop(name, None)
+        if isinstance(module, qtypes):
+            weight = dequantize_module_weight(module).float()
+            linear = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                                     dtype=dtype, device=weight.device)
+            with torch.no_grad():
+                linear.weight.copy_(weight + delta if delta is not None else weight)
+                if module.bias is not None:
+                    linear.bias.copy_(module.bias)
+            parent, _, child = name.rpartition(".")
+            setattr(clone.get_submodule(parent) if parent else clone, child, linear)
+        elif delta is not None:
+            with torch.no_grad():
+                module.weight.add_(delta.to(module.weight.dtype))
     return clone
 
 
@@ -198,7 +235,9 @@ def quantize(
     """Return a quantized copy of ``model``; ``model`` itself is never modified.
 
     A peft model is deep-copied and its adapters merged (``merge_and_unload``) before quantizing,
-    so the copy is a plain model without LoRA modules. Every ``nn.Linear`` whose name (or a
+    so the copy is a plain model without LoRA modules. A base loaded at int8/nf4/fp4 is
+    dequantized into float layers first (LoRA merged on top), so the copy is the float model the
+    adapters were trained on, quantized again by ``method``. Every ``nn.Linear`` whose name (or a
     dotted component of it) is not in ``skip_modules`` is quantized; the copy's parameters have
     ``requires_grad=False`` and its modules keep the original's train/eval flags.
 
@@ -208,8 +247,8 @@ def quantize(
         skip_modules: linear layers kept in float.
 
     Raises:
-        ConfigError: an invalid method, a group size not dividing a layer's in_features, a base
-            already quantized by bitsandbytes, or ``gptq`` without the gptqmodel package.
+        ConfigError: an invalid method, a group size not dividing a layer's in_features, or
+            ``gptq`` without the gptqmodel package.
         UnsupportedDeviceError: int8/nf4/fp4 without a working bitsandbytes for the device.
 
     Example:
