@@ -135,21 +135,22 @@ def _dequantized_merge(clone: Any) -> Any:
         clone = clone.unload()  # the base model, LoRA modules removed (not merged)
     dtype = clone.get_input_embeddings().weight.dtype
     qtypes = _bnb.quantized_linear_types()
-    for name, module in list(clone.named_modules()):
+    for name, layer in list(clone.named_modules()):
         delta = deltas.pop(name, None)
-        if isinstance(module, qtypes):
-            weight = dequantize_module_weight(module).float()
-            linear = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+        if isinstance(layer, qtypes):
+            quantized: Any = layer
+            weight = dequantize_module_weight(quantized).float()
+            linear = torch.nn.Linear(quantized.in_features, quantized.out_features, bias=quantized.bias is not None,
                                      dtype=dtype, device=weight.device)
             with torch.no_grad():
                 linear.weight.copy_(weight + delta if delta is not None else weight)
-                if module.bias is not None:
-                    linear.bias.copy_(module.bias)
+                if quantized.bias is not None:
+                    linear.bias.copy_(quantized.bias)
             parent, _, child = name.rpartition(".")
             setattr(clone.get_submodule(parent) if parent else clone, child, linear)
         elif delta is not None:
             with torch.no_grad():
-                module.weight.add_(delta.to(module.weight.dtype))
+                layer.weight.add_(delta.to(layer.weight.dtype))
     return clone
 
 

@@ -28,24 +28,19 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from quantcl._checks import require_choice, require_int, require_list_of, require_number
-from quantcl._io import atomic_write_json, read_json, seal, seal_ok, to_jsonable
-from quantcl.errors import ConfigError, StateError
+from quantcl.errors import ConfigError
 from quantcl.studies._curves import HeldOutLoss, loss_spike
+from quantcl.studies._runs import RECORD_FILE, build_model, check_model_size, check_study_dir, run_once
 from quantcl.studies._transition_report import TransitionStudyResult
 
 __all__ = ["TransitionVariant", "transition_variants", "transition_study", "RECORD_FILE"]
-
-RECORD_FILE = "study-record.json"
 
 
 @dataclass(frozen=True)
@@ -139,8 +134,7 @@ def transition_study(
                 "batch_size": batch_size, "chunk_chars": chunk_chars, "n_eval": n_eval, "n_cloze": n_cloze,
                 "hidden_size": hidden_size, "num_layers": num_layers, "activation_bits": activation_bits}
     root = Path(output_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    _check_settings(root, settings, arms)
+    check_study_dir(root, settings, [asdict(a) for a in arms])
     records = []
     for arm in arms:
         for seed in seeds:
@@ -160,55 +154,23 @@ def _check_inputs(arms: list[TransitionVariant], learning_rate: float, batch_siz
     if len({a.name for a in arms}) != len(arms):
         raise ConfigError("variants must be distinct")
     require_number(learning_rate, "learning_rate", low=0, low_open=True)
-    for name, value, low in (("batch_size", batch_size, 1), ("chunk_chars", chunk_chars, 32), ("n_eval", n_eval, 1),
-                             ("n_cloze", n_cloze, 1), ("num_layers", num_layers, 1), ("hidden_size", hidden_size, 32)):
-        require_int(value, name, minimum=low)
-    if hidden_size % 32:
-        raise ConfigError(f"hidden_size must be a multiple of 32 (heads of 32 dimensions), got {hidden_size}")
+    require_int(n_eval, "n_eval", minimum=1)
+    require_int(n_cloze, "n_cloze", minimum=1)
+    check_model_size(hidden_size, num_layers, batch_size, chunk_chars)
     _check_options("absmean", activation_bits, False)
-
-
-def _check_settings(root: Path, settings: dict[str, Any], arms: list[TransitionVariant]) -> None:
-    """A study directory holds one set of settings: a rerun with others is refused, not mixed."""
-    from quantcl.recipes import stdlib_metadata
-
-    path = root / "study.json"
-    mine = {**settings, "seeds": None, "corpus": stdlib_metadata()}
-    if path.is_file():
-        saved = read_json(path)
-        if not seal_ok(saved) or saved.get("settings") != mine:
-            raise StateError(f"{str(path)!r} holds other study settings (or was edited); use another output_dir")
-    atomic_write_json(path, seal({"settings": mine, "variants": [asdict(a) for a in arms]}))
 
 
 def _run_arm(root: Path, arm: TransitionVariant, seed: int, settings: dict[str, Any], progress: bool) -> dict[str, Any]:
     run_dir = root / arm.name.replace("/", "-").replace("@", "-at-") / f"seed-{seed}"
-    record_path = run_dir / RECORD_FILE
-    if record_path.is_file():
-        record = read_json(record_path)
-        if not seal_ok(record):
-            raise StateError(f"{str(record_path)!r} was edited or truncated (its seal does not match)")
-        return {k: v for k, v in record.items() if k != "sha256"}
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # an unfinished run of this study: started again from scratch
-    start = time.perf_counter()
-    record = _train_one(run_dir, arm, seed, settings, progress)
-    record["wall_seconds"] = time.perf_counter() - start
-    record = json.loads(json.dumps(to_jsonable(record)))  # as a resumed study reads it back
-    atomic_write_json(record_path, seal(record))
-    return record
+    return run_once(run_dir, lambda: _train_one(run_dir, arm, seed, settings, progress))
 
 
 def _train_one(run_dir: Path, arm: TransitionVariant, seed: int, s: dict[str, Any], progress: bool) -> dict[str, Any]:
     import math
 
     import quantcl as qcl
-    from quantcl.tiny import build_tiny_model
-
     steps, k = s["steps"], s["phase_in_steps"]
-    model_dir = build_tiny_model(run_dir / "init", hidden_size=s["hidden_size"], num_layers=s["num_layers"],
-                                 num_heads=max(1, s["hidden_size"] // 32), max_position_embeddings=s["chunk_chars"] + 8,
-                                 seed=seed)
+    model_dir = build_model(run_dir, s["hidden_size"], s["num_layers"], s["chunk_chars"], seed)
     n_train = steps * s["batch_size"]
     tasks = qcl.recipes.python_stdlib(n_train=n_train, n_eval=s["n_eval"], chunk_chars=s["chunk_chars"], seed=seed)
     switch: int | None = None

@@ -1,0 +1,69 @@
+"""What the studies share: one directory of sealed per-run records, checked settings, tiny models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from quantcl._checks import require_int
+from quantcl._io import atomic_write_json, read_json, seal, seal_ok, to_jsonable
+from quantcl.errors import ConfigError, StateError
+
+__all__ = ["RECORD_FILE", "check_study_dir", "run_once", "check_model_size"]
+
+RECORD_FILE = "study-record.json"
+
+
+def check_study_dir(root: Path, settings: dict[str, Any], arms: list[Any]) -> None:
+    """A study directory holds one set of settings (seeds aside: more can be added later), with the
+    corpus it read; a rerun with other settings is refused rather than mixed in."""
+    from quantcl.recipes import stdlib_metadata
+
+    path = root / "study.json"
+    mine = {**settings, "seeds": None, "corpus": stdlib_metadata()}
+    if path.is_file():
+        saved = read_json(path)
+        if not seal_ok(saved) or saved.get("settings") != mine:
+            raise StateError(f"{str(path)!r} holds other study settings (or was edited); use another output_dir")
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, seal({"settings": mine, "variants": to_jsonable(arms)}))
+
+
+def run_once(run_dir: Path, train: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The record of the run in ``run_dir``: read back (seal checked) if it finished, else
+    ``train()`` from scratch in a clean directory, with ``wall_seconds`` added, sealed and saved."""
+    record_path = run_dir / RECORD_FILE
+    if record_path.is_file():
+        record = read_json(record_path)
+        if not seal_ok(record):
+            raise StateError(f"{str(record_path)!r} was edited or truncated (its seal does not match)")
+        return {k: v for k, v in record.items() if k != "sha256"}
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # an unfinished run of this study: started again from scratch
+    start = time.perf_counter()
+    record = train()
+    record["wall_seconds"] = time.perf_counter() - start
+    record = json.loads(json.dumps(to_jsonable(record)))  # as a resumed study reads it back
+    atomic_write_json(record_path, seal(record))
+    return record
+
+
+def check_model_size(hidden_size: int, num_layers: int, batch_size: int, chunk_chars: int) -> None:
+    """The random Llama of a study: heads of 32 dimensions."""
+    for name, value, low in (("batch_size", batch_size, 1), ("chunk_chars", chunk_chars, 32),
+                             ("num_layers", num_layers, 1), ("hidden_size", hidden_size, 32)):
+        require_int(value, name, minimum=low)
+    if hidden_size % 32:
+        raise ConfigError(f"hidden_size must be a multiple of 32 (heads of 32 dimensions), got {hidden_size}")
+
+
+def build_model(run_dir: Path, hidden_size: int, num_layers: int, chunk_chars: int, seed: int) -> Path:
+    """A random-init Llama (seeded) with the character tokenizer, saved under ``run_dir/init``."""
+    from quantcl.tiny import build_tiny_model
+
+    return build_tiny_model(run_dir / "init", hidden_size=hidden_size, num_layers=num_layers,
+                            num_heads=max(1, hidden_size // 32), max_position_embeddings=chunk_chars + 8, seed=seed)
