@@ -96,3 +96,50 @@ def test_result_from_records_without_curves():
                                      "spike": None, "cloze_acc": 0.3, "wall_seconds": 1.0, "switch_step": None,
                                      "switch_fraction": None, "curve": []}], {})
     assert "| float | 1 | 1.000 |" in result.to_markdown() and result.mean_curve("float") == []
+
+
+# ----------------------------------------------------------------------------- PTQ studies
+def test_ptq_dynamics_study_small(tmp_path):
+    from quantcl.studies import ptq_dynamics_study
+
+    kwargs = {"seeds": (0,), "peak_lrs": (3e-3,), "averaging": ("none", "lawa"), "steps": 20, "probe_every": 5,
+              "methods": ("rtn4", "rtn8"), "lawa_every": 2, "lawa_window": 3, "n_texts": 4, "hidden_size": 32,
+              "num_layers": 1, "chunk_chars": 64}
+    result = ptq_dynamics_study(tmp_path / "p", **kwargs)
+    plain, lawa = result.records
+    assert result.settings["cooldown_start"] == 16 and plain["lawa_probe"] is None
+    assert [(r["step"], r["method"]) for r in plain["probe"]] == [
+        (s, m) for s in (5, 10, 15, 20) for m in ("rtn4", "rtn8")]
+    assert [r["step"] for r in lawa["lawa_probe"]][::2] == [5, 10, 15, 20]
+    assert lawa["lawa_probe"][0]["ce_fp"] != lawa["probe"][0]["ce_fp"]  # the average is another model
+    rows = {(r["arm"], r["method"]): r for r in result.summary()}
+    before = rows[("lr0.003-none", "rtn4")]["gap_before"]["mean"]
+    assert before == next(p["relative_gap"] for p in plain["probe"] if p["step"] == 15 and p["method"] == "rtn4")
+    after = rows[("lr0.003-lawa", "rtn8")]["gap_after"]["mean"]
+    assert after == next(p["relative_gap"] for p in lawa["lawa_probe"] if p["step"] == 20 and p["method"] == "rtn8")
+    table = result.to_markdown()
+    assert len(table.splitlines()) == 2 + 4 and "| 0.003 | lawa | rtn8 | 1 |" in table
+    assert result.to_csv(tmp_path / "p.csv").read_text().startswith("peak_lr,averaging,method,n,gap_before_mean")
+    assert result.plot(tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    assert ptq_dynamics_study(tmp_path / "p", **kwargs).records == result.records  # resumed, not retrained
+    with pytest.raises(ConfigError, match="no probe before the cooldown"):
+        ptq_dynamics_study(tmp_path / "q", **{**kwargs, "probe_every": 18})
+    with pytest.raises(ConfigError, match="averaging"):
+        ptq_dynamics_study(tmp_path / "q", **{**kwargs, "averaging": ("swa",)})
+    with pytest.raises(ConfigError, match="valid"):
+        ptq_dynamics_study(tmp_path / "q", **{**kwargs, "methods": ("awq4",)})
+    assert not (tmp_path / "q").exists()
+
+
+def test_ptq_continual_study_small(tmp_path, tiny_model_dir):
+    from quantcl.studies import ptq_continual_study
+
+    result = ptq_continual_study(tmp_path / "c", model=str(tiny_model_dir), precisions=("fp32", "nf4"), seeds=(0,),
+                                 methods=("rtn4", "nf4"), n_train=8, n_eval=2, max_steps=2, n_texts=6)
+    assert [r["precision"] for r in result.records] == ["fp32", "nf4"]
+    for record in result.records:
+        assert [(p["stage"], p["method"]) for p in record["probe"]] == [
+            (s, m) for s in (1, 2, 3) for m in ("rtn4", "nf4")]
+        assert len(record["accuracy_matrix"]) == 4
+    table = result.to_markdown()
+    assert "| nf4 | 3 (code) | 1 |" in table and len(table.splitlines()) == 2 + 6

@@ -1,5 +1,6 @@
 """``quantcl.recipes``: ready-made task sequences, re-exported from :mod:`quantcl.tasks.recipes`,
-and the studies of :mod:`quantcl.studies` (``transition_study``).
+and the studies of :mod:`quantcl.studies` (``transition_study``, ``ptq_dynamics_study``,
+``ptq_continual_study``).
 
 Example:
     >>> from quantcl.recipes import synthetic
@@ -12,13 +13,14 @@ from typing import Any
 from quantcl.tasks.recipes import *  # noqa: F403
 from quantcl.tasks.recipes import __all__ as _TASK_RECIPES
 
-__all__ = [*_TASK_RECIPES, "transition_study"]
+_STUDIES = ("transition_study", "ptq_dynamics_study", "ptq_continual_study")
+__all__ = [*_TASK_RECIPES, *_STUDIES]
 
 
 def __getattr__(name: str) -> Any:
     # the studies import the trainer: loaded on first use, not with the task recipes
-    if name == "transition_study":
-        from quantcl.studies import transition_study
+    if name in _STUDIES:
+        import quantcl.studies
 
-        return transition_study
+        return getattr(quantcl.studies, name)
     raise AttributeError(f"module 'quantcl.recipes' has no attribute {name!r}")

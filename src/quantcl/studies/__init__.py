@@ -2,6 +2,8 @@
 every arm over seeds and returns a result with tables and plots.
 
 - :func:`transition_study`: 16-bit -> 1.58-bit continual QAT (arXiv 2502.11895).
+- :func:`ptq_dynamics_study`, :func:`ptq_continual_study`: training dynamics and PTQ robustness
+  (arXiv 2510.06213), in pre-training and along a continual LoRA sequence.
 
 Example:
     >>> from quantcl.studies import transition_variants
@@ -12,8 +14,11 @@ Example:
 from __future__ import annotations
 
 from quantcl.studies._curves import HeldOutLoss, loss_spike
+from quantcl.studies._ptq_report import PTQContinualResult, PTQDynamicsResult
 from quantcl.studies._transition_report import TransitionStudyResult
+from quantcl.studies.ptq_dynamics import PTQArm, ptq_continual_study, ptq_dynamics_study
 from quantcl.studies.transition import TransitionVariant, transition_study, transition_variants
 
 __all__ = ["transition_study", "transition_variants", "TransitionVariant", "TransitionStudyResult", "HeldOutLoss",
-           "loss_spike"]
+           "loss_spike", "ptq_dynamics_study", "ptq_continual_study", "PTQArm", "PTQDynamicsResult",
+           "PTQContinualResult"]

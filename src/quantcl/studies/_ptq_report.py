@@ -1,0 +1,139 @@
+"""Results of the PTQ-robustness studies: gaps before/after the cooldown, and after every stage."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PTQDynamicsResult", "PTQContinualResult"]
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    from quantcl.sweep.stats import describe
+
+    return describe(values, n_resamples=999)
+
+
+def _fmt(stats: dict[str, Any] | None, digits: int = 4, signed: bool = True) -> str:
+    if stats is None or not stats["n"]:
+        return "—"
+    sign = "+" if signed else ""
+    if math.isnan(stats["std"]):
+        return f"{stats['mean']:{sign}.{digits}f}"
+    return f"{stats['mean']:{sign}.{digits}f} ± {stats['std']:.{digits}f}"
+
+
+class PTQDynamicsResult:
+    """Per-run records of :func:`~quantcl.studies.ptq_dynamics_study` and their summary.
+
+    The gap of an averaged arm is the LAWA average's; the others', the trained model's.
+    """
+
+    def __init__(self, records: Sequence[dict[str, Any]], settings: dict[str, Any]) -> None:
+        self.records, self.settings = list(records), dict(settings)
+
+    @staticmethod
+    def probes(record: dict[str, Any]) -> list[dict[str, Any]]:
+        """The probe records that count for this run (LAWA's for an averaged arm)."""
+        return record["lawa_probe"] if record.get("averaging") == "lawa" else record["probe"]
+
+    def _points(self, record: dict[str, Any], method: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        rows = sorted((r for r in self.probes(record) if r["method"] == method), key=lambda r: r["step"])
+        before = [r for r in rows if r["step"] <= record["cooldown_start"]]
+        return (before[-1] if before else None), (rows[-1] if rows else None)
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Per arm and method: ``gap_before`` / ``gap_after`` the cooldown, ``ce_before`` / ``ce_after``."""
+        out = []
+        for arm in dict.fromkeys(r["arm"] for r in self.records):
+            runs = [r for r in self.records if r["arm"] == arm]
+            for method in self.settings["methods"]:
+                points = [self._points(r, method) for r in runs]
+                row: dict[str, Any] = {"arm": arm, "peak_lr": runs[0]["peak_lr"], "averaging": runs[0]["averaging"],
+                                       "method": method, "n": len(runs)}
+                for when, i in (("before", 0), ("after", 1)):
+                    found = [p for p in (pair[i] for pair in points) if p is not None]
+                    row[f"gap_{when}"] = _stats([float(p["relative_gap"]) for p in found]) if found else None
+                    row[f"ce_{when}"] = _stats([float(p["ce_fp"]) for p in found]) if found else None
+                out.append(row)
+        return out
+
+    def to_markdown(self) -> str:
+        """Relative gap before and after the cooldown, mean ± std over seeds, per arm and method."""
+        lines = ["| peak lr | averaging | method | seeds | gap before cooldown | gap after cooldown | "
+                 "CE before | CE after |", "|---:|---|---|---:|---:|---:|---:|---:|"]
+        for row in self.summary():
+            lines.append(f"| {row['peak_lr']:g} | {row['averaging']} | {row['method']} | {row['n']} | "
+                         f"{_fmt(row['gap_before'])} | {_fmt(row['gap_after'])} | "
+                         f"{_fmt(row['ce_before'], 3, False)} | {_fmt(row['ce_after'], 3, False)} |")
+        return "\n".join(lines) + "\n"
+
+    def to_csv(self, path: str | Path) -> Path:
+        """The summary as CSV (mean and std of each quantity)."""
+        path = Path(path)
+        keys = ("gap_before", "gap_after", "ce_before", "ce_after")
+        with path.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["peak_lr", "averaging", "method", "n"] + [f"{k}_{s}" for k in keys for s in ("mean", "std")])
+            for row in self.summary():
+                writer.writerow([row["peak_lr"], row["averaging"], row["method"], row["n"]]
+                                + [("" if row[k] is None else row[k][s]) for k in keys for s in ("mean", "std")])
+        return path
+
+    def plot(self, path: str | Path, method: str | None = None) -> Path:
+        """The gap of ``method`` (default: the first) against step, mean over seeds, one line per arm."""
+        from quantcl._plot import _save, require_extra
+
+        require_extra("matplotlib", "plot")
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        method = method or self.settings["methods"][0]
+        fig = Figure(figsize=(8, 4), layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        for arm in dict.fromkeys(r["arm"] for r in self.records):
+            curves = [{r["step"]: r["relative_gap"] for r in self.probes(rec) if r["method"] == method}
+                      for rec in self.records if rec["arm"] == arm]
+            steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+            ax.plot(steps, [sum(c[s] for c in curves) / len(curves) for s in steps], marker="o", markersize=2,
+                    label=arm, linestyle="--" if arm.endswith("lawa") else "-")
+        ax.axvline(self.settings["cooldown_start"], color="grey", linestyle=":", linewidth=0.8)
+        ax.set_xlabel("optimizer step (dotted: cooldown starts)")
+        ax.set_ylabel(f"relative CE gap, {method}")
+        ax.legend(fontsize=7)
+        return _save(fig, Path(path))
+
+
+class PTQContinualResult:
+    """Per-run records of :func:`~quantcl.studies.ptq_continual_study`: the gap after each stage."""
+
+    def __init__(self, records: Sequence[dict[str, Any]], settings: dict[str, Any]) -> None:
+        self.records, self.settings = list(records), dict(settings)
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Per precision and stage: the mean ± std gap of each method, and the stage's task."""
+        out = []
+        for precision in dict.fromkeys(r["precision"] for r in self.records):
+            runs = [r for r in self.records if r["precision"] == precision]
+            for stage, task in enumerate(runs[0]["tasks"], start=1):
+                row: dict[str, Any] = {"precision": precision, "stage": stage, "task": task, "n": len(runs)}
+                for method in self.settings["methods"]:
+                    gaps = [float(p["relative_gap"]) for r in runs for p in r["probe"]
+                            if p["stage"] == stage and p["method"] == method]
+                    row[method] = _stats(gaps) if gaps else None
+                out.append(row)
+        return out
+
+    def to_markdown(self) -> str:
+        """One row per (precision, stage): the relative gap after the stage per method."""
+        methods = self.settings["methods"]
+        lines = ["| adapters trained at | after stage | seeds | " + " | ".join(methods) + " |",
+                 "|---|---|---:|" + "---:|" * len(methods)]
+        for row in self.summary():
+            lines.append(f"| {row['precision']} | {row['stage']} ({row['task']}) | {row['n']} | "
+                         + " | ".join(_fmt(row[m]) for m in methods) + " |")
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,220 @@
+"""Training dynamics and PTQ robustness (Catalan-Tatjer et al., 2025, arXiv 2510.06213), offline.
+
+:func:`ptq_dynamics_study` pre-trains a small random-init Llama on the Python standard library's
+source (:func:`quantcl.recipes.python_stdlib`) with a WSD schedule (warm-up, constant peak,
+cooldown over the last ``cooldown_fraction`` of the steps) at several peak learning rates, with
+and without LAWA (the mean of the last ``lawa_window`` snapshots taken every ``lawa_every``
+steps), over seeds, and probes the PTQ gap (:class:`~quantcl.PTQProbe`) every ``probe_every``
+steps: the raw trajectory always, the LAWA average too in the averaged arms. The summary is the
+table the paper's main figures summarize: the relative gap just before the cooldown and at the
+end, per peak learning rate, with and without averaging, mean ± std over seeds.
+
+:func:`ptq_continual_study` runs the probe along a continual LoRA sequence (the synthetic recipe
+by default) at each precision the adapters are trained on, and reports the gap after every stage:
+the part no paper has measured.
+
+Both resume like :func:`~quantcl.studies.transition_study` (sealed per-run records).
+
+Example:
+    >>> result = ptq_dynamics_study("runs/ptq", seeds=(0, 1, 2), steps=400)  # doctest: +SKIP
+    >>> print(result.to_markdown())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from quantcl._checks import require_choice, require_int, require_list_of, require_number
+from quantcl.errors import ConfigError
+from quantcl.studies._ptq_report import PTQContinualResult, PTQDynamicsResult
+from quantcl.studies._runs import build_model, check_model_size, check_study_dir, run_once
+
+__all__ = ["PTQArm", "ptq_dynamics_study", "ptq_continual_study"]
+
+
+@dataclass(frozen=True)
+class PTQArm:
+    """One arm: a peak learning rate, with (``"lawa"``) or without (``"none"``) averaging."""
+
+    peak_lr: float
+    averaging: str = "none"
+
+    @property
+    def name(self) -> str:
+        return f"lr{self.peak_lr:g}-{self.averaging}"
+
+
+class _AveragedProbe(TrainerCallback):
+    """Probe the LAWA average (taken by ``lawa``, which runs before this callback) every ``every`` steps."""
+
+    def __init__(self, lawa: Any, probe: Any, tokenizer: Any, every: int) -> None:
+        self.lawa, self.probe, self.tokenizer, self.every = lawa, probe, tokenizer, every
+        self.records: list[dict[str, Any]] = []
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> Any:
+        if model is not None and state.global_step % self.every == 0 and self.lawa.snapshots:
+            averaged = self.lawa.apply(model)
+            self.records.extend(self.probe.measure_now(averaged, self.tokenizer, int(state.global_step)))
+            del averaged
+        return control
+
+
+def ptq_dynamics_study(
+    output_dir: str | os.PathLike[str],
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    peak_lrs: Sequence[float] = (1e-3, 3e-3, 1e-2),
+    averaging: Sequence[str] = ("none", "lawa"),
+    steps: int = 400,
+    warmup_fraction: float = 0.05,
+    cooldown_fraction: float = 0.2,
+    decay_type: str = "linear",
+    probe_every: int = 25,
+    methods: Sequence[str] = ("rtn3", "rtn4", "rtn8", "int8", "nf4"),
+    lawa_every: int = 10,
+    lawa_window: int = 5,
+    n_texts: int = 32,
+    hidden_size: int = 128,
+    num_layers: int = 4,
+    batch_size: int = 8,
+    chunk_chars: int = 256,
+    progress: bool = False,
+) -> PTQDynamicsResult:
+    """Run (or resume) the pre-training study under ``output_dir``; see the module docstring."""
+    from quantcl.precision.ptq import parse_method
+
+    seeds = [require_int(s, "seeds[i]", minimum=0) for s in require_list_of(seeds, "seeds", int, items="ints",
+                                                                            nonempty=True)]
+    arms = [PTQArm(require_number(lr, "peak_lrs[i]", low=0, low_open=True), require_choice(a, "averaging[i]",
+                                                                                         ("none", "lawa")))
+            for lr in require_list_of(peak_lrs, "peak_lrs", (int, float), items="numbers", nonempty=True)
+            for a in require_list_of(averaging, "averaging", str, items="'none' / 'lawa'", nonempty=True)]
+    steps = require_int(steps, "steps", minimum=20)
+    require_number(warmup_fraction, "warmup_fraction", low=0, high=0.5)
+    if not 0 < require_number(cooldown_fraction, "cooldown_fraction", low=0, high=1) < 1:
+        raise ConfigError(f"cooldown_fraction must be in (0, 1), got {cooldown_fraction}")
+    require_choice(decay_type, "decay_type", ("linear", "cosine", "1-sqrt"))
+    every = require_int(probe_every, "probe_every", minimum=1)
+    names = [parse_method(m).name for m in require_list_of(methods, "methods", str, items="PTQ methods", nonempty=True)]
+    require_int(lawa_every, "lawa_every", minimum=1)
+    require_int(lawa_window, "lawa_window", minimum=1)
+    require_int(n_texts, "n_texts", minimum=1)
+    check_model_size(hidden_size, num_layers, batch_size, chunk_chars)
+    cooldown_start = steps - round(cooldown_fraction * steps)
+    if cooldown_start < every:
+        raise ConfigError(f"no probe before the cooldown (starts at step {cooldown_start}, probe_every={every})")
+    settings = {"seeds": seeds, "steps": steps, "warmup_fraction": warmup_fraction, "cooldown_fraction": cooldown_fraction,
+                "cooldown_start": cooldown_start, "decay_type": decay_type, "probe_every": every, "methods": names,
+                "lawa_every": lawa_every, "lawa_window": lawa_window, "n_texts": n_texts, "hidden_size": hidden_size,
+                "num_layers": num_layers, "batch_size": batch_size, "chunk_chars": chunk_chars}
+    root = Path(output_dir)
+    check_study_dir(root, settings, [asdict(a) for a in arms])
+    records = []
+    for arm in arms:
+        for seed in seeds:
+            run_dir = root / arm.name / f"seed-{seed}"
+            records.append(run_once(run_dir, lambda: _pretrain(run_dir, arm, seed, settings, progress)))
+    return PTQDynamicsResult(records, settings)
+
+
+def _pretrain(run_dir: Path, arm: PTQArm, seed: int, s: dict[str, Any], progress: bool) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    import quantcl as qcl
+    from quantcl.averaging import LAWA
+
+    model_dir = build_model(run_dir, s["hidden_size"], s["num_layers"], s["chunk_chars"], seed)
+    tasks = qcl.recipes.python_stdlib(n_train=s["steps"] * s["batch_size"], n_eval=s["n_texts"],
+                                      chunk_chars=s["chunk_chars"], seed=seed)
+    texts = [p + t for p, t in zip(tasks[0].eval["prompt"], tasks[0].eval["target"])]
+    probe = qcl.PTQProbe(s["methods"], every=s["probe_every"], texts=texts, max_length=s["chunk_chars"] + 8)
+    callbacks: list[Any] = []
+    averaged = None
+    if arm.averaging == "lawa":
+        lawa = LAWA(every=s["lawa_every"], window=s["lawa_window"])
+        averaged = _AveragedProbe(lawa, qcl.PTQProbe(s["methods"], texts=texts, max_length=s["chunk_chars"] + 8),
+                                  AutoTokenizer.from_pretrained(model_dir), s["probe_every"])
+        callbacks = [lawa, averaged]
+    trainer = qcl.ContinualTrainer(
+        model=str(model_dir), precision="fp32", tasks=tasks, training="full", seed=seed, progress=progress,
+        output_dir=run_dir / "run", plugins=[probe], callbacks=callbacks,
+        args=qcl.StageArgs(max_steps=s["steps"], learning_rate=arm.peak_lr, warmup_steps=s["warmup_fraction"],
+                           lr_scheduler_type="warmup_stable_decay", cooldown_fraction=s["cooldown_fraction"],
+                           lr_scheduler_kwargs={"decay_type": s["decay_type"]}, per_device_train_batch_size=s["batch_size"],
+                           max_length=s["chunk_chars"] + 8, logging_steps=max(1, s["steps"] // 10), eval_batch_size=32,
+                           extra={"report_to": "none"}))
+    result = trainer.fit()
+    stage = result.stage_records[0]
+    return {"arm": arm.name, **asdict(arm), "seed": seed, "cooldown_start": s["cooldown_start"],
+            "final_loss": result.eval_details["1"]["stdlib"]["loss"], "train_loss": stage["train_loss"],
+            "probe": stage["ptq_probe"], "lawa_probe": averaged.records if averaged is not None else None}
+
+
+def ptq_continual_study(
+    output_dir: str | os.PathLike[str],
+    *,
+    model: str = "quantcl:demo",
+    precisions: Sequence[str] = ("fp32", "int8", "nf4"),
+    seeds: Sequence[int] = (0, 1, 2),
+    methods: Sequence[str] = ("rtn3", "rtn4", "rtn8", "int8", "nf4"),
+    tasks: str = "synthetic",
+    n_train: int = 400,
+    n_eval: int = 40,
+    max_steps: int = 250,
+    learning_rate: float = 2e-3,
+    n_texts: int = 48,
+    progress: bool = False,
+) -> PTQContinualResult:
+    """The probe along a continual LoRA sequence, per precision the adapters are trained on.
+
+    Each (precision, seed) is a :class:`~quantcl.ContinualTrainer` run of the recipe ``tasks``
+    (``"synthetic"``: NLU -> Math -> Code) with LoRA at that precision (compute in fp32) and a
+    :class:`~quantcl.PTQProbe` at every stage end, on the tasks' evaluation rows; an int8/nf4 base
+    is dequantized into the float copy before PTQ (see :func:`quantcl.precision.ptq.quantize`).
+    """
+    import quantcl as qcl
+    from quantcl.precision import PrecisionPolicy
+    from quantcl.precision.ptq import parse_method
+
+    policies = [PrecisionPolicy(p) for p in require_list_of(precisions, "precisions", str, items="presets", nonempty=True)]
+    seeds = [require_int(s, "seeds[i]", minimum=0) for s in require_list_of(seeds, "seeds", int, items="ints",
+                                                                            nonempty=True)]
+    names = [parse_method(m).name for m in require_list_of(methods, "methods", str, items="PTQ methods", nonempty=True)]
+    require_choice(tasks, "tasks", ("synthetic",))
+    settings = {"model": model, "seeds": seeds, "methods": names, "tasks": tasks, "n_train": require_int(n_train, "n_train", minimum=1),
+                "n_eval": require_int(n_eval, "n_eval", minimum=1), "max_steps": require_int(max_steps, "max_steps", minimum=1),
+                "learning_rate": require_number(learning_rate, "learning_rate", low=0, low_open=True),
+                "n_texts": require_int(n_texts, "n_texts", minimum=1)}
+    source = model
+    if model == "quantcl:demo":
+        from quantcl.demo import demo_model_dir
+
+        source = str(demo_model_dir(progress=progress))
+    root = Path(output_dir)
+    check_study_dir(root, settings, [p.name for p in policies])
+    records = []
+    for policy in policies:
+        for seed in seeds:
+            run_dir = root / policy.name / f"seed-{seed}"
+
+            def train(policy: Any = policy, seed: int = seed, run_dir: Path = run_dir) -> dict[str, Any]:
+                probe = qcl.PTQProbe(names, n_texts=n_texts)
+                sequence = qcl.recipes.synthetic(seed=seed, n_train=n_train, n_eval=n_eval)
+                fp32 = PrecisionPolicy(policy.name, compute_dtype="fp32") if policy.kind != "float" else policy
+                result = qcl.ContinualTrainer(
+                    source, fp32, sequence, output_dir=run_dir / "run", seed=seed, plugins=[probe], progress=progress,
+                    args=qcl.StageArgs(learning_rate=learning_rate, max_steps=max_steps, per_device_train_batch_size=8,
+                                       lr_scheduler_type="constant", max_length=96, eval_batch_size=40,
+                                       extra={"report_to": "none"})).fit()
+                return {"precision": policy.name, "seed": seed, "tasks": result.task_names,
+                        "accuracy_matrix": result.accuracy_matrix.tolist(),
+                        "probe": [r for stage in result.stage_records for r in stage["ptq_probe"]]}
+
+            records.append(run_once(run_dir, train))
+    return PTQContinualResult(records, settings)
