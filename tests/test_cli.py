@@ -124,7 +124,7 @@ def test_demo_refuses_an_unknown_precision_before_work(tmp_path):
     assert not (tmp_path / "d").exists()
 
 
-@pytest.mark.parametrize("name", ["synthetic.yaml", "transition.yaml"])
+@pytest.mark.parametrize("name", ["synthetic.yaml", "transition.yaml", "ptq_dynamics.yaml"])
 def test_the_shipped_offline_example_configs_validate(tmp_path, name):
     from pathlib import Path
 
