@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from quantcl._checks import require_int
 from quantcl._io import atomic_write_json, read_json, seal, seal_ok, to_jsonable
 from quantcl.errors import ConfigError, StateError
 
-__all__ = ["RECORD_FILE", "check_study_dir", "run_once", "check_model_size"]
+__all__ = ["RECORD_FILE", "check_study_dir", "run_once", "run_arms", "check_model_size"]
 
 RECORD_FILE = "study-record.json"
 
@@ -50,6 +52,19 @@ def run_once(run_dir: Path, train: Callable[[], dict[str, Any]]) -> dict[str, An
     record = json.loads(json.dumps(to_jsonable(record)))  # as a resumed study reads it back
     atomic_write_json(record_path, seal(record))
     return record
+
+
+def run_arms(root: Path, settings: dict[str, Any], arms: Sequence[Any], seeds: Sequence[int],
+             folder: Callable[[Any], str], train: Callable[[Path, Any, int], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Check the study directory, then the record of every arm x seed (``run_once`` in
+    ``root/folder(arm)/seed-N``), in that order."""
+    check_study_dir(root, settings, [asdict(a) if is_dataclass(a) and not isinstance(a, type) else a for a in arms])
+    records = []
+    for arm in arms:
+        for seed in seeds:
+            run_dir = root / folder(arm) / f"seed-{seed}"
+            records.append(run_once(run_dir, functools.partial(train, run_dir, arm, seed)))
+    return records
 
 
 def check_model_size(hidden_size: int, num_layers: int, batch_size: int, chunk_chars: int) -> None:

@@ -33,7 +33,7 @@ from transformers import TrainerCallback
 from quantcl._checks import require_choice, require_int, require_list_of, require_number
 from quantcl.errors import ConfigError
 from quantcl.studies._ptq_report import PTQContinualResult, PTQDynamicsResult
-from quantcl.studies._runs import build_model, check_model_size, check_study_dir, run_once
+from quantcl.studies._runs import build_model, check_model_size, run_arms
 
 __all__ = ["PTQArm", "ptq_dynamics_study", "ptq_continual_study"]
 
@@ -113,13 +113,8 @@ def ptq_dynamics_study(
                 "cooldown_start": cooldown_start, "decay_type": decay_type, "probe_every": every, "methods": names,
                 "lawa_every": lawa_every, "lawa_window": lawa_window, "n_texts": n_texts, "hidden_size": hidden_size,
                 "num_layers": num_layers, "batch_size": batch_size, "chunk_chars": chunk_chars}
-    root = Path(output_dir)
-    check_study_dir(root, settings, [asdict(a) for a in arms])
-    records = []
-    for arm in arms:
-        for seed in seeds:
-            run_dir = root / arm.name / f"seed-{seed}"
-            records.append(run_once(run_dir, lambda: _pretrain(run_dir, arm, seed, settings, progress)))
+    records = run_arms(Path(output_dir), settings, arms, seeds, lambda arm: arm.name,
+                       lambda run_dir, arm, seed: _pretrain(run_dir, arm, seed, settings, progress))
     return PTQDynamicsResult(records, settings)
 
 
@@ -196,25 +191,18 @@ def ptq_continual_study(
         from quantcl.demo import demo_model_dir
 
         source = str(demo_model_dir(progress=progress))
-    root = Path(output_dir)
-    check_study_dir(root, settings, [p.name for p in policies])
-    records = []
-    for policy in policies:
-        for seed in seeds:
-            run_dir = root / policy.name / f"seed-{seed}"
+    def train(run_dir: Path, policy: Any, seed: int) -> dict[str, Any]:
+        probe = qcl.PTQProbe(names, n_texts=n_texts)
+        sequence = qcl.recipes.synthetic(seed=seed, n_train=n_train, n_eval=n_eval)
+        fp32 = PrecisionPolicy(policy.name, compute_dtype="fp32") if policy.kind != "float" else policy
+        result = qcl.ContinualTrainer(
+            source, fp32, sequence, output_dir=run_dir / "run", seed=seed, plugins=[probe], progress=progress,
+            args=qcl.StageArgs(learning_rate=learning_rate, max_steps=max_steps, per_device_train_batch_size=8,
+                               lr_scheduler_type="constant", max_length=96, eval_batch_size=40,
+                               extra={"report_to": "none"})).fit()
+        return {"precision": policy.name, "seed": seed, "tasks": result.task_names,
+                "accuracy_matrix": result.accuracy_matrix.tolist(),
+                "probe": [r for stage in result.stage_records for r in stage["ptq_probe"]]}
 
-            def train(policy: Any = policy, seed: int = seed, run_dir: Path = run_dir) -> dict[str, Any]:
-                probe = qcl.PTQProbe(names, n_texts=n_texts)
-                sequence = qcl.recipes.synthetic(seed=seed, n_train=n_train, n_eval=n_eval)
-                fp32 = PrecisionPolicy(policy.name, compute_dtype="fp32") if policy.kind != "float" else policy
-                result = qcl.ContinualTrainer(
-                    source, fp32, sequence, output_dir=run_dir / "run", seed=seed, plugins=[probe], progress=progress,
-                    args=qcl.StageArgs(learning_rate=learning_rate, max_steps=max_steps, per_device_train_batch_size=8,
-                                       lr_scheduler_type="constant", max_length=96, eval_batch_size=40,
-                                       extra={"report_to": "none"})).fit()
-                return {"precision": policy.name, "seed": seed, "tasks": result.task_names,
-                        "accuracy_matrix": result.accuracy_matrix.tolist(),
-                        "probe": [r for stage in result.stage_records for r in stage["ptq_probe"]]}
-
-            records.append(run_once(run_dir, train))
+    records = run_arms(Path(output_dir), settings, policies, seeds, lambda policy: policy.name, train)
     return PTQContinualResult(records, settings)

@@ -37,7 +37,7 @@ from typing import Any
 from quantcl._checks import require_choice, require_int, require_list_of, require_number
 from quantcl.errors import ConfigError
 from quantcl.studies._curves import HeldOutLoss, loss_spike
-from quantcl.studies._runs import RECORD_FILE, build_model, check_model_size, check_study_dir, run_once
+from quantcl.studies._runs import RECORD_FILE, build_model, check_model_size, run_arms
 from quantcl.studies._transition_report import TransitionStudyResult
 
 __all__ = ["TransitionVariant", "transition_variants", "transition_study", "RECORD_FILE"]
@@ -133,12 +133,8 @@ def transition_study(
                 "eval_every": require_int(eval_every, "eval_every", minimum=1), "learning_rate": learning_rate,
                 "batch_size": batch_size, "chunk_chars": chunk_chars, "n_eval": n_eval, "n_cloze": n_cloze,
                 "hidden_size": hidden_size, "num_layers": num_layers, "activation_bits": activation_bits}
-    root = Path(output_dir)
-    check_study_dir(root, settings, [asdict(a) for a in arms])
-    records = []
-    for arm in arms:
-        for seed in seeds:
-            records.append(_run_arm(root, arm, seed, settings, progress))
+    records = run_arms(Path(output_dir), settings, arms, seeds, _folder,
+                       lambda run_dir, arm, seed: _train_one(run_dir, arm, seed, settings, progress))
     return TransitionStudyResult(records, settings)
 
 
@@ -160,9 +156,8 @@ def _check_inputs(arms: list[TransitionVariant], learning_rate: float, batch_siz
     _check_options("absmean", activation_bits, False)
 
 
-def _run_arm(root: Path, arm: TransitionVariant, seed: int, settings: dict[str, Any], progress: bool) -> dict[str, Any]:
-    run_dir = root / arm.name.replace("/", "-").replace("@", "-at-") / f"seed-{seed}"
-    return run_once(run_dir, lambda: _train_one(run_dir, arm, seed, settings, progress))
+def _folder(arm: TransitionVariant) -> str:
+    return arm.name.replace("/", "-").replace("@", "-at-")
 
 
 def _train_one(run_dir: Path, arm: TransitionVariant, seed: int, s: dict[str, Any], progress: bool) -> dict[str, Any]:
