@@ -133,6 +133,20 @@ class ModelSetup:
         if offset > 0:
             set_strength(model, schedule.strength_at(offset - 1))
 
+    def check_schedule_finished(self, steps_done: int) -> None:
+        """Warn when a run ends with its PrecisionSchedule's switch not reached, or its phase-in
+        not finished (a run of unknown length cannot be checked before it starts)."""
+        import warnings
+
+        schedule = self.schedule
+        if schedule is None or steps_done == 0:
+            return
+        last = schedule.strength_at(steps_done - 1)
+        if last < 1.0:
+            what = "never switched to ternary" if last == 0.0 else f"ended mid phase-in (lambda = {last:.3g})"
+            warnings.warn(f"the PrecisionSchedule {what} in this run's {steps_done} optimizer steps "
+                          f"(switch step: {schedule.resolved_switch_step()})", UserWarning, stacklevel=3)
+
     def save(self, model: Any, tokenizer: Any, tmp: Path, stage: int, main: bool) -> Any:
         """Write the stage's weights under ``tmp`` (main process only); returns the model to go on with."""
         if self.training == "full":

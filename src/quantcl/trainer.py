@@ -290,6 +290,7 @@ class ContinualTrainer:
             run_dir.finish_stage(stage)
             procs.barrier()
 
+        self._setup.check_schedule_finished(self._steps_done)
         result = ContinualResult(
             accuracy_matrix=matrix,
             task_names=self.tasks.names,

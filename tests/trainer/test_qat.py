@@ -320,6 +320,17 @@ def test_switch_stage_survives_a_resume_after_that_stage(tiny_model_dir, tmp_pat
     assert {m.strength for m in again.model.modules() if isinstance(m, BitLinear)} == {1.0}
 
 
+def test_a_schedule_that_never_finishes_is_reported(tiny_model_dir, tmp_path):
+    tasks = qcl.recipes.synthetic(seed=0, n_train=8, n_eval=2, tasks=("nlu",))
+    def run(schedule, out):
+        return qcl.ContinualTrainer(str(tiny_model_dir), schedule, tasks, output_dir=tmp_path / out, progress=False,
+                                    args=StageArgs(num_train_epochs=1, per_device_train_batch_size=4)).fit()
+    with pytest.warns(UserWarning, match="never switched to ternary in this run's 2 optimizer steps"):
+        run(PrecisionSchedule(switch_step=50), "a")  # epochs: the length is not known up front
+    with pytest.warns(UserWarning, match=r"ended mid phase-in \(lambda = 0.2\)"):
+        run(PrecisionSchedule(switch_step=0, phase_in="linear", phase_in_steps=10), "b")
+
+
 def test_rewarm_scales_each_step_once_even_when_the_scheduler_does_not_step():
     from types import SimpleNamespace
 
