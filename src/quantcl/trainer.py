@@ -1,9 +1,8 @@
 """ContinualTrainer: a PrecisionPolicy, a TaskSequence and plug-ins (replay...) composed into a run.
 
-Training is LoRA on a frozen base (the default) or of every weight (``training="full"``:
-continued pre-training, full fine-tuning, ternary QAT with a PrecisionSchedule); see
-:mod:`quantcl._model_setup`. Each stage is one ``transformers.Trainer`` run on the task's data as the plug-ins adapt it (the
-replay plug-in mixes in earlier tasks' rows), so ``accelerate launch`` / ``torchrun``,
+Training is LoRA on a frozen base (the default) or of every weight (``training="full"``; see
+:mod:`quantcl._model_setup`). Each stage is one ``transformers.Trainer`` run on the task's data as
+the plug-ins adapt it (replay mixes in earlier tasks' rows), so ``accelerate launch`` / ``torchrun``,
 ``report_to`` logging and mid-stage checkpoints work as users know them. The run directory and
 resume live in :mod:`quantcl.rundir`; the hooks in :mod:`quantcl.plugins`.
 """
