@@ -163,7 +163,10 @@ def _folder(arm: TransitionVariant) -> str:
 def _train_one(run_dir: Path, arm: TransitionVariant, seed: int, s: dict[str, Any], progress: bool) -> dict[str, Any]:
     import math
 
+    from transformers import AutoTokenizer
+
     import quantcl as qcl
+
     steps, k = s["steps"], s["phase_in_steps"]
     model_dir = build_model(run_dir, s["hidden_size"], s["num_layers"], s["chunk_chars"], seed)
     n_train = steps * s["batch_size"]
@@ -185,9 +188,8 @@ def _train_one(run_dir: Path, arm: TransitionVariant, seed: int, s: dict[str, An
                            lr_scheduler_type="cosine", per_device_train_batch_size=s["batch_size"],
                            max_length=s["chunk_chars"] + 8, logging_steps=max(1, steps // 10),
                            eval_batch_size=32, extra={"report_to": "none"}))
-    curve = HeldOutLoss(tasks[0], None, every=s["eval_every"], extra_steps=extra)
+    curve = HeldOutLoss(tasks[0], AutoTokenizer.from_pretrained(model_dir), every=s["eval_every"], extra_steps=extra)
     trainer.hf_callbacks.append(curve)
-    curve.tokenizer = _tokenizer(model_dir)
     result = trainer.fit()
     cloze = qcl.recipes.python_stdlib_cloze(n_train=1, n_eval=s["n_cloze"], seed=seed)[0]
     downstream = cloze.evaluate(trainer.model, trainer.tokenizer, batch_size=32, progress=False)
@@ -197,9 +199,3 @@ def _train_one(run_dir: Path, arm: TransitionVariant, seed: int, s: dict[str, An
             "spike": loss_spike(curve.curve, switch, s["spike_window"]) if switch else None,
             "cloze_acc": downstream.score, "train_loss": result.stage_records[0]["train_loss"],
             "curve": curve.curve, "strength": result.stage_records[0].get("precision_schedule", {}).get("strength")}
-
-
-def _tokenizer(model_dir: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(model_dir)
