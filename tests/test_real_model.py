@@ -61,3 +61,26 @@ def test_continual_trainer_runs_on_the_real_model(tmp_path):
     assert result.accuracy_matrix.shape == (3, 2) and np.isfinite(result.accuracy_matrix).all()
     assert [r["n_replay_rows"] for r in result.stage_records] == [0, 4]
     assert (tmp_path / "run" / "stages" / "stage-002" / "adapter" / "adapter_model.safetensors").exists()
+
+
+# lm-evaluation-harness 0.4.13 HFLM.loglikelihood on SmolLM2-135M-Instruct (the GGUF, dequantized,
+# fp32), recorded 2026-11-26: prompts ending in newlines move them into the continuation.
+SMOLLM2_LM_EVAL = [(("Answer:\n", "yes"), -10.27526), (("Answer:\n", "no"), -9.59589),
+                   (("Q: 2+2=\n\n", " 4"), -19.76495), (("Pick one: ", "yes"), -8.46893)]
+
+
+@pytest.mark.slow
+def test_multiple_choice_matches_recorded_lm_eval_log_likelihoods():
+    from datasets import Dataset
+
+    model, tok = qcl.PrecisionPolicy("fp32").load_model(_gguf())
+    rows = Dataset.from_list([
+        {"prompt": "Answer:\n", "choices": ["yes", "no"], "answer": 0},
+        {"prompt": "Q: 2+2=\n\n", "choices": [" 4", " 5"], "answer": 0},
+    ])
+    result = qcl.evaluators.MultipleChoice().evaluate(model, tok, rows, progress=False)
+    assert result.records[0]["loglikelihoods"] == pytest.approx([v for _, v in SMOLLM2_LM_EVAL[:2]], abs=2e-3)
+    assert result.records[1]["loglikelihoods"][0] == pytest.approx(SMOLLM2_LM_EVAL[2][1], abs=2e-3)
+    (alone,) = qcl.evaluators.Perplexity().evaluate(
+        model, tok, Dataset.from_list([{"prompt": "Pick one: ", "target": "yes"}]), progress=False).records
+    assert alone["logprob"] == pytest.approx(SMOLLM2_LM_EVAL[3][1], abs=2e-3)

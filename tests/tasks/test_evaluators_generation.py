@@ -99,6 +99,36 @@ def test_numeric_match_respects_max_new_tokens(bigram_dir, tok):
     assert result.records[0]["generation"] == "123" and result.score == 1.0
 
 
+def test_numeric_match_stops_each_row_once_its_answer_is_complete(bigram_dir, tok):
+    # after "?": an answer then a ramble; after "!": a ramble with no answer (runs to its EOS)
+    chain_a, chain_b = ["?", *"A:7;xyzwvutsrq", "</s>"], ["!", *"bcdefghijklmnop", "</s>"]
+    table = {a: {b: 20.0} for chain in (chain_a, chain_b) for a, b in zip(chain, chain[1:])}
+    model = _bigram_model(bigram_dir, tok, table)
+    rows = Dataset.from_list([{"prompt": "n?", "target": "7"}, {"prompt": "m!", "target": "3"}])
+    early = NumericMatch(answer_phrase="A:", max_new_tokens=32).evaluate(model, tok, rows, progress=False)
+    full = NumericMatch(answer_phrase="A:", stop_at_answer=False, max_new_tokens=32).evaluate(
+        model, tok, rows, progress=False)
+    assert [r["generation"] for r in early.records] == ["A:7;", "bcdefghijklmnop"]  # one char past the 7
+    assert [r["generation"] for r in full.records] == ["A:7;xyzwvutsrq", "bcdefghijklmnop"]
+    assert [r["prediction"] for r in early.records] == [r["prediction"] for r in full.records] == [7.0, None]
+
+
+@pytest.mark.parametrize("text, complete", [
+    ("The final answer is: 42", False), ("The final answer is: 42\n", True), ("the FINAL answer is: 4.5 ", True),
+    ("The final answer is: 4.", False), ("The final answer is: 1,0", False), ("The final answer is: $1,018.", False),
+    ("The final answer is: $1,018. ", True), ("The final answer is:\n42 ", False), ("x 12 y", False),
+])
+def test_answer_complete_pattern(text, complete):
+    import re
+
+    from quantcl.tasks.evaluators.numeric import answer_complete_pattern, extract_number
+
+    match = re.search(answer_complete_pattern("The final answer is:"), text)
+    assert bool(match) == complete
+    if match:  # the answer read from the text up to the match is the final one
+        assert extract_number(text[: match.end()]) == extract_number(text + " and 99 more")
+
+
 def test_numeric_match_reads_gold_from_answer_column(bigram_dir, tok):
     model = _emitting(bigram_dir, tok, "?", "7")
     rows = Dataset.from_list([{"prompt": "n?", "target": "unused", "gold": 7}])

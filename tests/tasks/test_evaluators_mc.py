@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from quantcl.errors import ConfigError
 from quantcl.tasks.evaluators import MultipleChoice, extract_choice
-from quantcl.tasks.evaluators._batching import encode_pair
+from quantcl.tasks.evaluators import _batching as batching
+from quantcl.tasks.evaluators._batching import encode_pair, loglikelihoods
 
 ROWS = [
     {"prompt": "Which is 'abc' backwards?\nAnswer:", "choices": [" cba", " abc", " bca"], "answer": 0},
@@ -27,7 +28,7 @@ def model_and_tok(tiny_model_dir):
 
 def _manual_loglik(model, tok, context: str, continuation: str) -> float:
     """One unpadded forward of context+continuation; sum of the continuation's char log-probs."""
-    n_spaces = len(context) - len(context.rstrip(" "))
+    n_spaces = len(context) - len(context.rstrip())
     if n_spaces:
         context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
     ids = tok(context + continuation, return_tensors="pt").input_ids
@@ -103,6 +104,105 @@ def test_encode_pair_moves_trailing_spaces_into_the_continuation(model_and_tok):
     _, tok = model_and_tok
     ctx, cont = encode_pair(tok, "Answer: ", "yes")
     assert tok.decode(ctx) == "Answer:" and tok.decode(cont) == " yes"
+
+
+def test_encode_pair_moves_a_trailing_newline_into_the_continuation_as_lm_eval(model_and_tok):
+    _, tok = model_and_tok
+    ctx, cont = encode_pair(tok, "Answer:\n\t ", "yes")
+    assert tok.decode(ctx) == "Answer:" and tok.decode(cont) == "\n\t yes"
+
+
+# lm-evaluation-harness 0.4.13 HFLM.loglikelihood on the `tiny_model_dir` model (build_tiny_model,
+# hidden 64, 2 layers, seed 0), recorded 2026-11-26; contexts ending in newlines and in a space.
+LM_EVAL_RECORDED = [(("Answer:\n", "yes"), -18.84919), (("Answer:\n", "no"), -13.60378),
+                    (("Q: 2+2=\n\n", " 4"), -18.09847), (("Pick one: ", "yes"), -18.58897)]
+
+
+def test_loglikelihoods_match_recorded_lm_eval_values_also_after_a_newline(model_and_tok):
+    model, tok = model_and_tok
+    pairs = [pair for pair, _ in LM_EVAL_RECORDED]
+    with torch.no_grad():
+        alone = loglikelihoods(model, tok, [[p] for p in pairs], batch_size=4)
+        shared = loglikelihoods(model, tok, [pairs[:2], pairs[2:]], batch_size=4)  # context run once
+    expected = [v for _, v in LM_EVAL_RECORDED]
+    assert [s[0][0] for s in alone.values()] == pytest.approx(expected, abs=2e-3)
+    assert [x for s in shared.values() for x, _ in s] == pytest.approx(expected, abs=2e-3)
+
+
+MIXED = [
+    {"prompt": "Question: which is longer?\nAnswer:", "choices": [" a long answer here", " b", " cc"], "answer": 0},
+    {"prompt": "Finish the line:\n", "choices": ["the cat sat", "on the mat", "x"], "answer": 1},
+    {"prompt": "Pick:", "choices": ["x", "yz"], "answer": 1},
+    {"prompt": "One letter: ", "choices": ["a", "b", "c", "d"], "answer": 2},
+    {"prompt": "Q", "choices": [" yes", " no"], "answer": 0},
+]
+
+
+class _Forwards:
+    """Counts forward passes and the token positions each one runs."""
+
+    def __init__(self, model):
+        self.calls: list[tuple[int, int]] = []
+        self.max_position = -1
+        self.handle = model.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs):
+        ids = kwargs["input_ids"]
+        self.calls.append(tuple(ids.shape))
+        if kwargs.get("position_ids") is not None:
+            self.max_position = max(self.max_position, int(kwargs["position_ids"].max()))
+
+
+def test_the_shared_context_path_equals_scoring_every_option_whole(model_and_tok):
+    model, tok = model_and_tok
+    ds = Dataset.from_list(MIXED)
+    counter = _Forwards(model)
+    shared = MultipleChoice(batch_size=16).evaluate(model, tok, ds, progress=False)
+    counter.handle.remove()
+    # one pass over the 4 contexts, one over the options longer than one token
+    longer = sum(len(encode_pair(tok, row["prompt"], c)[1]) > 1 for row in MIXED for c in row["choices"])
+    options = sum(len(row["choices"]) for row in MIXED)
+    assert 0 < longer < options and len(counter.calls) == 2 and counter.calls[0][0] == len(MIXED)
+    assert counter.calls[1][0] == longer
+    whole = MultipleChoice(batch_size=16, share_context=False).evaluate(model, tok, ds, progress=False)
+    for a, b, row in zip(shared.records, whole.records, MIXED):
+        assert a["loglikelihoods"] == pytest.approx(b["loglikelihoods"], abs=1e-4)
+        assert a["n_tokens"] == b["n_tokens"]
+        expected = [_manual_loglik(model, tok, row["prompt"], c) for c in row["choices"]]
+        assert a["loglikelihoods"] == pytest.approx(expected, abs=1e-4)
+    assert shared.metrics == whole.metrics
+
+
+def test_single_token_options_need_one_forward_pass_per_batch(model_and_tok):
+    model, tok = model_and_tok
+    rows = [{"prompt": f"Item {i}:", "choices": ["A", "B", "C", "D"], "answer": i % 4} for i in range(6)]
+    counter = _Forwards(model)
+    MultipleChoice(batch_size=8).evaluate(model, tok, Dataset.from_list(rows), progress=False)
+    counter.handle.remove()
+    assert [c[0] for c in counter.calls] == [2, 2, 2]  # 8 options per batch: two items, contexts only
+
+
+def test_the_shared_context_is_cut_from_the_left_to_fit_max_length(model_and_tok):
+    model, tok = model_and_tok
+    row = {"prompt": "a long context " * 10, "choices": [" one option", " another one"], "answer": 0}
+    counter = _Forwards(model)
+    result = MultipleChoice(max_length=24).evaluate(model, tok, Dataset.from_list([row]), progress=False)
+    counter.handle.remove()
+    # context + longest option = 24 tokens at positions 0..23; its last token is only predicted
+    assert counter.max_position == 22
+    assert result.records[0]["n_tokens"] == [len("  one option"), len("  another one")]  # + the context's space
+
+
+def test_shared_context_scoring_through_a_peft_model(model_and_tok, monkeypatch):
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = model_and_tok
+    lora = get_peft_model(LlamaForCausalLM(model.config), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    shared = MultipleChoice().evaluate(lora, tok, Dataset.from_list(MIXED), progress=False)
+    monkeypatch.setattr(batching, "cache_argument", lambda model: None)
+    whole = MultipleChoice().evaluate(lora, tok, Dataset.from_list(MIXED), progress=False)
+    for a, b in zip(shared.records, whole.records):
+        assert a["loglikelihoods"] == pytest.approx(b["loglikelihoods"], abs=1e-4)
 
 
 def test_encode_pair_counts_a_token_spanning_the_boundary_as_continuation():

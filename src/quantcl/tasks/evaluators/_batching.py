@@ -12,9 +12,11 @@ tokens whichever process runs it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
+from quantcl.tasks.evaluators._shared_context import cache_argument, score_shared_context
 from quantcl.tasks.evaluators.base import Shard, model_device, pad_token_id
 
 __all__ = ["encode_pair", "loglikelihoods", "generate_texts", "truncate_at_stop", "batch_seed"]
@@ -31,14 +33,15 @@ def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[i
 
     Context and continuation are encoded as one string and split where the context's own
     encoding stops agreeing: with a BPE tokenizer, a token that spans the boundary is scored
-    as part of the continuation. Trailing spaces of the context move into the continuation
-    (as in lm-evaluation-harness), so ``"Answer: "`` + ``"yes"`` scores ``" yes"``.
+    as part of the continuation. Trailing whitespace of the context (spaces, tabs, newlines)
+    moves into the continuation, as in lm-evaluation-harness, so ``"Answer: "`` + ``"yes"``
+    scores ``" yes"`` and ``"Answer:\\n"`` + ``"yes"`` scores ``"\\nyes"``.
 
     Example:
         >>> encode_pair(tokenizer, "Q: 1+1? A: ", "2")  # doctest: +SKIP
         ([...ids of "Q: 1+1? A:"], [id of " ", id of "2"])
     """
-    n_spaces = len(context) - len(context.rstrip(" "))
+    n_spaces = len(context) - len(context.rstrip())
     if n_spaces:
         context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
     whole = _ids(tokenizer, context + continuation)
@@ -80,18 +83,25 @@ def loglikelihoods(
     progress: bool = False,
     desc: str = "log-likelihood",
     shard: Shard = WHOLE,
+    share_context: bool = True,
 ) -> dict[int, list[tuple[float, int]]]:
     """``(sum of log-probabilities, number of tokens)`` of each continuation given its context,
     keyed by group index (the groups of ``shard``'s batches only), in index order.
 
-    Each group (e.g. the options of one multiple-choice item) runs in one forward pass.
-    Sequences longer than ``max_length`` lose tokens from the left of the context.
+    Each group (e.g. the options of one multiple-choice item) is in one batch. Groups of two
+    or more continuations run their shared context once and score the continuations from its
+    KV cache (:mod:`~quantcl.tasks.evaluators._shared_context`) where the model takes a cache
+    and ``share_context`` is true; otherwise every continuation runs as one sequence with its
+    context. Sequences longer than
+    ``max_length`` lose tokens from the left of the context.
     """
     import torch
     from tqdm.auto import tqdm
 
     encoded = [[encode_pair(tokenizer, c, x) for c, x in group] for group in groups]
-    if max_length is not None:
+    share = share_context and bool(groups) and all(len(g) > 1 for g in groups)
+    cache_name = cache_argument(model) if share else None
+    if max_length is not None and cache_name is None:
         # keep the whole continuation and as much of the context's end as fits
         encoded = [[(c[-max(1, max_length - len(x)) :], x) for c, x in g] for g in encoded]
     lengths = [max((len(c) + len(x) for c, x in g), default=0) for g in encoded]
@@ -100,6 +110,10 @@ def loglikelihoods(
     pad, device = pad_token_id(tokenizer), model_device(model)
     out: dict[int, list[tuple[float, int]]] = {}
     for batch in tqdm(batches, desc=desc, disable=not progress):
+        if cache_name is not None:
+            shared = score_shared_context(model, [encoded[g] for g in batch], pad, device, max_length, cache_name)
+            out.update(zip(batch, shared))
+            continue
         seqs = [(c + x, len(x)) for g in batch for c, x in encoded[g]]
         width = max(len(s) for s, _ in seqs)
         ids = torch.full((len(seqs), width), pad, dtype=torch.long)
@@ -150,20 +164,26 @@ def batch_seed(seed: int, batch: int) -> int:
     return (seed + batch * 0x9E3779B97F4A7C15) % 2**64
 
 
-def _stop_criteria(tokenizer: Any, stop: Sequence[str], prompt_width: int) -> Any:
+def _stop_criteria(tokenizer: Any, stop: Sequence[str], patterns: Sequence[str], prompt_width: int) -> Any:
     import torch
     from transformers import StoppingCriteria
 
-    window = max(len(s) for s in stop) + 8  # tokens decoded per check: every token is >= 1 char
+    window = max((len(s) for s in stop), default=0) + 8  # tokens decoded per check: each is >= 1 char
+    compiled = [re.compile(p) for p in patterns]
 
     class _StopStrings(StoppingCriteria):
-        # Per-row: a row is done once its newly generated text contains a stop string.
+        # Per row: done once its new text contains a stop string (checked on the last few
+        # tokens) or matches a stop pattern (checked on all of it: an answer spans many tokens).
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            new = input_ids[:, prompt_width:]
+            new = input_ids[:, prompt_width:].tolist()
             done = []
-            for row in new[:, -window:].tolist():
-                text = tokenizer.decode(row, skip_special_tokens=True)
-                done.append(any(s in text for s in stop))
+            for row in new:
+                tail = tokenizer.decode(row[-window:], skip_special_tokens=True) if stop else ""
+                hit = any(s in tail for s in stop)
+                if not hit and compiled:
+                    text = tokenizer.decode(row, skip_special_tokens=True)
+                    hit = any(p.search(text) for p in compiled)
+                done.append(hit)
             return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
     return _StopStrings()
@@ -177,6 +197,7 @@ def generate_texts(
     max_new_tokens: int,
     batch_size: int,
     stop: Sequence[str] = (),
+    stop_patterns: Sequence[str] = (),
     num_return_sequences: int = 1,
     temperature: float = 0.0,
     top_p: float = 1.0,
@@ -187,6 +208,10 @@ def generate_texts(
 ) -> dict[int, list[str]]:
     """Continuations of each prompt (``num_return_sequences`` per prompt), cut at ``stop``,
     keyed by prompt index (the prompts of ``shard``'s batches only), in index order.
+
+    Each row of a batch stops on its own as soon as its new text contains a ``stop`` string or
+    matches one of the ``stop_patterns`` (regular expressions; the text is kept whole, e.g. an
+    answer followed by the character that ends it), or at EOS; the batch ends when every row has.
 
     Greedy when ``temperature == 0``; otherwise sampling, each batch seeded with
     :func:`batch_seed` of ``seed`` and its number inside a forked RNG, so the caller's random
@@ -221,7 +246,8 @@ def generate_texts(
             for row, i in enumerate(idx):
                 ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
                 mask[row, width - len(encoded[i]) :] = 1
-            criteria = StoppingCriteriaList([_stop_criteria(tokenizer, stop, width)]) if stop else None
+            criteria = (StoppingCriteriaList([_stop_criteria(tokenizer, stop, stop_patterns, width)])
+                        if stop or stop_patterns else None)
             generated = model.generate(
                 input_ids=ids.to(device), attention_mask=mask.to(device),
                 generation_config=config, stopping_criteria=criteria,

@@ -63,7 +63,8 @@ class MultipleChoice(Evaluator):
     """Accuracy on multiple-choice items: which option does the model prefer?
 
     ``mode="loglikelihood"`` (default) scores every option by the log-probability of its text
-    after the prompt, all options of an item in one batched forward pass, and reports ``acc``
+    after the prompt (the prompt runs once per item and every option continues from its KV
+    cache, see ``share_context``), as lm-evaluation-harness scores it, and reports ``acc``
     (highest raw sum of log-probabilities) and ``acc_norm`` (highest log-probability per
     character of the option) side by side; ``normalization`` picks the headline ``score``.
     ``mode="generate"`` generates greedily and reads the option from the text with ``pattern``
@@ -80,6 +81,9 @@ class MultipleChoice(Evaluator):
             uses the model's ``max_position_embeddings``.
         batch_size: sequences per forward pass (options of one item are never split), or
             prompts per ``generate`` call; ``evaluate(batch_size=...)`` overrides it.
+        share_context: run each item's prompt once and score its options from the prompt's
+            last logits (one-token options) and KV cache (longer ones); ``False`` runs every
+            option as a whole sequence with its prompt (same scores up to rounding, slower).
 
     Example:
         >>> ev = MultipleChoice(normalization="acc_norm")
@@ -101,6 +105,7 @@ class MultipleChoice(Evaluator):
         max_new_tokens: int = 32,
         max_length: int | None = None,
         batch_size: int = 16,
+        share_context: bool = True,
     ) -> None:
         if normalization not in ("acc", "acc_norm"):
             raise ConfigError(f"MultipleChoice(normalization={normalization!r}): valid: 'acc', 'acc_norm'")
@@ -113,6 +118,9 @@ class MultipleChoice(Evaluator):
         positive_int("MultipleChoice", "max_new_tokens", max_new_tokens)
         positive_int("MultipleChoice", "max_length", max_length, allow_none=True)
         positive_int("MultipleChoice", "batch_size", batch_size)
+        if not isinstance(share_context, bool):
+            raise ConfigError(f"MultipleChoice(share_context={share_context!r}): must be True or False")
+        self.share_context = share_context
         self.required_columns = ("prompt", choices_column, answer_column)
         self.choices_column, self.answer_column = choices_column, answer_column
         self.normalization, self.mode, self.pattern = normalization, mode, pattern
@@ -190,7 +198,8 @@ class MultipleChoice(Evaluator):
         max_length = self.max_length or getattr(getattr(model, "config", None), "max_position_embeddings", None)
         groups = [[(p, c) for c in opts] for p, opts in zip(prompts, choices)]
         scored = loglikelihoods(model, tokenizer, groups, batch_size=size, max_length=max_length,
-                                progress=progress, desc="MultipleChoice", shard=shard)
+                                progress=progress, desc="MultipleChoice", shard=shard,
+                                share_context=self.share_context)
         records = {}
         for i, scores in scored.items():
             prompt, opts, gold = prompts[i], choices[i], answers[i]

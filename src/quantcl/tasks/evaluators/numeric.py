@@ -22,7 +22,7 @@ from quantcl.tasks.evaluators.base import (
     register_evaluator,
 )
 
-__all__ = ["NumericMatch", "extract_number", "numbers_match", "DEFAULT_NUMERIC_STOP"]
+__all__ = ["NumericMatch", "extract_number", "numbers_match", "answer_complete_pattern", "DEFAULT_NUMERIC_STOP"]
 
 # Models trained on few-shot GSM8K tend to go on with the next question.
 DEFAULT_NUMERIC_STOP = ("Question:", "</s>", "<|im_end|>", "<|eot_id|>", "<|endoftext|>")
@@ -33,6 +33,21 @@ _NUMBER_RE = re.compile(rf"(?<![\d.])(?:{_NUMBER})")
 
 def _to_float(token: str) -> float:
     return float(token.replace(",", ""))
+
+
+def answer_complete_pattern(answer_phrase: str) -> str:
+    """A regex that matches once a generation holds a finished answer: ``answer_phrase``
+    (case-insensitive), then on the same line a number followed by a character that cannot
+    continue it (so ``"is: 12"`` does not match yet, ``"is: 12\\n"`` and ``"is: 12. "`` do).
+
+    Example:
+        >>> import re
+        >>> p = answer_complete_pattern("The final answer is:")
+        >>> [bool(re.search(p, t)) for t in ("The final answer is: 1,0", "The final answer is: 1,024!")]
+        [False, True]
+    """
+    return (rf"(?i:{re.escape(answer_phrase)})[^\n]*?(?<![\d.])(?:{_NUMBER})"
+            r"(?=[^\d.,]|[.,][^\d])")
 
 
 def extract_number(text: str, answer_phrase: str | None = "The final answer is:") -> float | None:
@@ -76,13 +91,17 @@ class NumericMatch(Evaluator):
 
     Generates greedily (left-padded batches, at most ``max_new_tokens``, cut at ``stop``),
     extracts the answer with :func:`extract_number` and compares it with the gold number,
-    parsed from ``target`` (or ``answer_column``) by the same rule.
+    parsed from ``target`` (or ``answer_column``) by the same rule. With ``answer_phrase`` and
+    ``stop_at_answer`` (default) a row stops generating as soon as its answer is complete
+    (:func:`answer_complete_pattern`), so a model that states its answer and rambles on costs
+    no more than the answer; the extracted number is the same as without the early stop.
 
     Args:
         answer_phrase: the phrase the answer follows (``None``: always the last number).
         answer_column: read the gold number from this column instead of ``target``.
         max_new_tokens: generation budget.
         stop: strings that end a generation (the text from the first one on is dropped).
+        stop_at_answer: stop a row once ``answer_phrase`` and a finished number follow.
         tolerance: absolute tolerance of the comparison.
         batch_size: prompts per ``generate`` call; ``evaluate(batch_size=...)`` overrides it.
 
@@ -101,6 +120,7 @@ class NumericMatch(Evaluator):
         answer_column: str | None = None,
         max_new_tokens: int = 256,
         stop: Sequence[str] = DEFAULT_NUMERIC_STOP,
+        stop_at_answer: bool = True,
         tolerance: float = 1e-6,
         batch_size: int = 8,
     ) -> None:
@@ -108,6 +128,9 @@ class NumericMatch(Evaluator):
         positive_int("NumericMatch", "batch_size", batch_size)
         stop = require_list_of(stop, "NumericMatch(stop=...)", str, items="stop strings (str)")
         require_number(tolerance, "NumericMatch(tolerance=...)", low=0)
+        if not isinstance(stop_at_answer, bool):
+            raise ConfigError(f"NumericMatch(stop_at_answer={stop_at_answer!r}): must be True or False")
+        self.stop_at_answer = stop_at_answer
         self.required_columns = ("prompt", answer_column or "target")
         self.answer_phrase, self.answer_column = answer_phrase, answer_column
         self.max_new_tokens, self.stop, self.tolerance = max_new_tokens, tuple(stop), float(tolerance)
@@ -155,6 +178,8 @@ class NumericMatch(Evaluator):
         with inference_mode(model):
             texts = generate_texts(model, tokenizer, prompts, max_new_tokens=self.max_new_tokens,
                                    batch_size=batch_size or self.batch_size, stop=self.stop,
+                                   stop_patterns=[answer_complete_pattern(self.answer_phrase)]
+                                   if self.answer_phrase and self.stop_at_answer else [],
                                    progress=progress, desc="NumericMatch", shard=shard)
         records = []
         for i, (text,) in texts.items():

