@@ -40,6 +40,8 @@ def main() -> None:
         dynamics = qcl.recipes.ptq_dynamics_study(args.out, seeds=seeds, steps=args.steps, methods=methods,
                                                   peak_lrs=[float(x) for x in args.peak_lrs.split(",")])
         settings, table = dynamics.settings, dynamics.to_markdown()
+        table += "\nPaired per-seed differences:\n\n" + "\n".join(
+            dynamics.contrasts_markdown(m) for m in ("rtn3", "rtn4", "nf4") if m in methods)
         extra = [dynamics.to_csv(os.path.join(args.out, "summary.csv")), dynamics.plot(os.path.join(args.out, "gap.png"))]
     wall = time.perf_counter() - start
     header = (f"Settings: {', '.join(f'{k}={v}' for k, v in settings.items())}.\n"

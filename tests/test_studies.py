@@ -131,6 +131,27 @@ def test_ptq_dynamics_study_small(tmp_path):
     assert not (tmp_path / "q").exists()
 
 
+def test_ptq_dynamics_contrasts_pair_seeds():
+    from quantcl.studies._ptq_report import PTQDynamicsResult
+
+    def record(lr, avg, seed, before, after):
+        probe = [{"step": 10, "method": "rtn3", "relative_gap": before, "ce_fp": 2.0},
+                 {"step": 20, "method": "rtn3", "relative_gap": after, "ce_fp": 1.9}]
+        return {"arm": f"lr{lr:g}-{avg}", "peak_lr": lr, "averaging": avg, "seed": seed, "cooldown_start": 15,
+                "probe": probe, "lawa_probe": probe}
+
+    gaps = {(1e-3, "none"): [(0.01, 0.03), (0.02, 0.05)], (1e-3, "lawa"): [(0.01, 0.02), (0.02, 0.03)],
+            (3e-3, "none"): [(0.01, 0.01), (0.00, 0.02)]}
+    records = [record(lr, avg, seed, b, a) for (lr, avg), pairs in gaps.items() for seed, (b, a) in enumerate(pairs)]
+    rows = {r["contrast"]: r for r in PTQDynamicsResult(records, {"methods": ["rtn3"]}).contrasts()}
+    assert rows["cooldown (after - before), lr 0.001 none"]["mean"] == pytest.approx((0.02 + 0.03) / 2)
+    assert rows["LAWA - none after cooldown, lr 0.001"]["mean"] == pytest.approx((-0.01 - 0.02) / 2)
+    assert rows["lr 0.003 - lr 0.001 after cooldown, none"]["mean"] == pytest.approx((-0.02 - 0.03) / 2)
+    assert "LAWA - none after cooldown, lr 0.003" not in rows  # no LAWA arm at that LR
+    low, high = rows["cooldown (after - before), lr 0.001 none"]["t_low"], rows["cooldown (after - before), lr 0.001 none"]["t_high"]
+    assert low < 0.025 < high and high - low == pytest.approx(2 * 12.706 * 0.005, rel=1e-3)  # t(0.975, 1) * sd / sqrt(2)
+
+
 def test_ptq_continual_study_small(tmp_path, tiny_model_dir):
     from quantcl.studies import ptq_continual_study
 

@@ -49,13 +49,15 @@ def _state(model) -> dict[str, torch.Tensor]:
     ("rtn2-asym", ptq.PTQMethod("rtn2-asym", "rtn", 2, None, False)),
     ("nf4", ptq.PTQMethod("nf4", "bnb", 4)),
     ("int8", ptq.PTQMethod("int8", "bnb", 8)),
-    ("gptq4", ptq.PTQMethod("gptq4", "gptq", 4)),
+    ("gptq4", ptq.PTQMethod("gptq4", "gptq", 4, 128)),
+    ("gptq3-g32", ptq.PTQMethod("gptq3-g32", "gptq", 3, 32)),
 ])
 def test_parse_method(name, expected):
     assert ptq.parse_method(name) == expected
 
 
-@pytest.mark.parametrize("name", ["rtn0", "rtn1", "rtn5", "rtn16", "rtn4-g0", "q4", "rtn4-sym", "int4", "gptq5", ""])
+@pytest.mark.parametrize("name", ["rtn0", "rtn1", "rtn5", "rtn16", "rtn4-g0", "q4", "rtn4-sym", "int4", "gptq5", "gptq4-g48",
+                                  "gptq4-g0", ""])
 def test_parse_method_rejects_bad_forms_and_lists_the_valid_ones(name):
     with pytest.raises(ConfigError, match=r"valid: rtn\{bits\}.*int8, nf4, fp4"):
         ptq.parse_method(name)
@@ -189,9 +191,37 @@ def test_bitsandbytes_base_is_dequantized_and_the_adapter_merged(small_model_dir
 
 @pytest.mark.skipif(importlib.util.find_spec("gptqmodel") is not None, reason="gptqmodel is installed")
 def test_gptq_without_gptqmodel_names_the_missing_package(tiny_model_dir):
-    model, _ = _load(tiny_model_dir)
-    with pytest.raises(ConfigError, match=r"gptq4 needs the gptqmodel package \(pip install gptqmodel\)"):
+    model, tok = _load(tiny_model_dir)
+    with pytest.raises(ConfigError, match=r"gptq4 needs the gptqmodel package.*pip install gptqmodel.*torch>=2.14.1"):
+        ptq.quantize(model, "gptq4", calibration=["some text"], tokenizer=tok)
+    with pytest.raises(ConfigError, match=r"gptq4 needs the gptqmodel package"):  # before any measuring
+        ptq.measure(model, tok, ["a text"], ["rtn8", "gptq4"], calibration=["other text"])
+
+
+def test_gptq_needs_calibration_texts_before_any_work(tiny_model_dir):
+    model, tok = _load(tiny_model_dir)
+    with pytest.raises(ConfigError, match=r"gptq4 needs calibration texts and the tokenizer"):
         ptq.quantize(model, "gptq4")
+    with pytest.raises(ConfigError, match=r"GPTQ methods need calibration texts"):
+        ptq.measure(model, tok, ["a text"], ["rtn8", "gptq4"])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gptqmodel") is None, reason="gptqmodel is not installed "
+                    "(it needs torch>=2.14.1; see docs/ptq.md for the environment it was run in)")
+def test_gptq_through_gptqmodel_quantizes_a_copy_and_measures_its_gap(small_model_dir):
+    import torch
+
+    model, tok = _load(small_model_dir)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    texts = [" ".join(f"w{(i * 7 + j) % 50}" for j in range(40)) for i in range(16)]
+    q = ptq.quantize(model, "gptq4-g32", calibration=texts[:12], tokenizer=tok)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # the model is untouched
+    kinds = {type(m).__name__ for m in q.modules()}
+    assert not any(isinstance(m, torch.nn.Linear) and "lm_head" not in n for n, m in q.named_modules()), kinds
+    (record,) = ptq.measure(model, tok, texts[12:], ["gptq4-g32"], calibration=texts[:12])
+    assert record["ce_q"] > 0 and abs(record["relative_gap"]) < 0.5, record
+    with pytest.raises(ConfigError, match=r"group size 512 does not divide"):
+        ptq.quantize(model, "gptq4-g512", calibration=texts, tokenizer=tok)
 
 
 def test_int8_nf4_fp4_build_real_bnb_layers_with_finite_loss(small_model_dir):

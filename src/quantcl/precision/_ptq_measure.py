@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from quantcl.errors import ConfigError
+from quantcl.precision._gptq import require_gptqmodel
 from quantcl.precision._ptq_quantize import VALID_FORMS, PTQMethod, parse_method, quantize
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -118,6 +119,7 @@ def measure(
     evaluator: Any = None,
     eval_dataset: Any = None,
     skip_modules: Sequence[str] = ("lm_head",),
+    calibration: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Validation cross-entropy of ``model`` and of each method's quantized copy, on the same tokens.
 
@@ -134,6 +136,8 @@ def measure(
         evaluator, eval_dataset: optional; anything with ``evaluate(model, tokenizer, dataset)``
             returning an object with ``.score`` (an accuracy in [0, 1]).
         skip_modules: linear layers left in float (see :func:`quantize`).
+        calibration: GPTQ's calibration texts (needed when a ``gptq`` method is asked for;
+            keep them apart from ``texts_or_dataset``, which measures the gap).
 
     Returns:
         One dict per method: ``method``, ``ce_fp``, ``ce_q``, ``relative_gap`` (ce_q / ce_fp - 1),
@@ -151,6 +155,11 @@ def measure(
         raise ConfigError(f"measure: no methods given; valid: {VALID_FORMS}")
     if (evaluator is None) != (eval_dataset is None):
         raise ConfigError("measure: pass both evaluator and eval_dataset for accuracy, or neither")
+    if any(s.kind == "gptq" for s in specs):
+        if not calibration:
+            raise ConfigError("measure: GPTQ methods need calibration texts: measure(..., calibration=[...]), "
+                              "a sample apart from the measured texts")
+        require_gptqmodel(next(s.name for s in specs if s.kind == "gptq"))
     if evaluator is not None and not callable(getattr(evaluator, "evaluate", None)):
         raise ConfigError(f"measure: the evaluator ({type(evaluator).__name__}) has no evaluate(model, tokenizer, dataset)")
     batches = _batches(tokenizer, _texts(texts_or_dataset), max_length, batch_size)
@@ -160,7 +169,7 @@ def measure(
     records = []
     for spec in specs:
         start = time.perf_counter()
-        q_model = quantize(model, spec, skip_modules=skip_modules)
+        q_model = quantize(model, spec, skip_modules=skip_modules, calibration=calibration, tokenizer=tokenizer)
         with _eval_mode(q_model):
             ce_q = _cross_entropy(q_model, batches)
             acc_q = None if evaluator is None else _accuracy(evaluator, q_model, tokenizer, eval_dataset)

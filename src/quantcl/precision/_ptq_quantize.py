@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import re
 import sys
 from collections.abc import Iterator, Sequence
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from quantcl.errors import ConfigError
 from quantcl.precision import bnb as _bnb
+from quantcl.precision._gptq import GPTQ_GROUP_SIZES, check_gptq_layers, gptq_quantize, require_gptqmodel
 from quantcl.precision._rtn import RTN_BITS, check_group_size, rtn_fake_quantize
 from quantcl.precision.ternary import is_skipped
 
@@ -24,10 +24,12 @@ __all__ = ["PTQMethod", "parse_method", "quantize", "VALID_FORMS"]
 VALID_FORMS = (
     "rtn{bits} (per output channel), rtn{bits}-g{group} (per group of inputs), either with an "
     "optional -asym suffix, bits in {2, 3, 4, 8} (e.g. rtn4, rtn4-g128, rtn3-asym); "
-    "int8, nf4, fp4 (bitsandbytes); gptq{bits} (needs gptqmodel)"
+    "int8, nf4, fp4 (bitsandbytes); gptq{bits} or gptq{bits}-g{group} (group 128 by default; needs "
+    "gptqmodel and calibration texts)"
 )
 _RTN_RE = re.compile(r"rtn(\d+)(?:-g(\d+))?(-asym)?")
-_GPTQ_RE = re.compile(r"gptq(\d+)")
+_GPTQ_RE = re.compile(r"gptq(\d+)(?:-g(\d+))?")
+GPTQ_DEFAULT_GROUP = 128
 _BNB = {"int8": 8, "nf4": 4, "fp4": 4}
 _INT8_THRESHOLD = 6.0  # as PrecisionPolicy's default
 
@@ -40,7 +42,7 @@ class PTQMethod:
         name: the canonical method string (``"rtn4-g32-asym"``, ``"nf4"``...).
         kind: ``"rtn"``, ``"bnb"`` or ``"gptq"``.
         bits: bits per weight.
-        group_size: RTN inputs per group; ``None``: per output channel (and for non-RTN kinds).
+        group_size: RTN/GPTQ inputs per group; ``None``: per output channel (and for bnb).
         symmetric: RTN symmetric (``True``) or asymmetric codes.
 
     Example:
@@ -85,9 +87,12 @@ def parse_method(name: str | PTQMethod) -> PTQMethod:
     match = _GPTQ_RE.fullmatch(text)
     if match:
         bits = int(match.group(1))
+        group = GPTQ_DEFAULT_GROUP if match.group(2) is None else int(match.group(2))
         if bits not in RTN_BITS:
             raise ConfigError(f"PTQ method {name!r}: bits must be one of {list(RTN_BITS)}; valid: {VALID_FORMS}")
-        return PTQMethod(text, "gptq", bits)
+        if group not in GPTQ_GROUP_SIZES:
+            raise ConfigError(f"PTQ method {name!r}: GPTQ group sizes are {list(GPTQ_GROUP_SIZES)}; valid: {VALID_FORMS}")
+        return PTQMethod(text, "gptq", bits, group)
     raise ConfigError(f"unknown PTQ method {name!r}; valid: {VALID_FORMS}")
 
 
@@ -217,21 +222,9 @@ def _apply_bnb(model: torch.nn.Module, method: PTQMethod, skip_modules: tuple[st
     _bnb.disable_cpu_inference_repack(model)  # the copy may be trained (LoRA) after evaluation
 
 
-def _gptq_unavailable(method: PTQMethod) -> ConfigError:
-    if importlib.util.find_spec("gptqmodel") is None:
-        return ConfigError(
-            f"{method.name} needs the gptqmodel package (pip install gptqmodel), which is not "
-            "installed, and a CUDA GPU with calibration texts; use rtn{bits}[-g{group}], int8, nf4 or fp4 here"
-        )
-    return ConfigError(
-        f"{method.name}: gptqmodel is installed, but quantcl does not drive it yet (GPTQ needs "
-        "calibration data and is not wired into quantize in this release); quantize with "
-        "gptqmodel directly and load the result, or use rtn/int8/nf4/fp4"
-    )
-
-
 def quantize(
-    model: torch.nn.Module, method: str | PTQMethod, *, skip_modules: Sequence[str] = ("lm_head",)
+    model: torch.nn.Module, method: str | PTQMethod, *, skip_modules: Sequence[str] = ("lm_head",),
+    calibration: Sequence[str] | None = None, tokenizer: Any = None,
 ) -> torch.nn.Module:
     """Return a quantized copy of ``model``; ``model`` itself is never modified.
 
@@ -246,10 +239,13 @@ def quantize(
         model: a float causal LM, or a peft model on a float base.
         method: a method string (see :func:`parse_method`) or a :class:`PTQMethod`.
         skip_modules: linear layers kept in float.
+        calibration, tokenizer: GPTQ only: the calibration texts and the model's tokenizer.
+            GPTQ runs in the ``gptqmodel`` package on a saved float copy (see
+            :mod:`quantcl.precision._gptq`); the copy returned has its quantized layers.
 
     Raises:
         ConfigError: an invalid method, a group size not dividing a layer's in_features, or
-            ``gptq`` without the gptqmodel package.
+            ``gptq`` without the gptqmodel package, calibration texts or tokenizer.
         UnsupportedDeviceError: int8/nf4/fp4 without a working bitsandbytes for the device.
 
     Example:
@@ -260,7 +256,13 @@ def quantize(
     spec = parse_method(method)
     skip = tuple(skip_modules)
     if spec.kind == "gptq":
-        raise _gptq_unavailable(spec)
+        if tokenizer is None or calibration is None:
+            raise ConfigError(f"{spec.name} needs calibration texts and the tokenizer: "
+                              f"quantize(model, {spec.name!r}, calibration=[...], tokenizer=tok)")
+        require_gptqmodel(spec.name)
+        check_gptq_layers(model, spec.bits, spec.group_size or GPTQ_DEFAULT_GROUP, skip, spec.name)
+        return gptq_quantize(_float_copy(model), tokenizer, spec.bits, spec.group_size or GPTQ_DEFAULT_GROUP,
+                             list(calibration), name=spec.name)
     clone = _float_copy(model)
     if spec.kind == "rtn":
         _apply_rtn(clone, spec, skip)

@@ -11,7 +11,9 @@ accuracy drop under an evaluator). Method strings (:func:`parse_method`):
 - ``int8``: bitsandbytes LLM.int8 (``bnb.nn.Linear8bitLt``, outlier threshold 6.0);
   ``nf4`` / ``fp4``: ``bnb.nn.Linear4bit`` (blocksize 64, double quantization, compute in the
   model's dtype), with the 4-bit CPU repack fix applied.
-- ``gptq{bits}``: parsed, but :func:`quantize` needs the ``gptqmodel`` package (see docs/ptq.md).
+- ``gptq{bits}[-g{group}]``: GPTQ (group 128 by default) run by the ``gptqmodel`` package on a
+  saved float copy, with calibration texts (``quantize(..., calibration=, tokenizer=)``,
+  ``measure(..., calibration=)``); without gptqmodel, a ConfigError names it.
 
 Every ``nn.Linear`` outside ``skip_modules`` (default ``("lm_head",)``) is quantized; embeddings
 and norms are untouched.

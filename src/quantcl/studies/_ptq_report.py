@@ -71,6 +71,44 @@ class PTQDynamicsResult:
                          f"{_fmt(row['ce_before'], 3, False)} | {_fmt(row['ce_after'], 3, False)} |")
         return "\n".join(lines) + "\n"
 
+    def contrasts(self, method: str | None = None) -> list[dict[str, Any]]:
+        """Paired per-seed differences of the gap of ``method`` (default: the first), with
+        Student-t 95% intervals: the cooldown (after - before) per arm; LAWA - none after the
+        cooldown per peak LR; and each peak LR - the lowest, after the cooldown, per averaging."""
+        method = method or self.settings["methods"][0]
+        gap: dict[tuple[str, int], tuple[float | None, float | None]] = {}
+        for rec in self.records:
+            before, after = self._points(rec, method)
+            gap[(rec["arm"], rec["seed"])] = tuple(  # type: ignore[assignment]
+                None if p is None else float(p["relative_gap"]) for p in (before, after))
+        arms = {r["arm"]: (r["peak_lr"], r["averaging"]) for r in self.records}
+
+        def paired(a: str, b: str | None, i: int, j: int) -> dict[str, Any]:
+            seeds = sorted(s for (arm, s) in gap if arm == a and (b is None or (b, s) in gap))
+            diffs = [gap[(a, s)][i] - gap[(b or a, s)][j] for s in seeds  # type: ignore[operator]
+                     if gap[(a, s)][i] is not None and gap[(b or a, s)][j] is not None]
+            return _stats(diffs)
+
+        out = [{"contrast": f"cooldown (after - before), lr {lr:g} {avg}", **paired(arm, None, 1, 0)}
+               for arm, (lr, avg) in arms.items()]
+        by = {(lr, avg): arm for arm, (lr, avg) in arms.items()}
+        lrs = sorted({lr for lr, _ in arms.values()})
+        out += [{"contrast": f"LAWA - none after cooldown, lr {lr:g}", **paired(by[(lr, "lawa")], by[(lr, "none")], 1, 1)}
+                for lr in lrs if (lr, "lawa") in by and (lr, "none") in by]
+        out += [{"contrast": f"lr {lr:g} - lr {lrs[0]:g} after cooldown, {avg}", **paired(by[(lr, avg)], by[(lrs[0], avg)], 1, 1)}
+                for avg in dict.fromkeys(a for _, a in arms.values()) for lr in lrs[1:]
+                if (lr, avg) in by and (lrs[0], avg) in by]
+        return out
+
+    def contrasts_markdown(self, method: str | None = None) -> str:
+        """:meth:`contrasts` as a Markdown table."""
+        lines = [f"| contrast ({method or self.settings['methods'][0]} relative gap) | seeds | mean | 95% t-interval |",
+                 "|---|---:|---:|---|"]
+        for row in self.contrasts(method):
+            lines.append(f"| {row['contrast']} | {row['n']} | {row['mean']:+.4f} | "
+                         f"[{row['t_low']:+.4f}, {row['t_high']:+.4f}] |")
+        return "\n".join(lines) + "\n"
+
     def to_csv(self, path: str | Path) -> Path:
         """The summary as CSV (mean and std of each quantity)."""
         path = Path(path)
