@@ -148,7 +148,8 @@ class _Forwards:
 
     def __call__(self, module, args, kwargs):
         ids = kwargs["input_ids"]
-        self.calls.append(tuple(ids.shape))
+        cached = kwargs.get("cache", kwargs.get("past_key_values")) is not None
+        self.calls.append((*ids.shape, cached))
         if kwargs.get("position_ids") is not None:
             self.max_position = max(self.max_position, int(kwargs["position_ids"].max()))
 
@@ -159,11 +160,12 @@ def test_the_shared_context_path_equals_scoring_every_option_whole(model_and_tok
     counter = _Forwards(model)
     shared = MultipleChoice(batch_size=16).evaluate(model, tok, ds, progress=False)
     counter.handle.remove()
-    # one pass over the 4 contexts, one over the options longer than one token
+    # one pass over the contexts, then the options longer than one token (in chunks of similar length)
     longer = sum(len(encode_pair(tok, row["prompt"], c)[1]) > 1 for row in MIXED for c in row["choices"])
     options = sum(len(row["choices"]) for row in MIXED)
-    assert 0 < longer < options and len(counter.calls) == 2 and counter.calls[0][0] == len(MIXED)
-    assert counter.calls[1][0] == longer
+    assert 0 < longer < options
+    assert sum(rows for rows, _, cached in counter.calls if not cached) == len(MIXED)
+    assert sum(rows for rows, _, cached in counter.calls if cached) == longer
     whole = MultipleChoice(batch_size=16, share_context=False).evaluate(model, tok, ds, progress=False)
     for a, b, row in zip(shared.records, whole.records, MIXED):
         assert a["loglikelihoods"] == pytest.approx(b["loglikelihoods"], abs=1e-4)
@@ -173,13 +175,53 @@ def test_the_shared_context_path_equals_scoring_every_option_whole(model_and_tok
     assert shared.metrics == whole.metrics
 
 
+def test_options_are_chunked_by_length_to_cut_padding():
+    from quantcl.tasks.evaluators._shared_context import FORWARD_COST_IN_POSITIONS, _chunks
+
+    assert _chunks([40, 39, 38, 5, 5, 4, 4, 4], 16) == [(0, 3), (3, 8)]  # 3*40 + 5*5 + 2 passes < 8*40
+    assert _chunks([10, 9, 9, 8], 16) == [(0, 4)]  # splitting saves less than a pass costs
+    assert _chunks([10, 9, 9, 8], 2) == [(0, 2), (2, 4)]  # at most max_rows per pass
+    widths = [30, 29, 12, 11, 10, 3]
+    cost = lambda bounds: sum((e - s) * widths[s] + FORWARD_COST_IN_POSITIONS for s, e in bounds)  # noqa: E731
+    best = _chunks(widths, 16)
+    splits = [[(0, k), (k, 6)] for k in range(1, 6)] + [[(0, 6)]]
+    assert all(cost(best) <= cost(other) for other in splits)
+
+
 def test_single_token_options_need_one_forward_pass_per_batch(model_and_tok):
     model, tok = model_and_tok
     rows = [{"prompt": f"Item {i}:", "choices": ["A", "B", "C", "D"], "answer": i % 4} for i in range(6)]
     counter = _Forwards(model)
-    MultipleChoice(batch_size=8).evaluate(model, tok, Dataset.from_list(rows), progress=False)
+    MultipleChoice(batch_size=4).evaluate(model, tok, Dataset.from_list(rows), progress=False)
     counter.handle.remove()
-    assert [c[0] for c in counter.calls] == [2, 2, 2]  # 8 options per batch: two items, contexts only
+    assert sum(c[0] for c in counter.calls) == 6 and max(c[0] for c in counter.calls) <= 4  # prompts only
+    assert not any(cached for *_, cached in counter.calls)  # no continuation pass
+
+
+def test_a_head_every_context_shares_runs_once(model_and_tok):
+    model, tok = model_and_tok
+    shots = "Q: 1+1? A: 2\nQ: 2+2? A: 4\nQ: 3+3? A: 6\n"
+    rows = [{"prompt": f"{shots}Q: {a}+{a}? A:", "choices": [f" {2 * a}", f" {2 * a + 1}", " many"], "answer": 0}
+            for a in (4, 5, 7, 9)]
+    counter = _Forwards(model)
+    shared = MultipleChoice(batch_size=16).evaluate(model, tok, Dataset.from_list(rows), progress=False)
+    counter.handle.remove()
+    assert counter.calls[0] == (1, len(tok(shots + "Q: ")["input_ids"]), False)  # the head, once
+    assert counter.calls[1][0] == 4 and counter.calls[1][1] < 10 and counter.calls[1][2]  # then the rest
+    whole = MultipleChoice(share_context=False).evaluate(model, tok, Dataset.from_list(rows), progress=False)
+    for a, b in zip(shared.records, whole.records):
+        assert a["loglikelihoods"] == pytest.approx(b["loglikelihoods"], abs=1e-4)
+
+
+def test_padding_aware_batches_minimize_padded_positions():
+    from quantcl.tasks.evaluators._shared_context import FORWARD_COST_IN_POSITIONS, pack_by_padding
+
+    lengths, sizes = [200, 20, 22, 21, 199, 23], [1] * 6
+    batches = pack_by_padding(lengths, sizes, 8)
+    assert sorted(map(sorted, batches)) == [[0, 4], [1, 2, 3, 5]]  # the two long ones apart
+    assert all(sum(sizes[g] for g in b) <= 3 for b in pack_by_padding(lengths, sizes, 3))
+    assert pack_by_padding([10] * 4, [1] * 4, 8) == [[0, 1, 2, 3]]  # equal lengths: one pass
+    assert FORWARD_COST_IN_POSITIONS > 0
 
 
 def test_the_shared_context_is_cut_from_the_left_to_fit_max_length(model_and_tok):

@@ -16,7 +16,12 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from quantcl.tasks.evaluators._shared_context import cache_argument, score_shared_context
+from quantcl.tasks.evaluators._shared_context import (
+    cache_argument,
+    pack_by_padding,
+    score_shared_context,
+    split_group,
+)
 from quantcl.tasks.evaluators.base import Shard, model_device, pad_token_id
 
 __all__ = ["encode_pair", "loglikelihoods", "generate_texts", "truncate_at_stop", "batch_seed"]
@@ -101,17 +106,21 @@ def loglikelihoods(
     encoded = [[encode_pair(tokenizer, c, x) for c, x in group] for group in groups]
     share = share_context and bool(groups) and all(len(g) > 1 for g in groups)
     cache_name = cache_argument(model) if share else None
-    if max_length is not None and cache_name is None:
-        # keep the whole continuation and as much of the context's end as fits
-        encoded = [[(c[-max(1, max_length - len(x)) :], x) for c, x in g] for g in encoded]
-    lengths = [max((len(c) + len(x) for c, x in g), default=0) for g in encoded]
-    batches = _pack(lengths, [len(g) for g in encoded], batch_size)
+    if cache_name is not None:
+        plans = [split_group(g, max_length) for g in encoded]
+        batches = pack_by_padding([len(p) for p, _ in plans], [1] * len(plans), batch_size)
+    else:
+        if max_length is not None:
+            # keep the whole continuation and as much of the context's end as fits
+            encoded = [[(c[-max(1, max_length - len(x)) :], x) for c, x in g] for g in encoded]
+        lengths = [max((len(c) + len(x) for c, x in g), default=0) for g in encoded]
+        batches = _pack(lengths, [len(g) for g in encoded], batch_size)
     batches = [batches[b] for b in shard.units(len(batches))]
     pad, device = pad_token_id(tokenizer), model_device(model)
     out: dict[int, list[tuple[float, int]]] = {}
     for batch in tqdm(batches, desc=desc, disable=not progress):
         if cache_name is not None:
-            shared = score_shared_context(model, [encoded[g] for g in batch], pad, device, max_length, cache_name)
+            shared = score_shared_context(model, [plans[g] for g in batch], pad, device, cache_name, batch_size)
             out.update(zip(batch, shared))
             continue
         seqs = [(c + x, len(x)) for g in batch for c, x in encoded[g]]

@@ -16,10 +16,13 @@ The result equals scoring each option as a whole sequence, up to floating-point 
 
 from __future__ import annotations
 
+import copy
 import inspect
 from typing import Any
 
-__all__ = ["cache_argument", "score_shared_context"]
+__all__ = ["cache_argument", "split_group", "pack_by_padding", "score_shared_context"]
+
+Plan = tuple[list[int], list[tuple[list[int], int]]]  # shared context ids; per option (rest ids, scored)
 
 
 def _forward_params(model: Any) -> dict[str, Any]:
@@ -52,46 +55,56 @@ def _common_prefix(seqs: list[list[int]]) -> list[int]:
     return first[:k]
 
 
-def score_shared_context(
-    model: Any, encoded: list[list[tuple[list[int], list[int]]]], pad: int, device: Any,
-    max_length: int | None, cache_name: str,
-) -> list[list[tuple[float, int]]]:
-    """``(sum of log-probabilities, tokens)`` per continuation of each group in ``encoded``
-    (a batch of groups of ``(context ids, continuation ids)``), run as described above.
+def split_group(group: list[tuple[list[int], list[int]]], max_length: int | None) -> Plan:
+    """A group of ``(context ids, continuation ids)`` as its shared context (the longest common
+    prefix of the contexts; with ``max_length``, cut from the left so that it and the longest
+    option fit) and, per option, the ids after it and how many of them are scored."""
+    shared = _common_prefix([c for c, _ in group])
+    rest = [(c[len(shared):] + x, len(x)) for c, x in group]
+    if max_length is not None:
+        longest = max(len(r) for r, _ in rest)
+        shared = shared[-max(1, max_length - longest):]
+    return shared, rest
 
-    The shared context of a group is the longest common prefix of its options' context ids
-    (usually the whole context). With ``max_length`` the shared context loses tokens from its
-    left so that it and the longest option fit.
-    """
+
+def score_shared_context(
+    model: Any, plans: list[Plan], pad: int, device: Any, cache_name: str, max_rows: int,
+) -> list[list[tuple[float, int]]]:
+    """``(sum of log-probabilities, tokens)`` per continuation of each group of a batch (as
+    :func:`split_group` plans), run as described above; continuation passes hold at most
+    ``max_rows`` options."""
     import torch
 
     params = _forward_params(model)
-    prefixes, rests = [], []
-    for group in encoded:
-        shared = _common_prefix([c for c, _ in group])
-        rest = [(c[len(shared):] + x, len(x)) for c, x in group]
-        if max_length is not None:
-            longest = max(len(r) for r, _ in rest)
-            shared = shared[-max(1, max_length - longest):]
-        prefixes.append(shared)
-        rests.append(rest)
+    prefixes, rests = [p for p, _ in plans], [r for _, r in plans]
 
-    width = max(len(p) for p in prefixes)
+    # A head all the batch's contexts share (a few-shot prompt, an instruction) runs once.
+    head = _common_prefix(prefixes)[: min(len(p) for p in prefixes) - 1]
+    cache = None
+    if len(prefixes) > 1 and len(head) >= MIN_SHARED_HEAD:
+        ones = torch.ones((1, len(head)), dtype=torch.long)
+        out = model(input_ids=torch.tensor([head], device=device), attention_mask=ones.to(device),
+                    position_ids=torch.arange(len(head))[None].to(device), use_cache=True,
+                    **({"logits_to_keep": 1} if "logits_to_keep" in params else {}))
+        cache = _cache_of(out, cache_name, model)
+        cache.batch_repeat_interleave(len(prefixes))
+    else:
+        head = []
+    width = max(len(p) for p in prefixes) - len(head)
     ids = torch.full((len(prefixes), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(prefixes), width), dtype=torch.long)
+    mask = torch.zeros((len(prefixes), len(head) + width), dtype=torch.long)
+    mask[:, : len(head)] = 1
     for i, p in enumerate(prefixes):
-        ids[i, width - len(p):] = torch.tensor(p)
-        mask[i, width - len(p):] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids[i, width - len(p) + len(head):] = torch.tensor(p[len(head):])
+        mask[i, len(head) + width - len(p) + len(head):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, len(head):]
     kwargs: dict[str, Any] = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    if cache is not None:
+        kwargs[cache_name] = cache
     out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
                 use_cache=True, **kwargs)
     last = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-    cache = getattr(out, cache_name, None)
-    cache = getattr(out, "past_key_values", None) if cache is None else cache
-    if cache is None:
-        raise RuntimeError(f"{type(model).__name__} returned no KV cache with use_cache=True; "
-                           "score with MultipleChoice(share_context=False)")
+    cache = _cache_of(out, cache_name, model)
 
     scores: list[list[tuple[float, int]]] = [[(0.0, 0)] * len(r) for r in rests]
     rows = []  # (group, option, rest ids, scored tokens) of options needing a second pass
@@ -105,6 +118,81 @@ def score_shared_context(
                 rows.append((g, o, r, m))
     if not rows:
         return scores
+
+    rows.sort(key=lambda row: -len(row[2]))
+    chunks = _chunks([len(r) - 1 for _, _, r, _ in rows], max_rows)
+    for n, (start, end) in enumerate(chunks):
+        # every chunk but the last continues from its own copy of the cache (selection is in place)
+        own_cache = cache if n == len(chunks) - 1 else copy.deepcopy(cache)
+        _continue(model, rows[start:end], own_cache, mask, last, scores, pad, device, cache_name, params)
+    return scores
+
+
+def _cache_of(out: Any, cache_name: str, model: Any) -> Any:
+    cache = getattr(out, cache_name, None)
+    cache = getattr(out, "past_key_values", None) if cache is None else cache
+    if cache is None:
+        raise RuntimeError(f"{type(model).__name__} returned no KV cache with use_cache=True; "
+                           "score with MultipleChoice(share_context=False)")
+    return cache
+
+
+# Shared heads shorter than this run with each context (a pass of its own costs more).
+MIN_SHARED_HEAD = 8
+# A forward pass costs about as much fixed time as this many extra token positions (measured on
+# SmolLM2-135M on a 2-core CPU: ~25 ms vs ~1.5 ms per position); it decides when to split.
+FORWARD_COST_IN_POSITIONS = 16
+
+
+def pack_by_padding(lengths: list[int], sizes: list[int], batch_size: int) -> list[list[int]]:
+    """Groups (context ``lengths[g]`` tokens, ``sizes[g]`` rows) in batches of at most
+    ``batch_size`` rows, longest first, cut where the padded positions plus a fixed cost per pass
+    are smallest (one long context in a batch of short ones pads them all)."""
+    order = sorted(range(len(lengths)), key=lambda g: -lengths[g])
+    n = len(order)
+    best = [0.0] + [float("inf")] * n
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        rows = 0
+        for i in range(j - 1, -1, -1):
+            rows += sizes[order[i]]
+            if rows > batch_size and i < j - 1:
+                break
+            cost = best[i] + (j - i) * lengths[order[i]] + FORWARD_COST_IN_POSITIONS
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    batches, j = [], n
+    while j > 0:
+        batches.append(order[cut[j]:j])
+        j = cut[j]
+    return batches[::-1]
+
+
+def _chunks(widths: list[int], max_rows: int) -> list[tuple[int, int]]:
+    """Split rows sorted by descending width into consecutive chunks of at most ``max_rows``
+    that minimize the padded positions (rows x widest row, per chunk) plus a fixed cost per
+    chunk: options differ in length, and padding all to the longest wastes up to half a pass."""
+    n = len(widths)
+    best = [0.0] + [float("inf")] * n  # best[j]: cost of rows [0, j)
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(max(0, j - max_rows), j):
+            cost = best[i] + (j - i) * widths[i] + FORWARD_COST_IN_POSITIONS
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    bounds, j = [], n
+    while j > 0:
+        bounds.append((cut[j], j))
+        j = cut[j]
+    return bounds[::-1]
+
+
+def _continue(model: Any, rows: list[tuple[int, int, list[int], int]], cache: Any, mask: Any, last: Any,
+              scores: list[list[tuple[float, int]]], pad: int, device: Any, cache_name: str,
+              params: dict[str, Any]) -> None:
+    """One continuation pass over ``rows`` (group, option, rest ids, scored tokens) from ``cache``
+    (the context pass's, for all its groups), writing each option's score into ``scores``."""
+    import torch
 
     span = max(len(r) - 1 for _, _, r, _ in rows)
     ids = torch.full((len(rows), span), pad, dtype=torch.long)
@@ -133,4 +221,3 @@ def score_shared_context(
         if m == len(r):  # its first token is predicted by the shared context's last position
             total += float(last[g, r[0]])
         scores[g][o] = (total, m)
-    return scores

@@ -79,8 +79,10 @@ class MultipleChoice(Evaluator):
         max_new_tokens: generation budget for ``mode="generate"``.
         max_length: tokens per scored sequence (longer contexts lose their start); ``None``
             uses the model's ``max_position_embeddings``.
-        batch_size: sequences per forward pass (options of one item are never split), or
-            prompts per ``generate`` call; ``evaluate(batch_size=...)`` overrides it.
+        batch_size: rows per forward pass: with ``share_context``, prompts in the prompt pass
+            and options longer than one token in the continuation pass, otherwise whole option
+            sequences (an item is never split across batches); or prompts per ``generate`` call.
+            ``evaluate(batch_size=...)`` overrides it.
         share_context: run each item's prompt once and score its options from the prompt's
             last logits (one-token options) and KV cache (longer ones); ``False`` runs every
             option as a whole sequence with its prompt (same scores up to rounding, slower).
