@@ -106,7 +106,7 @@ def main() -> None:
     t0 = statistics.median(times[base_label])
     print(f"model: {name} | items: {len(data)} | max_new_tokens: {args.max_new_tokens} | batch: {args.batch_size} "
           f"| threads: {torch.get_num_threads()}\n")
-    print("| method | seconds | speed-up | generated chars | answers equal to the loop's | acc |")
+    print("| method | seconds | speed-up | chars kept (cut at stops) | answers equal to the loop's | acc |")
     print("|---|---|---|---|---|---|")
     for label, texts in outputs.items():
         preds = [extract_number(t) for t in texts]

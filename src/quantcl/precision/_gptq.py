@@ -9,7 +9,9 @@ with ``gptqmodel``'s kernels. Pitfalls handled here (measured with gptqmodel 7.7
 * importing it (through ``tokenicer``) sets ``HF_HOME`` and the Hub cache variables when they are
   unset: they are restored after the import;
 * group sizes must be one of 16..1024 (powers of two) or -1 and divide every layer's in_features;
-* it loads quantized models in bf16 on a CPU by default: loaded here in the float copy's dtype.
+* it loads quantized models in bf16 on a CPU by default: loaded here in the float copy's dtype
+  where it has a kernel for it (4-bit on a CPU: fp32 works; 3-bit: fp16/bf16 only, then bf16
+  with a warning).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -76,6 +79,8 @@ def gptq_quantize(float_copy: Any, tokenizer: Any, bits: int, group_size: int, c
                   *, name: str, batch_size: int = 1) -> Any:
     """``float_copy`` (a plain float causal LM, not modified) quantized by GPTQ on ``calibration``;
     the returned model is a transformers model with gptqmodel's quantized linear layers."""
+    import torch
+
     gptqmodel = require_gptqmodel(name)
     if not calibration or not all(isinstance(t, str) and t.strip() for t in calibration):
         raise ConfigError(f"{name} needs calibration texts (a non-empty list of non-empty strings)")
@@ -90,7 +95,12 @@ def gptq_quantize(float_copy: Any, tokenizer: Any, bits: int, group_size: int, c
         work.quantize(list(calibration), batch_size=batch_size)
         work.save(str(target))
         del work
-        quantized = gptqmodel.GPTQModel.load(str(target), device=str(device), dtype=dtype)
+        try:
+            quantized = gptqmodel.GPTQModel.load(str(target), device=str(device), dtype=dtype)
+        except NotImplementedError as err:  # e.g. its 3-bit kernels compute in fp16/bf16 only
+            warnings.warn(f"{name}: gptqmodel has no {dtype} kernel for this format ({err}); the quantized "
+                          "model computes in bfloat16, so its loss includes bf16 rounding", stacklevel=3)
+            quantized = gptqmodel.GPTQModel.load(str(target), device=str(device), dtype=torch.bfloat16)
     model = quantized.model
     for param in model.parameters():
         param.requires_grad_(False)
