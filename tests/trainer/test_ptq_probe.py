@@ -185,3 +185,13 @@ def test_resume_keeps_the_probe_records(tiny_model_dir, tmp_path):
     assert [r["step"] for r in resumed.stage_records[1]["ptq_probe"]] == [5, 6, 7, 8]
     for a, b in zip(clean.stage_records, resumed.stage_records):
         assert _strip(a["ptq_probe"]) == _strip(b["ptq_probe"])
+
+
+def test_a_gptq_probe_needs_calibration_texts_and_gptqmodel_when_built():
+    import importlib.util
+
+    with pytest.raises(ConfigError, match=r"gptq4 needs calibration texts: PTQProbe\(\.\.\., calibration="):
+        qcl.PTQProbe(["rtn4", "gptq4"])
+    if importlib.util.find_spec("gptqmodel") is None:
+        with pytest.raises(ConfigError, match=r"gptq4 needs the gptqmodel package"):
+            qcl.PTQProbe(["gptq4"], calibration=["some text"])

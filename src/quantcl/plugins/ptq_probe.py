@@ -60,15 +60,28 @@ class PTQProbe(StagePlugin, TrainerCallback):
         max_length, batch_size: tokens per text and texts per forward pass.
         at_stage_end: also probe after each ContinualTrainer stage (and at a plain run's end).
         skip_modules: linear layers PTQ leaves in float.
+        calibration: GPTQ's calibration texts, required when a ``gptq`` method is probed
+            (keep them apart from the held-out sample); GPTQ also needs the gptqmodel package,
+            checked here, before training.
     """
 
     def __init__(self, methods: Sequence[str] = ("rtn4", "rtn8"), *, every: int | None = None,
                  texts: Sequence[str] | None = None, n_texts: int = 64, max_length: int = 256, batch_size: int = 8,
-                 at_stage_end: bool = True, skip_modules: Sequence[str] = ("lm_head",)) -> None:
+                 at_stage_end: bool = True, skip_modules: Sequence[str] = ("lm_head",),
+                 calibration: Sequence[str] | None = None) -> None:
+        from quantcl.precision._gptq import require_gptqmodel
         from quantcl.precision.ptq import parse_method
 
         methods = require_list_of(methods, "PTQProbe(methods=...)", str, items="PTQ method strings", nonempty=True)
         self.methods = [parse_method(m).name for m in methods]
+        gptq = [m for m in self.methods if parse_method(m).kind == "gptq"]
+        if calibration is not None:
+            calibration = require_list_of(calibration, "PTQProbe(calibration=...)", str, items="texts", nonempty=True)
+        if gptq and calibration is None:
+            raise ConfigError(f"PTQProbe: {gptq[0]} needs calibration texts: PTQProbe(..., calibration=[...])")
+        if gptq:
+            require_gptqmodel(gptq[0])
+        self.calibration: list[str] | None = None if calibration is None else list(calibration)
         self.every = None if every is None else require_int(every, "PTQProbe(every=...)", minimum=1)
         if texts is not None:
             texts = require_list_of(texts, "PTQProbe(texts=...)", str, items="held-out strings", nonempty=True)
@@ -99,7 +112,7 @@ class PTQProbe(StagePlugin, TrainerCallback):
             raise ConfigError("PTQProbe has no held-out texts: pass texts=[...] (with a plain Trainer they are required)")
         start = time.perf_counter()
         rows = measure(model, tokenizer, self._sample, self.methods, max_length=self.max_length,
-                       batch_size=self.batch_size, skip_modules=self.skip_modules)
+                       batch_size=self.batch_size, skip_modules=self.skip_modules, calibration=self.calibration)
         spent = time.perf_counter() - start
         new = [{"step": step, "stage": self._stage, "learning_rate": self._lr, **row, "probe_seconds": spent}
                for row in rows]
