@@ -90,3 +90,59 @@ def test_demo_refuses_a_different_run_left_in_output_dir_before_training(tmp_pat
     assert out.returncode == 2 and "differs in" in out.stderr and "--output-dir" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr and "=== fp32-replay0 ===" not in out.stdout
     assert (tmp_path / "d" / "fp32-replay0" / "result.json").read_bytes() == before
+
+
+def test_the_shipped_demo_model_matches_its_manifest_and_is_used_by_default(tmp_path):
+    from quantcl._io import sha256_file
+    from quantcl.demo import DEMO_MODEL, SHIPPED_DEMO_MODEL, demo_model_dir, demo_model_is_cached
+
+    manifest = json.loads((SHIPPED_DEMO_MODEL / "quantcl-demo.json").read_text())
+    assert manifest["spec"] == DEMO_MODEL
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(manifest["files"])
+    for name, digest in manifest["files"].items():
+        assert sha256_file(SHIPPED_DEMO_MODEL / name) == digest, name
+    assert demo_model_dir() == SHIPPED_DEMO_MODEL and demo_model_is_cached()
+    assert not demo_model_is_cached(root=tmp_path)  # a root or another spec builds its own
+
+
+def test_a_damaged_shipped_demo_model_is_refused(tmp_path, monkeypatch):
+    import shutil
+
+    from quantcl import demo
+    from quantcl.errors import ConfigError
+
+    copy = tmp_path / "demo_model"
+    shutil.copytree(demo.SHIPPED_DEMO_MODEL, copy)
+    (copy / "config.json").write_text((copy / "config.json").read_text().replace("128", "129", 1))
+    monkeypatch.setattr(demo, "SHIPPED_DEMO_MODEL", copy)
+    with pytest.raises(ConfigError, match=r"config.json is missing or does not match its sha256.*reinstall"):
+        demo.demo_model_dir()
+
+
+@pytest.mark.slow
+def test_the_build_script_makes_the_shipped_demo_model(tmp_path):
+    """Bit for bit where the shipped model was built (same CPU, torch and thread count); elsewhere
+    a CPU's matmul rounding changes the weights, so there the rebuilt model must reach the shipped
+    model's loss on held-out pretraining text (within 3%)."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from quantcl.demo import SHIPPED_DEMO_MODEL, _cpu_name, build_demo_model
+    from quantcl.tasks.recipes.synthetic import pretraining_corpus
+
+    built = build_demo_model(tmp_path / "model", progress=False)
+    shipped_with = json.loads((SHIPPED_DEMO_MODEL / "quantcl-demo.json").read_text())["built_with"]
+    here = {"torch": torch.__version__, "cpu": _cpu_name(), "threads": torch.get_num_threads()}
+    ours, theirs = load_file(built / "model.safetensors"), load_file(SHIPPED_DEMO_MODEL / "model.safetensors")
+    assert ours.keys() == theirs.keys()
+    if all(shipped_with.get(k) == v for k, v in here.items()):
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    tok = AutoTokenizer.from_pretrained(built)
+    batch = tok([t + tok.eos_token for t in pretraining_corpus(64, seed=12345)], return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    losses = []
+    for path in (built, SHIPPED_DEMO_MODEL):
+        with torch.no_grad():
+            losses.append(float(AutoModelForCausalLM.from_pretrained(path)(**batch, labels=labels).loss))
+    assert losses[0] == pytest.approx(losses[1], rel=0.03), losses

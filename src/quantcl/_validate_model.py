@@ -27,7 +27,7 @@ from quantcl.precision.gguf import is_gguf_source
 __all__ = ["DEMO_MODEL_ID", "looks_local", "hub_offline", "check_model_source", "check_lora_config", "model_config",
            "empty_model"]
 
-DEMO_MODEL_ID = "quantcl:demo"  # `model: quantcl:demo` names the demo model, built once and cached
+DEMO_MODEL_ID = "quantcl:demo"  # `model: quantcl:demo` names the demo model (shipped in the package)
 _TRUE = {"1", "ON", "YES", "TRUE"}
 
 

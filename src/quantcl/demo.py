@@ -2,8 +2,11 @@
 without replay, on a tiny model the library builds and pretrains itself (offline, cached).
 
 The demo model is a 4-layer, 128-wide Llama with a character tokenizer, pretrained for about a minute
-on :func:`quantcl.recipes.pretraining_corpus` and cached under ``~/.cache/quantcl``
-(``QUANTCL_CACHE`` overrides). Each run then fine-tunes LoRA adapters through the three tasks.
+on :func:`quantcl.recipes.pretraining_corpus`. It ships inside the package (``quantcl/demo_model``,
+2.7 MB of safetensors with a sha256 manifest, made by ``scripts/build_demo_model.py``), so every
+machine starts from the same weights; variants (``demo_model_dir(steps=...)``) are built and
+cached under ``~/.cache/quantcl`` (``QUANTCL_CACHE`` overrides). Each run then fine-tunes LoRA
+adapters through the three tasks.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ from quantcl.results import ContinualResult, compare_markdown
 if TYPE_CHECKING:  # pragma: no cover
     from quantcl.stage_args import StageArgs
 
-__all__ = ["DEMO_MODEL", "cache_dir", "default_precisions", "demo_model_dir", "demo_model_is_cached",
-           "demo_stage_args", "run_demo"]
+__all__ = ["DEMO_MODEL", "SHIPPED_DEMO_MODEL", "build_demo_model", "cache_dir", "default_precisions",
+           "demo_model_dir", "demo_model_is_cached", "demo_stage_args", "run_demo"]
 
 # Sizes and pretraining schedule of the demo model; part of its cache key.
 DEMO_MODEL: dict[str, Any] = {
@@ -44,6 +47,11 @@ DEMO_MODEL: dict[str, Any] = {
 }
 
 
+# The pretrained demo model as shipped in the package (built by scripts/build_demo_model.py).
+SHIPPED_DEMO_MODEL = Path(__file__).parent / "demo_model"
+MANIFEST = "quantcl-demo.json"
+
+
 def cache_dir() -> Path:
     """``$QUANTCL_CACHE``, else ``$XDG_CACHE_HOME/quantcl``, else ``~/.cache/quantcl``."""
     if os.environ.get("QUANTCL_CACHE"):
@@ -53,8 +61,29 @@ def cache_dir() -> Path:
 
 
 def demo_model_is_cached(*, root: str | Path | None = None, **overrides: Any) -> bool:
-    """Whether :func:`demo_model_dir` would return at once (the model is built and cached)."""
-    return _is_built(_demo_model_path(root, overrides))
+    """Whether :func:`demo_model_dir` would return at once (shipped, or built and cached)."""
+    return (_use_shipped(root, overrides) is not None) or _is_built(_demo_model_path(root, overrides))
+
+
+def _use_shipped(root: str | Path | None, overrides: dict[str, Any]) -> Path | None:
+    """The shipped model's directory when it is what was asked for (the default spec, no root)."""
+    if root is not None or any(DEMO_MODEL.get(k) != v for k, v in overrides.items()):
+        return None
+    manifest = SHIPPED_DEMO_MODEL / MANIFEST
+    if not manifest.is_file():
+        return None
+    data = json.loads(manifest.read_text())
+    return SHIPPED_DEMO_MODEL if data.get("spec") == DEMO_MODEL else None
+
+
+def _check_shipped(path: Path) -> None:
+    from quantcl._io import sha256_file
+
+    files = json.loads((path / MANIFEST).read_text())["files"]
+    for name, digest in files.items():
+        if not (path / name).is_file() or sha256_file(path / name) != digest:
+            raise ConfigError(f"the shipped demo model's {name} is missing or does not match its sha256 in "
+                              f"{path / MANIFEST}; reinstall quantcl")
 
 
 def _demo_model_path(root: str | Path | None, overrides: dict[str, Any]) -> Path:
@@ -67,26 +96,30 @@ def _demo_model_path(root: str | Path | None, overrides: dict[str, Any]) -> Path
 
 
 def _is_built(path: Path) -> bool:
-    return (path / "config.json").exists() and (path / "quantcl-demo.json").exists()
+    return (path / "config.json").exists() and (path / MANIFEST).exists()
 
 
 def demo_model_dir(*, root: str | Path | None = None, progress: bool = True, **overrides: Any) -> Path:
-    """Build (once) and return the directory of the pretrained demo model.
+    """The directory of the pretrained demo model: the shipped one, or a variant built once.
 
     Args:
-        root: cache directory (default: :func:`cache_dir`).
+        root: cache directory (default: :func:`cache_dir`); given, the model is built there
+            even for the default spec.
         progress: show the pretraining progress bar.
-        overrides: change fields of :data:`DEMO_MODEL` (e.g. ``steps=200`` for tests).
+        overrides: change fields of :data:`DEMO_MODEL` (e.g. ``steps=200`` for tests); any
+            change builds (once) and caches that variant.
     """
+    shipped = _use_shipped(root, overrides)
+    if shipped is not None:
+        _check_shipped(shipped)
+        return shipped
     final = _demo_model_path(root, overrides)
     if _is_built(final):
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
     try:
-        spec = {**DEMO_MODEL, **overrides}
-        _pretrain(tmp, spec, progress=progress)
-        atomic_write_json(tmp / "quantcl-demo.json", spec)
+        build_demo_model(tmp, progress=progress, **overrides)
         try:
             os.replace(tmp, final)
         except OSError:  # another process finished first
@@ -96,6 +129,46 @@ def demo_model_dir(*, root: str | Path | None = None, progress: bool = True, **o
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def build_demo_model(path: str | Path, *, progress: bool = True, **overrides: Any) -> Path:
+    """Pretrain the demo model (:data:`DEMO_MODEL`, with ``overrides``) into ``path`` and write
+    its manifest (the spec, each file's sha256, and the torch/transformers versions and CPU that
+    made it: a CPU's matmul rounding changes the weights, not what they have learned).
+
+    Example:
+        >>> build_demo_model("/tmp/demo-model", steps=200)  # doctest: +SKIP
+    """
+    import platform
+
+    import torch
+    import transformers
+
+    from quantcl._io import sha256_file
+
+    unknown = sorted(set(overrides) - set(DEMO_MODEL))
+    if unknown:
+        raise ConfigError(f"unknown demo model option(s) {unknown}; valid: {sorted(DEMO_MODEL)}")
+    path = Path(path)
+    spec = {**DEMO_MODEL, **overrides}
+    _pretrain(path, spec, progress=progress)
+    files = {p.name: sha256_file(p) for p in sorted(path.iterdir()) if p.is_file() and p.name != MANIFEST}
+    atomic_write_json(path / MANIFEST, {
+        "spec": spec, "files": files,
+        "built_with": {"torch": torch.__version__, "transformers": transformers.__version__,
+                       "cpu": _cpu_name() or platform.machine(), "threads": torch.get_num_threads()},
+    })
+    return path
+
+
+def _cpu_name() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
 
 
 def _pretrain(path: Path, spec: dict[str, Any], *, progress: bool) -> None:
@@ -195,6 +268,10 @@ def run_demo(
     model_spec: dict[str, Any] = {"steps": 400} if quick else {}
     model_dir = model if model is not None else str(_demo_model_path(None, model_spec))
     n_train, n_eval = (120, 12) if quick else (400, 40)
+    tasks = synthetic(seed=seed, n_train=n_train, n_eval=n_eval)
+    stage_args = demo_stage_args(quick=quick)
+    run_steps = sum(stage_args.for_stage(i, t.name).max_steps for i, t in enumerate(tasks))
+    bars = _DemoProgress(run_steps * len(policies) * len(replay_fractions)) if progress else None
     trainers = {
         f"{policy.name}-replay{fraction:g}": ContinualTrainer(
             model=model_dir,
@@ -202,10 +279,11 @@ def run_demo(
             tasks=synthetic(seed=seed, n_train=n_train, n_eval=n_eval),
             replay=ReplayBuffer(fraction=fraction, strategy="uniform", seed=seed) if fraction else None,
             lora=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.0),
-            args=demo_stage_args(quick=quick),
+            args=stage_args,
             output_dir=output_dir / f"{policy.name}-replay{fraction:g}",
             seed=seed,
-            progress=progress,
+            progress=False,  # one bar per run, with the whole demo's ETA, instead of one per stage
+            callbacks=[bars.callback] if bars is not None else [],
         )
         for policy in policies
         for fraction in replay_fractions
@@ -219,9 +297,13 @@ def run_demo(
         print("Preparing the demo model (built and pretrained once, then cached)...", file=out)
         demo_model_dir(progress=progress, **model_spec)
     results: dict[str, ContinualResult] = {}
-    for name, trainer in trainers.items():
+    for i, (name, trainer) in enumerate(trainers.items()):
         print(f"\n=== {name} ===", file=out, flush=True)
+        if bars is not None:
+            bars.start_run(f"run {i + 1}/{len(trainers)} {name}", run_steps)
         result = trainer.fit(resume=True)
+        if bars is not None:
+            bars.end_run()
         results[name] = result
         print(result.to_markdown(), file=out, flush=True)
         result.plot(output_dir / name / "result.png")
@@ -237,6 +319,42 @@ def run_demo(
     print(f"\nWrote {output_dir / 'summary.json'} and {output_dir / 'demo.png'} "
           f"in {time.perf_counter() - started:.0f} s", file=out)
     return results
+
+
+class _DemoProgress:
+    """A progress bar per run (its training steps) showing the whole demo's ETA, extrapolated
+    from the time per step so far (evaluations included)."""
+
+    def __init__(self, total_steps: int) -> None:
+        from transformers import TrainerCallback
+
+        self.total, self.done, self.started, self.bar = total_steps, 0, time.perf_counter(), None
+        progress = self
+
+        class _Steps(TrainerCallback):
+            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+                progress.step()
+                return control
+
+        self.callback = _Steps()
+
+    def start_run(self, desc: str, steps: int) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=steps, desc=desc, unit="step", leave=True)
+
+    def step(self) -> None:
+        self.done += 1
+        if self.bar is not None:
+            elapsed = time.perf_counter() - self.started
+            eta = elapsed / self.done * max(self.total - self.done, 0)
+            self.bar.set_postfix_str(f"demo ETA {eta:.0f} s", refresh=False)
+            self.bar.update(1)
+
+    def end_run(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def default_precisions() -> tuple[str, str, str]:

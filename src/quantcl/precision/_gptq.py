@@ -8,6 +8,8 @@ with ``gptqmodel``'s kernels. Pitfalls handled here (measured with gptqmodel 7.7
   ``GPTQMODEL_CPU_WORKERS`` is at least 2 (set to 2 there, if unset);
 * importing it (through ``tokenicer``) sets ``HF_HOME`` and the Hub cache variables when they are
   unset: they are restored after the import;
+* it writes a log file per layer pass into ``./logs`` (a path fixed at import in
+  ``gptqmodel.looper.loop_processor``): pointed into the temporary directory instead;
 * group sizes must be one of 16..1024 (powers of two) or -1 and divide every layer's in_features;
 * it loads quantized models in bf16 on a CPU by default: loaded here in the float copy's dtype
   where it has a kernel for it (4-bit on a CPU: fp32 works; 3-bit: fp16/bf16 only, then bf16
@@ -75,6 +77,15 @@ def check_gptq_layers(model: Any, bits: int, group_size: int, skip_modules: Sequ
                                   f"{module.in_features}; use a group size that divides it")
 
 
+def _redirect_logs(path: Path) -> None:
+    try:
+        from gptqmodel.looper import loop_processor
+    except ImportError:  # another layout: its logs go where it puts them
+        return
+    if isinstance(getattr(loop_processor, "_PROJECT_LOG_DIR", None), Path):
+        loop_processor._PROJECT_LOG_DIR = path
+
+
 def gptq_quantize(float_copy: Any, tokenizer: Any, bits: int, group_size: int, calibration: Sequence[str],
                   *, name: str, batch_size: int = 1) -> Any:
     """``float_copy`` (a plain float causal LM, not modified) quantized by GPTQ on ``calibration``;
@@ -90,6 +101,7 @@ def gptq_quantize(float_copy: Any, tokenizer: Any, bits: int, group_size: int, c
         source, target = Path(tmp) / "float", Path(tmp) / "gptq"
         float_copy.save_pretrained(source)
         tokenizer.save_pretrained(source)
+        _redirect_logs(Path(tmp) / "logs")
         config = gptqmodel.QuantizeConfig(bits=bits, group_size=group_size)
         work = gptqmodel.GPTQModel.load(str(source), config, device=str(device))
         work.quantize(list(calibration), batch_size=batch_size)
