@@ -266,7 +266,8 @@ def run_demo(
     output_dir = Path(output_dir)
     started = time.perf_counter()
     model_spec: dict[str, Any] = {"steps": 400} if quick else {}
-    model_dir = model if model is not None else str(_demo_model_path(None, model_spec))
+    shipped = _use_shipped(None, model_spec)
+    model_dir = model if model is not None else str(shipped or _demo_model_path(None, model_spec))
     n_train, n_eval = (120, 12) if quick else (400, 40)
     tasks = synthetic(seed=seed, n_train=n_train, n_eval=n_eval)
     stage_args = demo_stage_args(quick=quick)
