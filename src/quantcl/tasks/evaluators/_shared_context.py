@@ -3,12 +3,16 @@
 lm-evaluation-harness runs every option of an item as its own sequence, context included, and
 saves a pass only when options are single tokens. Here every item's shared context runs once,
 all items of a batch together (left-padded, with explicit position ids so padding does not shift
-positions), keeping its KV cache and only its last position's logits. Then:
+positions), keeping its KV cache and only its last position's logits; a head that all the
+batch's contexts share (a few-shot prompt) runs once before them. Then:
 
 * an option that is one token after the shared context is scored from those last logits;
-* longer options run together in one more pass that continues from the cache (each row gets its
-  item's cache, selected by index), computing the vocabulary projection only at the positions
-  whose next token is scored (``logits_to_keep`` as a boolean mask, where the model takes it).
+* longer options run in further passes that continue from the cache (each row gets its item's
+  cache, selected by index), sorted by length and cut into chunks where that saves more padded
+  positions than a pass costs, computing the vocabulary projection only at the positions whose
+  next token is scored (``logits_to_keep`` as a boolean mask, where the model takes it).
+
+Batches of items are cut the same way (:func:`pack_by_padding`).
 
 The result equals scoring each option as a whole sequence, up to floating-point rounding
 (different matmul shapes; tested against the full-sequence path and against lm-eval).
