@@ -3,9 +3,11 @@ memory, and the Trainer callbacks that make mid-stage checkpoints safe to resume
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import resource
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ class Processes:
             from accelerate import PartialState
 
             self._state = PartialState(cpu=not torch.cuda.is_available())
+            _destroy_process_group_at_exit()
 
     @property
     def is_main(self) -> bool:
@@ -62,6 +65,36 @@ class Processes:
     def barrier(self) -> None:
         if self._state is not None:
             self._state.wait_for_everyone()
+
+
+_exit_hook: list[bool] = []  # [failed], once the hook is installed
+
+
+def _destroy_process_group_at_exit() -> None:
+    """Destroy the process group when the process ends normally.
+
+    Left to interpreter shutdown, gloo's worker threads can outlive the interpreter and abort the
+    process ("terminate called without an active exception", SIGABRT: pytorch/pytorch#190489), so
+    a finished torchrun job fails now and then. After an uncaught exception the group is left
+    alone: destroying it while other processes still wait in a collective can hang them.
+    """
+    if _exit_hook:
+        return
+    _exit_hook.append(False)
+    previous = sys.excepthook
+
+    def note_failure(*exc: Any) -> None:
+        _exit_hook[0] = True
+        previous(*exc)
+
+    def destroy() -> None:
+        import torch.distributed as dist
+
+        if not _exit_hook[0] and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+    sys.excepthook = note_failure
+    atexit.register(destroy)
 
 
 @contextlib.contextmanager

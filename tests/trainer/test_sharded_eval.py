@@ -122,7 +122,7 @@ def test_task_evaluate_passes_the_group_and_still_checks_the_score(math_rows):
 # two real processes ------------------------------------------------------------------------
 SCRIPT = textwrap.dedent(
     """
-    import json, os, sys
+    import atexit, json, os, sys
     from collections import Counter
     from transformers import AutoModelForCausalLM, AutoTokenizer
     import quantcl as qcl
@@ -130,6 +130,11 @@ SCRIPT = textwrap.dedent(
     from quantcl.tasks.evaluators import CodeExecution
 
     model_dir, out = sys.argv[1], sys.argv[2]
+    def group_left_at_exit():  # registered first, so it runs after quantcl's exit handler
+        import torch.distributed as dist
+        with open(os.path.join(out, f"exit{os.environ.get('RANK', '')}.json"), "w") as f:
+            json.dump(dist.is_initialized(), f)
+    atexit.register(group_left_at_exit)
     procs = Processes()
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -184,6 +189,9 @@ def test_torchrun_shards_evaluation_and_matches_one_process(tiny_model_dir, tmp_
     alone = json.loads((tmp_path / "single.json").read_text())
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert alone["world"] == 1 and ranks[0]["world"] == ranks[1]["world"] == 2
+    # each process destroyed its process group before the interpreter shut down (left to the
+    # shutdown, gloo aborts a finished process now and then)
+    assert [json.loads((tmp_path / f"exit{r}.json").read_text()) for r in (0, 1)] == [False, False]
     names = ["nlu", "math", "code", "code-sampled"]
     assert list(alone["results"]) == names
     for name in names:
@@ -197,3 +205,33 @@ def test_torchrun_shards_evaluation_and_matches_one_process(tiny_model_dir, tmp_
         assert sum(work) == alone["counts"][name], name
     sampled = [r["completions"] for r in alone["results"]["code-sampled"]["records"]]
     assert any(len(set(c)) > 1 for c in sampled)  # really sampled, and still identical
+
+
+EXIT_SCRIPT = textwrap.dedent(
+    """
+    import atexit, json, sys, tempfile
+    import torch.distributed as dist
+    from quantcl._runtime import _destroy_process_group_at_exit
+
+    out = sys.argv[1]
+    def record():  # registered first, so it runs after quantcl's handler
+        with open(out, "w") as f:
+            json.dump(dist.is_initialized(), f)
+    atexit.register(record)
+    dist.init_process_group("gloo", init_method="file://" + tempfile.mktemp(), rank=0, world_size=1)
+    _destroy_process_group_at_exit()
+    _destroy_process_group_at_exit()  # installed once
+    if sys.argv[2] == "fail":
+        raise OSError("disk full")
+    """
+)
+
+
+@pytest.mark.parametrize("ending, left", [("ok", False), ("fail", True)])
+def test_the_process_group_is_destroyed_at_a_normal_exit_only(tmp_path, ending, left):
+    script, out = tmp_path / "exit.py", tmp_path / "initialized.json"
+    script.write_text(EXIT_SCRIPT)
+    run = subprocess.run([sys.executable, str(script), str(out), ending], capture_output=True, text=True, timeout=120)
+    assert run.returncode == (1 if left else 0), run.stderr[-2000:]
+    assert ("disk full" in run.stderr) == left  # the previous excepthook still prints the traceback
+    assert json.loads(out.read_text()) is left
