@@ -59,7 +59,11 @@ def test_quick_demo_writes_every_output(tmp_path, demo_cache):
         assert (tmp_path / "demo" / name / "result.json").exists()
         assert (tmp_path / "demo" / name / "result.png").read_bytes()[:4] == b"\x89PNG"
     nf4 = summary["runs"]["nf4-replay0"]["config"]["precision"]
-    assert nf4["name"] == "nf4" and nf4["compute_dtype"] == "fp32"  # auto: fp32 compute on CPU
+    from quantcl.precision._device import cpu_has_native_bf16
+
+    # auto: bf16 compute where the CPU has it natively, else fp32
+    assert nf4["name"] == "nf4" and nf4["compute_dtype"] == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert summary["workers"] == min(4, len(os.sched_getaffinity(0)))  # runs side by side, a core each
     replayed = summary["runs"]["fp32-replay0.5"]["stage_records"]
     assert [r["n_replay_rows"] for r in replayed] == [0, 60, 120]  # half of each earlier task's 120 rows
     assert "=== summary ===" in out.stdout and "fp32-replay0.5" in out.stdout

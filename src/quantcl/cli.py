@@ -48,6 +48,7 @@ def _cmd_demo(ns: argparse.Namespace) -> int:
         seed=ns.seed,
         quick=ns.quick,
         progress=not ns.no_progress,
+        workers=ns.workers,
     )
     return 0
 
@@ -150,11 +151,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="comma-separated presets (default: bf16,int8,nf4 where bf16 is native, "
                         "else fp32,int8,nf4)")
     d.add_argument("--compute-dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="compute dtype of the quantized presets (auto: fp32 on CPU, bf16 on GPU)")
+                   help="compute dtype of the quantized presets (auto: bf16 on a GPU or a CPU with native bf16, "
+                        "else fp32)")
     d.add_argument("--replay", default="0,0.1", help="comma-separated replay fractions")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quick", action="store_true", help="a smaller, faster smoke-test configuration")
     d.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    d.add_argument("--workers", type=int, default=None,
+                   help="processes running runs side by side (default: 1 on a GPU, else one per CPU core, "
+                        "up to the number of runs)")
     d.set_defaults(func=_cmd_demo)
 
     r = sub.add_parser("run", help="one continual run from a YAML config")

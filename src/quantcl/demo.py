@@ -216,7 +216,7 @@ def demo_stage_args(*, quick: bool = False) -> StageArgs:
         learning_rate=2e-3, max_steps=40 if quick else 250, per_device_train_batch_size=8,
         lr_scheduler_type="constant", max_length=96, eval_batch_size=40, logging_steps=50,
         # the multiple-choice task is learned in fewer steps than the generative ones
-        overrides={"nlu": {"max_steps": 20 if quick else 150}},
+        overrides={"nlu": {"max_steps": 20 if quick else 120}},
     )
 
 
@@ -230,6 +230,7 @@ def run_demo(
     seed: int = 0,
     quick: bool = False,
     progress: bool = True,
+    workers: int | None = None,
     out: TextIO = sys.stdout,
 ) -> dict[str, ContinualResult]:
     """Run the demo grid and write ``summary.json``, ``summary.md`` and ``demo.png``.
@@ -238,23 +239,27 @@ def run_demo(
         output_dir: where runs and summaries go (each run in ``<precision>-replay<f>/``).
         model: a Hub id, directory or .gguf to use instead of the built-in demo model.
         precisions: precision presets to compare (default: :func:`default_precisions`).
-        compute_dtype: compute dtype of the quantized presets; ``"auto"`` picks fp32 on a CPU
-            (faster there than bf16, and emulated bf16 is ~10x slower on CPUs without
-            AVX512-BF16) and the preset's default (bf16) on a GPU.
+        compute_dtype: compute dtype of the quantized presets; ``"auto"`` picks bf16 on a GPU
+            and on a CPU with native bf16 (AVX512-BF16 or AMX), else fp32 (emulated bf16 is
+            ~10x slower than fp32).
         replay_fractions: replay fractions to compare (0 = no replay).
         seed: seeds data, LoRA init and replay.
         quick: a smaller, faster configuration (for smoke tests).
         progress: show progress bars.
+        workers: processes running runs side by side (default: 1 on a GPU, else one per CPU
+            core up to the number of runs; each gets ``cores // workers`` torch threads).
+            A run's numbers depend on its thread count, so compare runs made with the same.
 
     Returns:
         ``{run name: ContinualResult}``.
-    """
-    from peft import LoraConfig
 
+    Example:
+        >>> results = run_demo("quantcl-demo", quick=True, progress=False)  # doctest: +SKIP
+        >>> results["nf4-replay0.1"].metrics["forgetting"]                   # doctest: +SKIP
+    """
+    from quantcl._demo_runs import DemoProgress, DemoRun, Workers, plan_workers, run_grid
     from quantcl.precision import PrecisionPolicy
     from quantcl.replay import ReplayBuffer
-    from quantcl.tasks.recipes.synthetic import synthetic
-    from quantcl.trainer import ContinualTrainer
 
     require_extra("matplotlib", "plot")  # the PNG is written last: fail now, not after training
     if precisions is None:
@@ -268,94 +273,53 @@ def run_demo(
     model_spec: dict[str, Any] = {"steps": 400} if quick else {}
     shipped = _use_shipped(None, model_spec)
     model_dir = model if model is not None else str(shipped or _demo_model_path(None, model_spec))
-    n_train, n_eval = (120, 12) if quick else (400, 40)
-    tasks = synthetic(seed=seed, n_train=n_train, n_eval=n_eval)
-    stage_args = demo_stage_args(quick=quick)
-    run_steps = sum(stage_args.for_stage(i, t.name).max_steps for i, t in enumerate(tasks))
-    bars = _DemoProgress(run_steps * len(policies) * len(replay_fractions)) if progress else None
-    trainers = {
-        f"{policy.name}-replay{fraction:g}": ContinualTrainer(
-            model=model_dir,
-            precision=policy,
-            tasks=synthetic(seed=seed, n_train=n_train, n_eval=n_eval),
-            replay=ReplayBuffer(fraction=fraction, strategy="uniform", seed=seed) if fraction else None,
-            lora=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.0),
-            args=stage_args,
-            output_dir=output_dir / f"{policy.name}-replay{fraction:g}",
-            seed=seed,
-            progress=False,  # one bar per run, with the whole demo's ETA, instead of one per stage
-            callbacks=[bars.callback] if bars is not None else [],
-        )
+    runs = [
+        DemoRun(name=f"{policy.name}-replay{fraction:g}", model_dir=model_dir, policy=policy, fraction=fraction,
+                seed=seed, quick=quick, stage_args=demo_stage_args(quick=quick),
+                output_dir=str(output_dir / f"{policy.name}-replay{fraction:g}"))
         for policy in policies
         for fraction in replay_fractions
-    }
-    for name, trainer in trainers.items():  # runs left in output_dir must be continuable: check now
-        try:
-            trainer.check_resume(resume=True)
-        except ConfigError as err:
-            raise ConfigError(f"{err} (demo run {name!r}; pass another --output-dir)") from err
-    if model is None:
-        print("Preparing the demo model (built and pretrained once, then cached)...", file=out)
-        demo_model_dir(progress=progress, **model_spec)
-    results: dict[str, ContinualResult] = {}
-    for i, (name, trainer) in enumerate(trainers.items()):
-        print(f"\n=== {name} ===", file=out, flush=True)
-        if bars is not None:
-            bars.start_run(f"run {i + 1}/{len(trainers)} {name}", run_steps)
-        result = trainer.fit(resume=True)
-        if bars is not None:
-            bars.end_run()
-        results[name] = result
-        print(result.to_markdown(), file=out, flush=True)
-        result.plot(output_dir / name / "result.png")
+    ]
+    n_workers, threads = plan_workers(workers, len(runs))
+    pool = Workers(n_workers, threads) if n_workers > 1 else None
+    finished = False
+    try:
+        for run in runs:  # runs left in output_dir must be continuable: check now
+            try:
+                run.trainer([]).check_resume(resume=True)
+            except ConfigError as err:
+                raise ConfigError(f"{err} (demo run {run.name!r}; pass another --output-dir)") from err
+        if model is None:
+            print("Preparing the demo model (built and pretrained once, then cached)...", file=out)
+            demo_model_dir(progress=progress, **model_spec)
+        if pool is not None:
+            print(f"{len(runs)} runs on {n_workers} worker processes with {threads} torch thread(s) each "
+                  f"(--workers 1 runs them one by one in this process)", file=out, flush=True)
+        bars = DemoProgress(sum(run.steps for run in runs), enabled=progress)
+
+        def report(run: DemoRun, result: ContinualResult) -> None:
+            bars.write(f"\n=== {run.name} ===\n{result.to_markdown()}", out)
+            result.plot(Path(run.output_dir) / "result.png")
+
+        results = run_grid(runs, workers=pool, progress=bars, on_done=report)
+        finished = True
+    finally:
+        if pool is not None:
+            pool.close(kill=not finished)
     summary = compare_markdown(results)
     print("\n=== summary ===", file=out)
     print(summary, file=out)
     atomic_write_bytes(output_dir / "summary.md", (summary + "\n").encode())
     atomic_write_json(output_dir / "summary.json", {
         "seconds": time.perf_counter() - started,
+        "workers": n_workers,
+        "threads_per_worker": threads,
         "runs": {name: r.to_dict() for name, r in results.items()},
     })
     plot_grid(results, output_dir / "demo.png")
     print(f"\nWrote {output_dir / 'summary.json'} and {output_dir / 'demo.png'} "
           f"in {time.perf_counter() - started:.0f} s", file=out)
     return results
-
-
-class _DemoProgress:
-    """A progress bar per run (its training steps) showing the whole demo's ETA, extrapolated
-    from the time per step so far (evaluations included)."""
-
-    def __init__(self, total_steps: int) -> None:
-        from transformers import TrainerCallback
-
-        self.total, self.done, self.started, self.bar = total_steps, 0, time.perf_counter(), None
-        progress = self
-
-        class _Steps(TrainerCallback):
-            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-                progress.step()
-                return control
-
-        self.callback = _Steps()
-
-    def start_run(self, desc: str, steps: int) -> None:
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=steps, desc=desc, unit="step", leave=True)
-
-    def step(self) -> None:
-        self.done += 1
-        if self.bar is not None:
-            elapsed = time.perf_counter() - self.started
-            eta = elapsed / self.done * max(self.total - self.done, 0)
-            self.bar.set_postfix_str(f"demo ETA {eta:.0f} s", refresh=False)
-            self.bar.update(1)
-
-    def end_run(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 def default_precisions() -> tuple[str, str, str]:
@@ -381,7 +345,10 @@ def _demo_policy(policy: Any, compute_dtype: str) -> Any:
     if compute_dtype == "auto":
         import torch
 
+        from quantcl.precision._device import cpu_has_native_bf16
+
         if torch.cuda.is_available():
             return policy
-        compute_dtype = "fp32"
+        # emulated bf16 is ~10x slower than fp32; native bf16 ~1.2x faster (demo model, nf4/int8)
+        compute_dtype = "bf16" if cpu_has_native_bf16() else "fp32"
     return dataclasses.replace(policy, compute_dtype=compute_dtype)

@@ -216,11 +216,12 @@ def test_a_head_every_context_shares_runs_once(model_and_tok):
 def test_padding_aware_batches_minimize_padded_positions():
     from quantcl.tasks.evaluators._shared_context import FORWARD_COST_IN_POSITIONS, pack_by_padding
 
-    lengths, sizes = [200, 20, 22, 21, 199, 23], [1] * 6
-    batches = pack_by_padding(lengths, sizes, 8)
+    lengths = [200, 20, 22, 21, 199, 23]
+    batches = pack_by_padding(lengths, 8)
     assert sorted(map(sorted, batches)) == [[0, 4], [1, 2, 3, 5]]  # the two long ones apart
-    assert all(sum(sizes[g] for g in b) <= 3 for b in pack_by_padding(lengths, sizes, 3))
-    assert pack_by_padding([10] * 4, [1] * 4, 8) == [[0, 1, 2, 3]]  # equal lengths: one pass
+    assert all(len(b) <= 3 for b in pack_by_padding(lengths, 3))
+    assert sorted(g for b in pack_by_padding(lengths, 3) for g in b) == list(range(6))  # each once
+    assert pack_by_padding([10] * 4, 8) == [[0, 1, 2, 3]]  # equal lengths: one pass
     assert FORWARD_COST_IN_POSITIONS > 0
 
 

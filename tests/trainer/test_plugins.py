@@ -428,3 +428,51 @@ def test_a_run_directory_of_quantcl_0_1_is_refused_with_a_clear_message(tiny_mod
     (out / "state.json").write_text(json.dumps({**state, "version": 1}))
     with pytest.raises(qcl.StateError, match="version 1, expected 3 .written by quantcl 0.1"):
         _fit(tiny_model_dir, out, tasks=_tasks(("nlu",))).fit(resume=True)
+
+
+class FlopsProbe(StagePlugin):
+    """Counts the model's parameter walks during training and keeps the stage's Trainer."""
+
+    def configure_trainer(self, trainer, stage, task, spec):
+        probe = self
+
+        class Keep(TrainerCallback):
+            def on_train_begin(self, args, state, control, model=None, **kwargs):
+                probe.walks = 0
+                counted = model.num_parameters
+
+                def counting(*a, **k):
+                    probe.walks += 1
+                    return counted(*a, **k)
+
+                model.num_parameters = counting
+
+            def on_train_end(self, args, state, control, **kwargs):
+                probe.hf_trainer, probe.total_flos = trainer.stage_trainer, state.total_flos
+
+        spec.callbacks.append(Keep())
+
+
+def test_total_flos_is_transformers_count_without_walking_the_parameters_each_step(tiny_model_dir, tmp_path):
+    probe = FlopsProbe()
+    _fit(tiny_model_dir, tmp_path / "run", tasks=_tasks(("nlu",)), plugins=[probe]).fit()
+    hf = probe.hf_trainer
+    assert probe.walks == 0  # transformers itself walks them at every step (3 here)
+    batch = {"input_ids": torch.ones(4, 10, dtype=torch.long)}
+    assert hf.floating_point_ops(batch) == Trainer.floating_point_ops(hf, batch) > 0
+    tokens = 6 * hf.model.num_parameters(exclude_embeddings=True)
+    assert probe.total_flos >= 3 * 4 * tokens  # three steps of four rows, each >= 1 token
+
+
+def test_a_trainer_class_with_its_own_flops_count_keeps_it(tiny_model_dir, tmp_path):
+    class Flops(Trainer):
+        def floating_point_ops(self, inputs):
+            return 7
+
+    class UseFlops(StagePlugin):
+        def configure_trainer(self, trainer, stage, task, spec):
+            spec.trainer_class = Flops
+
+    probe = FlopsProbe()
+    _fit(tiny_model_dir, tmp_path / "run", tasks=_tasks(("nlu",)), plugins=[UseFlops(), probe]).fit()
+    assert probe.total_flos == 3 * 7

@@ -108,7 +108,7 @@ def loglikelihoods(
     cache_name = cache_argument(model) if share else None
     if cache_name is not None:
         plans = [split_group(g, max_length) for g in encoded]
-        batches = pack_by_padding([len(p) for p, _ in plans], [1] * len(plans), batch_size)
+        batches = pack_by_padding([len(p) for p, _ in plans], batch_size)
     else:
         if max_length is not None:
             # keep the whole continuation and as much of the context's end as fits

@@ -148,28 +148,11 @@ MIN_SHARED_HEAD = 8
 FORWARD_COST_IN_POSITIONS = 16
 
 
-def pack_by_padding(lengths: list[int], sizes: list[int], batch_size: int) -> list[list[int]]:
-    """Groups (context ``lengths[g]`` tokens, ``sizes[g]`` rows) in batches of at most
-    ``batch_size`` rows, longest first, cut where the padded positions plus a fixed cost per pass
-    are smallest (one long context in a batch of short ones pads them all)."""
+def pack_by_padding(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices of items with contexts of ``lengths`` tokens in batches of at most ``batch_size``,
+    longest first, cut by :func:`_chunks` (one long context in a batch of short ones pads them all)."""
     order = sorted(range(len(lengths)), key=lambda g: -lengths[g])
-    n = len(order)
-    best = [0.0] + [float("inf")] * n
-    cut = [0] * (n + 1)
-    for j in range(1, n + 1):
-        rows = 0
-        for i in range(j - 1, -1, -1):
-            rows += sizes[order[i]]
-            if rows > batch_size and i < j - 1:
-                break
-            cost = best[i] + (j - i) * lengths[order[i]] + FORWARD_COST_IN_POSITIONS
-            if cost < best[j]:
-                best[j], cut[j] = cost, i
-    batches, j = [], n
-    while j > 0:
-        batches.append(order[cut[j]:j])
-        j = cut[j]
-    return batches[::-1]
+    return [order[i:j] for i, j in _chunks([lengths[g] for g in order], batch_size)]
 
 
 def _chunks(widths: list[int], max_rows: int) -> list[tuple[int, int]]:
