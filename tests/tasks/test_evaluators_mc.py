@@ -311,3 +311,23 @@ def test_extract_choice(text, choices, expected):
 
 def test_extract_choice_with_a_custom_pattern():
     assert extract_choice("Answer: (C)", ["a", "b", "c"], pattern=r"\(([A-D])\)") == 2
+
+
+def test_a_forked_cache_is_selected_and_grown_without_changing_the_original(model_and_tok):
+    import torch
+
+    from quantcl.tasks.evaluators._shared_context import _fork
+
+    model, tok = model_and_tok
+    ids = torch.tensor([tok("one two three").input_ids, tok("four five six").input_ids])
+    with torch.no_grad():
+        cache = model(input_ids=ids, use_cache=True).past_key_values
+    before = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
+    fork = _fork(cache)
+    fork.batch_select_indices(torch.tensor([1, 1, 0]))
+    with torch.no_grad():  # the fork grows by one position for three rows
+        model(input_ids=ids[[1, 1, 0], :1], past_key_values=fork, use_cache=True)
+    assert fork.layers[0].keys.shape[0] == 3 and fork.get_seq_length() == ids.shape[1] + 1
+    for layer, (keys, values) in zip(cache.layers, before):
+        assert torch.equal(layer.keys, keys) and torch.equal(layer.values, values)
+    assert cache.get_seq_length() == ids.shape[1]

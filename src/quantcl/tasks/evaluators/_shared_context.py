@@ -127,9 +127,26 @@ def score_shared_context(
     chunks = _chunks([len(r) - 1 for _, _, r, _ in rows], max_rows)
     for n, (start, end) in enumerate(chunks):
         # every chunk but the last continues from its own copy of the cache (selection is in place)
-        own_cache = cache if n == len(chunks) - 1 else copy.deepcopy(cache)
+        own_cache = cache if n == len(chunks) - 1 else _fork(cache)
         _continue(model, rows[start:end], own_cache, mask, last, scores, pad, device, cache_name, params)
     return scores
+
+
+def _fork(cache: Any) -> Any:
+    """A copy of ``cache`` that can be selected from and grown without changing ``cache``.
+
+    transformers' ``DynamicLayer`` replaces its key/value tensors on selection and growth instead
+    of writing into them, so copying the layer objects is enough; a deep copy would also copy
+    every tensor of every item (the whole cache, once per chunk). Other layer types are deep-copied.
+    """
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    if not isinstance(layers, list) or any(type(layer) is not DynamicLayer for layer in layers):
+        return copy.deepcopy(cache)
+    fork = copy.copy(cache)
+    fork.layers = [copy.copy(layer) for layer in layers]
+    return fork
 
 
 def _cache_of(out: Any, cache_name: str, model: Any) -> Any:
