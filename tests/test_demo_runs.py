@@ -62,3 +62,26 @@ def test_an_error_in_a_worker_stops_the_demo_with_that_error(tmp_path, tiny_mode
         workers.close(kill=True)
     assert done == []
     assert (tmp_path / "run0" / "worker.log").exists()  # what the run printed went to its log
+
+
+def test_a_worker_that_dies_stops_the_demo_instead_of_hanging(tmp_path, tiny_model_dir):
+    import os
+    import signal
+    import threading
+
+    runs = [DemoRun(name="fp32", model_dir=str(tiny_model_dir), policy=qcl.PrecisionPolicy("fp32"), fraction=0.0,
+                    seed=0, quick=True, stage_args=demo_stage_args(quick=True), output_dir=str(tmp_path / "run"))]
+    workers = Workers(2, 1)
+
+    def kill_a_worker():  # once the run has started, as an out-of-memory kill would
+        while not (tmp_path / "run" / "worker.log").exists():
+            time.sleep(0.05)
+        os.kill(next(iter(workers.pool._processes)), signal.SIGKILL)  # pids of the workers
+
+    killer = threading.Thread(target=kill_a_worker, daemon=True)
+    killer.start()
+    try:
+        with pytest.raises(RuntimeError, match="worker process died"):
+            run_grid(runs, workers=workers, progress=DemoProgress(1, enabled=False), on_done=lambda *a: None)
+    finally:
+        workers.close(kill=True)

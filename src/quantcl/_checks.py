@@ -5,7 +5,7 @@ Constructors name an argument as ``Owner(arg=...)`` or ``Owner.arg``; :func:`at_
 error raised while building a config node into ``config key 'replay.fraction': ...``, so a nested
 YAML key reports its whole path.
 
-Example:
+Examples:
     >>> require_choice("cosine", "lr_scheduler_type", ["linear", "cosine"])
     'cosine'
     >>> at_key("replay", lambda: require_int(-1, "ReplayBuffer(seed=...)", minimum=0))
@@ -45,7 +45,7 @@ def require_bool(value: Any, what: str) -> bool:
     Opt-ins (running generated code, ``trust_remote_code``) must not turn on because ``bool()``
     of a string such as ``"false"`` is True.
 
-    Example:
+    Examples:
         >>> require_bool(True, "allow_code_execution")
         True
     """
@@ -57,7 +57,7 @@ def require_bool(value: Any, what: str) -> bool:
 def require_int(value: Any, what: str, *, minimum: int | None = None) -> int:
     """``value`` if it is an int (not a bool, not a float such as 2.5) and ``>= minimum``.
 
-    Example:
+    Examples:
         >>> require_int(3, "seed", minimum=0)
         3
     """
@@ -74,7 +74,7 @@ def require_number(value: Any, what: str, *, low: float | None = None, high: flo
 
     ``low_open=True`` excludes ``low`` itself (``learning_rate`` must be > 0).
 
-    Example:
+    Examples:
         >>> require_number(0.5, "fraction", low=0, high=1)
         0.5
     """
@@ -89,7 +89,7 @@ def require_number(value: Any, what: str, *, low: float | None = None, high: flo
 def require_str(value: Any, what: str, *, empty: bool = False) -> str:
     """``value`` if it is a ``str`` (non-empty unless ``empty=True``).
 
-    Example:
+    Examples:
         >>> require_str("math", "Task(name=...)")
         'math'
     """
@@ -101,7 +101,7 @@ def require_str(value: Any, what: str, *, empty: bool = False) -> str:
 def require_choice(value: Any, what: str, choices: Iterable[Any]) -> Any:
     """``value`` if it is one of ``choices`` (compared by type and value: ``True`` is not ``1``).
 
-    Example:
+    Examples:
         >>> require_choice("ceil", "ReplayBuffer(rounding=...)", ["ceil", "floor"])
         'ceil'
     """
@@ -118,7 +118,7 @@ def require_list_of(value: Any, what: str, item_type: type | tuple[type, ...], *
 
     ``items`` says what an item is, for the message (``"module names (str)"``).
 
-    Example:
+    Examples:
         >>> require_list_of(("lm_head",), "PrecisionPolicy(skip_modules=...)", str, items="module names (str)")
         ['lm_head']
     """
@@ -136,7 +136,7 @@ def require_mapping(value: Any, what: str, *, allow_none: bool = False, hint: st
 
     ``hint`` is added to the message, e.g. ``"; for a preset name use PrecisionPolicy('nf4')"``.
 
-    Example:
+    Examples:
         >>> require_mapping(None, "model_kwargs", allow_none=True)
         {}
     """
@@ -151,7 +151,7 @@ def require_mapping(value: Any, what: str, *, allow_none: bool = False, hint: st
 def require_path(value: Any, what: str) -> str:
     """``value`` as a str if it is a non-empty str or ``os.PathLike`` (a path).
 
-    Example:
+    Examples:
         >>> require_path("runs/x", "output_dir")
         'runs/x'
     """
@@ -164,7 +164,7 @@ def require_directory(value: Any, what: str) -> str:
     """``value`` as a str if it is a path that is, or can become, a directory: neither it nor a
     parent is an existing file.
 
-    Example:
+    Examples:
         >>> require_directory("runs/x", "output_dir")
         'runs/x'
     """
@@ -182,7 +182,7 @@ def require_directory(value: Any, what: str) -> str:
 def require_instance(value: Any, what: str, cls: type | tuple[type, ...], accepted: str) -> Any:
     """``value`` if it is an instance of ``cls``; ``accepted`` says so in words (``"a ReplayBuffer or None"``).
 
-    Example:
+    Examples:
         >>> require_instance(3, "seed", int, "an int")
         3
     """
@@ -194,7 +194,7 @@ def require_instance(value: Any, what: str, cls: type | tuple[type, ...], accept
 def did_you_mean(name: Any, valid: Iterable[str]) -> str:
     """``" (did you mean 'x'?)"`` for the closest of ``valid`` to ``name``, else ``""``.
 
-    Example:
+    Examples:
         >>> did_you_mean("lerning_rate", ["learning_rate", "max_steps"])
         " (did you mean 'learning_rate'?)"
     """

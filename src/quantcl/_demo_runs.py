@@ -175,28 +175,42 @@ def _step_callback(report: Callable[[int], None], *, every: int) -> Any:
 
 class Workers:
     """Spawned worker processes for :func:`run_grid`, started at once so that their imports
-    (torch, transformers, peft, bitsandbytes: ~6 s on 2 cores) overlap the demo's own checks."""
+    (torch, transformers, peft, bitsandbytes: ~6 s on 2 cores) overlap the demo's own checks.
+
+    A ``concurrent.futures`` pool: a worker that dies (killed, out of memory) breaks the pool and
+    fails its runs, where ``multiprocessing.Pool`` would wait forever (or hang in ``terminate``
+    when the worker held the task queue's lock).
+    """
 
     def __init__(self, workers: int, threads: int | None) -> None:
+        import concurrent.futures as cf
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")  # never fork a process that holds torch threads
         self.messages: Any = context.Queue()
-        self.pool = context.Pool(workers, initializer=_init_worker, initargs=(self.messages, threads))
+        self.pool = cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                           initargs=(self.messages, threads))
+        for _ in range(workers):  # start every worker now: one is spawned per task waiting
+            self.pool.submit(int)
 
     def close(self, *, kill: bool = False) -> None:
         """Wait for the workers to exit, or ``kill`` them (runs cut short resume from their last save)."""
         if kill:
-            self.pool.terminate()
-        else:
-            self.pool.close()
-        self.pool.join()
+            terminate = getattr(self.pool, "terminate_workers", None)  # Python >= 3.14
+            if terminate is not None:
+                terminate()
+            else:
+                for process in list(getattr(self.pool, "_processes", {}).values()):
+                    process.terminate()
+        self.pool.shutdown(wait=True, cancel_futures=kill)
 
 
 def run_grid(runs: list[DemoRun], *, workers: Workers | None, progress: DemoProgress,
              on_done: Callable[[DemoRun, ContinualResult], None]) -> dict[str, ContinualResult]:
     """Fit every run (``fit(resume=True)``), in this process or on ``workers``; ``on_done`` is
     called in this process as each run ends. Returns the results in the order of ``runs``."""
+    from concurrent.futures.process import BrokenProcessPool
+
     from quantcl.results import ContinualResult
 
     results: dict[str, ContinualResult] = {}
@@ -208,12 +222,17 @@ def run_grid(runs: list[DemoRun], *, workers: Workers | None, progress: DemoProg
             on_done(run, results[run.name])
         return results
     index = {run.name: i for i, run in enumerate(runs)}
-    pending = [(workers.pool.apply_async(_work, (run,)), run) for run in runs]
+    pending = {workers.pool.submit(_work, run): run for run in runs}
     while pending:
         _drain(workers.messages, progress, runs, index)
-        for job, run in [(j, r) for j, r in pending if j.ready()]:
-            pending.remove((job, run))
-            job.get()  # a run's error stops the demo here
+        for future in [f for f in pending if f.done()]:
+            run = pending.pop(future)
+            try:
+                future.result()  # a run's error stops the demo here
+            except BrokenProcessPool as err:
+                raise RuntimeError(f"a demo worker process died (killed or out of memory?) during {run.name!r}; "
+                                   "the run resumes from its last save on the next `quantcl demo` with the same "
+                                   "--output-dir, or use fewer --workers") from err
             _drain(workers.messages, progress, runs, index, block=False)
             progress.finish(run.name)
             results[run.name] = ContinualResult.load(run.output_dir)

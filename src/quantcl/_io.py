@@ -117,7 +117,7 @@ def tree_digests(root: str | Path, *, relative_to: str | Path | None = None) -> 
     """``{posix path: sha256}`` of every file under ``root``, paths relative to ``relative_to``
     (default ``root``), sorted.
 
-    Example:
+    Examples:
         >>> import tempfile; d = Path(tempfile.mkdtemp()); _ = (d / "a.txt").write_text("x")
         >>> tree_digests(d)["a.txt"][:12]
         '2d711642b726'
@@ -153,7 +153,7 @@ def seal(obj: dict[str, Any]) -> dict[str, Any]:
     """A JSON-able copy of ``obj`` with ``"sha256"`` set to the digest of the rest of it, so an
     edit of any value (a hand-edited score, a lowered counter) is seen by :func:`seal_ok`.
 
-    Example:
+    Examples:
         >>> sealed = seal({"a": 1})
         >>> seal_ok(sealed), seal_ok({**sealed, "a": 2})
         (True, False)

@@ -23,7 +23,7 @@ class Processes:
     Each process runs the whole loop (the Trainer shards the training batches, and evaluation
     shares out the evaluation rows: :mod:`quantcl._sharding`); only the main process writes files.
 
-    Example:
+    Examples:
         >>> procs = Processes()  # WORLD_SIZE unset: this process alone
         >>> procs.rank, procs.world_size, procs.all_gather("share")
         (0, 1, ['share'])

@@ -14,7 +14,7 @@ sampled generation draws its tokens batch by batch. Batch ``b`` goes to process
 ``b % world_size``; batches are sorted longest first, so the shares are close in cost. An
 evaluation set of fewer batches than processes leaves some processes idle.
 
-Example:
+Examples:
     >>> from quantcl.tasks.evaluators import NumericMatch
     >>> class Pair:  # process 0 of 2
     ...     rank, world_size = 0, 2

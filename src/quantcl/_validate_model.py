@@ -6,7 +6,7 @@
 no memory, no weights read), so ``quantcl validate`` can match LoRA ``target_modules`` against
 its module names.
 
-Example:
+Examples:
     >>> check_model_source("./no-such-model")
     Traceback (most recent call last):
     ...
@@ -63,7 +63,7 @@ def check_model_source(source: str, model_kwargs: Mapping[str, Any] | None = Non
     ``model_kwargs`` (``cache_dir``, ``revision``, ``subfolder``, ``local_files_only``) are those
     given to ``load_model``. A Hub id is not looked up online here (that is a download).
 
-    Example:
+    Examples:
         >>> check_model_source("HuggingFaceTB/SmolLM2-135M-Instruct")  # doctest: +SKIP
     """
     if _is_demo_model(source):
@@ -109,7 +109,7 @@ def check_lora_config(lora: Any, what: str = "lora") -> None:
     peft takes ``r=0`` or ``lora_alpha="x"`` at construction and fails only when the model is
     wrapped, after it is loaded.
 
-    Example:
+    Examples:
         >>> from peft import LoraConfig
         >>> check_lora_config(LoraConfig(r=0))
         Traceback (most recent call last):

@@ -11,7 +11,7 @@ Renate's ``load_state_dict`` does). The same ``_component_`` nodes name any impo
 function in a YAML config (torchtune's pattern): :func:`instantiate` builds one,
 :func:`check_node` checks one against the constructor's signature without building it.
 
-Example:
+Examples:
     >>> class Stride(Component):
     ...     def __init__(self, step: int = 1) -> None:
     ...         self.step = step
@@ -41,7 +41,7 @@ C = TypeVar("C", bound="Component")
 def component_path(obj: type | Callable[..., Any]) -> str:
     """The dotted path a ``_component_`` node uses for a class or function.
 
-    Example:
+    Examples:
         >>> component_path(Component)
         'quantcl.components.Component'
     """
@@ -57,7 +57,7 @@ class Component:
     holding something else overrides :meth:`to_dict` / :meth:`from_dict`. What is recorded is
     what was passed: change an option by building a new object, not by assigning an attribute.
 
-    Example:
+    Examples:
         >>> class Scale(Component):
         ...     def __init__(self, factor: float, *, clip: bool = False) -> None:
         ...         self.factor, self.clip = factor, clip
@@ -232,7 +232,7 @@ def locate(path: str) -> Any:
     Raises:
         UnknownNameError: nothing importable has that path.
 
-    Example:
+    Examples:
         >>> locate("quantcl.components.Component") is Component
         True
     """
@@ -279,7 +279,7 @@ def check_node(node: Mapping[str, Any], key: str = "component") -> Any:
     Raises:
         ConfigError: unknown path, unknown or missing arguments (naming ``key``).
 
-    Example:
+    Examples:
         >>> check_node({"_component_": "quantcl.components.locate", "path": "x.y"}) is locate
         True
     """
@@ -327,7 +327,7 @@ def instantiate(node: Mapping[str, Any], key: str = "component", **overrides: An
 
     Nested nodes are built first; keyword ``overrides`` win over the node's arguments.
 
-    Example:
+    Examples:
         >>> instantiate({"_component_": "collections.Counter", "a": 2})
         Counter({'a': 2})
     """

@@ -341,7 +341,7 @@ def validate_config(path: str | Path) -> None:
     against the model's ``config.json`` (built on the ``meta`` device: no weights are read, only
     ``config.json`` is fetched for a Hub id not cached, unless offline); raises the first error found.
 
-    Example:
+    Examples:
         >>> validate_config("examples/synthetic.yaml")  # doctest: +SKIP
     """
     trainer = build_trainer(load_config(path), build_demo_model=False)

@@ -136,7 +136,7 @@ def build_demo_model(path: str | Path, *, progress: bool = True, **overrides: An
     its manifest (the spec, each file's sha256, and the torch/transformers versions and CPU that
     made it: a CPU's matmul rounding changes the weights, not what they have learned).
 
-    Example:
+    Examples:
         >>> build_demo_model("/tmp/demo-model", steps=200)  # doctest: +SKIP
     """
     import platform
@@ -253,7 +253,7 @@ def run_demo(
     Returns:
         ``{run name: ContinualResult}``.
 
-    Example:
+    Examples:
         >>> results = run_demo("quantcl-demo", quick=True, progress=False)  # doctest: +SKIP
         >>> results["nf4-replay0.1"].metrics["forgetting"]                   # doctest: +SKIP
     """

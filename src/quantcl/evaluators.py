@@ -1,6 +1,6 @@
 """``quantcl.evaluators``: the evaluators, re-exported from :mod:`quantcl.tasks.evaluators`.
 
-Example:
+Examples:
     >>> from quantcl.evaluators import MultipleChoice, NumericMatch, CodeExecution
     >>> NumericMatch().answer_phrase
     'The final answer is:'

@@ -12,7 +12,7 @@ Means skip ``nan`` terms; a mean with no measured term is ``nan``. Every functio
 Python floats, so the results are JSON-able (``nan`` serializes as ``null`` through
 ``quantcl._io.to_jsonable``).
 
-Example:
+Examples:
     >>> import numpy as np
     >>> R = np.array([[0.3, 0.1], [0.9, 0.2], [0.6, 0.8]])
     >>> round(bwt(R), 3), round(fwt(R), 3)
@@ -71,7 +71,7 @@ def average_accuracy(R: ArrayLike) -> float:
 
     ``ACC = (1/T) * sum_{j=0}^{T-1} R[T, j]``: the mean of the final row.
 
-    Example:
+    Examples:
         >>> average_accuracy([[0.3, 0.1], [0.9, 0.2], [0.6, 0.8]])
         0.7
     """
@@ -84,7 +84,7 @@ def average_accuracy_curve(R: ArrayLike) -> list[float]:
     Entry ``i - 1`` (for stage ``i`` = 1..T) is ``(1/i) * sum_{j=0}^{i-1} R[i, j]``; the last
     entry equals :func:`average_accuracy`.
 
-    Example:
+    Examples:
         >>> [round(x, 2) for x in average_accuracy_curve([[0.3, 0.1], [0.9, 0.2], [0.6, 0.8]])]
         [0.9, 0.7]
     """
@@ -99,7 +99,7 @@ def bwt(R: ArrayLike) -> float:
     task minus its score right after it was learned. Negative means forgetting. ``nan`` when
     ``T < 2`` (nothing learned before the last task).
 
-    Example:
+    Examples:
         >>> round(bwt([[0.3, 0.1], [0.9, 0.2], [0.6, 0.8]]), 3)  # 0.6 - 0.9
         -0.3
     """
@@ -118,7 +118,7 @@ def fwt(R: ArrayLike) -> float:
     randomly initialised model; here it is the model before continual training. ``nan`` when
     ``T < 2``.
 
-    Example:
+    Examples:
         >>> round(fwt([[0.3, 0.1], [0.9, 0.2], [0.6, 0.8]]), 3)  # 0.2 - 0.1
         0.1
     """
@@ -138,7 +138,7 @@ def forgetting(R: ArrayLike) -> list[float]:
     out. The last task has no stage between learning and the end, so it is not listed: the list
     has ``T - 1`` entries (empty for ``T = 1``).
 
-    Example:
+    Examples:
         >>> [round(x, 3) for x in forgetting([[0.3, 0.1], [0.9, 0.2], [0.6, 0.8]])]
         [0.3]
     """
@@ -158,7 +158,7 @@ def retention(R: ArrayLike) -> list[float]:
     The final score as a fraction of the score right after learning (1.0 for the last task
     unless it is nan). ``nan`` where the score right after learning is 0 or unmeasured.
 
-    Example:
+    Examples:
         >>> [round(x, 3) for x in retention([[0.3, 0.1], [0.9, 0.2], [0.6, 0.8]])]
         [0.667, 1.0]
     """
@@ -174,7 +174,7 @@ def retention(R: ArrayLike) -> list[float]:
 def plasticity(R: ArrayLike) -> list[float]:
     """Per-task plasticity: ``R[j+1, j]``, the score on task ``j`` right after learning it.
 
-    Example:
+    Examples:
         >>> plasticity([[0.3, 0.1], [0.9, 0.2], [0.6, 0.8]])
         [0.9, 0.8]
     """
@@ -198,7 +198,7 @@ def compute_metrics(R: ArrayLike, task_names: Sequence[str] | None = None) -> di
     Raises:
         ConfigError: ``R`` is not of shape ``(T+1, T)``, holds inf, or the names do not fit.
 
-    Example:
+    Examples:
         >>> m = compute_metrics([[0.3, 0.1], [0.9, 0.2], [0.6, 0.8]], ["nlu", "math"])
         >>> round(m["bwt"], 3), m["plasticity_per_task"]
         (-0.3, {'nlu': 0.9, 'math': 0.8})

@@ -2,7 +2,7 @@
 and the studies of :mod:`quantcl.studies` (``transition_study``, ``ptq_dynamics_study``,
 ``ptq_continual_study``).
 
-Example:
+Examples:
     >>> from quantcl.recipes import synthetic
     >>> synthetic(n_train=8, n_eval=4).names
     ['nlu', 'math', 'code']

@@ -6,7 +6,7 @@ matplotlib are optional extras (``quantcl[pandas]``, ``quantcl[plot]``) imported
 :meth:`~ContinualResult.to_pandas` / :meth:`~ContinualResult.metrics_frame` and
 :meth:`~ContinualResult.plot`.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> r = ContinualResult(np.array([[0.3, 0.1], [0.9, 0.2], [0.6, 0.8]]), ["nlu", "math"])
     >>> round(r.metrics["bwt"], 2)
@@ -47,7 +47,7 @@ _PER_TASK_KEYS = ("plasticity", "retention", "forgetting")
 def collect_versions() -> dict[str, str | None]:
     """Versions of Python and of the packages a result depends on (``None`` if not installed).
 
-    Example:
+    Examples:
         >>> v = collect_versions()
         >>> sorted(v)[:3], v["numpy"] is not None
         (['bitsandbytes', 'datasets', 'numpy'], True)
@@ -78,7 +78,7 @@ class ContinualResult:
         eval_details: extra evaluator metrics, e.g. ``{"1": {"math": {"acc_norm": 0.4}}}``.
         config: the run's JSON-able configuration (policy, buffer, tasks, args, versions).
 
-    Example:
+    Examples:
         >>> r = ContinualResult([[0.3, 0.1], [0.9, 0.2]], ["nlu", "math"])  # stage 2 not run yet
         >>> r.completed_stages, r.row_labels
         (1, ['before', 'after nlu', 'after math'])
@@ -235,7 +235,7 @@ class ContinualResult:
 
         Unmeasured values print as ``-``.
 
-        Example:
+        Examples:
             >>> print(ContinualResult([[0.3, 0.1], [0.9, 0.2], [0.6, 0.8]], ["nlu", "math"]).to_markdown())
             ... # doctest: +ELLIPSIS
             | stage | nlu | math |
@@ -263,7 +263,7 @@ class ContinualResult:
         Keys: the summary metrics, ``final <task>`` per task, and ``train_seconds`` (the sum over
         stage records) when the records carry it.
 
-        Example:
+        Examples:
             >>> r = ContinualResult([[0.3, 0.1], [0.9, 0.2], [0.6, 0.8]], ["nlu", "math"])
             >>> r.summary_row()["final math"]
             0.8
@@ -322,7 +322,7 @@ def compare_markdown(results: Mapping[str, ContinualResult], digits: int = 3) ->
     Columns are ``run`` then the union of the rows' keys in first-seen order; a run without a
     column (e.g. other task names) shows ``-``.
 
-    Example:
+    Examples:
         >>> a = ContinualResult([[0.3, 0.1], [0.9, 0.2], [0.6, 0.8]], ["nlu", "math"])
         >>> compare_markdown({"fp16": a}).splitlines()[0]
         '| run | average_accuracy | bwt | fwt | forgetting | retention | plasticity | final nlu | final math |'

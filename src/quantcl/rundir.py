@@ -38,7 +38,7 @@ RESUME_IGNORES = frozenset({"versions", "callbacks"})
 class RunDirectory:
     """Paths and state files of one run under ``root``; only the main process writes.
 
-    Example:
+    Examples:
         >>> rd = RunDirectory("runs/x")
         >>> rd.stage_dir(2).name
         'stage-002'

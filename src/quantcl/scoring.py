@@ -27,7 +27,7 @@ class ModelScorer:
         max_length: tokens per example, as in training.
         batch_size: rows per forward pass.
 
-    Example:
+    Examples:
         >>> scorer = ModelScorer(model, tokenizer)  # doctest: +SKIP
         >>> scorer.losses(rows)[:3]  # mean target-token loss per row  # doctest: +SKIP
     """

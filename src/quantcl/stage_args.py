@@ -222,7 +222,7 @@ class StageArgs:
     def from_dict(cls, data: dict[str, Any]) -> StageArgs:
         """Build from :meth:`to_dict` output or a config mapping (stage keys such as ``"0"`` become ints).
 
-        Example:
+        Examples:
             >>> StageArgs.from_dict({"max_steps": 5, "overrides": {"0": {"learning_rate": 1e-3}}}).overrides
             {0: {'learning_rate': 0.001}}
         """

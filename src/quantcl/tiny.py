@@ -3,7 +3,7 @@
 They serve the test-suite, the benchmarks and ``quantcl demo``: the Hub is not needed to
 exercise every code path (8-bit and 4-bit included, once ``hidden_size >= 256``).
 
-Example:
+Examples:
     >>> from quantcl.tiny import build_tiny_model
     >>> path = build_tiny_model("/tmp/tiny-llama", hidden_size=64, num_layers=2)  # doctest: +SKIP
 """

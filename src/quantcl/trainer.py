@@ -69,7 +69,7 @@ class ContinualTrainer:
             weight: continued pre-training, full fine-tuning, ternary QAT; the default with a
             PrecisionSchedule). Refused for the bitsandbytes presets. See :mod:`quantcl._model_setup`.
 
-    Example:
+    Examples:
         >>> trainer = ContinualTrainer(model="HuggingFaceTB/SmolLM2-135M-Instruct",
         ...     precision="nf4", tasks=qcl.recipes.synthetic(), replay=qcl.ReplayBuffer(fraction=0.1),
         ...     args=StageArgs(max_steps=100), output_dir="runs/nf4")  # doctest: +SKIP

@@ -11,7 +11,7 @@ costs a few MB; for a fully fine-tuned model it is every trained weight.
 - :func:`soup` / :func:`greedy_soup` (Wortsman et al. 2022): uniform/weighted mean of finished
   checkpoints or adapters, and the greedy subset that does not hurt a validation loss.
 
-Example:
+Examples:
     >>> import torch
     >>> a = {"w": torch.tensor([0.0, 2.0])}
     >>> b = {"w": torch.tensor([2.0, 4.0])}

@@ -33,7 +33,7 @@ class LAWA(TrainerCallback):
     copies, so memory is ``window`` x the trainable parameters (small for LoRA). The window
     carries across Trainer runs (e.g. ContinualTrainer stages) until :meth:`reset`.
 
-    Example:
+    Examples:
         >>> lawa = LAWA(every=50, window=5)
         >>> # Trainer(..., callbacks=[lawa]).train(); averaged = lawa.apply(model)
         >>> lawa.window, len(lawa.snapshots)
@@ -104,7 +104,7 @@ class EMA(TrainerCallback):
     (``torch.optim.swa_utils.AveragedModel`` with ``get_ema_multi_avg_fn(decay)``), over a small
     module holding copies of the trainable tensors only, on ``device`` (default CPU).
 
-    Example:
+    Examples:
         >>> ema = EMA(decay=0.9)
         >>> m = torch.nn.Linear(1, 1, bias=False)
         >>> _ = torch.nn.init.zeros_(m.weight); ema.update(m)

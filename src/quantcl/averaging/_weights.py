@@ -37,7 +37,7 @@ def trainable_state_dict(model: nn.Module) -> StateDict:
 
     For a peft LoRA model these are the adapter weights only.
 
-    Example:
+    Examples:
         >>> m = torch.nn.Linear(2, 1)
         >>> m.bias.requires_grad_(False) and None
         >>> list(trainable_state_dict(m))
@@ -59,7 +59,7 @@ def load_trainable(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> 
     Raises:
         ConfigError: a missing or unexpected key, or a shape mismatch (nothing is copied then).
 
-    Example:
+    Examples:
         >>> m = torch.nn.Linear(1, 1, bias=False)
         >>> load_trainable(m, {"weight": torch.tensor([[3.0]])}).weight.item()
         3.0
@@ -144,7 +144,7 @@ def soup(models_or_state_dicts: Sequence[Candidate], *, weights: Sequence[float]
     Raises:
         ConfigError: no checkpoints; keys or shapes differ (naming the first differing key); bad weights.
 
-    Example:
+    Examples:
         >>> soup([{"w": torch.tensor(0.0)}, {"w": torch.tensor(3.0)}], weights=[2, 1])["w"]
         tensor(1.)
     """
@@ -211,7 +211,7 @@ def greedy_soup(candidates: Sequence[Candidate],
     Returns:
         ``(soup state dict, chosen indices into candidates, in the order they were added)``.
 
-    Example:
+    Examples:
         >>> cands = [{"w": torch.tensor(1.0)}, {"w": torch.tensor(-1.0)}, {"w": torch.tensor(5.0)}]
         >>> sd, chosen = greedy_soup(cands, lambda s: float(s["w"] ** 2))
         >>> chosen, sd["w"].item()

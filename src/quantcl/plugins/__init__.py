@@ -1,6 +1,6 @@
 """Plug-ins: what watches or changes a continual stage through its hooks.
 
-Example:
+Examples:
     >>> from quantcl.plugins import StagePlugin
     >>> class Halve(StagePlugin):
     ...     def loss(self, trainer, model, inputs, outputs, loss):

@@ -17,7 +17,7 @@ __all__ = ["PTQProbeResult"]
 class PTQProbeResult:
     """Probe records (one per probe and method; see :class:`~quantcl.PTQProbe`).
 
-    Example:
+    Examples:
         >>> r = PTQProbeResult([{"step": 10, "stage": None, "learning_rate": 1e-3, "method": "rtn4",
         ...                      "ce_fp": 2.0, "ce_q": 2.2, "relative_gap": 0.1, "absolute_gap": 0.2}])
         >>> r.methods, r.gap("rtn4")

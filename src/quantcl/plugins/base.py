@@ -85,7 +85,7 @@ def count_parameters_once(hf_trainer: Any) -> None:
 class StagePlugin(Component):
     """Base of plug-ins that watch or change continual stages; override only the hooks you need.
 
-    Example:
+    Examples:
         >>> class ScaleLoss(StagePlugin):
         ...     def __init__(self, factor: float = 0.5) -> None:
         ...         self.factor = factor
@@ -145,7 +145,7 @@ class StageCallback(StagePlugin):
     resume (watching a run does not change it), and an argument that cannot be saved as JSON (a
     stream, a list of callables) is recorded by its type name instead of refused.
 
-    Example:
+    Examples:
         >>> class PrintScores(StageCallback):
         ...     def on_stage_end(self, trainer, stage, task, scores):
         ...         print(stage, task.name, scores)

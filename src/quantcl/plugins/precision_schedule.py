@@ -36,7 +36,7 @@ or with a plain ``transformers.Trainer``: ``schedule.prepare(model)``, then
 :attr:`PrecisionSchedule.history` and written into each Trainer checkpoint
 (``quantcl-precision-schedule.json``), so a resumed run carries on with the same values.
 
-Example:
+Examples:
     >>> s = PrecisionSchedule("fp32", switch_step=10, phase_in="linear", phase_in_steps=4)
     >>> [s.strength_at(t) for t in (9, 10, 11, 13, 20)]
     [0.0, 0.25, 0.5, 1.0, 1.0]
@@ -77,7 +77,9 @@ class PrecisionSchedule(Component, TrainerCallback):
         rewarm_steps: with ``optimizer="reset"``, steps over which the learning rate re-warms.
         tanh_sharpness: ``a`` of the ``tanh`` phase-in.
         skip_modules: modules kept float (embeddings are never swapped; ``lm_head`` by default).
-        weight_scale, activation_bits, norm: the BitLinear options.
+        weight_scale: BitLinear's weight scale (see :class:`~quantcl.precision.BitLinear`).
+        activation_bits: BitLinear's activation bits.
+        norm: whether BitLinear normalizes its input (see :class:`~quantcl.precision.BitLinear`).
     """
 
     def __init__(

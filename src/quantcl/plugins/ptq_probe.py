@@ -19,7 +19,7 @@ It is both a ``transformers.TrainerCallback`` and a :class:`~quantcl.StagePlugin
 
 Records written into each Trainer checkpoint (``quantcl-ptq-probe.json``) come back on resume.
 
-Example:
+Examples:
     >>> probe = PTQProbe(["rtn4", "rtn8", "nf4"], every=200, texts=["held-out text ..."])
     >>> probe.methods
     ['rtn4', 'rtn8', 'nf4']
@@ -57,7 +57,8 @@ class PTQProbe(StagePlugin, TrainerCallback):
         every: probe every this many optimizer steps of a stage (``None``: only at stage ends).
         texts: the held-out sample (strings); default in a ContinualTrainer: the tasks' eval rows.
         n_texts: how many texts to take from the tasks when ``texts`` is not given.
-        max_length, batch_size: tokens per text and texts per forward pass.
+        max_length: tokens per text.
+        batch_size: texts per forward pass.
         at_stage_end: also probe after each ContinualTrainer stage (and at a plain run's end).
         skip_modules: linear layers PTQ leaves in float.
         calibration: GPTQ's calibration texts, required when a ``gptq`` method is probed

@@ -36,7 +36,7 @@ class ReplayPlugin(StagePlugin):
     Args:
         buffer: a fresh (empty) :class:`~quantcl.ReplayBuffer`.
 
-    Example:
+    Examples:
         >>> plugin = ReplayPlugin(ReplayBuffer(fraction=0.1, seed=0))
         >>> plugin.to_dict()["buffer"]["fraction"]
         0.1

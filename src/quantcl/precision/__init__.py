@@ -1,6 +1,6 @@
 """Weight precision for quantcl: float presets, bitsandbytes int8 / nf4 / fp4, ternary QAT.
 
-Example:
+Examples:
     >>> from quantcl.precision import PrecisionPolicy
     >>> PrecisionPolicy("int8").is_quantized
     True

@@ -133,8 +133,9 @@ def measure(
         tokenizer: its tokenizer.
         texts_or_dataset: a list of strings, or a ``datasets.Dataset`` with a ``text`` column.
         methods: method strings (see :func:`parse_method`); all are parsed before any work.
-        evaluator, eval_dataset: optional; anything with ``evaluate(model, tokenizer, dataset)``
-            returning an object with ``.score`` (an accuracy in [0, 1]).
+        evaluator: optional; anything with ``evaluate(model, tokenizer, dataset)`` returning an
+            object with ``.score`` (an accuracy in [0, 1]).
+        eval_dataset: the rows ``evaluator`` scores (with ``evaluator``).
         skip_modules: linear layers left in float (see :func:`quantize`).
         calibration: GPTQ's calibration texts (needed when a ``gptq`` method is asked for;
             keep them apart from ``texts_or_dataset``, which measures the gap).
@@ -145,7 +146,7 @@ def measure(
         with an evaluator also ``acc_fp``, ``acc_q`` and ``relative_acc_drop`` =
         (acc_fp - acc_q) / (1 - acc_fp), ``nan`` when acc_fp == 1.
 
-    Example:
+    Examples:
         >>> rows = measure(model, tok, ["a b c", "d e f"], ["rtn8", "rtn4-g32"])  # doctest: +SKIP
         >>> rows[0]["relative_gap"] < 0.01  # doctest: +SKIP
         True

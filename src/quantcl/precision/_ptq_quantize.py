@@ -45,7 +45,7 @@ class PTQMethod:
         group_size: RTN/GPTQ inputs per group; ``None``: per output channel (and for bnb).
         symmetric: RTN symmetric (``True``) or asymmetric codes.
 
-    Example:
+    Examples:
         >>> parse_method("rtn4-g32-asym")
         PTQMethod(name='rtn4-g32-asym', kind='rtn', bits=4, group_size=32, symmetric=False)
     """
@@ -64,7 +64,7 @@ def parse_method(name: str | PTQMethod) -> PTQMethod:
         ConfigError: an unknown form, or unsupported bits / group size (the message lists the
             valid forms).
 
-    Example:
+    Examples:
         >>> parse_method("gptq4").kind, parse_method("int8").bits
         ('gptq', 8)
     """
@@ -239,7 +239,8 @@ def quantize(
         model: a float causal LM, or a peft model on a float base.
         method: a method string (see :func:`parse_method`) or a :class:`PTQMethod`.
         skip_modules: linear layers kept in float.
-        calibration, tokenizer: GPTQ only: the calibration texts and the model's tokenizer.
+        calibration: GPTQ only: the calibration texts.
+        tokenizer: GPTQ only: the model's tokenizer.
             GPTQ runs in the ``gptqmodel`` package on a saved float copy (see
             :mod:`quantcl.precision._gptq`); the copy returned has its quantized layers.
 
@@ -248,7 +249,7 @@ def quantize(
             ``gptq`` without the gptqmodel package, calibration texts or tokenizer.
         UnsupportedDeviceError: int8/nf4/fp4 without a working bitsandbytes for the device.
 
-    Example:
+    Examples:
         >>> q = quantize(model, "rtn4-g32-asym")  # doctest: +SKIP
         >>> type(quantize(model, "nf4").model.layers[0].mlp.up_proj).__name__  # doctest: +SKIP
         'Linear4bit'

@@ -24,7 +24,7 @@ Asymmetric (codes in ``[0, 2^b - 1]``; as in GPTQ's quantizer the range is widen
 A group whose scale is 0 (all weights 0) uses scale 1, so it quantizes to exact zeros, not NaN.
 Every weight then satisfies ``|w - w_q| <= scale / 2``. ``round`` is round-half-to-even.
 
-Example:
+Examples:
     >>> import torch
     >>> w_q, scale = rtn_fake_quantize(torch.tensor([[0.3, -0.9, 0.6]]), bits=3)
     >>> w_q, scale
@@ -82,7 +82,7 @@ def rtn_fake_quantize(
         ``(w_q, scale)``: the dequantized weight in ``weight``'s dtype, and the fp32 scale of
         each weight's group, broadcast to ``weight``'s shape.
 
-    Example:
+    Examples:
         >>> import torch
         >>> rtn_fake_quantize(torch.tensor([[1.0, 0.2, -0.4, 0.0]]), 2, group_size=2)[0]
         tensor([[ 1.0000,  0.0000, -0.4000,  0.0000]])

@@ -31,7 +31,7 @@ estimator's gradient (identity). The normalization is blended the same way, with
 At ``lambda = 0`` the forward pass is ``F.linear`` itself, so the output equals ``nn.Linear``'s
 bit for bit; at ``lambda = 1`` it is the fully quantized computation.
 
-Example:
+Examples:
     >>> import torch
     >>> layer = BitLinear(4, 2, bias=False, activation_bits=None)
     >>> with torch.no_grad():
@@ -76,7 +76,7 @@ def ternary_codes(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 def ternary_quantize(weight: torch.Tensor, weight_scale: str = "absmean") -> torch.Tensor:
     """``gamma * clamp(round(W / gamma), -1, 1)`` in ``weight``'s dtype (no gradient).
 
-    Example:
+    Examples:
         >>> ternary_quantize(torch.tensor([[2.0, -0.4], [0.5, 0.0]]))  # gamma = 0.725
         tensor([[ 0.7250, -0.7250],
                 [ 0.7250,  0.0000]])
@@ -89,7 +89,7 @@ def ternary_quantize(weight: torch.Tensor, weight_scale: str = "absmean") -> tor
 def activation_quantize(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
     """Per-token (last dimension) absmax quantization of ``x`` to ``bits`` bits, in ``x``'s dtype.
 
-    Example:
+    Examples:
         >>> activation_quantize(torch.tensor([[1.0, -0.5, 0.01]]), bits=4)  # s = 7
         tensor([[ 1.0000, -0.5714,  0.0000]])
     """
@@ -124,17 +124,20 @@ class BitLinear(nn.Linear):
     """A drop-in ``nn.Linear`` with ternary weights and k-bit activations in its forward pass.
 
     Args:
-        in_features, out_features, bias: as ``nn.Linear``.
+        in_features: as ``nn.Linear``.
+        out_features: as ``nn.Linear``.
+        bias: as ``nn.Linear``.
         weight_scale: ``"absmean"`` (BitNet b1.58) or ``"absmedian"``: how ``gamma`` is taken.
         activation_bits: bits of the per-token absmax activation quantization; ``None``: off.
         norm: a parameter-free RMS normalization of the input before activation quantization.
         strength: quantization strength ``lambda`` in [0, 1] (settable: ``layer.strength = 0.5``).
-        device, dtype: as ``nn.Linear``.
+        device: as ``nn.Linear``.
+        dtype: as ``nn.Linear``.
 
     The latent weights are the layer's ``weight`` parameter (keep it fp32 to train). See the
     module docstring for the formulas.
 
-    Example:
+    Examples:
         >>> layer = BitLinear.from_linear(nn.Linear(16, 8), activation_bits=None, strength=0.5)
         >>> layer.strength, layer.weight.shape
         (0.5, torch.Size([8, 16]))
@@ -272,7 +275,7 @@ def to_bitlinear(model: nn.Module, skip_modules: tuple[str, ...] | list[str] = (
     Raises:
         ConfigError: a bitsandbytes or peft layer is in the way, or an option is invalid.
 
-    Example:
+    Examples:
         >>> net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
         >>> to_bitlinear(net, skip_modules=("2",), activation_bits=None)
         ['0']

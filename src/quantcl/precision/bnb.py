@@ -10,7 +10,7 @@ frozen 4-bit layers: the loss of a LoRA model goes flat, or its gradients are si
 :func:`disable_cpu_inference_repack` turns that fast path off on every ``Linear4bit``; with it,
 nf4 gradients match a dequantized fp32 model.
 
-Example:
+Examples:
     >>> from quantcl.precision.bnb import disable_cpu_inference_repack
     >>> n = disable_cpu_inference_repack(model)  # doctest: +SKIP
 """

@@ -12,7 +12,7 @@ The cache lives under ``$QUANTCL_CACHE/gguf`` (default ``~/.cache/quantcl/gguf``
 file's absolute path, size and modification time; entries are written to a temporary directory
 and renamed into place, so an interrupted conversion never leaves a half-written entry.
 
-Example:
+Examples:
     >>> from quantcl.precision.gguf import gguf_to_checkpoint
     >>> ckpt_dir = gguf_to_checkpoint("SmolLM2-135M-Instruct.Q4_1.gguf")  # doctest: +SKIP
 """

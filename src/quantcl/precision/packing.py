@@ -12,7 +12,7 @@ their bf16 bytes (``PrecisionPolicy.memory_footprint`` counts the ``uint8`` buff
 file); :func:`load_packed` checks the digest, builds the architecture from the config (no remote
 code) and loads the weights.
 
-Example:
+Examples:
     >>> import torch
     >>> from torch import nn
     >>> from quantcl.precision import BitLinear
@@ -48,7 +48,7 @@ _SHIFTS = torch.tensor([0, 2, 4, 6], dtype=torch.uint8)
 def pack_codes(codes: torch.Tensor) -> torch.Tensor:
     """Ternary codes (any shape, values in {-1, 0, 1}) -> ``uint8`` of ``ceil(n / 4)`` bytes.
 
-    Example:
+    Examples:
         >>> pack_codes(torch.tensor([-1.0, 0.0, 1.0, 1.0, -1.0]))
         tensor([164,   0], dtype=torch.uint8)
     """

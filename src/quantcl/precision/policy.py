@@ -13,7 +13,7 @@ for every preset. No preset needs extra ``TrainingArguments`` flags
 (:meth:`PrecisionPolicy.training_arguments` returns ``{}``): the base weights are frozen in the
 preset's dtype and the LoRA weights are fp32, so no ``fp16=True``/``bf16=True`` amp is required.
 
-Example:
+Examples:
     >>> from peft import LoraConfig
     >>> policy = PrecisionPolicy("nf4")
     >>> model, tok = policy.load_model("HuggingFaceTB/SmolLM2-135M-Instruct")  # doctest: +SKIP
@@ -100,7 +100,7 @@ class PrecisionPolicy:
         skip_modules: modules kept in full (compute) precision by the 4/8-bit and ternary presets.
         int8_threshold: ``int8`` only: the LLM.int8 outlier threshold (``llm_int8_threshold``).
 
-    Example:
+    Examples:
         >>> p = PrecisionPolicy("nf4", double_quant=False)
         >>> p.is_quantized, p.compute_dtype
         (True, 'bf16')
@@ -245,7 +245,7 @@ class PrecisionPolicy:
             ``(model, tokenizer)``; the tokenizer always has a pad token (``unk`` or ``eos``
             reused when it had none, so the embeddings are not resized).
 
-        Example:
+        Examples:
             >>> model, tok = PrecisionPolicy("int8").load_model("path/to/model")  # doctest: +SKIP
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -293,7 +293,7 @@ class PrecisionPolicy:
                 or the model was not loaded at this policy's (quantized) precision.
             StateError: the model already carries peft adapters.
 
-        Example:
+        Examples:
             >>> from peft import LoraConfig
             >>> lora = policy.attach_lora(model, LoraConfig(r=8, target_modules=["q_proj"]))  # doctest: +SKIP
         """
@@ -315,7 +315,7 @@ class PrecisionPolicy:
             StateError: ``adapter_dir`` holds no ``adapter_config.json``, or the model already
                 carries adapters.
 
-        Example:
+        Examples:
             >>> model = policy.load_adapter(base, "runs/x/stage-1/adapter")  # doctest: +SKIP
         """
         from peft import PeftModel

@@ -18,7 +18,7 @@ accuracy drop under an evaluator). Method strings (:func:`parse_method`):
 Every ``nn.Linear`` outside ``skip_modules`` (default ``("lm_head",)``) is quantized; embeddings
 and norms are untouched.
 
-Example:
+Examples:
     >>> from quantcl.precision import ptq
     >>> q_model = ptq.quantize(model, "rtn4-g32")  # doctest: +SKIP
     >>> ptq.measure(model, tok, ["some text", "more text"], ["rtn8", "rtn4", "nf4"])  # doctest: +SKIP

@@ -11,7 +11,7 @@ the memory footprint is that of the float preset; what changes is what the froze
 express, which is what continual LoRA fine-tuning on a ternary base measures. Only weights are
 ternarized (BitNet's 8-bit activation quantization is not applied).
 
-Example:
+Examples:
     >>> import torch
     >>> ternary_weight(torch.tensor([[0.5, 0.1], [2.0, -0.6]]))
     tensor([[ 0.8000,  0.0000],

@@ -70,7 +70,7 @@ class ReplayBuffer:
     with ``rounding="ceil"`` any fraction > 0 of a non-empty task keeps at least one row, with
     ``"floor"`` it may keep none) or a total ``capacity`` shared evenly by all tasks.
 
-    Example:
+    Examples:
         >>> import datasets
         >>> buf = ReplayBuffer(fraction=0.5, strategy="first", seed=0)
         >>> buf.add_task("a", datasets.Dataset.from_dict({"prompt": ["x", "y"], "target": ["1", "2"]}))
@@ -171,7 +171,7 @@ class ReplayBuffer:
         unknown); with ``capacity=`` it defaults to the task's share. The task joins :attr:`tasks`
         at once; adding another task (or saving, sampling, mixing) closes it. Memory is O(``k``).
 
-        Example:
+        Examples:
             >>> buf = ReplayBuffer(capacity=2)
             >>> for i in range(10): buf.add_example("a", {"prompt": str(i), "target": "t"})
             >>> len(buf)
@@ -186,7 +186,7 @@ class ReplayBuffer:
         Keep decisions are vectorised per ``chunk`` rows; only kept rows are held. The task is
         closed at the end.
 
-        Example:
+        Examples:
             >>> buf = ReplayBuffer(capacity=3, seed=0)
             >>> buf.add_stream("a", ({"prompt": str(i), "target": "t"} for i in range(1000))); len(buf)
             3
@@ -237,7 +237,7 @@ class ReplayBuffer:
         ``ratio=r`` instead lays out ``round(batch_size * r)`` replayed rows per block of
         ``batch_size`` (see :func:`quantcl.replay.mixing.mix`).
 
-        Example:
+        Examples:
             >>> mixed = buf.mix(new_ds, task_name="math")  # doctest: +SKIP
         """
         self._close_streams()
@@ -312,7 +312,7 @@ class ReplayBuffer:
         Raises:
             StateError: missing settings, or a strategy that cannot be rebuilt (then pass ``strategy=``).
 
-        Example:
+        Examples:
             >>> ReplayBuffer.from_config(ReplayBuffer(capacity=4, strategy="loss", keep="lowest").config()).strategy
             LossStrategy(loss_column=None, keep='lowest')
         """

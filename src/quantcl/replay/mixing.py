@@ -58,7 +58,7 @@ def _dataset(table: Any, like: Any) -> Any:
 def sample(kept: Mapping[str, Any]) -> Any:
     """All rows of ``kept`` (``{task: Dataset}``), in its order, with a ``source_task`` column.
 
-    Example:
+    Examples:
         >>> import datasets
         >>> a = datasets.Dataset.from_dict({"prompt": ["x"], "target": ["1"]})
         >>> list(sample({"a": a})["source_task"])

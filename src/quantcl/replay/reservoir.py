@@ -20,7 +20,7 @@ class Reservoir:
 
     Memory is bounded by ``capacity``. ``items`` holds the kept stream positions (or rows).
 
-    Example:
+    Examples:
         >>> r = Reservoir(3, np.random.default_rng(0)); r.add_bulk(100); len(r.items)
         3
     """
@@ -90,7 +90,7 @@ class RowStream(Reservoir):
 
     ``columns`` are the first row's, so a stream that kept no row still has them.
 
-    Example:
+    Examples:
         >>> s = RowStream(2, np.random.default_rng(0), ["prompt"])
         >>> s.offer_rows([{"prompt": str(i)} for i in range(10)]); len(s.dataset())
         2

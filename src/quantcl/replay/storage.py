@@ -7,7 +7,7 @@ then atomically points ``dir/CURRENT`` at it; only then are versions older than 
 so a crash at any point leaves the last good save readable. Plain data in, plain data out: a
 state dict and ``{task: datasets.Dataset}`` (task order kept).
 
-Example:
+Examples:
     >>> import datasets, tempfile
     >>> d = tempfile.mkdtemp()
     >>> _ = write_version(d, {"seed": 0}, {"a": datasets.Dataset.from_dict({"x": [1, 2]})})

@@ -28,7 +28,7 @@ __all__ = [
 class ReplayScorer(Protocol):
     """Duck-typed model the trainer passes to strategies.
 
-    Example:
+    Examples:
         >>> class Const:
         ...     def losses(self, dataset): return np.zeros(len(dataset))
         ...     def embeddings(self, dataset): return np.zeros((len(dataset), 2))
@@ -50,7 +50,7 @@ class ReplayStrategy(Component):
     recorded, saved with the buffer (:meth:`to_dict`) and used to rebuild it on load, and a saved
     buffer is only restored into a buffer whose strategy has the same class and arguments.
 
-    Example:
+    Examples:
         >>> class Last(ReplayStrategy):
         ...     def select(self, task, dataset, k, *, rng, model=None):
         ...         return list(range(len(dataset) - k, len(dataset)))
@@ -95,7 +95,7 @@ _REGISTRY: dict[str, type[ReplayStrategy]] = {}
 def register_strategy(name: str, cls: type[ReplayStrategy] | None = None) -> Any:
     """Register a :class:`ReplayStrategy` subclass under ``name`` (decorator or direct call).
 
-    Example:
+    Examples:
         >>> @register_strategy("last")
         ... class Last(ReplayStrategy):
         ...     def select(self, task, dataset, k, *, rng, model=None):
@@ -157,7 +157,7 @@ def strategy_from_dict(node: Mapping[str, Any], name: str | None = None) -> Repl
     Raises:
         StateError: the node names no importable strategy class, or its arguments are refused.
 
-    Example:
+    Examples:
         >>> strategy_from_dict(get_strategy("loss", keep="lowest").to_dict()).keep
         'lowest'
     """

@@ -5,7 +5,7 @@ every arm over seeds and returns a result with tables and plots.
 - :func:`ptq_dynamics_study`, :func:`ptq_continual_study`: training dynamics and PTQ robustness
   (arXiv 2510.06213), in pre-training and along a continual LoRA sequence.
 
-Example:
+Examples:
     >>> from quantcl.studies import transition_variants
     >>> len(transition_variants())  # float, ternary, 3 switch points x keep/reset x step/linear
     14

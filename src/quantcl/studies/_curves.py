@@ -18,7 +18,7 @@ class HeldOutLoss(TrainerCallback):
     ``extra_steps``; ``curve`` holds ``(steps done, loss)`` pairs. ``offset`` is added to the
     Trainer's step (the steps of earlier stages).
 
-    Example:
+    Examples:
         >>> probe = HeldOutLoss(task=None, tokenizer=None, every=10, extra_steps=[4, 5])
         >>> probe.wants(10), probe.wants(5), probe.wants(7)
         (True, True, False)
@@ -58,7 +58,7 @@ def loss_spike(curve: list[tuple[int, float]], switch_step: int, window: int) ->
     ``switch_step .. switch_step + window - 1`` minus the loss just before the switch (after
     ``switch_step`` steps done at strength 0); ``None`` if the curve lacks either.
 
-    Example:
+    Examples:
         >>> loss_spike([(4, 2.0), (5, 3.5), (6, 2.5), (7, 1.0)], switch_step=4, window=3)
         1.5
     """

@@ -21,7 +21,7 @@ class TransitionStudyResult:
     ``records``: one dict per (variant, seed): ``final_loss``, ``final_perplexity``, ``spike``
     (``None`` without a switch), ``cloze_acc``, ``wall_seconds``, ``curve`` ((steps, loss) pairs).
 
-    Example:
+    Examples:
         >>> r = TransitionStudyResult([{"variant": "float", "seed": 0, "final_loss": 2.0,
         ...     "final_perplexity": 7.39, "spike": None, "cloze_acc": 0.5, "wall_seconds": 1.0,
         ...     "switch_step": None, "curve": []}], {"steps": 10})

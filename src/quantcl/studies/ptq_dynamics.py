@@ -15,7 +15,7 @@ the part no paper has measured.
 
 Both resume like :func:`~quantcl.studies.transition_study` (sealed per-run records).
 
-Example:
+Examples:
     >>> result = ptq_dynamics_study("runs/ptq", seeds=(0, 1, 2), steps=400)  # doctest: +SKIP
     >>> print(result.to_markdown())  # doctest: +SKIP
 """

@@ -21,7 +21,7 @@ Student-t 95% interval), as Markdown and CSV, and plots the curves with the swit
 Runs are resumable: a finished run leaves ``study-record.json`` (sealed) in its directory and is
 skipped next time; an unfinished run's directory is its own and is started again from scratch.
 
-Example:
+Examples:
     >>> result = transition_study("runs/transition", seeds=(0, 1, 2), steps=300)  # doctest: +SKIP
     >>> print(result.to_markdown())  # doctest: +SKIP
 """
@@ -66,7 +66,7 @@ def transition_variants(switch_fractions: Sequence[float] = (0.2, 0.5, 0.8),
                         phase_ins: Sequence[str] = ("step", "linear")) -> list[TransitionVariant]:
     """The float and from-scratch baselines, then every switch x optimizer x phase-in.
 
-    Example:
+    Examples:
         >>> [v.name for v in transition_variants((0.5,), ("keep",), ("step", "tanh"))]
         ['float', 'ternary', 'switch@0.5/keep/step', 'switch@0.5/keep/tanh']
     """
@@ -112,10 +112,13 @@ def transition_study(
         rewarm_steps: learning-rate re-warm after an optimizer reset (default ``steps // 20``).
         spike_window: steps after the switch over which the spike is measured (default ``K``).
         eval_every: held-out loss every this many steps (and every step in the spike window).
-        learning_rate, batch_size: the Trainer's.
+        learning_rate: the Trainer's.
+        batch_size: the Trainer's.
         chunk_chars: characters per training and held-out chunk.
-        n_eval: held-out chunks in the loss; n_cloze: held-out cloze items.
-        hidden_size, num_layers: the random Llama model.
+        n_eval: held-out chunks in the loss.
+        n_cloze: held-out cloze items.
+        hidden_size: the random Llama model's width.
+        num_layers: the random Llama model's layers.
         activation_bits: BitLinear's activation quantization (``None``: weights only).
         progress: progress bars.
     """

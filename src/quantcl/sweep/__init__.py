@@ -1,6 +1,6 @@
 """Sweeps: a grid over a run config's fields, run on an executor, aggregated over seeds.
 
-Example:
+Examples:
     >>> from quantcl import Sweep
     >>> sweep = Sweep({"model": "quantcl:demo", "tasks": {"recipe": "synthetic"}},
     ...               {"precision": ["bf16", "nf4"], "seed": [0, 1, 2]}, output_dir="runs/s")

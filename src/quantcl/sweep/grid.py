@@ -12,7 +12,7 @@ run config with those keys set; ``replay.fraction`` sets ``fraction`` inside ``r
 mapping if it was ``null``). A point is named by its values, ``precision=int8,replay.fraction=0.01,seed=0``,
 which is also its directory under the sweep's ``output_dir``.
 
-Example:
+Examples:
     >>> points = expand_grid(parse_grid({"precision": ["bf16", "nf4"], "seed": [0, 1]}))
     >>> [point_name(p) for p in points]
     ['precision=bf16,seed=0', 'precision=bf16,seed=1', 'precision=nf4,seed=0', 'precision=nf4,seed=1']
@@ -85,7 +85,7 @@ def value_label(value: Any) -> str:
     """A short readable text of a grid value: ``0.01``, ``nf4``, ``nf4+compute_dtype-fp32`` for
     ``{name: nf4, compute_dtype: fp32}`` (a mapping's ``name`` first, then its other items).
 
-    Example:
+    Examples:
         >>> value_label({"name": "nf4", "compute_dtype": "fp32"}), value_label(True)
         ('nf4+compute_dtype-fp32', 'true')
     """
@@ -110,7 +110,7 @@ def _value_text(value: Any) -> str:
 def point_name(point: Mapping[str, Any]) -> str:
     """The point's name and directory: ``key=value`` pairs joined by commas, path-safe.
 
-    Example:
+    Examples:
         >>> point_name({"replay.fraction": 0.01, "precision": {"name": "nf4", "double_quant": True}})
         'replay.fraction=0.01,precision=nf4+double_quant-true'
     """

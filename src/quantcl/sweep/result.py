@@ -1,7 +1,7 @@
 """SweepResult: the runs of a sweep grouped into cells (every grid axis but the seed), with
 statistics over seeds, tables in the paper's shape (Markdown, CSV) and plots.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> from quantcl import ContinualResult
     >>> runs = {f"precision=nf4,seed={s}": ContinualResult(np.array([[.2, .1], [.9, .2], [.6 + s / 10, .8]]),

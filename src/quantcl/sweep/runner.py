@@ -11,7 +11,7 @@
 A point with ``result.json`` is skipped; any other is run with ``fit(resume=True)``, so a killed
 sweep continues where it stopped and a failed point is tried again.
 
-Example:
+Examples:
     >>> sweep = Sweep.from_yaml("examples/synthetic_sweep.yaml")  # doctest: +SKIP
     >>> print(sweep.describe())                                   # doctest: +SKIP
     >>> result = sweep.run()                                      # doctest: +SKIP

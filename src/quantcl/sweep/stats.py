@@ -5,7 +5,7 @@ undefined (``nan``), and with identical values it is the value itself. With 3 se
 interval is narrow and optimistic (3 values have only 10 distinct resamples): the t-interval
 (:func:`describe` ``"t_low"``/``"t_high"``) is the conservative one; both are reported.
 
-Example:
+Examples:
     >>> d = describe([0.5, 0.7, 0.9], seed=0)
     >>> round(d["mean"], 3), round(d["std"], 3), d["n"], d["ci_low"] <= d["mean"] <= d["ci_high"]
     (0.7, 0.2, 3, True)

@@ -1,6 +1,6 @@
 """Tasks: data + prompt format + evaluator, their sequence, and training tokenization.
 
-Example:
+Examples:
     >>> import quantcl as qcl
     >>> tasks = qcl.TaskSequence([
     ...     qcl.Task("nlu", train=train_ds, eval=eval_ds, evaluator=qcl.evaluators.MultipleChoice()),

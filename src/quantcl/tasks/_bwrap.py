@@ -7,7 +7,7 @@ the Python installation that runs it, a fresh ``/proc`` (its PID namespace only)
 working directory, ``HOME`` and ``TMPDIR``. Nothing else of the host is visible, so no host file,
 socket or process can be reached, and everything it writes disappears with the sandbox.
 
-Example:
+Examples:
     >>> argv = command("/usr/bin/bwrap", root=True, tmp_mb=56, shm_mb=8, program_fd=5)
     >>> "--die-with-parent" in argv and argv[-2:] == ["--chdir", WORK]
     True

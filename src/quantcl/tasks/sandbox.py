@@ -8,7 +8,7 @@ resource limits, switches root to a uid of the sandbox's own, dies with the eval
 program at its wall-clock limit by itself; afterwards everything is killed and removed (what a
 killed evaluator left, on the next run). docs/evaluators.md says what each mode leaves open.
 
-Example:
+Examples:
     >>> from quantcl.tasks.sandbox import run_sandboxed
     >>> run_sandboxed("assert 1 + 1 == 2", timeout=2.0).status
     'passed'
@@ -73,7 +73,7 @@ class SandboxLimits:
             (cwd, ``/tmp``) gets ``disk_mb - shm_mb`` and ``/dev/shm`` ``shm_mb = max(1, disk_mb // 8)``.
             The built-in modes cannot cap it (only ``max_file_mb`` per file).
 
-    Example:
+    Examples:
         >>> SandboxLimits(timeout=2.0, memory_mb=256).cpu
         3
     """
@@ -367,7 +367,7 @@ def run_sandboxed(
     Returns:
         A :class:`SandboxResult`; nothing the program does raises here.
 
-    Example:
+    Examples:
         >>> run_sandboxed("while True: pass", timeout=1.0).status
         'timeout'
     """
@@ -382,7 +382,7 @@ def run_many(
     """Run several programs, ``workers`` sandboxes at a time (threads, each waiting on one
     subprocess); results in input order. ``limits`` are :func:`run_sandboxed`'s keywords.
 
-    Example:
+    Examples:
         >>> [r.passed for r in run_many(["pass", "raise SystemExit(1)"], timeout=2.0)]
         [True, False]
     """

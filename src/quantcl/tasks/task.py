@@ -5,7 +5,7 @@ into a ``prompt`` and a ``target`` string, either with a ``str.format`` template
 columns or with a function ``row -> str``. With ``chat=True`` the prompt becomes the user turn
 of the tokenizer's chat template (for instruct models).
 
-Example:
+Examples:
     >>> import quantcl as qcl
     >>> task = qcl.Task.from_lists(
     ...     "capitals",
@@ -57,7 +57,7 @@ class Task:
             tokenizer passed to :meth:`training_rows`/:meth:`eval_rows` has one.
         system: optional system message for chat rendering.
 
-    Example:
+    Examples:
         >>> task = Task("qa", train=train_ds, eval=eval_ds, evaluator=MultipleChoice(),
         ...             prompt="Q: {question}\\nA:", target=" {answer_text}")  # doctest: +SKIP
         >>> task.limit(train=100).training_rows(tokenizer)  # doctest: +SKIP
@@ -102,7 +102,7 @@ class Task:
     ) -> Task:
         """A task from in-memory rows: a list of dicts or a dict of equal-length lists.
 
-        Example:
+        Examples:
             >>> Task.from_lists("t", train=[{"prompt": "1+1=", "target": "2"}],
             ...                 eval={"prompt": ["2+2="], "target": ["4"]},
             ...                 evaluator=NumericMatch())  # doctest: +SKIP
@@ -117,7 +117,7 @@ class Task:
 
         ``train`` and ``eval`` are each a path or a list of paths of one format.
 
-        Example:
+        Examples:
             >>> Task.from_files("math", train="gsm8k/train.jsonl", eval="gsm8k/test.jsonl",
             ...                 evaluator=NumericMatch(), prompt="{question}\\n",
             ...                 target="{answer}")  # doctest: +SKIP
@@ -141,7 +141,7 @@ class Task:
     ) -> Task:
         """A task from ``datasets.load_dataset(path, config)``: a Hub id or a local directory.
 
-        Example:
+        Examples:
             >>> Task.from_hub("gsm8k", "openai/gsm8k", config="main", evaluator=NumericMatch(),
             ...               prompt="Question: {question}\\nAnswer:", target=" {answer}")  # doctest: +SKIP
         """
@@ -327,7 +327,7 @@ class TaskSequence(Sequence[Task]):
         tasks: :class:`Task` objects with unique names; every one is validated now
             (:meth:`Task.validate`), so a bad column or a missing opt-in fails before training.
 
-    Example:
+    Examples:
         >>> seq = TaskSequence([nlu, math])  # doctest: +SKIP
         >>> seq.names, seq["math"].name, len(seq[1:])  # doctest: +SKIP
         (['nlu', 'math'], 'math', 1)

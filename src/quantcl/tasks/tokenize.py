@@ -47,7 +47,7 @@ def tokenize_for_training(
         max_length: most tokens per example.
         add_eos: append the tokenizer's EOS to every target (the model learns to stop).
 
-    Example:
+    Examples:
         >>> rows = task.training_rows(tokenizer)  # doctest: +SKIP
         >>> data = tokenize_for_training(rows, tokenizer, max_length=512)  # doctest: +SKIP
         >>> data.column_names  # doctest: +SKIP
@@ -141,7 +141,7 @@ def make_collator(tokenizer: Any, *, pad_to_multiple_of: int | None = None) -> C
     Works with tokenizers that have no pad token (many Llama checkpoints), without changing
     the tokenizer; ``transformers.DataCollatorForSeq2Seq`` refuses those.
 
-    Example:
+    Examples:
         >>> collate = make_collator(tokenizer)  # doctest: +SKIP
         >>> batch = collate([data[0], data[1]])  # doctest: +SKIP
         >>> batch["input_ids"].shape  # (2, longest)  # doctest: +SKIP

@@ -9,7 +9,7 @@ evaluator            what it measures                                          h
 ``Perplexity``       token cross-entropy of the target given the prompt        ``1/perplexity``
 ===================  =======================================================  ===============
 
-Example:
+Examples:
     >>> import quantcl as qcl
     >>> qcl.evaluators.MultipleChoice()(model, tokenizer, dataset)  # doctest: +SKIP
     0.5

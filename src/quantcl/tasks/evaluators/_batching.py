@@ -42,7 +42,7 @@ def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[i
     moves into the continuation, as in lm-evaluation-harness, so ``"Answer: "`` + ``"yes"``
     scores ``" yes"`` and ``"Answer:\\n"`` + ``"yes"`` scores ``"\\nyes"``.
 
-    Example:
+    Examples:
         >>> encode_pair(tokenizer, "Q: 1+1? A: ", "2")  # doctest: +SKIP
         ([...ids of "Q: 1+1? A:"], [id of " ", id of "2"])
     """
@@ -149,7 +149,7 @@ def loglikelihoods(
 def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
     """``text`` up to (not including) the earliest occurrence of any stop string.
 
-    Example:
+    Examples:
         >>> truncate_at_stop("    return 1\\ndef g():", ["\\ndef"])
         '    return 1'
     """
@@ -166,7 +166,7 @@ def batch_seed(seed: int, batch: int) -> int:
     """The sampling seed of batch number ``batch``: ``seed`` itself for batch 0 (a single-batch
     evaluation samples as in quantcl 0.1), the others spread over 64 bits by a Weyl step.
 
-    Example:
+    Examples:
         >>> batch_seed(3, 0), batch_seed(0, 1) != batch_seed(1, 0)
         (3, True)
     """

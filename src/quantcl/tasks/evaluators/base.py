@@ -25,7 +25,7 @@ class EvalResult:
             ``correct``.
         n: number of examples.
 
-    Example:
+    Examples:
         >>> EvalResult(0.5, {"acc": 0.5}, [], 2).to_dict()["score"]
         0.5
     """
@@ -47,7 +47,7 @@ class Shard:
     Work is dealt out in units (rows, or whole batches for the built-in evaluators) round-robin:
     unit ``u`` goes to process ``u % count``. ``Shard(0, 1)`` is everything.
 
-    Example:
+    Examples:
         >>> Shard(1, 2).units(5)
         [1, 3]
     """
@@ -86,7 +86,7 @@ def ordered_records(parts: Sequence[ShardResult], n: int | None = None) -> list[
         ValueError: a row is scored twice or not at all (``0 .. n-1``, ``n`` defaulting to the
             number of rows given), or a part has not one record per row.
 
-    Example:
+    Examples:
         >>> parts = [ShardResult((1,), EvalResult(1.0, {}, [{"r": 1}], 1)),
         ...          ShardResult((0, 2), EvalResult(0.0, {}, [{"r": 0}, {"r": 2}], 2))]
         >>> [r["r"] for r in ordered_records(parts)]
@@ -120,7 +120,7 @@ class Evaluator(Component):
     gathered shares. ``merge`` must return exactly what ``evaluate`` returns on the whole
     dataset; without it every process evaluates every row.
 
-    Example:
+    Examples:
         >>> class Always(Evaluator):
         ...     def __init__(self, score: float = 1.0) -> None:
         ...         self.score = score
@@ -172,7 +172,7 @@ class Evaluator(Component):
         ``torchrun``. Compute metrics from per-row quantities in row order (counts / n), not
         by averaging the shards' averages, so that floats come out as in one process.
 
-        Example:
+        Examples:
             >>> class Exact(Evaluator):
             ...     def evaluate(self, model, tokenizer, dataset, *, batch_size=None, progress=True):
             ...         records = [{"correct": p == t} for p, t in zip(dataset["prompt"], dataset["target"])]
@@ -224,7 +224,7 @@ def register_evaluator(name: str, cls: type[Evaluator] | None = None) -> Any:
     A registered name can be used in YAML (``evaluator: {type: name, ...}``); any importable
     class also works without registering, as ``evaluator: {_component_: package.module.Class}``.
 
-    Example:
+    Examples:
         >>> @register_evaluator("always")
         ... class Always(Evaluator):
         ...     def evaluate(self, model, tokenizer, dataset, *, batch_size=None, progress=True):
@@ -264,7 +264,7 @@ def evaluator_class(name: str) -> type[Evaluator]:
 def get_evaluator(name: str, **kwargs: Any) -> Evaluator:
     """Build the evaluator registered under ``name`` with constructor ``kwargs``.
 
-    Example:
+    Examples:
         >>> get_evaluator("NumericMatch").to_dict()["_component_"]
         'quantcl.tasks.evaluators.numeric.NumericMatch'
     """

@@ -40,7 +40,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     ``1 - C(n - c, k) / C(n, k)``, computed as ``1 - prod_{i=n-c+1}^{n} (1 - k / i)`` so that
     no huge binomial coefficient is formed.
 
-    Example:
+    Examples:
         >>> round(pass_at_k(5, 2, 2), 4)
         0.7
     """
@@ -87,7 +87,7 @@ class CodeExecution(Evaluator):
             built-in one), ``"bubblewrap"`` (refused up front where it does not work) or
             ``"builtin"``; each record's ``isolation`` lists what each program ran under.
 
-    Example:
+    Examples:
         >>> ev = CodeExecution(allow_code_execution=True, n_samples=5, k=(1, 5))
         >>> ev.evaluate(model, tokenizer, humaneval_rows).metrics  # doctest: +SKIP
         {'pass@1': 0.12, 'pass@5': 0.25}
@@ -193,7 +193,7 @@ class CodeExecution(Evaluator):
     ) -> EvalResult:
         """Run given completions (one string, or a list of samples, per problem) and score them.
 
-        Example:
+        Examples:
             >>> ev = CodeExecution(allow_code_execution=True)
             >>> ev.evaluate_completions(rows, ["    return a + b\\n"]).score  # doctest: +SKIP
             1.0

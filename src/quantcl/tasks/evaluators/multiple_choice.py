@@ -34,7 +34,7 @@ def extract_choice(text: str, choices: list[str], pattern: str = DEFAULT_CHOICE_
     (``"answer3"``, ``"option2"``, ``"3"`` -> 2, 1, 2); the last word of exactly one option
     (``"true"`` for ``"the correct answer is true"``); a single letter ``A``.. (-> 0..).
 
-    Example:
+    Examples:
         >>> extract_choice("the correct answer is answer3", ["a", "b", "c"])
         2
     """
@@ -87,7 +87,7 @@ class MultipleChoice(Evaluator):
             last logits (one-token options) and KV cache (longer ones); ``False`` runs every
             option as a whole sequence with its prompt (same scores up to rounding, slower).
 
-    Example:
+    Examples:
         >>> ev = MultipleChoice(normalization="acc_norm")
         >>> result = ev.evaluate(model, tokenizer, dataset)  # doctest: +SKIP
         >>> result.metrics  # doctest: +SKIP

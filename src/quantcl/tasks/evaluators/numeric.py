@@ -40,7 +40,7 @@ def answer_complete_pattern(answer_phrase: str) -> str:
     (case-insensitive), then on the same line a number followed by a character that cannot
     continue it (so ``"is: 12"`` does not match yet, ``"is: 12\\n"`` and ``"is: 12. "`` do).
 
-    Example:
+    Examples:
         >>> import re
         >>> p = answer_complete_pattern("The final answer is:")
         >>> [bool(re.search(p, t)) for t in ("The final answer is: 1,0", "The final answer is: 1,024!")]
@@ -56,7 +56,7 @@ def extract_number(text: str, answer_phrase: str | None = "The final answer is:"
 
     Thousands separators are dropped (``"1,234"`` -> 1234.0) and a Unicode minus is a minus.
 
-    Example:
+    Examples:
         >>> extract_number("6 + 12 = 18. The final answer is: $1,018.")
         1018.0
         >>> extract_number("so she has -3.5 apples left", "The final answer is:")
@@ -76,7 +76,7 @@ def extract_number(text: str, answer_phrase: str | None = "The final answer is:"
 def numbers_match(prediction: float | None, gold: float | None, tolerance: float = 1e-6) -> bool:
     """``|prediction - gold| <= tolerance``; ``False`` when either is missing.
 
-    Example:
+    Examples:
         >>> numbers_match(3.0, 3), numbers_match(None, 3)
         (True, False)
     """
@@ -105,7 +105,7 @@ class NumericMatch(Evaluator):
         tolerance: absolute tolerance of the comparison.
         batch_size: prompts per ``generate`` call; ``evaluate(batch_size=...)`` overrides it.
 
-    Example:
+    Examples:
         >>> ev = NumericMatch(answer_phrase="The final answer is:", max_new_tokens=256)
         >>> ev(model, tokenizer, gsm8k_rows)  # doctest: +SKIP
         0.31

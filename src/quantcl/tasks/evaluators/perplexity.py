@@ -38,7 +38,7 @@ class Perplexity(Evaluator):
         max_length: tokens per row (the prompt is cut from the left); default: the model's
             ``max_position_embeddings``.
 
-    Example:
+    Examples:
         >>> Perplexity(batch_size=8).to_dict()["batch_size"]
         8
     """

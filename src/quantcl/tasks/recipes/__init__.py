@@ -6,7 +6,7 @@
 - :func:`python_stdlib`, :func:`python_stdlib_cloze`: language modelling on the Python standard
   library's source (real text on every machine) and a held-out next-line cloze task.
 
-Example:
+Examples:
     >>> import quantcl as qcl
     >>> tasks = qcl.recipes.lessismore(data_dir="data/lessismore", limit_train=1000)  # doctest: +SKIP
 """

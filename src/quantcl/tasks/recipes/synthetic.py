@@ -24,7 +24,7 @@ learns each in a minute on a CPU and forgets measurably when trained on the next
 repeated) in other wordings than the tasks use; ``quantcl demo`` pretrains its tiny model on it,
 so that the LoRA stages learn task formats on top of skills, as with a real pretrained LM.
 
-Example:
+Examples:
     >>> import quantcl as qcl
     >>> tasks = qcl.recipes.synthetic(seed=0, n_train=200, n_eval=20)  # doctest: +SKIP
     >>> tasks.names  # doctest: +SKIP
