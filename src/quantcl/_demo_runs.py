@@ -1,9 +1,9 @@
 """The demo's grid of runs: in this process, or side by side in worker processes on a CPU, with a
 progress bar per run that shows the whole demo's ETA.
 
-The demo's runs are small (a 128-wide model, batches of 8): a training step costs more in Python
-and operator dispatch than in matmuls, so a second thread speeds a run up by ~1.3x while a second
-process running another run doubles the throughput. On a CPU the runs are therefore shared out over
+The demo's runs are small (a 128-wide model, batches of 8): its matrices are too small to split
+well over threads, so a second thread speeds a run up only ~1.3x while a second process running
+another run doubles the throughput. On a CPU the runs are therefore shared out over
 ``min(runs, cores)`` spawned workers with ``cores // workers`` torch threads each; on a GPU they run
 one after the other in this process. A run's numbers depend on its thread count (the order of
 floating-point sums), so ``summary.json`` records the workers and threads it ran with.
