@@ -75,8 +75,10 @@ def _destroy_process_group_at_exit() -> None:
 
     Left to interpreter shutdown, gloo's worker threads can outlive the interpreter and abort the
     process ("terminate called without an active exception", SIGABRT: pytorch/pytorch#190489), so
-    a finished torchrun job fails now and then. After an uncaught exception the group is left
-    alone: destroying it while other processes still wait in a collective can hang them.
+    a finished torchrun job fails now and then. The processes first wait for each other, so none
+    tears down its group (and its connection to the job's TCP store) while another still uses it.
+    After an uncaught exception the group is left alone: waiting for, or destroying a group under,
+    processes still in a collective can hang them.
     """
     if _exit_hook:
         return
@@ -91,6 +93,7 @@ def _destroy_process_group_at_exit() -> None:
         import torch.distributed as dist
 
         if not _exit_hook[0] and dist.is_available() and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
 
     sys.excepthook = note_failure
