@@ -96,6 +96,8 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
 
 
 def through_quantcl(policy: Any, model: Any, data: Any, steps: int, batch: int) -> float:
+    from transformers import Trainer
+
     import quantcl as qcl
     from quantcl.plugins.base import TrainerSpec
 
@@ -103,7 +105,7 @@ def through_quantcl(policy: Any, model: Any, data: Any, steps: int, batch: int) 
         args = qcl.StageArgs(learning_rate=1e-4, max_steps=steps, per_device_train_batch_size=batch,
                              logging_steps=10_000)
         spec = TrainerSpec(args=args.training_arguments(out, seed=0, disable_tqdm=True, **policy.training_arguments()),
-                           callbacks=[], trainer_class=__import__("transformers").Trainer,
+                           callbacks=[], trainer_class=Trainer,
                            kwargs={"train_dataset": data, "data_collator": collate})
         trainer = spec.build(model, [], None)  # type: ignore[arg-type]
         start = time.perf_counter()

@@ -86,11 +86,16 @@ def _check_shipped(path: Path) -> None:
                               f"{path / MANIFEST}; reinstall quantcl")
 
 
-def _demo_model_path(root: str | Path | None, overrides: dict[str, Any]) -> Path:
+def _spec(overrides: dict[str, Any]) -> dict[str, Any]:
+    """:data:`DEMO_MODEL` with ``overrides``, refusing keys it does not have."""
     unknown = sorted(set(overrides) - set(DEMO_MODEL))
     if unknown:
         raise ConfigError(f"unknown demo model option(s) {unknown}; valid: {sorted(DEMO_MODEL)}")
-    spec = {**DEMO_MODEL, **overrides}
+    return {**DEMO_MODEL, **overrides}
+
+
+def _demo_model_path(root: str | Path | None, overrides: dict[str, Any]) -> Path:
+    spec = _spec(overrides)
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     return Path(root or cache_dir()) / f"demo-model-{key}"
 
@@ -146,11 +151,8 @@ def build_demo_model(path: str | Path, *, progress: bool = True, **overrides: An
 
     from quantcl._io import sha256_file
 
-    unknown = sorted(set(overrides) - set(DEMO_MODEL))
-    if unknown:
-        raise ConfigError(f"unknown demo model option(s) {unknown}; valid: {sorted(DEMO_MODEL)}")
+    spec = _spec(overrides)
     path = Path(path)
-    spec = {**DEMO_MODEL, **overrides}
     _pretrain(path, spec, progress=progress)
     files = {p.name: sha256_file(p) for p in sorted(path.iterdir()) if p.is_file() and p.name != MANIFEST}
     atomic_write_json(path / MANIFEST, {

@@ -123,7 +123,7 @@ def test_task_evaluate_passes_the_group_and_still_checks_the_score(math_rows):
 # two real processes ------------------------------------------------------------------------
 SCRIPT = textwrap.dedent(
     """
-    import atexit, json, os, sys
+    import atexit, json, os, sys, time
     from collections import Counter
     from transformers import AutoModelForCausalLM, AutoTokenizer
     import quantcl as qcl
@@ -132,7 +132,6 @@ SCRIPT = textwrap.dedent(
 
     model_dir, out = sys.argv[1], sys.argv[2]
     def group_left_at_exit():  # registered first, so it runs after quantcl's exit handler
-        import time
         import torch.distributed as dist
         with open(os.path.join(out, f"exit{os.environ.get('RANK', '')}.json"), "w") as f:
             json.dump({"initialized": dist.is_initialized(), "time": time.time()}, f)
@@ -166,10 +165,9 @@ SCRIPT = textwrap.dedent(
         results[task.name] = task.evaluate(model, tok, batch_size=3, progress=False, group=procs).to_dict()
     name = f"rank{procs.rank}" if procs.world_size > 1 else "single"
     if procs.world_size > 1 and procs.rank == 1:
-        import time
         time.sleep(1.0)  # process 1 ends later: process 0 must wait for it before tearing down
     with open(os.path.join(out, name + ".json"), "w") as f:
-        json.dump({"results": results, "counts": counts, "world": procs.world_size, "done": __import__("time").time()}, f)
+        json.dump({"results": results, "counts": counts, "world": procs.world_size, "done": time.time()}, f)
     """
 )
 
