@@ -109,6 +109,18 @@ def test_the_shipped_demo_model_matches_its_manifest_and_is_used_by_default(tmp_
     assert not demo_model_is_cached(root=tmp_path)  # a root or another spec builds its own
 
 
+def test_the_trainer_takes_quantcl_demo_as_the_shipped_model(tmp_path):
+    import quantcl as qcl
+    from quantcl.demo import demo_model_dir
+
+    tasks = qcl.recipes.synthetic(n_train=8, n_eval=4, tasks=("nlu",))
+    trainer = qcl.ContinualTrainer(model="quantcl:demo", precision="fp32", tasks=tasks,
+                                   output_dir=tmp_path / "run", progress=False)
+    assert trainer.model_source == str(demo_model_dir())  # as `model: quantcl:demo` in YAML
+    with pytest.raises(qcl.ConfigError, match="quantcl:demo"):
+        qcl.ContinualTrainer(model=3, precision="fp32", tasks=tasks, output_dir=tmp_path / "r2")
+
+
 def test_a_damaged_shipped_demo_model_is_refused(tmp_path, monkeypatch):
     import shutil
 

@@ -44,7 +44,8 @@ class ContinualTrainer:
     """Fine-tune one model on a sequence of tasks with LoRA, replay and evaluation after each.
 
     Args:
-        model: Hub id, local directory or ``.gguf`` file of a causal LM.
+        model: Hub id, local directory or ``.gguf`` file of a causal LM, or ``"quantcl:demo"``
+            for the tiny pretrained Llama that ships inside the package (offline; ``quantcl demo``'s).
         precision: a :class:`PrecisionPolicy`, a preset name ("bf16", "int8", "nf4", ...), or a
             :class:`~quantcl.PrecisionSchedule` (float training switching to ternary QAT).
         tasks: the :class:`TaskSequence` (or a list of :class:`Task`).
@@ -98,10 +99,10 @@ class ContinualTrainer:
         from transformers import TrainerCallback
 
         from quantcl._checks import require_choice, require_directory, require_instance, require_mapping
-        from quantcl._validate_model import check_lora_config, check_model_source
+        from quantcl._validate_model import DEMO_MODEL_ID, check_lora_config, check_model_source
 
         # every argument is checked here, cheapest first, before any work (quantcl._checks)
-        require_instance(model, "model", (str, os.PathLike), "a Hub id, a local directory or a .gguf path")
+        require_instance(model, "model", (str, os.PathLike), "a Hub id, a local directory, a .gguf path or 'quantcl:demo'")
         model_kwargs = require_mapping(model_kwargs, "model_kwargs (load_model keywords)", allow_none=True)
         self.model_source = str(model)
         self.schedule = precision if isinstance(precision, PrecisionSchedule) else None
@@ -133,6 +134,10 @@ class ContinualTrainer:
             if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
                 raise ConfigError(f"{name} must be a list (possibly empty), got {value!r}")
         check_model_source(self.model_source, model_kwargs)
+        if self.model_source == DEMO_MODEL_ID:
+            from quantcl.demo import demo_model_dir
+
+            self.model_source = str(demo_model_dir(progress=False))
         given = [*callbacks, *plugins]
         strays = [c for c in given if not isinstance(c, (StagePlugin, TrainerCallback))]
         if strays:
