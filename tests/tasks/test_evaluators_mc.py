@@ -175,6 +175,25 @@ def test_the_shared_context_path_equals_scoring_every_option_whole(model_and_tok
     assert shared.metrics == whole.metrics
 
 
+def test_without_mask_support_in_transformers_all_logits_are_computed_and_scores_agree(model_and_tok, monkeypatch):
+    from quantcl.tasks.evaluators import _shared_context
+
+    model, tok = model_and_tok
+    ds = Dataset.from_list(MIXED)
+    masked = MultipleChoice(batch_size=16).evaluate(model, tok, ds, progress=False)
+    seen = []
+    handle = model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw.get("logits_to_keep")), with_kwargs=True)
+    monkeypatch.setattr(_shared_context, "mask_logits_to_keep", lambda: False)  # as transformers 5.17
+    try:
+        full = MultipleChoice(batch_size=16).evaluate(model, tok, ds, progress=False)
+    finally:
+        handle.remove()
+    assert not any(isinstance(k, torch.Tensor) and k.dtype == torch.bool for k in seen)
+    for a, b in zip(masked.records, full.records):
+        assert a["loglikelihoods"] == pytest.approx(b["loglikelihoods"], abs=1e-5)
+    assert masked.metrics == full.metrics
+
+
 def test_options_are_chunked_by_length_to_cut_padding():
     from quantcl.tasks.evaluators._shared_context import FORWARD_COST_IN_POSITIONS, _chunks
 

@@ -21,6 +21,7 @@ The result equals scoring each option as a whole sequence, up to floating-point 
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 from typing import Any
 
@@ -35,6 +36,16 @@ def _forward_params(model: Any) -> dict[str, Any]:
         return dict(inspect.signature(base.forward).parameters)
     except (TypeError, ValueError):
         return {}
+
+
+@functools.cache
+def mask_logits_to_keep() -> bool:
+    """Whether this transformers takes a boolean ``(batch, seq)`` mask as ``logits_to_keep``
+    (``modeling_utils.slice_logits_to_keep``, in 5.24; 5.17 took only an int or 1D positions and
+    failed with "too many indices"). Without it all logits are computed and the mask applied after."""
+    from transformers import modeling_utils
+
+    return hasattr(modeling_utils, "slice_logits_to_keep")
 
 
 def cache_argument(model: Any) -> str | None:
@@ -211,7 +222,7 @@ def _continue(model: Any, rows: list[tuple[int, int, list[int], int]], cache: An
     cache.batch_select_indices(item.to(device))
     full_mask = torch.cat([mask[item], own], dim=1)
     positions = mask.sum(-1)[item, None] + torch.arange(span)[None, :]
-    kwargs = {"logits_to_keep": keep.to(device)} if "logits_to_keep" in params else {}
+    kwargs = {"logits_to_keep": keep.to(device)} if "logits_to_keep" in params and mask_logits_to_keep() else {}
     out = model(input_ids=ids.to(device), attention_mask=full_mask.to(device), position_ids=positions.to(device),
                 use_cache=True, **{cache_name: cache}, **kwargs)
     logits = out.logits if kwargs else out.logits[keep.to(out.logits.device)]
