@@ -41,7 +41,8 @@ def test_fences_are_parsed_whole():
 @pytest.mark.parametrize("page", PYTHON_PAGES, ids=_id)
 def test_python_blocks_run(page, tmp_path):
     env = {**os.environ, "MPLBACKEND": "Agg", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT / "examples")}
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT / "examples"),
+           "OMP_NUM_THREADS": "1"}  # tiny models: more threads only add contention (10x slower under load)
     out = subprocess.run([sys.executable, "-c", RUNNER, str(page)], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, f"{_id(page)}:\n{out.stdout[-3000:]}\n{out.stderr[-6000:]}"
