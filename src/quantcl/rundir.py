@@ -33,6 +33,17 @@ __all__ = ["RunDirectory", "STATE_VERSION"]
 STATE_VERSION = 3
 # configuration keys that may differ on resume: they do not change what is computed
 RESUME_IGNORES = frozenset({"versions", "callbacks"})
+# model_kwargs that say where the weights go, not what is computed: under torchrun each process
+# passes its own GPU ({"": local_rank}), and a resumed run may land on other devices
+PLACEMENT_KWARGS = frozenset({"device_map", "max_memory"})
+
+
+def _resume_view(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` as resume compares it: without the placement keys of ``model_kwargs``."""
+    kwargs = config.get("model_kwargs")
+    if not isinstance(kwargs, dict):
+        return config
+    return {**config, "model_kwargs": {k: v for k, v in kwargs.items() if k not in PLACEMENT_KWARGS}}
 
 
 class RunDirectory:
@@ -99,7 +110,7 @@ class RunDirectory:
                               "or choose another output_dir")
         state = self._read_state(len(task_names))
         self._check_files(state)
-        saved = read_json(self.config_path)
+        saved, config = _resume_view(read_json(self.config_path)), _resume_view(config)
         differing = sorted(k for k in set(config) | set(saved)
                            if k not in RESUME_IGNORES and saved.get(k) != config.get(k))
         if differing and state["completed_stages"] == 0:

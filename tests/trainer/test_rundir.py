@@ -29,11 +29,11 @@ class CrashInStage(StagePlugin):
             raise Crash
 
 
-def _trainer(model_dir, out, lr=5e-3, tasks=("nlu", "math")):
+def _trainer(model_dir, out, lr=5e-3, tasks=("nlu", "math"), model_kwargs=None):
     return qcl.ContinualTrainer(
         model=model_dir, precision="fp32", tasks=qcl.recipes.synthetic(seed=0, n_train=8, n_eval=2, tasks=tasks),
         lora=LORA, args=qcl.StageArgs(learning_rate=lr, max_steps=2, per_device_train_batch_size=4, max_length=64),
-        output_dir=out, seed=1, plugins=[CrashInStage()], progress=False)
+        output_dir=out, seed=1, plugins=[CrashInStage()], progress=False, model_kwargs=model_kwargs)
 
 
 def _same(a, b):
@@ -61,6 +61,21 @@ def test_after_a_finished_stage_another_config_is_refused_and_nothing_removed(ti
     with pytest.raises(qcl.ConfigError, match=r"differs in \['args'\]"):
         _trainer(tiny_model_dir, tmp_path / "run", lr=1e-2).fit(resume=True)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == before
+
+
+def test_resume_accepts_another_device_map_but_not_another_model_setting(tiny_model_dir, tmp_path):
+    # under torchrun every process passes its own GPU as device_map ({"": local_rank}); only
+    # process 0 wrote run.json, so the others must still resume it
+    CrashInStage.at = 2
+    with pytest.raises(Crash):
+        _trainer(tiny_model_dir, tmp_path / "run", model_kwargs={"device_map": {"": "cpu"}}).fit()
+    with pytest.raises(qcl.ConfigError, match=r"differs in \['model_kwargs'\]"):
+        _trainer(tiny_model_dir, tmp_path / "run", model_kwargs={"attn_implementation": "eager"}).fit(resume=True)
+    resumed = _trainer(tiny_model_dir, tmp_path / "run", model_kwargs={"device_map": "cpu"}).fit(resume=True)
+    fresh = _trainer(tiny_model_dir, tmp_path / "fresh").fit()
+    _same(resumed, fresh)
+    saved = json.loads((tmp_path / "run" / "run.json").read_text())["model_kwargs"]
+    assert saved == {"device_map": {"": "cpu"}}  # recorded as the run started
 
 
 @pytest.fixture
