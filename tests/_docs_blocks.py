@@ -70,17 +70,17 @@ def shell_commands(body: str) -> list[list[str]]:
     return commands
 
 
+# Blocks run in the real __main__ module's namespace, as in a notebook or `python -i`: a class a
+# block defines is importable as `__main__.Name` (what a component saves and rebuilds from).
 RUNNER = r"""
-import os, re, sys
-page, start = sys.argv[1], 1
-text = open(page).read()
-fence = re.compile(FENCE, re.M | re.S)
-ns = {"__name__": "__main__"}
-for m in fence.finditer(text):
-    if m["lang"] != "python" or m["reason"] is not None:
+import os as _os, re as _re, sys as _sys
+_page = _sys.argv[1]
+_text = open(_page).read()
+for _m in _re.compile(FENCE, _re.M | _re.S).finditer(_text):
+    if _m["lang"] != "python" or _m["reason"] is not None:
         continue
-    line = text.count("\n", 0, m.start("body"))
-    print(f"--- {os.path.basename(page)}:{line + 1}", flush=True)
-    exec(compile("\n" * line + m["body"], page, "exec"), ns)
+    _line = _text.count("\n", 0, _m.start("body"))
+    print(f"--- {_os.path.basename(_page)}:{_line + 1}", flush=True)
+    exec(compile("\n" * _line + _m["body"], _page, "exec"), _sys.modules["__main__"].__dict__)
 print("--- all blocks ran", flush=True)
 """.replace("FENCE", repr(_FENCE.pattern))

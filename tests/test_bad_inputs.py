@@ -402,6 +402,8 @@ CLI_CASES = [
      r"--replay takes comma-separated fractions in \[0, 1\] such as 0,0.1; got 'abc'"),
     ("quantcl demo --precisions bf16,int3", lambda c: ["demo", "--precisions", "bf16,int3", "--output-dir",
                                                        c.tmp / "unused"], r"unknown precision 'int3'"),
+    ("quantcl demo --workers 0", lambda c: ["demo", "--workers", "0", "--output-dir", c.tmp / "unused"],
+     r"run_demo\(workers=\.\.\.\) must be an int >= 1, got 0"),
     ("quantcl demo --output-dir <a file>", lambda c: ["demo", "--output-dir", c.tmp / "afile"],
      r"--output-dir '.*afile' is a file, not a directory"),
     ("quantcl run run.yaml --output-dir <a file>", lambda c: ["run", _config(c, {}), "--output-dir", c.tmp / "afile"],

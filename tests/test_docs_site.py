@@ -49,3 +49,6 @@ def test_the_site_builds_in_strict_mode(tmp_path):
     assert "PrecisionPolicy" in page and "compute_dtype" in page
     assert '<span class="gp">&gt;&gt;&gt;' in page  # an Examples section renders as highlighted code
     assert (tmp_path / "site" / "changelog" / "index.html").read_text().count("Unreleased") >= 1
+    metrics = (tmp_path / "site" / "metrics" / "index.html").read_text()
+    # formulas are marked for MathJax, and the page loads it (else they show as raw TeX)
+    assert 'class="arithmatex"' in metrics and "javascripts/mathjax.js" in metrics and "tex-mml-chtml.js" in metrics
