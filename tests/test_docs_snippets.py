@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -45,8 +46,14 @@ def test_python_blocks_run(page, tmp_path):
            "OMP_NUM_THREADS": "1"}  # tiny models: more threads only add contention (10x slower under load)
     out = subprocess.run([sys.executable, "-c", RUNNER, str(page)], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=600)
+    ran = out.stdout.rstrip().endswith("--- all blocks ran")
+    if ran and out.returncode == -6 and "terminate called without an active exception" in out.stderr:
+        # every block ran; the abort came in interpreter teardown, from a C++ thread pool still
+        # running (pyarrow's, apache/arrow#36980): reported, not a failure of the page
+        warnings.warn(f"{_id(page)}: every block ran, then the process aborted at exit: {out.stderr[-300:]}")
+        return
     assert out.returncode == 0, f"{_id(page)}:\n{out.stdout[-3000:]}\n{out.stderr[-6000:]}"
-    assert out.stdout.rstrip().endswith("--- all blocks ran")
+    assert ran
 
 
 @pytest.mark.parametrize("page", [p for p in pages() if any(b.lang == "yaml" for b in blocks(p))], ids=_id)

@@ -152,7 +152,9 @@ def read_version(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], dic
         if _sha(data) != digest:
             raise StateError(f"replay data file {path} is missing, truncated or tampered (sha256 mismatch)")
         try:
-            rows[task] = datasets.Dataset(pq.read_table(io.BytesIO(data)))
+            # no Arrow thread pool: its tasks can outlive the read and abort the process at exit
+            # ("terminate called without an active exception", apache/arrow#36980, seen in CI)
+            rows[task] = datasets.Dataset(pq.read_table(io.BytesIO(data), use_threads=False))
         except (pa.ArrowException, ValueError) as e:
             raise StateError(f"replay data file {path} unreadable: {e}") from e
     return state, rows
