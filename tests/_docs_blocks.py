@@ -73,14 +73,13 @@ def shell_commands(body: str) -> list[list[str]]:
 # Blocks run in the real __main__ module's namespace, as in a notebook or `python -i`: a class a
 # block defines is importable as `__main__.Name` (what a component saves and rebuilds from).
 RUNNER = r"""
-import os as _os, re as _re, sys as _sys
-_page = _sys.argv[1]
-_text = open(_page).read()
-for _m in _re.compile(FENCE, _re.M | _re.S).finditer(_text):
-    if _m["lang"] != "python" or _m["reason"] is not None:
-        continue
-    _line = _text.count("\n", 0, _m.start("body"))
-    print(f"--- {_os.path.basename(_page)}:{_line + 1}", flush=True)
-    exec(compile("\n" * _line + _m["body"], _page, "exec"), _sys.modules["__main__"].__dict__)
+import sys as _sys
+from pathlib import Path as _Path
+_sys.path.insert(0, TESTS)
+from _docs_blocks import blocks as _blocks
+for _b in _blocks(_Path(_sys.argv[1])):
+    if _b.lang == "python" and _b.skip is None:
+        print(f"--- {_b.where}", flush=True)
+        exec(compile("\n" * (_b.line - 1) + _b.body, str(_b.page), "exec"), _sys.modules["__main__"].__dict__)
 print("--- all blocks ran", flush=True)
-""".replace("FENCE", repr(_FENCE.pattern))
+""".replace("TESTS", repr(str(Path(__file__).resolve().parent)))

@@ -24,7 +24,7 @@ from quantcl._checks import require_int, require_list_of, require_number
 from quantcl.errors import ConfigError
 from quantcl.precision.gguf import is_gguf_source
 
-__all__ = ["DEMO_MODEL_ID", "looks_local", "hub_offline", "check_model_source", "check_lora_config", "model_config",
+__all__ = ["DEMO_MODEL_ID", "looks_local", "resolve_demo_model", "hub_offline", "check_model_source", "check_lora_config", "model_config",
            "empty_model"]
 
 DEMO_MODEL_ID = "quantcl:demo"  # `model: quantcl:demo` names the demo model (shipped in the package)
@@ -46,6 +46,16 @@ def _is_demo_model(source: str) -> bool:
 
     path = Path(source).expanduser()
     return path.parent == cache_dir() and path.name.startswith("demo-model-")
+
+
+def resolve_demo_model(source: str, *, progress: bool = False) -> str:
+    """The demo model's directory (shipped in the package, or built on first use) for
+    ``quantcl:demo``; any other ``source`` unchanged."""
+    if source != DEMO_MODEL_ID:
+        return source
+    from quantcl.demo import demo_model_dir
+
+    return str(demo_model_dir(progress=progress))
 
 
 def hub_offline(model_kwargs: Mapping[str, Any] | None = None) -> bool:

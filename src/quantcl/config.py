@@ -61,7 +61,8 @@ from quantcl._checks import (
     require_path,
     require_str,
 )
-from quantcl._validate_model import DEMO_MODEL_ID, check_lora_config, check_model_source, looks_local
+from quantcl._validate_model import (DEMO_MODEL_ID, check_lora_config, check_model_source, looks_local,
+                                     resolve_demo_model)
 from quantcl.components import COMPONENT_KEY, check_node, instantiate
 from quantcl.errors import ConfigError
 
@@ -310,10 +311,10 @@ def build_trainer(config: dict[str, Any], *, build_demo_model: bool = True, **ov
     if training is not None:
         _at("training", lambda: require_choice(training, "training", ["lora", "full"]))
     if model == DEMO_MODEL_ID:
-        from quantcl.demo import demo_model_dir, demo_model_is_cached
+        from quantcl.demo import demo_model_is_cached
 
         if build_demo_model or demo_model_is_cached():
-            model = str(demo_model_dir(progress=progress))
+            model = resolve_demo_model(model, progress=progress)
     else:
         local = base / Path(model).expanduser()
         if local.exists() or looks_local(model):  # a missing path is reported as resolved

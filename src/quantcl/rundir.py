@@ -46,6 +46,11 @@ def _resume_view(config: dict[str, Any]) -> dict[str, Any]:
     return {**config, "model_kwargs": {k: v for k, v in kwargs.items() if k not in PLACEMENT_KWARGS}}
 
 
+def plugin_state_dir(stage_dir: Path, index: int, state_key: str) -> Path:
+    """Where the ``index``-th plug-in saves its state in a stage's folder."""
+    return stage_dir / "plugins" / f"{index:02d}-{state_key}"
+
+
 class RunDirectory:
     """Paths and state files of one run under ``root``; only the main process writes.
 

@@ -31,7 +31,7 @@ from quantcl.plugins.precision_schedule import PrecisionSchedule
 from quantcl.precision import PrecisionPolicy
 from quantcl.replay import ReplayBuffer
 from quantcl.results import ContinualResult, collect_versions
-from quantcl.rundir import RunDirectory
+from quantcl.rundir import RunDirectory, plugin_state_dir
 from quantcl.stage_args import StageArgs
 from quantcl.tasks import Task, TaskSequence, make_collator, tokenize_for_training
 
@@ -99,12 +99,11 @@ class ContinualTrainer:
         from transformers import TrainerCallback
 
         from quantcl._checks import require_choice, require_directory, require_instance, require_mapping
-        from quantcl._validate_model import DEMO_MODEL_ID, check_lora_config, check_model_source
+        from quantcl._validate_model import check_lora_config, check_model_source, resolve_demo_model
 
         # every argument is checked here, cheapest first, before any work (quantcl._checks)
         require_instance(model, "model", (str, os.PathLike), "a Hub id, a local directory, a .gguf path or 'quantcl:demo'")
         model_kwargs = require_mapping(model_kwargs, "model_kwargs (load_model keywords)", allow_none=True)
-        self.model_source = str(model)
         self.schedule = precision if isinstance(precision, PrecisionSchedule) else None
         if isinstance(precision, PrecisionSchedule):
             self.policy = precision.policy
@@ -133,11 +132,8 @@ class ContinualTrainer:
         for name, value in (("callbacks", callbacks), ("plugins", plugins)):
             if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
                 raise ConfigError(f"{name} must be a list (possibly empty), got {value!r}")
-        check_model_source(self.model_source, model_kwargs)
-        if self.model_source == DEMO_MODEL_ID:
-            from quantcl.demo import demo_model_dir
-
-            self.model_source = str(demo_model_dir(progress=False))
+        check_model_source(str(model), model_kwargs)
+        self.model_source = resolve_demo_model(str(model))
         given = [*callbacks, *plugins]
         strays = [c for c in given if not isinstance(c, (StagePlugin, TrainerCallback))]
         if strays:
@@ -273,7 +269,7 @@ class ContinualTrainer:
         if completed > 0:
             for i, plugin in enumerate(self.plugins):
                 if overrides_hook(plugin, "load_state"):
-                    plugin.load_state(self._plugin_dir(run_dir.stage_dir(completed), i, plugin))
+                    plugin.load_state(plugin_state_dir(run_dir.stage_dir(completed), i, plugin.state_key))
         self._load_model(completed)
         self._steps_done = sum(int(r.get("steps", 0)) for r in state["stage_records"])
         if self.schedule is not None:
@@ -386,10 +382,6 @@ class ContinualTrainer:
                               f"got {spec.trainer_class!r}")
         return spec.build(self.model, self.plugins, self)
 
-    @staticmethod
-    def _plugin_dir(stage_dir: Path, index: int, plugin: StagePlugin) -> Path:
-        return stage_dir / "plugins" / f"{index:02d}-{plugin.state_key}"
-
     def _save_stage(self, stage: int) -> None:
         # Every process holds the same model and plug-in state; the main one writes them.
         tmp = self.run_dir.begin_stage_save(stage)
@@ -399,7 +391,7 @@ class ContinualTrainer:
             for i, plugin in enumerate(self.plugins):
                 if not overrides_hook(plugin, "save_state"):
                     continue
-                directory = self._plugin_dir(tmp, i, plugin)
+                directory = plugin_state_dir(tmp, i, plugin.state_key)
                 directory.mkdir(parents=True, exist_ok=True)
                 plugin.save_state(directory)
         self.run_dir.commit_stage(stage)
