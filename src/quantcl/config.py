@@ -62,7 +62,7 @@ from quantcl._checks import (
     require_str,
 )
 from quantcl._validate_model import (DEMO_MODEL_ID, check_lora_config, check_model_source, looks_local,
-                                     resolve_demo_model)
+                                     resolve_model_alias)
 from quantcl.components import COMPONENT_KEY, check_node, instantiate
 from quantcl.errors import ConfigError
 
@@ -75,7 +75,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["load_config", "build_trainer", "validate_config", "check_model_and_lora"]
 
-RECIPES = ["synthetic", "lessismore", "python_stdlib", "python_stdlib_cloze"]
+RECIPES = ["synthetic", "lessismore", "stdlib_sequence", "python_stdlib", "python_stdlib_cloze"]
 _TOP_KEYS = {
     "model", "precision", "tasks", "replay", "lora", "args", "output_dir", "seed",
     "adapter_mode", "allow_code_execution", "model_kwargs", "progress", "plugins", "imports", "training",
@@ -314,7 +314,7 @@ def build_trainer(config: dict[str, Any], *, build_demo_model: bool = True, **ov
         from quantcl.demo import demo_model_is_cached
 
         if build_demo_model or demo_model_is_cached():
-            model = resolve_demo_model(model, progress=progress)
+            model = resolve_model_alias(model, progress=progress)
     else:
         local = base / Path(model).expanduser()
         if local.exists() or looks_local(model):  # a missing path is reported as resolved

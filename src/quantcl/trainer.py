@@ -99,10 +99,11 @@ class ContinualTrainer:
         from transformers import TrainerCallback
 
         from quantcl._checks import require_choice, require_directory, require_instance, require_mapping
-        from quantcl._validate_model import check_lora_config, check_model_source, resolve_demo_model
+        from quantcl._validate_model import check_lora_config, check_model_source, resolve_model_alias
 
         # every argument is checked here, cheapest first, before any work (quantcl._checks)
-        require_instance(model, "model", (str, os.PathLike), "a Hub id, a local directory, a .gguf path or 'quantcl:demo'")
+        require_instance(model, "model", (str, os.PathLike),
+                         "a Hub id, a local directory, a .gguf path, 'quantcl:demo' or 'quantcl:smollm2'")
         model_kwargs = require_mapping(model_kwargs, "model_kwargs (load_model keywords)", allow_none=True)
         self.schedule = precision if isinstance(precision, PrecisionSchedule) else None
         if isinstance(precision, PrecisionSchedule):
@@ -133,7 +134,7 @@ class ContinualTrainer:
             if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
                 raise ConfigError(f"{name} must be a list (possibly empty), got {value!r}")
         check_model_source(str(model), model_kwargs)
-        self.model_source = resolve_demo_model(str(model))
+        self.model_source = resolve_model_alias(str(model))
         given = [*callbacks, *plugins]
         strays = [c for c in given if not isinstance(c, (StagePlugin, TrainerCallback))]
         if strays:

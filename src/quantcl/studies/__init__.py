@@ -2,6 +2,8 @@
 every arm over seeds and returns a result with tables and plots.
 
 - :func:`transition_study`: 16-bit -> 1.58-bit continual QAT (arXiv 2502.11895).
+- :func:`lessismore_findings`, :func:`lessismore_report`: "Less is more" (arXiv 2512.18934)'s
+  findings checked on a precision x replay x seed sweep's saved results, with verdicts.
 - :func:`ptq_dynamics_study`, :func:`ptq_continual_study`: training dynamics and PTQ robustness
   (arXiv 2510.06213), in pre-training and along a continual LoRA sequence.
 
@@ -14,11 +16,14 @@ Examples:
 from __future__ import annotations
 
 from quantcl.studies._curves import HeldOutLoss, loss_spike
+from quantcl.studies._lessismore_report import lessismore_report, mean_matrices, plot_mean_matrices
 from quantcl.studies._ptq_report import PTQContinualResult, PTQDynamicsResult
 from quantcl.studies._transition_report import TransitionStudyResult
+from quantcl.studies.lessismore_check import Finding, lessismore_findings, welch_interval
 from quantcl.studies.ptq_dynamics import PTQArm, ptq_continual_study, ptq_dynamics_study
 from quantcl.studies.transition import TransitionVariant, transition_study, transition_variants
 
 __all__ = ["transition_study", "transition_variants", "TransitionVariant", "TransitionStudyResult", "HeldOutLoss",
            "loss_spike", "ptq_dynamics_study", "ptq_continual_study", "PTQArm", "PTQDynamicsResult",
-           "PTQContinualResult"]
+           "PTQContinualResult", "Finding", "lessismore_findings", "lessismore_report", "welch_interval",
+           "mean_matrices", "plot_mean_matrices"]

@@ -28,7 +28,7 @@ from quantcl.tasks.evaluators.base import (
     ordered_records,
     register_evaluator,
 )
-from quantcl.tasks.evaluators.code import ALLOW_CODE_ENV, DEFAULT_CODE_STOP, CodeExecution, pass_at_k
+from quantcl.tasks.evaluators.code import ALLOW_CODE_ENV, CODE_MODES, DEFAULT_CODE_STOP, CodeExecution, extract_code, pass_at_k
 from quantcl.tasks.evaluators.multiple_choice import DEFAULT_CHOICE_PATTERN, MultipleChoice, extract_choice
 from quantcl.tasks.evaluators.numeric import DEFAULT_NUMERIC_STOP, NumericMatch, extract_number, numbers_match
 from quantcl.tasks.evaluators.perplexity import Perplexity
@@ -48,6 +48,8 @@ __all__ = [
     "CodeExecution",
     "Perplexity",
     "pass_at_k",
+    "extract_code",
+    "CODE_MODES",
     "extract_number",
     "numbers_match",
     "extract_choice",

@@ -4,12 +4,13 @@ the sandbox, report pass@k."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from quantcl._checks import require_bool
+from quantcl._checks import require_bool, require_choice, require_list_of
 from quantcl.errors import ConfigError, UnsafeCodeError
 from quantcl.tasks.evaluators._batching import generate_texts
 from quantcl.tasks.evaluators.base import (
@@ -27,10 +28,28 @@ from quantcl.tasks.evaluators.base import (
 if TYPE_CHECKING:  # pragma: no cover
     from quantcl.tasks.sandbox import IsolationChoice
 
-__all__ = ["CodeExecution", "pass_at_k", "DEFAULT_CODE_STOP", "ALLOW_CODE_ENV"]
+__all__ = ["CodeExecution", "pass_at_k", "extract_code", "DEFAULT_CODE_STOP", "ALLOW_CODE_ENV", "CODE_MODES"]
 
 # Codex paper (Chen et al. 2021): a function body ends where top-level code starts.
 DEFAULT_CODE_STOP = ("\ndef", "\nclass", "\nif __name__", "\nprint", "\n#")
+CODE_MODES = ("complete", "chat")
+# a reply is done once its first fenced block is closed (what follows is not run)
+_CLOSED_FENCE = r"```[^\n`]*\n[\s\S]*?\n[ \t]*```"
+_FENCE = re.compile(r"```[ \t]*[\w+-]*[ \t]*\n(.*?)(?:\n[ \t]*```|\Z)", re.S)
+
+
+def extract_code(reply: str) -> str:
+    r"""The program in a chat reply: the body of its first fenced block (```` ```python ... ``` ````,
+    closed or cut off), else the whole reply.
+
+    Examples:
+        >>> extract_code("Here it is:\n```python\ndef f():\n    return 1\n```\nDone.")
+        'def f():\n    return 1'
+        >>> extract_code("def f():\n    return 1")
+        'def f():\n    return 1'
+    """
+    found = _FENCE.search(reply)
+    return found.group(1) if found else reply
 ALLOW_CODE_ENV = "QUANTCL_ALLOW_CODE_EXECUTION"
 
 
@@ -61,9 +80,13 @@ def _opted_in(flag: bool) -> bool:
 class CodeExecution(Evaluator):
     """pass@k of generated code, each completion run with its tests in the sandbox.
 
-    The program run for a completion is ``f"{prompt}{completion}\\n{test}\\n\\ncheck({entry_point})\\n"``
-    (the HumanEval convention); it passes when it exits with status 0
-    within the limits. Running model-generated code is an explicit opt-in: pass
+    With ``mode="complete"`` (the HumanEval convention) the model continues the prompt's code and the
+    program run is ``f"{prompt}{completion}\\n{test}\\n\\ncheck({entry_point})\\n"``. With
+    ``mode="chat"`` (instruct models, prompts in a chat template) the completion is a reply that
+    holds the whole program: the code of its first fenced block (:func:`extract_code`), or the
+    whole reply when it has none, is run as ``f"{code}\\n{test}\\n\\ncheck({entry_point})\\n"``;
+    a reply stops generating once its first fenced block is closed.
+    A program passes when it exits with status 0 within the limits. Running model-generated code is an explicit opt-in: pass
     ``allow_code_execution=True``, use the CLI flag ``--allow-code-execution`` or set the
     environment variable ``QUANTCL_ALLOW_CODE_EXECUTION=1``.
 
@@ -74,7 +97,8 @@ class CodeExecution(Evaluator):
         temperature: sampling temperature when ``n_samples > 1``.
         top_p: nucleus sampling when ``n_samples > 1``.
         max_new_tokens: generation budget per completion.
-        stop: strings that end a completion.
+        stop: strings that end a completion; ``None``: :data:`DEFAULT_CODE_STOP` with
+            ``mode="complete"``, none with ``mode="chat"`` (the reply ends at the end-of-turn token).
         timeout: wall-clock seconds per program.
         memory_mb: address-space limit per program.
         workers: sandboxes run at once.
@@ -86,6 +110,8 @@ class CodeExecution(Evaluator):
         isolation: the sandbox's isolation: ``"auto"`` (bubblewrap where it works, else the
             built-in one), ``"bubblewrap"`` (refused up front where it does not work) or
             ``"builtin"``; each record's ``isolation`` lists what each program ran under.
+        mode: ``"complete"`` (the completion continues the prompt's code) or ``"chat"`` (the
+            completion is a reply holding the program; see above).
 
     Examples:
         >>> ev = CodeExecution(allow_code_execution=True, n_samples=5, k=(1, 5))
@@ -105,7 +131,7 @@ class CodeExecution(Evaluator):
         temperature: float = 0.8,
         top_p: float = 0.95,
         max_new_tokens: int = 512,
-        stop: Sequence[str] = DEFAULT_CODE_STOP,
+        stop: Sequence[str] | None = None,
         timeout: float = 5.0,
         memory_mb: int = 512,
         workers: int = 2,
@@ -114,6 +140,7 @@ class CodeExecution(Evaluator):
         seed: int = 0,
         batch_size: int = 8,
         isolation: IsolationChoice = "auto",
+        mode: str = "complete",
     ) -> None:
         for name, value in (("n_samples", n_samples), ("max_new_tokens", max_new_tokens),
                             ("workers", workers), ("batch_size", batch_size)):
@@ -130,6 +157,10 @@ class CodeExecution(Evaluator):
         allow = require_bool(allow_code_execution, "CodeExecution(allow_code_execution=...)")
         self.allow_code_execution, self.n_samples, self.k = allow, n_samples, k
         self.temperature, self.top_p, self.max_new_tokens = float(temperature), float(top_p), max_new_tokens
+        self.mode = require_choice(mode, "CodeExecution(mode=...)", CODE_MODES)
+        if stop is None:
+            stop = DEFAULT_CODE_STOP if self.mode == "complete" else ()
+        stop = require_list_of(stop, "CodeExecution(stop=...)", str, items="stop strings (str)")
         self.stop, self.timeout, self.memory_mb, self.workers = tuple(stop), float(timeout), memory_mb, workers
         self.test_column, self.entry_point_column = test_column, entry_point_column
         self.seed, self.batch_size = seed, batch_size
@@ -153,8 +184,9 @@ class CodeExecution(Evaluator):
             _bwrap.choose(self.isolation, bubblewrap_status)
 
     def program(self, prompt: str, completion: str, test: str, entry_point: str) -> str:
-        """The program run for one completion (HumanEval convention)."""
-        return f"{prompt}{completion}\n{test}\n\ncheck({entry_point})\n"
+        """The program run for one completion (see the class docstring for each ``mode``)."""
+        code = f"{prompt}{completion}" if self.mode == "complete" else extract_code(completion)
+        return f"{code}\n{test}\n\ncheck({entry_point})\n"
 
     def evaluate(
         self, model: Any, tokenizer: Any, dataset: Any, *, batch_size: int | None = None, progress: bool = True
@@ -176,7 +208,8 @@ class CodeExecution(Evaluator):
             completions = generate_texts(
                 model, tokenizer, [str(p) for p in column(dataset, "prompt")],
                 max_new_tokens=self.max_new_tokens, batch_size=batch_size or self.batch_size,
-                stop=self.stop, num_return_sequences=self.n_samples,
+                stop=self.stop, stop_patterns=(_CLOSED_FENCE,) if self.mode == "chat" else (),
+                num_return_sequences=self.n_samples,
                 temperature=self.temperature if sampled else 0.0, top_p=self.top_p, seed=self.seed,
                 progress=progress, desc="CodeExecution (generate)", shard=shard,
             )

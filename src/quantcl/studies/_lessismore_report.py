@@ -1,0 +1,117 @@
+"""The Markdown report and figure of a "Less is more" check (see :mod:`quantcl.studies.lessismore_check`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quantcl.results import ContinualResult
+from quantcl.studies.lessismore_check import Finding, lessismore_findings, summarize
+from quantcl.sweep.grid import value_label
+
+__all__ = ["lessismore_report", "mean_matrices", "plot_mean_matrices"]
+
+_METRICS = (("average_accuracy", "avg acc"), ("bwt", "BWT"), ("forgetting", "forgetting"),
+            ("retention", "retention"), ("plasticity", "plasticity"))
+
+
+def _cells(result: Any) -> list[tuple[str, dict[str, Any], list[ContinualResult]]]:
+    out = []
+    for factors, names in result.cells():
+        label = ", ".join(f"{k}={value_label(v)}" for k, v in factors.items())
+        out.append((label, factors, [result.runs[n] for n in names]))
+    return out
+
+
+def mean_matrices(result: Any, merged: Any = None) -> dict[str, ContinualResult]:
+    """One :class:`ContinualResult` per cell holding the accuracy matrix averaged over its seeds."""
+    out: dict[str, ContinualResult] = {}
+    groups = _cells(result)
+    if merged is not None and merged.runs:
+        groups.append(("merged adapter", {}, list(merged.runs.values())))
+    for label, _factors, runs in groups:
+        if runs:
+            out[f"{label} (n={len(runs)})"] = ContinualResult(
+                np.mean([r.accuracy_matrix for r in runs], axis=0), runs[0].task_names)
+    return out
+
+
+def plot_mean_matrices(result: Any, path: str | Path, merged: Any = None) -> Path:
+    """Every cell's mean accuracy matrix as an annotated heatmap, saved to ``path``."""
+    from quantcl._plot import plot_grid
+
+    return plot_grid(mean_matrices(result, merged), path)
+
+
+def _matrix_table(label: str, runs: list[ContinualResult]) -> list[str]:
+    tasks = runs[0].task_names
+    lines = [f"**{label}** (n={len(runs)})", "", "| after | " + " | ".join(tasks) + " |",
+             "|---|" + "---|" * len(tasks)]
+    for i, row_label in enumerate(runs[0].row_labels):
+        cells = [summarize([float(r.accuracy_matrix[i, j]) for r in runs]) for j in range(len(tasks))]
+        lines.append(f"| {row_label} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _metrics_table(groups: list[tuple[str, list[ContinualResult]]]) -> list[str]:
+    tasks = groups[0][1][0].task_names
+    header = ["cell", *(f"final {t}" for t in tasks), *(name for _, name in _METRICS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, runs in groups:
+        cells = [summarize([float(r.accuracy_matrix[-1, j]) for r in runs]) for j in range(len(tasks))]
+        cells += [summarize([float(r.metrics[key]) for r in runs]) for key, _ in _METRICS]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _findings_table(findings: Sequence[Finding]) -> list[str]:
+    lines = ["| claim | comparison | difference [95% CI] | verdict |", "|---|---|---|---|"]
+    for f in findings:
+        interval = "" if np.isnan(f.low) else f" [{f.low:+.3f}, {f.high:+.3f}]"
+        lines.append(f"| {f.claim} | {f.comparison} | {f.difference:+.3f}{interval} | **{f.verdict}** |")
+    return lines
+
+
+def _statement(findings: Sequence[Finding]) -> list[str]:
+    lines = []
+    for claim in dict.fromkeys(f.claim for f in findings):
+        these = [f for f in findings if f.claim == claim]
+        counts: dict[str, int] = {}
+        for f in these:
+            counts[f.verdict] = counts.get(f.verdict, 0) + 1
+        tally = ", ".join(f"{v} {k}" for k, v in counts.items())
+        lines.append(f"- *{claim}*: {len(these)} comparison(s): {tally}.")
+    return lines
+
+
+def lessismore_report(result: Any, merged: Any = None, *, settings: Mapping[str, Any] | None = None,
+                      figure: str | None = None) -> str:
+    """The Markdown report: settings, per-cell metrics (mean ± 95% t-interval over seeds), accuracy
+    matrices, the findings with their verdicts, and a tally per claim."""
+    findings = lessismore_findings(result, merged)
+    groups = [(label, runs) for label, _f, runs in _cells(result) if runs]
+    if merged is not None and merged.runs:
+        groups.append(("merged adapter (16-bit, replay 0)", list(merged.runs.values())))
+    if not groups:
+        return "(no finished runs)\n"
+    parts: list[str] = []
+    if settings:
+        parts += ["### Settings", "", *(f"- {k}: {v}" for k, v in settings.items()), ""]
+    parts += ["### Metrics per cell", "",
+              "Mean ± half-width of the 95% t-interval over seeds; final = accuracy after the last stage.", "",
+              *_metrics_table(groups), ""]
+    if figure:
+        parts += [f"![mean accuracy matrices]({figure})", ""]
+    parts += ["### Accuracy matrices", "", "Row *before*: the model before any training; row *after t*: after "
+              "the stage that trained task t. Mean ± 95% t-interval over seeds.", ""]
+    for label, runs in groups:
+        parts += _matrix_table(label, runs)
+    parts += ["### Findings", "",
+              "Each row: the difference of two cells' means over seeds, signed so that > 0 is what the paper "
+              "claims, with its Welch 95% interval. *supports*: the interval is above 0; *contradicts*: below 0; "
+              "*cannot tell*: it holds 0.", "", *_findings_table(findings), "", *_statement(findings), ""]
+    return "\n".join(parts)
+

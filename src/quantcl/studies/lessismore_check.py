@@ -1,0 +1,227 @@
+"""The findings of "Less is more" (arXiv 2512.18934) checked on a sweep's saved results.
+
+:func:`lessismore_findings` turns a precision x replay x seed sweep (``quantcl sweep``, e.g.
+``examples/stdlib_sequence_sweep.yaml``) into one :class:`Finding` per comparison the paper's
+claims imply, each a difference between two cells over seeds with its Welch 95% interval and a
+verdict: ``"supports"`` (the interval lies on the paper's side of 0), ``"contradicts"`` (on the
+other side) or ``"cannot tell"`` (it holds 0). :func:`lessismore_report` writes the whole
+Markdown report (settings, accuracy matrices, metrics with intervals, findings); nothing in it
+is typed by hand.
+
+Examples:
+    >>> import numpy as np
+    >>> from quantcl import ContinualResult
+    >>> from quantcl.sweep import SweepResult
+    >>> R = {"bf16": [[.3, .1], [.9, .0], [.5, .6]], "int8": [[.3, .1], [.8, .0], [.6, .7]]}
+    >>> runs, points = {}, {}
+    >>> for p in R:
+    ...     for s in range(3):
+    ...         name = f"precision={p},replay.fraction=0.0,seed={s}"
+    ...         runs[name] = ContinualResult(np.array(R[p]) + s / 100, ["nlu", "math"])
+    ...         points[name] = {"precision": p, "replay.fraction": 0.0, "seed": s}
+    >>> grid = {"precision": ["bf16", "int8"], "replay.fraction": [0.0], "seed": [0, 1, 2]}
+    >>> f = lessismore_findings(SweepResult(grid, runs, points))[0]
+    >>> f.claim, round(f.difference, 3), f.verdict
+    ('16-bit learns the first task best', 0.1, 'supports')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from quantcl.results import ContinualResult
+from quantcl.sweep.grid import value_label
+from quantcl.sweep.stats import describe
+
+__all__ = ["Finding", "welch_interval", "lessismore_findings", "cell_values", "FLOAT_PRESETS"]
+
+FLOAT_PRESETS = ("fp16", "bf16", "fp32")
+Metric = Callable[[ContinualResult], float]
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One comparison: ``difference`` = mean(a) - mean(b), signed so that > 0 is what the paper claims
+    (for a claim with no direction, ``two_sided``: any clear difference is reported).
+
+    Attributes:
+        claim: the paper's claim, in short.
+        comparison: what is compared (metric, cells).
+        difference: the difference of the means over seeds.
+        low: the Welch interval's lower end.
+        high: its upper end.
+        n: the seeds in each of the two cells.
+        verdict: ``"supports"``, ``"contradicts"`` or ``"cannot tell"`` (two-sided claims:
+            ``"differs"`` or ``"no clear difference"``).
+    """
+
+    claim: str
+    comparison: str
+    difference: float
+    low: float
+    high: float
+    n: tuple[int, int]
+    verdict: str
+    two_sided: bool = False
+
+
+def welch_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """``(mean(a) - mean(b), low, high)``: the Welch (unequal variances) t-interval of the difference.
+
+    ``nan`` ends when either side has fewer than 2 values; when both sides are constant the
+    interval is the difference itself.
+
+    Examples:
+        >>> d, lo, hi = welch_interval([0.6, 0.7, 0.8], [0.4, 0.5, 0.6])
+        >>> round(d, 3), lo < d < hi
+        (0.2, True)
+    """
+    from scipy import stats
+
+    x = np.asarray([v for v in a if not math.isnan(v)], dtype=float)
+    y = np.asarray([v for v in b if not math.isnan(v)], dtype=float)
+    if x.size == 0 or y.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    diff = float(x.mean() - y.mean())
+    if x.size < 2 or y.size < 2:
+        return diff, float("nan"), float("nan")
+    if np.ptp(x) == 0 and np.ptp(y) == 0:
+        return diff, diff, diff
+    ci = stats.ttest_ind(x, y, equal_var=False).confidence_interval(confidence)
+    return diff, float(ci.low), float(ci.high)
+
+
+def _verdict(low: float, high: float, two_sided: bool) -> str:
+    if math.isnan(low) or math.isnan(high):
+        return "cannot tell"
+    if two_sided:
+        return "differs" if low > 0 or high < 0 else "no clear difference"
+    return "supports" if low > 0 else "contradicts" if high < 0 else "cannot tell"
+
+
+def cell_values(result: Any, metric: Metric, **where: Any) -> list[float]:
+    """``metric`` of every finished run of ``result`` (a :class:`~quantcl.sweep.SweepResult`)
+    whose point matches ``where`` (dotted keys given with ``__`` for ``.``: ``replay__fraction``),
+    in seed order. Values are matched by their label (``{name: nf4}`` matches ``"nf4"``)."""
+    keys = {k.replace("__", "."): value_label(v) for k, v in where.items()}
+    names = [n for n, point in result.points.items() if n in result.runs
+             and all(value_label(point.get(k)) == v for k, v in keys.items())]
+    names.sort(key=lambda n: result.points[n].get(result.over, 0))
+    return [float(metric(result.runs[n])) for n in names]
+
+
+def _entry(result: ContinualResult, row: int, task: int) -> float:
+    return float(result.accuracy_matrix[row, task])
+
+
+def _learned_at(stage: int) -> Metric:
+    """The score of the task of ``stage`` right after it was trained."""
+    return lambda r: _entry(r, stage, stage - 1)
+
+
+def _retention_after(result: ContinualResult, first: int, stage: int) -> float:
+    learned = _entry(result, first + 1, first)
+    return _entry(result, stage, first) / learned if learned > 0 else float("nan")
+
+
+def _average(result: ContinualResult) -> float:
+    return float(result.metrics["average_accuracy"])
+
+
+def _compare(claim: str, comparison: str, a: list[float], b: list[float], two_sided: bool = False) -> Finding:
+    diff, low, high = welch_interval(a, b)
+    return Finding(claim, comparison, diff, low, high, (len(a), len(b)), _verdict(low, high, two_sided), two_sided)
+
+
+def lessismore_findings(result: Any, merged: Any = None) -> list[Finding]:
+    """The paper's findings as comparisons on ``result`` (a precision x ``replay.fraction`` x seed
+    :class:`~quantcl.sweep.SweepResult`); ``merged``: the same sequence run with
+    ``adapter_mode="merge"`` at the 16-bit precision and replay 0 (the paper's reference-code
+    confound), compared with the one-adapter 16-bit run.
+
+    The 16-bit reference is the grid's first float preset (fp16, bf16 or fp32); the quantized
+    presets are the others. Replay-free comparisons use replay 0 (stage 1 sees no replay, so
+    runs that differ only in replay are not independent there).
+    """
+    precisions = [value_label(p) for p in result.grid.get("precision", [])]
+    ref = next((p for p in precisions if p.split("(")[0] in FLOAT_PRESETS), None)
+    quantized = [p for p in precisions if p != ref]
+    fractions = sorted(float(f) for f in result.grid.get("replay.fraction", [0.0]))
+    first_run = next(iter(result.runs.values()), None)
+    if ref is None or not quantized or first_run is None or 0.0 not in fractions:
+        return []
+    tasks = first_run.task_names
+    findings: list[Finding] = []
+
+    def at(p: str, fraction: float, metric: Metric) -> list[float]:
+        return cell_values(result, metric, precision=p, replay__fraction=fraction)
+
+    first = tasks[0]
+    for q in quantized:
+        findings.append(_compare("16-bit learns the first task best",
+                                 f"{first} after stage 1: {ref} - {q}, replay 0",
+                                 at(ref, 0.0, lambda r: _entry(r, 1, 0)), at(q, 0.0, lambda r: _entry(r, 1, 0))))
+    for k, task in enumerate(tasks[1:], start=2):
+        learned = _learned_at(k)
+        for q in quantized:
+            findings.append(_compare("quantized models learn later tasks better",
+                                     f"{task} after stage {k}: {q} - {ref}, replay 0",
+                                     at(q, 0.0, learned), at(ref, 0.0, learned)))
+    smallest = next((f for f in fractions if f > 0), None)
+    if smallest is not None and len(tasks) > 1:
+        for p in precisions:
+            findings.append(_compare("a little replay lifts first-task retention",
+                                     f"{first} retention after stage 2: replay {smallest:g} - 0, {p}",
+                                     at(p, smallest, lambda r: _retention_after(r, 0, 2)),
+                                     at(p, 0.0, lambda r: _retention_after(r, 0, 2))))
+    if "int8" in precisions:
+        for fraction in fractions:
+            for other in (p for p in precisions if p != "int8"):
+                findings.append(_compare("int8 balances plasticity and stability best",
+                                         f"average accuracy: int8 - {other}, replay {fraction:g}",
+                                         at("int8", fraction, _average), at(other, fraction, _average)))
+    largest = fractions[-1]
+    if largest > 0:
+        for q in quantized:
+            findings.append(_compare("quantized models need less replay",
+                                     f"average-accuracy gain from replay {largest:g}: {ref} - {q}",
+                                     _gains(result, ref, largest), _gains(result, q, largest)))
+    if merged is not None and merged.runs:
+        for label, metric in (("average accuracy", _average),
+                              ("forgetting", lambda r: float(r.metrics["forgetting"]))):
+            findings.append(_compare("merging the 16-bit adapter each stage changes the outcome",
+                                     f"{label}: merged - one adapter, {ref}, replay 0",
+                                     [metric(r) for r in merged.runs.values()], at(ref, 0.0, metric),
+                                     two_sided=True))
+    return findings
+
+
+def _gains(result: Any, precision: str, fraction: float) -> list[float]:
+    """Per seed: average accuracy with replay ``fraction`` minus without (paired by seed)."""
+    with_replay = _by_seed(result, precision, fraction)
+    without = _by_seed(result, precision, 0.0)
+    return [with_replay[s] - without[s] for s in sorted(with_replay) if s in without]
+
+
+def _by_seed(result: Any, precision: str, fraction: float) -> dict[Any, float]:
+    out = {}
+    for name, point in result.points.items():
+        if (name in result.runs and value_label(point.get("precision")) == precision
+                and value_label(point.get("replay.fraction")) == value_label(fraction)):
+            out[point.get(result.over)] = _average(result.runs[name])
+    return out
+
+
+def summarize(values: Sequence[float]) -> str:
+    """``mean ± half-width`` of the 95% t-interval (``mean`` alone for one value)."""
+    stats = describe(list(values))
+    if stats["n"] == 0:
+        return "-"
+    if stats["n"] == 1 or math.isnan(stats["t_high"]):
+        return f"{stats['mean']:.3f}"
+    return f"{stats['mean']:.3f} ± {stats['t_high'] - stats['mean']:.3f}"

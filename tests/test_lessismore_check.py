@@ -1,0 +1,95 @@
+"""The "Less is more" findings and report on crafted sweep results: each verdict follows from
+the numbers (a claim the runs back, one they contradict, one they cannot tell)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from quantcl import ContinualResult
+from quantcl.studies import lessismore_findings, lessismore_report, mean_matrices, welch_interval
+from quantcl.sweep import SweepResult
+
+TASKS = ["nlu", "math", "code"]
+
+
+def _sweep(matrices: dict[tuple[str, float], list[list[float]]], seeds=(0, 1, 2), noise=0.01) -> SweepResult:
+    runs, points = {}, {}
+    for (precision, fraction), R in matrices.items():
+        for s in seeds:
+            name = f"precision={precision},replay.fraction={fraction},seed={s}"
+            jitter = noise * np.array([[(s * 7 + i * 3 + j) % 3 - 1 for j in range(3)] for i in range(4)])
+            runs[name] = ContinualResult(np.clip(np.array(R) + jitter, 0, 1), TASKS)
+            points[name] = {"precision": precision, "replay.fraction": fraction, "seed": s}
+    grid = {"precision": sorted({p for p, _ in matrices}, key=["bf16", "int8", "nf4"].index),
+            "replay.fraction": sorted({f for _, f in matrices}), "seed": list(seeds)}
+    return SweepResult(grid, runs, points)
+
+
+BASE = [[.3, .1, .2], [.9, .1, .0], [.6, .5, .0], [.5, .3, .4]]
+
+
+def _shifted(**cells: float) -> list[list[float]]:
+    R = [row[:] for row in BASE]
+    for key, value in cells.items():
+        i, j = int(key[1]), int(key[2])
+        R[i][j] = value
+    return R
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    return _sweep({
+        ("bf16", 0.0): BASE, ("bf16", 0.1): _shifted(r20=.85, r30=.8),
+        # int8 learns nlu worse (the paper's claim 1 holds), math better (claim 2 holds), code worse (contradicts)
+        ("int8", 0.0): _shifted(r10=.7, r21=.8, r32=.2), ("int8", 0.1): _shifted(r10=.7, r20=.68, r21=.8, r30=.65, r32=.2),
+    })
+
+
+def _find(findings, text):
+    return next(f for f in findings if text in f.comparison)
+
+
+def test_verdicts_follow_the_numbers(sweep):
+    findings = lessismore_findings(sweep)
+    first = _find(findings, "nlu after stage 1: bf16 - int8")
+    assert first.verdict == "supports" and first.difference == pytest.approx(0.2, abs=0.02)
+    assert _find(findings, "math after stage 2: int8 - bf16").verdict == "supports"
+    code = _find(findings, "code after stage 3: int8 - bf16")
+    assert code.verdict == "contradicts" and code.difference == pytest.approx(-0.2, abs=0.02)
+    retention = _find(findings, "nlu retention after stage 2: replay 0.1 - 0, bf16")
+    assert retention.verdict == "supports" and retention.difference == pytest.approx(.85 / .9 - .6 / .9, abs=0.03)
+    assert {f.n for f in findings} == {(3, 3)}
+
+
+def test_a_difference_inside_the_noise_cannot_be_told():
+    noisy = _sweep({("bf16", 0.0): BASE, ("int8", 0.0): _shifted(r10=.88)}, noise=0.05)
+    assert _find(lessismore_findings(noisy), "nlu after stage 1").verdict == "cannot tell"
+
+
+def test_welch_interval_is_scipys():
+    a, b = [0.61, 0.72, 0.83], [0.40, 0.52, 0.58]
+    diff, low, high = welch_interval(a, b)
+    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert diff == pytest.approx(np.mean(a) - np.mean(b)) and (low, high) == pytest.approx((ci.low, ci.high))
+    assert np.isnan(welch_interval([0.5], [0.4])[1])
+    assert welch_interval([0.5, 0.5], [0.4, 0.4]) == pytest.approx((0.1, 0.1, 0.1))
+
+
+def test_the_merged_row_is_compared_two_sided(sweep):
+    merged = _sweep({("bf16", 0.0): _shifted(r30=.2)})
+    merged_findings = [f for f in lessismore_findings(sweep, merged) if f.two_sided]
+    assert [f.verdict for f in merged_findings] == ["differs", "differs"]
+    assert merged_findings[0].difference < 0  # lower average accuracy when merged here
+
+
+def test_the_report_holds_the_measured_values(sweep):
+    text = lessismore_report(sweep, settings={"model": "crafted"})
+    assert "- model: crafted" in text and "**supports**" in text and "**contradicts**" in text
+    bf16 = [sweep.runs[n].accuracy_matrix[-1, 0] for n in sweep.runs if n.startswith("precision=bf16,replay.fraction=0.0,")]
+    assert f"{np.mean(bf16):.3f}" in text
+    means = mean_matrices(sweep)
+    assert list(means) == ["precision=bf16, replay.fraction=0.0 (n=3)", "precision=bf16, replay.fraction=0.1 (n=3)",
+                           "precision=int8, replay.fraction=0.0 (n=3)", "precision=int8, replay.fraction=0.1 (n=3)"]
+    assert means["precision=int8, replay.fraction=0.0 (n=3)"].accuracy_matrix[1, 0] == pytest.approx(0.7, abs=0.011)
