@@ -30,7 +30,7 @@ from typing import Any
 import quantcl as qcl
 from quantcl._io import atomic_write_bytes
 from quantcl.config import load_config
-from quantcl.studies import lessismore_findings, lessismore_report, plot_mean_matrices
+from quantcl.studies import lessismore_findings, lessismore_report, metrics_table, plot_mean_matrices
 
 HERE = Path(__file__).resolve().parent
 BEGIN, END = "<!-- stdlib-sequence:begin -->", "<!-- stdlib-sequence:end -->"
@@ -47,8 +47,10 @@ def quick(config: dict[str, Any], main: bool) -> dict[str, Any]:
 
 
 def timing(sweeps: dict[str, qcl.Sweep], out: Path) -> dict[str, Any]:
-    """Each finished run's wall time (its run.json to its result.json) and the study's wall-clock
-    span, kept in ``out/timing.json`` (file times do not survive a copy or a git checkout)."""
+    """Each finished run's wall time (its run.json to its result.json, read once, while the files
+    are the originals) and the span from the first start to the last end (pauses between
+    invocations included), kept in ``out/timing.json``: file times do not survive a copy or a
+    git checkout."""
     path = out / "timing.json"
     saved = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
     for key, sweep in sweeps.items():
@@ -148,10 +150,8 @@ def main() -> None:
         for key in ("merged", "main"):  # the short one first: a problem shows in minutes, not hours
             sweeps[key].run()
     result, merged = sweeps["main"].result(), sweeps["merged"].result()
-    if not args.report_only:
-        (out / "timing.json").unlink(missing_ok=True)
     times = timing(sweeps, out)
-    if not args.report_only or "machine" not in times:
+    if not args.report_only or "machine" not in times:  # the machine of the last invocation that ran
         times.update(workers=args.workers, machine=f"{platform.processor() or platform.machine()}, "
                      f"{os.cpu_count()} CPUs, Python {platform.python_version()}")
         atomic_write_bytes(out / "timing.json", json.dumps(times, indent=1).encode())
@@ -173,7 +173,7 @@ def main() -> None:
         page = lessismore_report(result, merged, settings=info, figure=f"{rel}/stdlib-sequence-matrices.png")
         splice(args.docs, page + f"\n![retention and forgetting curves]({rel}/stdlib-sequence-sweep.png)\n")
     if args.readme:
-        table = report.split("### Metrics per cell", 1)[1].split("###", 1)[0].split("\n\n", 2)[2].strip()
+        table = metrics_table(result, merged)
         target = os.path.relpath(args.docs, args.readme.parent) if args.docs else str(out / "report.md")
         splice(args.readme, readme_block(target, findings, table))
     if args.save_results:

@@ -9,6 +9,7 @@ from scipy import stats
 
 from quantcl import ContinualResult
 from quantcl.studies import lessismore_findings, lessismore_report, mean_matrices, welch_interval
+from quantcl.studies.lessismore_check import summarize, t_interval
 from quantcl.sweep import SweepResult
 
 TASKS = ["nlu", "math", "code"]
@@ -19,7 +20,7 @@ def _sweep(matrices: dict[tuple[str, float], list[list[float]]], seeds=(0, 1, 2)
     for (precision, fraction), R in matrices.items():
         for s in seeds:
             name = f"precision={precision},replay.fraction={fraction},seed={s}"
-            jitter = noise * np.array([[(s * 7 + i * 3 + j) % 3 - 1 for j in range(3)] for i in range(4)])
+            jitter = noise * np.random.default_rng([s, len(runs)]).uniform(-1, 1, size=(4, 3))
             runs[name] = ContinualResult(np.clip(np.array(R) + jitter, 0, 1), TASKS)
             points[name] = {"precision": precision, "replay.fraction": fraction, "seed": s}
     grid = {"precision": sorted({p for p, _ in matrices}, key=["bf16", "int8", "nf4"].index),
@@ -74,7 +75,32 @@ def test_welch_interval_is_scipys():
     ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
     assert diff == pytest.approx(np.mean(a) - np.mean(b)) and (low, high) == pytest.approx((ci.low, ci.high))
     assert np.isnan(welch_interval([0.5], [0.4])[1])
-    assert welch_interval([0.5, 0.5], [0.4, 0.4]) == pytest.approx((0.1, 0.1, 0.1))
+    diff, low, high = welch_interval([0.5, 0.5], [0.4, 0.4])  # constant cells: no interval, no verdict
+    assert diff == pytest.approx(0.1) and np.isnan(low) and np.isnan(high)
+
+
+def test_t_interval_and_summarize():
+    mean, half = t_interval([0.61, 0.72, 0.83])
+    assert (mean, half) == pytest.approx((0.72, stats.t.ppf(0.975, 2) * 0.11 / np.sqrt(3)))
+    assert summarize([0.61, 0.72, 0.83]) == f"0.720 ± {half:.3f}" and summarize([0.5]) == "0.500"
+    assert summarize([]) == "-" and summarize([0.4, 0.4]) == "0.400 ± 0.000"
+
+
+def test_paired_retention_and_a_grid_written_with_int_zero():
+    R0, R1 = BASE, _shifted(r20=.8)
+    runs, points = {}, {}
+    for fraction, R in ((0, R0), (0.01, R1)):   # `0`, not `0.0`, as a YAML grid may hold it
+        for s in range(3):
+            name = f"precision=bf16,replay.fraction={fraction},seed={s}"
+            shift = np.zeros((4, 3))
+            shift[1, 0] = s / 20  # stage 1 differs by seed and is shared across replay sizes
+            runs[name] = ContinualResult(np.array(R) + shift, TASKS)
+            points[name] = {"precision": "bf16", "replay.fraction": fraction, "seed": s}
+    grid = {"precision": ["bf16"], "replay.fraction": [0, 0.01], "seed": [0, 1, 2]}
+    found = _find(lessismore_findings(SweepResult(grid, runs, points)), "retention after stage 2")
+    expected = [(.8 - .6) / (.9 + s / 20) for s in range(3)]
+    assert found.paired and found.n == (3, 3) and found.difference == pytest.approx(np.mean(expected))
+    assert found.verdict == "supports"
 
 
 def test_the_merged_row_is_compared_two_sided(sweep):
@@ -89,9 +115,12 @@ def test_the_report_holds_the_measured_values(sweep):
     assert "- model: crafted" in text and "**supports**" in text and "**contradicts**" in text
     bf16 = [sweep.runs[n].accuracy_matrix[-1, 0] for n in sweep.runs if n.startswith("precision=bf16,replay.fraction=0.0,")]
     assert f"{np.mean(bf16):.3f}" in text
-    # learning and forgetting without replay: bf16's nlu gains 0.9 - 0.3 and drops 0.9 - 0.5 (paired per run)
+    # learning and forgetting without replay: bf16's nlu gains ~0.9 - 0.3 and drops ~0.9 - 0.5, per run
+    runs = [sweep.runs[n].accuracy_matrix for n in sweep.runs if n.startswith("precision=bf16,replay.fraction=0.0,")]
+    gain, drop = summarize([R[1, 0] - R[0, 0] for R in runs]), summarize([R[1, 0] - R[3, 0] for R in runs])
+    assert abs(float(gain.split()[0]) - 0.6) < 0.03 and abs(float(drop.split()[0]) - 0.4) < 0.03
     row = next(line for line in text.splitlines() if line.startswith("| precision=bf16, replay.fraction=0.0 | nlu |"))
-    assert row.rstrip(" |").split(" | ")[5:7] == ["0.600 ± 0.000", "0.400 ± 0.000"]
+    assert row.rstrip(" |").split(" | ")[5:7] == [gain, drop]
     assert not any(line.startswith("| precision=bf16, replay.fraction=0.1 | nlu |") for line in text.splitlines())
     means = mean_matrices(sweep)
     assert list(means) == ["precision=bf16, replay.fraction=0.0 (n=3)", "precision=bf16, replay.fraction=0.1 (n=3)",

@@ -54,3 +54,14 @@ def test_bad_mode_or_stop_is_refused():
         CodeExecution(mode="instruct")
     with pytest.raises(ConfigError, match="stop"):
         CodeExecution(stop="\n```")
+
+
+@pytest.mark.parametrize("reply", [
+    '```python title="solve.py"\ndef solve(x):\n    return 2 * x\n```\nThat is all.',
+    "```py3.11\ndef solve(x):\n    return 2 * x\n```",
+    "Use ```solve``` like this:\n```python\ndef solve(x):\n    return 2 * x\n```",
+])
+def test_the_stop_rule_and_the_extractor_agree_on_what_a_block_is(reply):
+    closed = re.search(_CLOSED_FENCE, reply)
+    assert closed is not None and extract_code(reply) == "def solve(x):\n    return 2 * x"
+    assert extract_code(reply[:closed.end()]) == extract_code(reply)  # generation stopped there: same program

@@ -49,7 +49,8 @@ def test_nlu_facts_are_true_and_held_out_names_never_trained(tasks):
         name, module = _fact_name(row["prompt"]), row["target"]
         assert row["choices"][row["answer"]] == module and len(set(row["choices"])) == 4
         assert set(row["choices"]) <= set(FACT_MODULES)
-        assert getattr(importlib.import_module(module), name) is not None  # the fact is real
+        home = getattr(importlib.import_module(module), name).__module__  # the fact is real: defined there
+        assert home.split(".")[0].lstrip("_") == module, (name, module, home)
         others = [m for m in row["choices"] if m != module]
         assert not any(name in vars(importlib.import_module(m)) for m in others), (name, others)
 
@@ -78,6 +79,28 @@ def test_code_functions_are_disjoint_and_every_reference_solution_passes(tasks):
     assert evaluator.evaluate_completions(Dataset.from_list([row]), [bare]).score == 0.0
 
 
+def _solve(program: str):
+    namespace: dict = {}
+    exec(program, namespace)  # noqa: S102 - the recipe's own reference solutions, not model output
+    return namespace["solve"]
+
+
+def test_no_held_out_exercise_is_passed_by_a_trained_solution_or_the_identity(tasks):
+    train, held = tasks[2].train, tasks[2].eval
+    same = {}
+    exec(held[0]["test"], same)  # the tests' own comparison, _same
+    solutions = {row["function"]: _solve(row["target"][len("```python\n"):-3]) for row in train}
+    solutions["identity"] = lambda *args: args[0]
+    for spec in (s for s in function_specs() if s.qualname in set(held["function"])):
+        for name, solve in solutions.items():
+            try:
+                passed = all(same["_same"](solve(*[list(a) if isinstance(a, list) else a for a in args]), want)
+                             for args, want in spec.cases)
+            except Exception:  # noqa: BLE001
+                passed = False
+            assert not passed, f"held-out {spec.qualname} is passed by {name}"
+
+
 def test_the_example_in_a_code_prompt_is_one_of_the_real_calls(tasks):
     specs = {s.qualname: s for s in function_specs()}
     for row in tasks[2].train.select(range(40)):
@@ -95,12 +118,14 @@ def test_the_example_in_a_code_prompt_is_one_of_the_real_calls(tasks):
 def test_splits_do_not_change_with_seed_or_size():
     one = qcl.recipes.stdlib_sequence(n_train=50, n_eval=20, seed=0, allow_code_execution=True)
     other = qcl.recipes.stdlib_sequence(n_train=300, n_eval=40, seed=3, allow_code_execution=True)
-    held = {s.qualname for s in function_specs() if in_heldout(s.qualname, 1 / 3)}
+    same_size = qcl.recipes.stdlib_sequence(n_train=50, n_eval=20, seed=3, allow_code_execution=True)
+    held = {s.qualname for s in function_specs() if in_heldout(s.group, 1 / 3)}
     assert set(one[2].eval["function"]) | set(other[2].eval["function"]) <= held
     assert not (set(one[2].train["function"]) | set(other[2].train["function"])) & held
     held_names = {n for n, _ in module_facts() if in_heldout(n, 1 / 3)}
     assert {_fact_name(p) for p in [*one[0].eval["prompt"], *other[0].eval["prompt"]]} <= held_names
-    assert one[1].eval["prompt"] != other[1].eval["prompt"]  # the seed picks other rows
+    for task, again in zip(one, same_size):  # the seed picks other rows (or examples) of the same split
+        assert task.eval["prompt"] != again.eval["prompt"]
 
 
 def test_prompts_render_in_the_chat_template(tasks, tmp_path):
@@ -182,5 +207,5 @@ def test_bad_arguments_fail_early():
 def test_metadata_names_the_python_and_the_split_sizes():
     meta = qcl.recipes.stdlib_sequence_metadata()
     assert meta["nlu_facts"]["train"] + meta["nlu_facts"]["heldout"] == len(module_facts())
-    assert meta["code_functions"]["heldout"] == sum(in_heldout(s.qualname, 1 / 3) for s in function_specs())
+    assert meta["code_functions"]["heldout"] == sum(in_heldout(s.group, 1 / 3) for s in function_specs())
     assert re.fullmatch(r"[0-9a-f]{16}", meta["digest"])

@@ -16,7 +16,7 @@ Examples:
 from __future__ import annotations
 
 from quantcl.studies._curves import HeldOutLoss, loss_spike
-from quantcl.studies._lessismore_report import lessismore_report, mean_matrices, plot_mean_matrices
+from quantcl.studies._lessismore_report import lessismore_report, mean_matrices, metrics_table, plot_mean_matrices
 from quantcl.studies._ptq_report import PTQContinualResult, PTQDynamicsResult
 from quantcl.studies._transition_report import TransitionStudyResult
 from quantcl.studies.lessismore_check import Finding, lessismore_findings, welch_interval
@@ -26,4 +26,4 @@ from quantcl.studies.transition import TransitionVariant, transition_study, tran
 __all__ = ["transition_study", "transition_variants", "TransitionVariant", "TransitionStudyResult", "HeldOutLoss",
            "loss_spike", "ptq_dynamics_study", "ptq_continual_study", "PTQArm", "PTQDynamicsResult",
            "PTQContinualResult", "Finding", "lessismore_findings", "lessismore_report", "welch_interval",
-           "mean_matrices", "plot_mean_matrices"]
+           "mean_matrices", "plot_mean_matrices", "metrics_table"]

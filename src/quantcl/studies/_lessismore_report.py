@@ -12,7 +12,7 @@ from quantcl.results import ContinualResult
 from quantcl.studies.lessismore_check import Finding, lessismore_findings, summarize
 from quantcl.sweep.grid import value_label
 
-__all__ = ["lessismore_report", "mean_matrices", "plot_mean_matrices"]
+__all__ = ["lessismore_report", "metrics_table", "mean_matrices", "plot_mean_matrices"]
 
 _METRICS = (("average_accuracy", "avg acc"), ("bwt", "BWT"), ("forgetting", "forgetting"),
             ("retention", "retention"), ("plasticity", "plasticity"))
@@ -54,6 +54,19 @@ def _matrix_table(label: str, runs: list[ContinualResult]) -> list[str]:
         cells = [summarize([float(r.accuracy_matrix[i, j]) for r in runs]) for j in range(len(tasks))]
         lines.append(f"| {row_label} | " + " | ".join(cells) + " |")
     return [*lines, ""]
+
+
+def _groups(result: Any, merged: Any) -> list[tuple[str, list[ContinualResult]]]:
+    groups = [(label, runs) for label, _f, runs in _cells(result) if runs]
+    if merged is not None and merged.runs:
+        groups.append(("merged adapter (16-bit, replay 0)", list(merged.runs.values())))
+    return groups
+
+
+def metrics_table(result: Any, merged: Any = None) -> str:
+    """The Markdown table of each cell's final accuracies and summary metrics (mean ± 95% t-interval)."""
+    groups = _groups(result, merged)
+    return "\n".join(_metrics_table(groups)) if groups else "(no finished runs)"
 
 
 def _metrics_table(groups: list[tuple[str, list[ContinualResult]]]) -> list[str]:
@@ -109,9 +122,7 @@ def lessismore_report(result: Any, merged: Any = None, *, settings: Mapping[str,
     """The Markdown report: settings, per-cell metrics (mean ± 95% t-interval over seeds), accuracy
     matrices, the findings with their verdicts, and a tally per claim."""
     findings = lessismore_findings(result, merged)
-    groups = [(label, runs) for label, _f, runs in _cells(result) if runs]
-    if merged is not None and merged.runs:
-        groups.append(("merged adapter (16-bit, replay 0)", list(merged.runs.values())))
+    groups = _groups(result, merged)
     if not groups:
         return "(no finished runs)\n"
     parts: list[str] = []
@@ -137,7 +148,13 @@ def lessismore_report(result: Any, merged: Any = None, *, settings: Mapping[str,
         parts += _matrix_table(label, runs)
     parts += ["### Findings", "",
               "Each row: the difference of two cells' means over seeds, signed so that > 0 is what the paper "
-              "claims, with its Welch 95% interval. *supports*: the interval is above 0; *contradicts*: below 0; "
-              "*cannot tell*: it holds 0.", "", *_findings_table(findings), "", *_statement(findings), ""]
+              "claims, with its Welch 95% interval (*paired*: per-seed differences, where the two cells share "
+              "each seed's first stage, and their t-interval). *supports*: the interval is above 0; "
+              "*contradicts*: below 0; *cannot tell*: it holds 0, or there is no interval (fewer than 2 seeds, "
+              "or every seed gave the same score in both cells). The merged-adapter rows have no direction: "
+              "*differs* or *no clear difference*.", "",
+              f"{len(findings)} comparisons at 95% each, with no correction for multiple comparisons: where "
+              "nothing differs, about one in twenty would still show a difference by chance.", "",
+              *_findings_table(findings), "", *_statement(findings), ""]
     return "\n".join(parts)
 

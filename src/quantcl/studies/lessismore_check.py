@@ -36,9 +36,9 @@ import numpy as np
 
 from quantcl.results import ContinualResult
 from quantcl.sweep.grid import value_label
-from quantcl.sweep.stats import describe
 
-__all__ = ["Finding", "welch_interval", "lessismore_findings", "cell_values", "FLOAT_PRESETS"]
+__all__ = ["Finding", "welch_interval", "t_interval", "lessismore_findings", "cell_values", "summarize",
+           "FLOAT_PRESETS"]
 
 FLOAT_PRESETS = ("fp16", "bf16", "fp32")
 Metric = Callable[[ContinualResult], float]
@@ -57,7 +57,9 @@ class Finding:
         high: its upper end.
         n: the seeds in each of the two cells.
         verdict: ``"supports"``, ``"contradicts"`` or ``"cannot tell"`` (two-sided claims:
-            ``"differs"`` or ``"no clear difference"``).
+            ``"differs"`` or ``"no clear difference"``; both: ``"cannot tell"`` without an interval).
+        paired: the difference is taken per seed (the two cells share a seed's stage 1) and the
+            interval is the one-sample t-interval of those differences.
     """
 
     claim: str
@@ -68,13 +70,15 @@ class Finding:
     n: tuple[int, int]
     verdict: str
     two_sided: bool = False
+    paired: bool = False
 
 
 def welch_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
     """``(mean(a) - mean(b), low, high)``: the Welch (unequal variances) t-interval of the difference.
 
-    ``nan`` ends when either side has fewer than 2 values; when both sides are constant the
-    interval is the difference itself.
+    ``nan`` ends when either side has fewer than 2 values or both are constant (every seed gave
+    the same score on each side: the t-interval is undefined, and a zero-width interval would
+    overstate what 3 seeds of 40 rows can show).
 
     Examples:
         >>> d, lo, hi = welch_interval([0.6, 0.7, 0.8], [0.4, 0.5, 0.6])
@@ -91,7 +95,7 @@ def welch_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0
     if x.size < 2 or y.size < 2:
         return diff, float("nan"), float("nan")
     if np.ptp(x) == 0 and np.ptp(y) == 0:
-        return diff, diff, diff
+        return diff, float("nan"), float("nan")
     ci = stats.ttest_ind(x, y, equal_var=False).confidence_interval(confidence)
     return diff, float(ci.low), float(ci.high)
 
@@ -108,11 +112,19 @@ def cell_values(result: Any, metric: Metric, **where: Any) -> list[float]:
     """``metric`` of every finished run of ``result`` (a :class:`~quantcl.sweep.SweepResult`)
     whose point matches ``where`` (dotted keys given with ``__`` for ``.``: ``replay__fraction``),
     in seed order. Values are matched by their label (``{name: nf4}`` matches ``"nf4"``)."""
-    keys = {k.replace("__", "."): value_label(v) for k, v in where.items()}
+    keys = {k.replace("__", "."): v for k, v in where.items()}
     names = [n for n, point in result.points.items() if n in result.runs
-             and all(value_label(point.get(k)) == v for k, v in keys.items())]
+             and all(_matches(point.get(k), v) for k, v in keys.items())]
     names.sort(key=lambda n: result.points[n].get(result.over, 0))
     return [float(metric(result.runs[n])) for n in names]
+
+
+def _matches(value: Any, wanted: Any) -> bool:
+    """Numbers by value (a grid's ``0`` is ``0.0``), anything else by its label."""
+    numbers = (int, float)
+    if isinstance(value, numbers) and isinstance(wanted, numbers) and not isinstance(value, bool):
+        return float(value) == float(wanted)
+    return value_label(value) == value_label(wanted)
 
 
 def _entry(result: ContinualResult, row: int, task: int) -> float:
@@ -129,13 +141,52 @@ def _retention_after(result: ContinualResult, first: int, stage: int) -> float:
     return _entry(result, stage, first) / learned if learned > 0 else float("nan")
 
 
+def _first_retention(result: ContinualResult) -> float:
+    """The first task's retention after the second stage."""
+    return _retention_after(result, 0, 2)
+
+
 def _average(result: ContinualResult) -> float:
     return float(result.metrics["average_accuracy"])
 
 
+def _finite(values: Sequence[float]) -> list[float]:
+    return [v for v in values if not math.isnan(v)]
+
+
 def _compare(claim: str, comparison: str, a: list[float], b: list[float], two_sided: bool = False) -> Finding:
     diff, low, high = welch_interval(a, b)
-    return Finding(claim, comparison, diff, low, high, (len(a), len(b)), _verdict(low, high, two_sided), two_sided)
+    return Finding(claim, comparison, diff, low, high, (len(_finite(a)), len(_finite(b))),
+                   _verdict(low, high, two_sided), two_sided)
+
+
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """``(mean, half-width)`` of the Student-t interval of the finite ``values`` (half-width
+    ``nan`` for fewer than 2 values, 0 when they are all equal).
+
+    Examples:
+        >>> mean, half = t_interval([0.5, 0.7, 0.9])
+        >>> round(mean, 3), round(half, 3)
+        (0.7, 0.497)
+    """
+    from scipy import stats
+
+    x = np.asarray(_finite(values), dtype=float)
+    if x.size == 0:
+        return math.nan, math.nan
+    if x.size < 2:
+        return float(x.mean()), math.nan
+    sem = float(x.std(ddof=1)) / math.sqrt(x.size)
+    return float(x.mean()), float(stats.t.ppf(0.5 + confidence / 2, x.size - 1)) * sem
+
+
+def _compare_paired(claim: str, comparison: str, a: dict[Any, float], b: dict[Any, float]) -> Finding:
+    """``a - b`` per seed (the seeds both have), with the t-interval of those differences."""
+    diffs = _finite([a[s] - b[s] for s in sorted(a, key=str) if s in b])
+    mean, half = t_interval(diffs)
+    low, high = (mean - half, mean + half) if half > 0 else (math.nan, math.nan)
+    return Finding(claim, comparison, mean, low, high, (len(diffs), len(diffs)), _verdict(low, high, False),
+                   paired=True)
 
 
 def lessismore_findings(result: Any, merged: Any = None) -> list[Finding]:
@@ -150,10 +201,11 @@ def lessismore_findings(result: Any, merged: Any = None) -> list[Finding]:
     """
     precisions = [value_label(p) for p in result.grid.get("precision", [])]
     ref = next((p for p in precisions if p.split("(")[0] in FLOAT_PRESETS), None)
-    quantized = [p for p in precisions if p != ref]
+    reference = ref or ""  # the quantized-vs-16-bit comparisons need one (none: they are skipped)
+    quantized = [p for p in precisions if p != ref] if ref is not None else []
     fractions = sorted(float(f) for f in result.grid.get("replay.fraction", [0.0]))
     first_run = next(iter(result.runs.values()), None)
-    if ref is None or not quantized or first_run is None or 0.0 not in fractions:
+    if first_run is None or 0.0 not in fractions:
         return []
     tasks = first_run.task_names
     findings: list[Finding] = []
@@ -164,21 +216,21 @@ def lessismore_findings(result: Any, merged: Any = None) -> list[Finding]:
     first = tasks[0]
     for q in quantized:
         findings.append(_compare("16-bit learns the first task best",
-                                 f"{first} after stage 1: {ref} - {q}, replay 0",
-                                 at(ref, 0.0, lambda r: _entry(r, 1, 0)), at(q, 0.0, lambda r: _entry(r, 1, 0))))
+                                 f"{first} after stage 1: {reference} - {q}, replay 0",
+                                 at(reference, 0.0, lambda r: _entry(r, 1, 0)), at(q, 0.0, lambda r: _entry(r, 1, 0))))
     for k, task in enumerate(tasks[1:], start=2):
         learned = _learned_at(k)
         for q in quantized:
             findings.append(_compare("quantized models learn later tasks better",
-                                     f"{task} after stage {k}: {q} - {ref}, replay 0",
-                                     at(q, 0.0, learned), at(ref, 0.0, learned)))
+                                     f"{task} after stage {k}: {q} - {reference}, replay 0",
+                                     at(q, 0.0, learned), at(reference, 0.0, learned)))
     smallest = next((f for f in fractions if f > 0), None)
     if smallest is not None and len(tasks) > 1:
         for p in precisions:
-            findings.append(_compare("a little replay lifts first-task retention",
-                                     f"{first} retention after stage 2: replay {smallest:g} - 0, {p}",
-                                     at(p, smallest, lambda r: _retention_after(r, 0, 2)),
-                                     at(p, 0.0, lambda r: _retention_after(r, 0, 2))))
+            findings.append(_compare_paired("a little replay lifts first-task retention",
+                                            f"{first} retention after stage 2: replay {smallest:g} - 0, {p} (paired)",
+                                            _by_seed(result, p, smallest, _first_retention),
+                                            _by_seed(result, p, 0.0, _first_retention)))
     if "int8" in precisions:
         for fraction in fractions:
             for other in (p for p in precisions if p != "int8"):
@@ -189,39 +241,37 @@ def lessismore_findings(result: Any, merged: Any = None) -> list[Finding]:
     if largest > 0:
         for q in quantized:
             findings.append(_compare("quantized models need less replay",
-                                     f"average-accuracy gain from replay {largest:g}: {ref} - {q}",
-                                     _gains(result, ref, largest), _gains(result, q, largest)))
-    if merged is not None and merged.runs:
+                                     f"average-accuracy gain from replay {largest:g}: {reference} - {q}",
+                                     _gains(result, reference, largest), _gains(result, q, largest)))
+    if merged is not None and merged.runs and ref is not None:
         for label, metric in (("average accuracy", _average),
                               ("forgetting", lambda r: float(r.metrics["forgetting"]))):
             findings.append(_compare("merging the 16-bit adapter each stage changes the outcome",
-                                     f"{label}: merged - one adapter, {ref}, replay 0",
-                                     [metric(r) for r in merged.runs.values()], at(ref, 0.0, metric),
+                                     f"{label}: merged - one adapter, {reference}, replay 0",
+                                     [metric(r) for r in merged.runs.values()], at(reference, 0.0, metric),
                                      two_sided=True))
     return findings
 
 
 def _gains(result: Any, precision: str, fraction: float) -> list[float]:
     """Per seed: average accuracy with replay ``fraction`` minus without (paired by seed)."""
-    with_replay = _by_seed(result, precision, fraction)
-    without = _by_seed(result, precision, 0.0)
-    return [with_replay[s] - without[s] for s in sorted(with_replay) if s in without]
+    with_replay = _by_seed(result, precision, fraction, _average)
+    without = _by_seed(result, precision, 0.0, _average)
+    return [with_replay[s] - without[s] for s in sorted(with_replay, key=str) if s in without]
 
 
-def _by_seed(result: Any, precision: str, fraction: float) -> dict[Any, float]:
+def _by_seed(result: Any, precision: str, fraction: float, metric: Metric) -> dict[Any, float]:
     out = {}
     for name, point in result.points.items():
-        if (name in result.runs and value_label(point.get("precision")) == precision
-                and value_label(point.get("replay.fraction")) == value_label(fraction)):
-            out[point.get(result.over)] = _average(result.runs[name])
+        if (name in result.runs and _matches(point.get("precision"), precision)
+                and _matches(point.get("replay.fraction"), fraction)):
+            out[point.get(result.over)] = float(metric(result.runs[name]))
     return out
 
 
 def summarize(values: Sequence[float]) -> str:
-    """``mean ± half-width`` of the 95% t-interval (``mean`` alone for one value)."""
-    stats = describe(list(values))
-    if stats["n"] == 0:
+    """``mean ± half-width`` of the 95% t-interval (``mean`` alone for one value, ``-`` for none)."""
+    mean, half = t_interval(values)
+    if math.isnan(mean):
         return "-"
-    if stats["n"] == 1 or math.isnan(stats["t_high"]):
-        return f"{stats['mean']:.3f}"
-    return f"{stats['mean']:.3f} ± {stats['t_high'] - stats['mean']:.3f}"
+    return f"{mean:.3f}" if math.isnan(half) else f"{mean:.3f} ± {half:.3f}"

@@ -33,9 +33,12 @@ __all__ = ["CodeExecution", "pass_at_k", "extract_code", "DEFAULT_CODE_STOP", "A
 # Codex paper (Chen et al. 2021): a function body ends where top-level code starts.
 DEFAULT_CODE_STOP = ("\ndef", "\nclass", "\nif __name__", "\nprint", "\n#")
 CODE_MODES = ("complete", "chat")
-# a reply is done once its first fenced block is closed (what follows is not run)
-_CLOSED_FENCE = r"```[^\n`]*\n[\s\S]*?\n[ \t]*```"
-_FENCE = re.compile(r"```[ \t]*[\w+-]*[ \t]*\n(.*?)(?:\n[ \t]*```|\Z)", re.S)
+ALLOW_CODE_ENV = "QUANTCL_ALLOW_CODE_EXECUTION"
+# One opening fence for both rules: ``` at the start of a line, any info string ("python", "py3.11",
+# 'python title="x"'), then the code. A reply is done once its first block is closed.
+_OPEN_FENCE = r"^[ \t]*```[^\n`]*\n"
+_CLOSED_FENCE = rf"(?m){_OPEN_FENCE}[\s\S]*?\n[ \t]*```"
+_FENCE = re.compile(rf"{_OPEN_FENCE}(.*?)(?:\n[ \t]*```|\Z)", re.S | re.M)
 
 
 def extract_code(reply: str) -> str:
@@ -50,7 +53,6 @@ def extract_code(reply: str) -> str:
     """
     found = _FENCE.search(reply)
     return found.group(1) if found else reply
-ALLOW_CODE_ENV = "QUANTCL_ALLOW_CODE_EXECUTION"
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

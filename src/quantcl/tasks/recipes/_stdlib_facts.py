@@ -48,8 +48,9 @@ def module_facts(modules: Sequence[str] = FACT_MODULES) -> list[tuple[str, str]]
             if name.startswith("_") or not (inspect.isfunction(obj) or inspect.isbuiltin(obj) or inspect.isclass(obj)):
                 continue
             home = getattr(obj, "__module__", None) or ""
-            # a C helper (_heapq, _functools) counts as its public module; another module's name does not
-            if home.split(".")[0].lstrip("_") != module_name and not home.startswith("_"):
+            # the module itself or its C accelerator (_heapq for heapq); not another module's
+            # (functools.RLock comes from _thread, os.stat from posix)
+            if home.split(".")[0].lstrip("_") != module_name:
                 continue
             owners.setdefault(name, set()).add(module_name)
     return sorted((name, next(iter(mods))) for name, mods in owners.items() if len(mods) == 1)
@@ -66,6 +67,9 @@ class FunctionSpec:
         body: the reference one-line body (``"return math.floor(x)"``).
         imports: the import line the body needs (``""`` for none).
         cases: ``(args, expected)`` pairs, ``expected`` from calling the real function.
+        group: the exercises that pass each other's tests (``str.isdigit`` and ``str.isdecimal``
+            on these inputs) share a group, named by its first member; the train/held-out split
+            is by group, so no held-out exercise is solved by a trained one.
     """
 
     qualname: str
@@ -74,6 +78,7 @@ class FunctionSpec:
     body: str
     imports: str
     cases: tuple[tuple[tuple[Any, ...], Any], ...]
+    group: str = ""
 
     def solution(self) -> str:
         """The reference program: the import (if any) and ``def solve(...)``."""
@@ -83,10 +88,11 @@ class FunctionSpec:
 
 _STR_INPUTS = ("hello world", "Python 3.11", "  padded text  ", "MiXeD CaSe", "42", "snake_case_name",
                "tab\tseparated", "line one\nline two", "über", "x")
-_FLOAT_INPUTS = (0.5, 2.0, 3.75, 10.0, 0.25, 7.5)
-_INT_INPUTS = (0, 1, 5, 12, 100, 7)
-_PAIR_INPUTS = ((12, 8), (10, 4), (9, 6), (7, 3), (20, 15))
-_LIST_INPUTS = ([3, 1, 2], [5, 5, 2, 8], [1.5, 2.5, 4.0], [10, 2, 7, 7], [4, 9, 16, 1])
+# negative, fractional and non-coprime inputs, so that floor and trunc, or gcd and x % y, differ
+_FLOAT_INPUTS = (0.5, 2.0, 3.75, 10.0, 0.25, 7.5, -1.5, -2.25)
+_INT_INPUTS = (0, 1, 5, 12, 100, 7, -3)
+_PAIR_INPUTS = ((12, 8), (10, 4), (9, 6), (7, 3), (20, 15), (8, 12), (100, 7), (-6, 4))
+_LIST_INPUTS = ([3, 1, 2], [5, 5, 2, 8], [1.5, 2.5, 4.0], [10, 2, 7, 7], [4, 9, 16, 1], [2, 2, 2, 3])
 _PATH_INPUTS = ("/usr/lib/python3/os.py", "data/train.jsonl", "../notes.txt", "archive.tar.gz", "/tmp/", "a//b/./c")
 _WORD_INPUTS = ("for", "hello", "lambda", "x1", "class", "data")
 
@@ -166,9 +172,27 @@ def _cases(fn: Callable[..., Any], pool: Sequence[Any]) -> list[tuple[tuple[Any,
     return cases
 
 
+def _same(got: Any, want: Any) -> bool:
+    """The tests' comparison (see ``stdlib_sequence``): floats to a relative 1e-9."""
+    if isinstance(want, float) and isinstance(got, (int, float)) and not isinstance(got, bool):
+        return math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-12 if want == 0 else 0.0)
+    if isinstance(want, (list, tuple)):
+        return isinstance(got, type(want)) and len(got) == len(want) and all(map(_same, got, want))
+    return bool(got == want)
+
+
+def _passes(fn: Callable[..., Any], cases: Sequence[tuple[tuple[Any, ...], Any]]) -> bool:
+    try:
+        return all(_same(fn(*[list(a) if isinstance(a, list) else a for a in args]), want) for args, want in cases)
+    except Exception:  # noqa: BLE001 - a function that fails on an input does not pass
+        return False
+
+
 def function_specs() -> list[FunctionSpec]:
-    """Every exercise found, sorted by ``qualname`` (see the module docstring)."""
+    """Every exercise found, sorted by ``qualname`` (see the module docstring). Exercises that
+    returning the first argument would pass are dropped; the others are grouped by behaviour."""
     specs: dict[str, FunctionSpec] = {}
+    calls: dict[str, Callable[..., Any]] = {}
     for module_name, names, style, pools in _SOURCES:
         module = builtins if module_name == "builtins" else (str if module_name == "str" else
                                                              importlib.import_module(module_name))
@@ -179,6 +203,9 @@ def function_specs() -> list[FunctionSpec]:
             qualname = f"{label}.{name}"
             if not callable(fn) or qualname in _UNSTABLE or inspect.isclass(fn) and style != "builtin":
                 continue
+            home = getattr(fn, "__module__", None) or module_name
+            if style == "function" and home.split(".")[0].lstrip("_") not in (module_name, "builtins"):
+                continue  # a re-export (statistics.fsum is math.fsum)
             description = _description(fn)
             if description is None:
                 continue
@@ -188,6 +215,8 @@ def function_specs() -> list[FunctionSpec]:
                     break
             else:
                 continue
+            if _passes(lambda *args: args[0], cases):
+                continue  # the identity passes (math.nextafter to 1e-9): the tests cannot tell
             params = _param_names(fn, len(cases[0][0]), style)
             call = ", ".join(params)
             if style == "method":
@@ -197,7 +226,17 @@ def function_specs() -> list[FunctionSpec]:
             else:
                 body, imports = f"return {label}.{name}({call})", f"import {label}"
             specs[qualname] = FunctionSpec(qualname, description, params, body, imports, tuple(cases))
-    return [specs[k] for k in sorted(specs)]
+            calls[qualname] = fn
+    ordered = sorted(specs)
+    group = {name: name for name in ordered}
+    for i, a in enumerate(ordered):  # union of "b's function passes a's tests" (or a's passes b's)
+        for b in ordered[i + 1:]:
+            if _passes(calls[b], specs[a].cases) or _passes(calls[a], specs[b].cases):
+                old, new = group[b], group[a]
+                for name in ordered:
+                    if group[name] == old:
+                        group[name] = new
+    return [dataclasses.replace(specs[k], group=min(n for n in ordered if group[n] == group[k])) for k in ordered]
 
 
 def facts_digest(facts: Sequence[tuple[str, str]], specs: Sequence[FunctionSpec]) -> str:

@@ -15,10 +15,11 @@ task      what the model must do                          evaluator
           docstring and one example; hidden tests          (``mode="chat"``, sandboxed, pass@1)
 ========  ==============================================  ===============================================
 
-Held-out rows never overlap training: NLU facts and code functions are split by a hash of the
-name (:func:`~quantcl.tasks.recipes._stdlib_facts.in_heldout`, the same split for every seed and
-size), so evaluation asks about names and functions never trained on; math problems are split by
-a hash of the question. ``seed`` picks the rows, the distractors and the examples. Prompts are
+Held-out rows never overlap training: NLU facts are split by a hash of the name
+(:func:`~quantcl.tasks.recipes._stdlib_facts.in_heldout`, the same split for every seed and
+size), code functions by a hash of their behaviour group (functions that pass each other's tests,
+such as ``str.isdigit`` and ``str.isdecimal``, fall on the same side), so evaluation asks about
+names and functions never trained on; math problems are split by a hash of the question. ``seed`` picks the rows, the distractors and the examples. Prompts are
 plain questions rendered as the user turn of the tokenizer's chat template (``chat=True``); targets
 are the reply (a module name; the worked sum and "The final answer is: N"; a fenced code block).
 The math problems are templated (no word-problem data ships offline), the other two tasks are real
@@ -137,6 +138,8 @@ def _code_row(spec: FunctionSpec, example: int) -> dict[str, Any]:
 
 def _code_rows(specs: list[FunctionSpec], n: int, rng: random.Random) -> Dataset:
     """Up to ``n`` rows: each function once (a random example), then again with other examples."""
+    if not specs:
+        return Dataset.from_list([])
     order = [(spec, rng.sample(range(len(spec.cases)), len(spec.cases))) for spec in specs]
     rng.shuffle(order)
     rows: list[dict[str, Any]] = []
@@ -217,8 +220,8 @@ def stdlib_sequence(
     if "code" in names:
         specs = function_specs()
         rng = random.Random(f"stdlib-code:{seed}")
-        train = _code_rows([s for s in specs if not in_heldout(s.qualname, fraction)], n_train, rng)
-        held = _code_rows([s for s in specs if in_heldout(s.qualname, fraction)], n_eval, rng)
+        train = _code_rows([s for s in specs if not in_heldout(s.group, fraction)], n_train, rng)
+        held = _code_rows([s for s in specs if in_heldout(s.group, fraction)], n_eval, rng)
         evaluator = CodeExecution(allow_code_execution=allow, mode="chat", max_new_tokens=code_tokens, timeout=5.0)
         built["code"] = Task("code", train, held, evaluator, chat=chat)
     for task in built.values():
@@ -233,7 +236,7 @@ def stdlib_sequence_metadata(modules: tuple[str, ...] = FACT_MODULES, heldout_fr
     has, and a digest of them (record it with results; another Python finds others)."""
     facts, specs = module_facts(modules), function_specs()
     held_facts = sum(in_heldout(name, heldout_fraction) for name, _ in facts)
-    held_specs = sum(in_heldout(s.qualname, heldout_fraction) for s in specs)
+    held_specs = sum(in_heldout(s.group, heldout_fraction) for s in specs)
     return {"source": "python standard library", "python": platform.python_version(),
             "nlu_facts": {"train": len(facts) - held_facts, "heldout": held_facts},
             "code_functions": {"train": len(specs) - held_specs, "heldout": held_specs},
