@@ -1,22 +1,19 @@
-"""Generation-based scoring with a real Llama whose greedy output is set by hand.
-
-``_bigram_model`` turns a tiny LlamaForCausalLM into a character bigram model: every layer's
-output projections are zeroed, so the residual stream is the current token's one-hot embedding,
-and ``lm_head`` holds the next-token logits by hand. Greedy decoding then emits a known string.
-"""
+"""Generation-based scoring with a real Llama whose greedy output is set by hand: ``bigram_model``
+(tests/_bigram.py) turns a tiny LlamaForCausalLM into a character bigram model, so greedy
+decoding emits a known string."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
 from datasets import Dataset
-from transformers import AutoTokenizer, LlamaForCausalLM
+from transformers import AutoTokenizer
 
 from quantcl.errors import ConfigError, UnsafeCodeError
 from quantcl.tasks.evaluators import CodeExecution, MultipleChoice, NumericMatch
 from quantcl.tiny import build_tiny_model
+
+from _bigram import bigram_model, chain
 
 
 @pytest.fixture(scope="module")
@@ -25,35 +22,9 @@ def bigram_dir(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("bigram") / "model", hidden_size=128, num_layers=1)
 
 
-def _bigram_model(path, tokenizer, logits: dict[str, dict[str, float]]):
-    """``logits[a][b]``: the logit of ``b`` after ``a`` (others 0). ``"</s>"`` is EOS."""
-    model = LlamaForCausalLM.from_pretrained(path)
-    hidden = model.config.hidden_size
-    vocab = model.config.vocab_size
-    assert vocab <= hidden
-    with torch.no_grad():
-        model.model.embed_tokens.weight.copy_(torch.eye(vocab, hidden))
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        model.model.norm.weight.fill_(1.0)
-        head = torch.zeros(vocab, hidden)
-        for a, nexts in logits.items():
-            for b, value in nexts.items():
-                # RMSNorm scales a one-hot vector to sqrt(hidden)
-                head[tokenizer.convert_tokens_to_ids(b), tokenizer.convert_tokens_to_ids(a)] = value / math.sqrt(hidden)
-        model.lm_head.weight.copy_(head)
-    return model.eval()
-
-
 def _emitting(path, tokenizer, after: str, text: str, strength: float = 20.0):
     """A model that, after the character ``after``, greedily emits ``text`` then EOS."""
-    chain = [after, *text, "</s>"]
-    table: dict[str, dict[str, float]] = {}
-    for a, b in zip(chain, chain[1:]):
-        assert a not in table, f"{a!r} would need two successors"
-        table[a] = {b: strength}
-    return _bigram_model(path, tokenizer, table)
+    return bigram_model(path, tokenizer, chain(text, after, strength))
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +74,7 @@ def test_numeric_match_stops_each_row_once_its_answer_is_complete(bigram_dir, to
     # after "?": an answer then a ramble; after "!": a ramble with no answer (runs to its EOS)
     chain_a, chain_b = ["?", *"A:7;xyzwvutsrq", "</s>"], ["!", *"bcdefghijklmnop", "</s>"]
     table = {a: {b: 20.0} for chain in (chain_a, chain_b) for a, b in zip(chain, chain[1:])}
-    model = _bigram_model(bigram_dir, tok, table)
+    model = bigram_model(bigram_dir, tok, table)
     rows = Dataset.from_list([{"prompt": "n?", "target": "7"}, {"prompt": "m!", "target": "3"}])
     early = NumericMatch(answer_phrase="A:", max_new_tokens=32).evaluate(model, tok, rows, progress=False)
     full = NumericMatch(answer_phrase="A:", stop_at_answer=False, max_new_tokens=32).evaluate(
@@ -182,7 +153,7 @@ def test_code_execution_refuses_to_run_without_opt_in(bigram_dir, tok, monkeypat
 
 def test_sampled_code_generation_is_deterministic_for_a_seed(bigram_dir, tok):
     # two equally likely successors after the prompt: sampling picks either
-    model = _bigram_model(bigram_dir, tok, {" ": {"4": 5.0, "7": 5.0}, "4": {"</s>": 20.0}, "7": {"</s>": 20.0}})
+    model = bigram_model(bigram_dir, tok, {" ": {"4": 5.0, "7": 5.0}, "4": {"</s>": 20.0}, "7": {"</s>": 20.0}})
     rows = Dataset.from_list(PROBLEMS[:1])
     ev = CodeExecution(allow_code_execution=True, n_samples=8, k=(1, 8), temperature=1.0, top_p=1.0,
                        max_new_tokens=2, seed=3)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from datasets import Dataset
@@ -13,6 +11,8 @@ from quantcl.errors import ConfigError
 from quantcl.tasks.evaluators import MultipleChoice, extract_choice
 from quantcl.tasks.evaluators import _batching as batching
 from quantcl.tasks.evaluators._batching import encode_pair, loglikelihoods
+
+from _bigram import bigram_model
 
 ROWS = [
     {"prompt": "Which is 'abc' backwards?\nAnswer:", "choices": [" cba", " abc", " bca"], "answer": 0},
@@ -71,19 +71,9 @@ def skewed_model(tmp_path_factory):
 
     path = build_tiny_model(tmp_path_factory.mktemp("skewed") / "model", hidden_size=128, num_layers=1)
     tok = AutoTokenizer.from_pretrained(path)
-    model = LlamaForCausalLM.from_pretrained(path)
-    h, v = model.config.hidden_size, model.config.vocab_size
-    with torch.no_grad():
-        model.model.embed_tokens.weight.copy_(torch.eye(v, h))
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        head = torch.zeros(v, h)
-        for a, b, logit in [("Q", "a", 3.0), ("Q", "b", 2.0), ("b", "c", 30.0), ("c", "d", 30.0),
-                            ("d", "e", 30.0), ("e", "f", 30.0)]:
-            head[tok.convert_tokens_to_ids(b), tok.convert_tokens_to_ids(a)] = logit / math.sqrt(h)
-        model.lm_head.weight.copy_(head)
-    return model.eval(), tok
+    model = bigram_model(path, tok, {"Q": {"a": 3.0, "b": 2.0}, "b": {"c": 30.0}, "c": {"d": 30.0},
+                                     "d": {"e": 30.0}, "e": {"f": 30.0}})
+    return model, tok
 
 
 def test_acc_and_acc_norm_pick_different_options_on_a_crafted_item(skewed_model):

@@ -1,23 +1,24 @@
 """The stdlib NLU -> Math -> Code sequence: disjoint splits, well-formed rows, and each task's
 evaluator scoring a known-correct answer 1 and a wrong one 0 (real evaluators; generation and
-log-likelihood from a real Llama whose greedy output is set by hand, the code run in the sandbox)."""
+log-likelihood from a real Llama whose greedy output is set by hand, tests/_bigram.py; the code
+run in the sandbox)."""
 
 from __future__ import annotations
 
 import importlib
-import math
 import re
 
 import pytest
-import torch
 from datasets import Dataset
-from transformers import AutoTokenizer, LlamaForCausalLM
+from transformers import AutoTokenizer
 
 import quantcl as qcl
 from quantcl.errors import ConfigError, UnsafeCodeError
 from quantcl.tasks.evaluators import CodeExecution, MultipleChoice, NumericMatch
 from quantcl.tasks.recipes._stdlib_facts import FACT_MODULES, function_specs, in_heldout, module_facts
 from quantcl.tiny import build_tiny_model
+
+from _bigram import bigram_model, chain
 
 
 @pytest.fixture(scope="module")
@@ -144,30 +145,6 @@ def char_model_dir(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("char") / "model", hidden_size=128, num_layers=1)
 
 
-def _bigram(path, tok, table: dict[str, dict[str, float]]):
-    """A real Llama turned into a character bigram model (see test_evaluators_generation.py)."""
-    model = LlamaForCausalLM.from_pretrained(path)
-    hidden, vocab = model.config.hidden_size, model.config.vocab_size
-    with torch.no_grad():
-        model.model.embed_tokens.weight.copy_(torch.eye(vocab, hidden))
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        model.model.norm.weight.fill_(1.0)
-        head = torch.zeros(vocab, hidden)
-        for a, nexts in table.items():
-            for b, value in nexts.items():
-                head[tok.convert_tokens_to_ids(b), tok.convert_tokens_to_ids(a)] = value / math.sqrt(hidden)
-        model.lm_head.weight.copy_(head)
-    return model.eval()
-
-
-def _chain(text: str, after: str = "?") -> dict[str, dict[str, float]]:
-    """Bigram logits that make ``text`` (distinct characters) the near-certain reply after ``after``."""
-    chain = [after, *text, "</s>"]
-    return {a: {b: 20.0} for a, b in zip(chain, chain[1:])}
-
-
 def test_multiple_choice_scores_the_true_module_1_and_another_0(tasks, char_model_dir):
     tok = AutoTokenizer.from_pretrained(char_model_dir)
 
@@ -178,7 +155,7 @@ def test_multiple_choice_scores_the_true_module_1_and_another_0(tasks, char_mode
                and any(distinct(c) and c != r["target"] for c in r["choices"]))
     wrong = next(i for i, c in enumerate(row["choices"]) if distinct(c) and i != row["answer"])
     for pick, expected in ((row["answer"], 1.0), (wrong, 0.0)):
-        model = _bigram(char_model_dir, tok, _chain(row["choices"][pick]))
+        model = bigram_model(char_model_dir, tok, chain(row["choices"][pick], "?"))
         assert MultipleChoice().evaluate(model, tok, Dataset.from_list([row]), progress=False).score == expected
 
 
@@ -187,7 +164,7 @@ def test_numeric_match_scores_the_true_number_1_and_another_0(tasks, char_model_
     row = next(r for r in tasks[1].eval if len(set(r["target"].rsplit(" ", 1)[1])) == len(r["target"].rsplit(" ", 1)[1]) > 1)
     answer = row["target"].rsplit(" ", 1)[1]
     for text, expected in ((answer, 1.0), (answer[::-1], 0.0)):
-        model = _bigram(char_model_dir, tok, _chain(text))
+        model = bigram_model(char_model_dir, tok, chain(text, "?"))
         result = tasks[1].evaluator.evaluate(model, tok, Dataset.from_list([row]), progress=False)
         assert result.records[0]["generation"] == text and result.score == expected
 
