@@ -317,8 +317,8 @@ CONFIG_CASES = [
      r"training='full' cannot train the nf4 preset"),
     ("(no tasks: key)", {"tasks": "DROP"}, r"config key 'tasks' must be a recipe mapping or a non-empty list"),
     ("tasks: {recipe: imagenet}", {"tasks": {"recipe": "imagenet"}},
-     r"config key 'tasks.recipe': tasks.recipe must be one of 'synthetic', 'lessismore', 'python_stdlib', "
-     r"'python_stdlib_cloze', got 'imagenet'"),
+     r"config key 'tasks.recipe': tasks.recipe must be one of 'synthetic', 'lessismore', 'stdlib_sequence', "
+     r"'python_stdlib', 'python_stdlib_cloze', got 'imagenet'"),
     ("tasks: {recipe: synthetic, size: 3}", {"tasks": {"recipe": "synthetic", "size": 3}},
      r"config key 'tasks': unknown key\(s\) \['size'\]"),
     ("tasks: {recipe: synthetic, kwargs: {n_trian: 2}}", {"tasks": {"recipe": "synthetic", "kwargs": {"n_trian": 2}}},

@@ -27,7 +27,7 @@ def tasks():
 
 
 def _fact_name(prompt: str) -> str:
-    found = re.fullmatch(r"Which Python standard-library module defines `(\w+)`\?", prompt)
+    found = re.fullmatch(r"Which Python standard-library module defines `(\w+)`\?( Answer with one of: .*\.)?", prompt)
     assert found, prompt
     return found.group(1)
 
@@ -49,6 +49,7 @@ def test_nlu_facts_are_true_and_held_out_names_never_trained(tasks):
     for row in [*nlu.train, *nlu.eval]:
         name, module = _fact_name(row["prompt"]), row["target"]
         assert row["choices"][row["answer"]] == module and len(set(row["choices"])) == 4
+        assert row["prompt"].endswith(f" Answer with one of: {', '.join(row['choices'])}.")
         assert set(row["choices"]) <= set(FACT_MODULES)
         home = getattr(importlib.import_module(module), name).__module__  # the fact is real: defined there
         assert home.split(".")[0].lstrip("_") == module, (name, module, home)
@@ -145,18 +146,26 @@ def char_model_dir(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("char") / "model", hidden_size=128, num_layers=1)
 
 
-def test_multiple_choice_scores_the_true_module_1_and_another_0(tasks, char_model_dir):
+@pytest.mark.parametrize("scoring", ["generate", "loglikelihood"])
+def test_multiple_choice_scores_the_true_module_1_and_another_0(tasks, char_model_dir, scoring):
     tok = AutoTokenizer.from_pretrained(char_model_dir)
+    nlu = tasks[0] if scoring == "generate" else qcl.recipes.stdlib_sequence(
+        n_train=40, n_eval=60, tasks=("nlu",), nlu_scoring="loglikelihood")[0]
+    assert nlu.evaluator.mode == scoring
+    assert nlu.eval[0]["prompt"].endswith("?") == (scoring == "loglikelihood")  # options listed to generate
 
     def distinct(word: str) -> bool:
         return len(set(word)) == len(word)
 
-    row = next(r for r in tasks[0].eval if distinct(r["target"]) and len({c[0] for c in r["choices"]}) == 4
+    row = next(r for r in nlu.eval if distinct(r["target"]) and len({c[0] for c in r["choices"]}) == 4
                and any(distinct(c) and c != r["target"] for c in r["choices"]))
     wrong = next(i for i, c in enumerate(row["choices"]) if distinct(c) and i != row["answer"])
     for pick, expected in ((row["answer"], 1.0), (wrong, 0.0)):
-        model = bigram_model(char_model_dir, tok, chain(row["choices"][pick], "?"))
-        assert MultipleChoice().evaluate(model, tok, Dataset.from_list([row]), progress=False).score == expected
+        model = bigram_model(char_model_dir, tok, chain(row["choices"][pick], row["prompt"][-1]))
+        result = nlu.evaluator.evaluate(model, tok, Dataset.from_list([row]), progress=False)
+        assert result.score == expected
+        if scoring == "generate":
+            assert result.records[0]["generation"] == row["choices"][pick]
 
 
 def test_numeric_match_scores_the_true_number_1_and_another_0(tasks, char_model_dir):
@@ -176,7 +185,8 @@ def test_bad_arguments_fail_early():
     for kwargs, message in (({"tasks": ("nlu", "nlu")}, "at most once"), ({"tasks": ("vision",)}, "choose each"),
                             ({"heldout_fraction": 1.0}, "nothing to train on"),
                             ({"modules": ("os", "re", "os")}, "at least 4 distinct"),
-                            ({"allow_code_execution": "yes"}, "allow_code_execution")):
+                            ({"allow_code_execution": "yes"}, "allow_code_execution"),
+                            ({"nlu_scoring": "acc"}, "nlu_scoring")):
         with pytest.raises(ConfigError, match=message):
             qcl.recipes.stdlib_sequence(n_train=4, n_eval=4, **kwargs)
 

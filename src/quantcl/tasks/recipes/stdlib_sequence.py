@@ -7,8 +7,9 @@ docstrings, values computed by calling the real functions):
 ========  ==============================================  ===============================================
 task      what the model must do                          evaluator
 ========  ==============================================  ===============================================
-``nlu``   pick the standard-library module that defines   :class:`~quantcl.evaluators.MultipleChoice`
-          a name (``bisect_left`` -> ``bisect``) among 4   (log-likelihood, chance = 0.25)
+``nlu``   name the standard-library module that defines   :class:`~quantcl.evaluators.MultipleChoice`
+          a name (``bisect_left`` -> ``bisect``), one of   (``mode="generate"``: the reply's first word,
+          the 4 listed in the question                    chance = 0.25 for a model that keeps the format)
 ``math``  solve a one-step word problem and say           :class:`~quantcl.evaluators.NumericMatch`
           "The final answer is: N"                        (the final number)
 ``code``  write ``solve(...)`` from a stdlib function's   :class:`~quantcl.evaluators.CodeExecution`
@@ -42,7 +43,7 @@ from typing import Any
 
 from datasets import Dataset
 
-from quantcl._checks import require_bool, require_int, require_list_of, require_number
+from quantcl._checks import require_bool, require_choice, require_int, require_list_of, require_number
 from quantcl.errors import ConfigError
 from quantcl.tasks.evaluators import CodeExecution, MultipleChoice, NumericMatch
 from quantcl.tasks.recipes._stdlib_facts import (
@@ -58,6 +59,8 @@ from quantcl.tasks.task import Task, TaskSequence
 __all__ = ["stdlib_sequence", "stdlib_sequence_metadata", "STDLIB_SEQUENCE_TASKS"]
 
 STDLIB_SEQUENCE_TASKS = ("nlu", "math", "code")
+NLU_SCORING = ("generate", "loglikelihood")
+NLU_ANSWER_PATTERN = r"^\W*(\w+)"  # the reply's first word ("`bisect`." -> bisect)
 _NAMES = ("Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana", "Ivan", "Jon", "Kemal", "Lena")
 _ITEMS = ("apples", "books", "coins", "pens", "stamps", "marbles", "cards", "shells", "cookies", "stickers")
 
@@ -81,7 +84,8 @@ def check(candidate):
 '''
 
 
-def _nlu_rows(facts: list[tuple[str, str]], n: int, rng: random.Random, modules: tuple[str, ...]) -> Dataset:
+def _nlu_rows(facts: list[tuple[str, str]], n: int, rng: random.Random, modules: tuple[str, ...],
+              listed: bool) -> Dataset:
     rows = []
     namespaces = {m: vars(importlib.import_module(m)) for m in modules}
     for name, module in rng.sample(facts, min(n, len(facts))):
@@ -91,8 +95,10 @@ def _nlu_rows(facts: list[tuple[str, str]], n: int, rng: random.Random, modules:
             continue
         choices = [*rng.sample(others, 3), module]
         rng.shuffle(choices)
-        rows.append({"prompt": f"Which Python standard-library module defines `{name}`?",
-                     "target": module, "choices": choices, "answer": choices.index(module)})
+        question = f"Which Python standard-library module defines `{name}`?"
+        if listed:
+            question += f" Answer with one of: {', '.join(choices)}."
+        rows.append({"prompt": question, "target": module, "choices": choices, "answer": choices.index(module)})
     return Dataset.from_list(rows)
 
 
@@ -161,6 +167,7 @@ def stdlib_sequence(
     chat: bool = True,
     modules: tuple[str, ...] = FACT_MODULES,
     code_max_new_tokens: int = 96,
+    nlu_scoring: str = "generate",
 ) -> TaskSequence:
     """The NLU -> Math -> Code sequence of the module docstring, for a real pretrained model.
 
@@ -176,6 +183,11 @@ def stdlib_sequence(
         chat: render prompts in the tokenizer's chat template (instruction-tuned models).
         modules: the modules the ``nlu`` task asks about (at least 4).
         code_max_new_tokens: the generation budget of a code reply.
+        nlu_scoring: ``"generate"`` (the prompt lists the four modules and the reply must start
+            with the right one: a model that drifts from the answer format loses the task, as
+            the paper's generated NLU answers do) or ``"loglikelihood"`` (the options are not
+            listed; the most likely of the four continuations is the answer, which a format
+            drift hardly moves).
 
     Returns:
         A validated :class:`~quantcl.TaskSequence`.
@@ -206,14 +218,18 @@ def stdlib_sequence(
     if len(set(modules)) < 4:
         raise ConfigError(f"stdlib_sequence(modules=...) needs at least 4 distinct modules (4 choices), got {list(modules)}")
     code_tokens = require_int(code_max_new_tokens, "stdlib_sequence(code_max_new_tokens=...)", minimum=1)
+    nlu_scoring = require_choice(nlu_scoring, "stdlib_sequence(nlu_scoring=...)", NLU_SCORING)
 
     built: dict[str, Task] = {}
     if "nlu" in names:
         facts = module_facts(modules)
         rng = random.Random(f"stdlib-nlu:{seed}")
-        train = _nlu_rows([f for f in facts if not in_heldout(f[0], fraction)], n_train, rng, modules)
-        held = _nlu_rows([f for f in facts if in_heldout(f[0], fraction)], n_eval, rng, modules)
-        built["nlu"] = Task("nlu", train, held, MultipleChoice(), chat=chat)
+        listed = nlu_scoring == "generate"
+        train = _nlu_rows([f for f in facts if not in_heldout(f[0], fraction)], n_train, rng, modules, listed)
+        held = _nlu_rows([f for f in facts if in_heldout(f[0], fraction)], n_eval, rng, modules, listed)
+        scorer = (MultipleChoice(mode="generate", pattern=NLU_ANSWER_PATTERN, max_new_tokens=8) if listed
+                  else MultipleChoice())
+        built["nlu"] = Task("nlu", train, held, scorer, chat=chat)
     if "math" in names:
         train, held = _math_rows(n_train, n_eval, fraction, random.Random(f"stdlib-math:{seed}"))
         built["math"] = Task("math", train, held, NumericMatch(max_new_tokens=32), chat=chat)
