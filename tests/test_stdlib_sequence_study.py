@@ -29,7 +29,7 @@ def quick(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("study")
     (tmp / "docs" / "reproduce").mkdir(parents=True)
     page = tmp / "docs" / "reproduce" / "page.md"
-    page.write_text("# page\n\n<!-- stdlib-sequence:begin -->\nold\n<!-- stdlib-sequence:end -->\n\ntail\n")
+    page.write_text("# page\n\n<!-- stdlib-sequence:begin -->\nPLACEHOLDER-TEXT\n<!-- stdlib-sequence:end -->\n\ntail\n")
     readme = tmp / "README.md"
     readme.write_text("intro\n<!-- stdlib-sequence:begin -->\n<!-- stdlib-sequence:end -->\nend\n")
     out = tmp / "out"
@@ -69,7 +69,7 @@ def test_the_docs_page_and_readme_blocks_are_filled(quick):
     out, page, readme, _ = quick
     text = page.read_text()
     assert text.startswith("# page\n\n<!-- stdlib-sequence:begin -->\n### Settings") and text.endswith("end -->\n\ntail\n")
-    assert "old" not in text and "![mean accuracy matrices](../img/stdlib-sequence-matrices.png)" in text
+    assert "PLACEHOLDER-TEXT" not in text and "![mean accuracy matrices](../img/stdlib-sequence-matrices.png)" in text
     assert (page.parent.parent / "img" / "stdlib-sequence-matrices.png").is_file()
     block = re.search(r"begin -->\n(.*)\n<!-- stdlib-sequence:end", readme.read_text(), re.S).group(1)
     assert "| precision=nf4, replay.fraction=0.1 |" in block and "docs/reproduce/page.md" in block
