@@ -36,6 +36,7 @@ import numpy as np
 
 from quantcl.results import ContinualResult
 from quantcl.sweep.grid import value_label
+from quantcl.sweep.stats import t_half_width
 
 __all__ = ["Finding", "welch_interval", "t_interval", "lessismore_findings", "cell_values", "summarize",
            "FLOAT_PRESETS"]
@@ -169,15 +170,12 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float
         >>> round(mean, 3), round(half, 3)
         (0.7, 0.497)
     """
-    from scipy import stats
-
     x = np.asarray(_finite(values), dtype=float)
     if x.size == 0:
         return math.nan, math.nan
     if x.size < 2:
         return float(x.mean()), math.nan
-    sem = float(x.std(ddof=1)) / math.sqrt(x.size)
-    return float(x.mean()), float(stats.t.ppf(0.5 + confidence / 2, x.size - 1)) * sem
+    return float(x.mean()), t_half_width(x, confidence)
 
 
 def _compare_paired(claim: str, comparison: str, a: dict[Any, float], b: dict[Any, float]) -> Finding:

@@ -20,10 +20,19 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["describe", "QUANTITIES"]
+__all__ = ["describe", "t_half_width", "QUANTITIES"]
 
 # the summary metrics reported per sweep cell (see quantcl.metrics)
 QUANTITIES = ("average_accuracy", "bwt", "fwt", "forgetting", "retention", "plasticity")
+
+
+def t_half_width(values: Sequence[float] | np.ndarray, confidence: float = 0.95) -> float:
+    """Half the width of the Student-t interval of the mean of ``values`` (2 or more of them)."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    sem = float(x.std(ddof=1)) / math.sqrt(x.size)
+    return float(stats.t.ppf(0.5 + confidence / 2, x.size - 1)) * sem
 
 
 def describe(values: Sequence[float], *, confidence: float = 0.95, n_resamples: int = 9999,
@@ -47,8 +56,7 @@ def describe(values: Sequence[float], *, confidence: float = 0.95, n_resamples: 
         warnings.simplefilter("ignore")  # scipy warns that few distinct resamples exist for tiny n
         boot = stats.bootstrap((x,), np.mean, confidence_level=confidence, n_resamples=n_resamples,
                                method="percentile", rng=np.random.default_rng(seed))
-    sem = out["std"] / math.sqrt(n)
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sem
+    half = t_half_width(x, confidence)
     out.update(ci_low=float(boot.confidence_interval.low), ci_high=float(boot.confidence_interval.high),
                t_low=out["mean"] - half, t_high=out["mean"] + half)
     return out
