@@ -114,10 +114,15 @@ def cell_values(result: Any, metric: Metric, **where: Any) -> list[float]:
     whose point matches ``where`` (dotted keys given with ``__`` for ``.``: ``replay__fraction``),
     in seed order. Values are matched by their label (``{name: nf4}`` matches ``"nf4"``)."""
     keys = {k.replace("__", "."): v for k, v in where.items()}
+    return [value for _, value in _seeded(result, metric, keys)]
+
+
+def _seeded(result: Any, metric: Metric, where: dict[str, Any]) -> list[tuple[Any, float]]:
+    """``(seed, metric)`` of the finished runs whose point matches ``where``, in seed order."""
     names = [n for n, point in result.points.items() if n in result.runs
-             and all(_matches(point.get(k), v) for k, v in keys.items())]
+             and all(_matches(point.get(k), v) for k, v in where.items())]
     names.sort(key=lambda n: result.points[n].get(result.over, 0))
-    return [float(metric(result.runs[n])) for n in names]
+    return [(result.points[n].get(result.over), float(metric(result.runs[n]))) for n in names]
 
 
 def _matches(value: Any, wanted: Any) -> bool:
@@ -259,12 +264,7 @@ def _gains(result: Any, precision: str, fraction: float) -> list[float]:
 
 
 def _by_seed(result: Any, precision: str, fraction: float, metric: Metric) -> dict[Any, float]:
-    out = {}
-    for name, point in result.points.items():
-        if (name in result.runs and _matches(point.get("precision"), precision)
-                and _matches(point.get("replay.fraction"), fraction)):
-            out[point.get(result.over)] = float(metric(result.runs[name]))
-    return out
+    return dict(_seeded(result, metric, {"precision": precision, "replay.fraction": fraction}))
 
 
 def summarize(values: Sequence[float]) -> str:

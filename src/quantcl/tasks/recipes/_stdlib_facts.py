@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["FACT_MODULES", "FunctionSpec", "module_facts", "function_specs", "in_heldout", "facts_digest"]
+__all__ = ["FACT_MODULES", "SAME_SOURCE", "FunctionSpec", "module_facts", "function_specs", "in_heldout", "facts_digest"]
 
 #: the modules the NLU task asks about (common, with distinct public names)
 FACT_MODULES: tuple[str, ...] = (
@@ -172,13 +172,23 @@ def _cases(fn: Callable[..., Any], pool: Sequence[Any]) -> list[tuple[tuple[Any,
     return cases
 
 
-def _same(got: Any, want: Any) -> bool:
-    """The tests' comparison (see ``stdlib_sequence``): floats to a relative 1e-9."""
+#: the comparison the code task's hidden tests run (in the sandbox, prepended to ``check``); it is
+#: compiled here too, so the exercises are grouped and filtered by exactly the same rule.
+#: ``math`` comes in as ``_math``: a solution that forgets its own ``import math`` fails.
+SAME_SOURCE = '''import math as _math
+
+
+def _same(got, want):
     if isinstance(want, float) and isinstance(got, (int, float)) and not isinstance(got, bool):
-        return math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-12 if want == 0 else 0.0)
+        return _math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-12 if want == 0 else 0.0)
     if isinstance(want, (list, tuple)):
-        return isinstance(got, type(want)) and len(got) == len(want) and all(map(_same, got, want))
-    return bool(got == want)
+        return (isinstance(got, type(want)) and len(got) == len(want)
+                and all(_same(g, w) for g, w in zip(got, want)))
+    return got == want
+'''
+_compiled: dict[str, Any] = {}
+exec(compile(SAME_SOURCE, "<quantcl stdlib_sequence tests>", "exec"), _compiled)  # noqa: S102 - our own constant
+_same: Callable[[Any, Any], bool] = _compiled["_same"]
 
 
 def _passes(fn: Callable[..., Any], cases: Sequence[tuple[tuple[Any, ...], Any]]) -> bool:

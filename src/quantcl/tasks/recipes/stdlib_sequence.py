@@ -48,6 +48,7 @@ from quantcl.errors import ConfigError
 from quantcl.tasks.evaluators import CodeExecution, MultipleChoice, NumericMatch
 from quantcl.tasks.recipes._stdlib_facts import (
     FACT_MODULES,
+    SAME_SOURCE,
     FunctionSpec,
     facts_digest,
     function_specs,
@@ -64,18 +65,7 @@ NLU_ANSWER_PATTERN = r"^\W*(\w+)"  # the reply's first word ("`bisect`." -> bise
 _NAMES = ("Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana", "Ivan", "Jon", "Kemal", "Lena")
 _ITEMS = ("apples", "books", "coins", "pens", "stamps", "marbles", "cards", "shells", "cookies", "stickers")
 
-# `math` imported under another name, so a solution that forgets its own `import math` fails
-_CODE_TEST = '''import math as _math
-
-
-def _same(got, want):
-    if isinstance(want, float) and isinstance(got, (int, float)) and not isinstance(got, bool):
-        return _math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-12 if want == 0 else 0.0)
-    if isinstance(want, (list, tuple)):
-        return (isinstance(got, type(want)) and len(got) == len(want)
-                and all(_same(g, w) for g, w in zip(got, want)))
-    return got == want
-
+_CODE_TEST = SAME_SOURCE + '''
 
 def check(candidate):
     for args, want in {cases!r}:
