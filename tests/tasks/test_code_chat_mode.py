@@ -10,7 +10,7 @@ from datasets import Dataset
 
 from quantcl.errors import ConfigError
 from quantcl.tasks.evaluators import CodeExecution
-from quantcl.tasks.evaluators.code import _CLOSED_FENCE, DEFAULT_CODE_STOP, extract_code
+from quantcl.tasks.evaluators.code import _CLOSED_FENCE, DEFAULT_CODE_STOP, code_prelude, extract_code
 
 ROWS = Dataset.from_list([{
     "prompt": "Write a Python function `solve(x)` that doubles x.",
@@ -65,3 +65,45 @@ def test_the_stop_rule_and_the_extractor_agree_on_what_a_block_is(reply):
     closed = re.search(_CLOSED_FENCE, reply)
     assert closed is not None and extract_code(reply) == "def solve(x):\n    return 2 * x"
     assert extract_code(reply[:closed.end()]) == extract_code(reply)  # generation stopped there: same program
+
+
+HE_PROMPT = '''from typing import List
+import math
+
+
+def helper(xs: List[int]) -> int:
+    # the problem's own helper, with a comment
+    return sum(xs)
+
+
+THRESHOLD = 2
+
+
+def solve(xs: List[int]) -> bool:
+    """True when the helper's sum exceeds THRESHOLD."""
+'''
+
+
+def test_code_prelude_is_the_prompts_code_without_the_stub():
+    prelude = code_prelude(HE_PROMPT, "solve")
+    assert prelude == HE_PROMPT[:HE_PROMPT.index("def solve")].strip()  # the prompt's own text, comments too
+    assert "# the problem's own helper" in prelude and prelude.endswith("THRESHOLD = 2")
+    decorated = '@cache\ndef f():\n    """x"""\n\n\n@staticmethod\ndef g():\n    pass\n'
+    assert code_prelude(decorated, "f") == "@staticmethod\ndef g():\n    pass"
+    with pytest.raises(ConfigError, match="not valid Python"):
+        code_prelude("def f(:\n", "f")
+
+
+def test_a_prelude_column_runs_the_problems_imports_and_helpers_before_the_reply():
+    reply = "```python\ndef solve(xs: List[int]) -> bool:\n    return helper(xs) > THRESHOLD\n```"
+    test = "def check(candidate):\n    assert candidate([1, 2]) and not candidate([1])\n"
+    rows = Dataset.from_list([{"prompt": "chat text", "test": test, "entry_point": "solve",
+                               "prelude": code_prelude(HE_PROMPT, "solve")}])
+    alone = CodeExecution(allow_code_execution=True, mode="chat").evaluate_completions(rows, [reply])
+    assert alone.score == 0.0 and alone.records[0]["errors"][0].startswith("NameError")
+    with_prelude = CodeExecution(allow_code_execution=True, mode="chat", prelude_column="prelude")
+    assert with_prelude.evaluate_completions(rows, [reply]).score == 1.0
+    with pytest.raises(ConfigError, match="missing|prelude"):
+        with_prelude.evaluate_completions(ROWS, [reply])  # the column is required
+    with pytest.raises(ConfigError, match="mode='chat'"):
+        CodeExecution(prelude_column="prelude")

@@ -28,7 +28,15 @@ from quantcl.tasks.evaluators.base import (
     ordered_records,
     register_evaluator,
 )
-from quantcl.tasks.evaluators.code import ALLOW_CODE_ENV, CODE_MODES, DEFAULT_CODE_STOP, CodeExecution, extract_code, pass_at_k
+from quantcl.tasks.evaluators.code import (
+    ALLOW_CODE_ENV,
+    CODE_MODES,
+    DEFAULT_CODE_STOP,
+    CodeExecution,
+    code_prelude,
+    extract_code,
+    pass_at_k,
+)
 from quantcl.tasks.evaluators.multiple_choice import DEFAULT_CHOICE_PATTERN, MultipleChoice, extract_choice
 from quantcl.tasks.evaluators.numeric import DEFAULT_NUMERIC_STOP, NumericMatch, extract_number, numbers_match
 from quantcl.tasks.evaluators.perplexity import Perplexity
@@ -49,6 +57,7 @@ __all__ = [
     "Perplexity",
     "pass_at_k",
     "extract_code",
+    "code_prelude",
     "CODE_MODES",
     "extract_number",
     "numbers_match",

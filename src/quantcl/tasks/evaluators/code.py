@@ -3,6 +3,7 @@ the sandbox, report pass@k."""
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 from collections.abc import Sequence
@@ -28,7 +29,8 @@ from quantcl.tasks.evaluators.base import (
 if TYPE_CHECKING:  # pragma: no cover
     from quantcl.tasks.sandbox import IsolationChoice
 
-__all__ = ["CodeExecution", "pass_at_k", "extract_code", "DEFAULT_CODE_STOP", "ALLOW_CODE_ENV", "CODE_MODES"]
+__all__ = ["CodeExecution", "pass_at_k", "extract_code", "code_prelude", "DEFAULT_CODE_STOP", "ALLOW_CODE_ENV",
+           "CODE_MODES"]
 
 # Codex paper (Chen et al. 2021): a function body ends where top-level code starts.
 DEFAULT_CODE_STOP = ("\ndef", "\nclass", "\nif __name__", "\nprint", "\n#")
@@ -53,6 +55,32 @@ def extract_code(reply: str) -> str:
     """
     found = _FENCE.search(reply)
     return found.group(1) if found else reply
+
+
+def code_prelude(prompt: str, entry_point: str) -> str:
+    r"""What a HumanEval-style ``prompt`` defines besides the function asked for: its imports,
+    helper functions and constants, as source. A chat reply often writes only the function and
+    uses the prompt's ``List`` or helper without defining it; with
+    ``CodeExecution(mode="chat", prelude_column=...)`` this is run before the reply's code.
+
+    Raises:
+        ConfigError: the prompt is not valid Python (a stub whose body is its docstring is).
+
+    Examples:
+        >>> prompt = "from typing import List\n\n\ndef f(x: List[int]) -> int:\n    ...\n"
+        >>> code_prelude(prompt, "f")
+        'from typing import List'
+    """
+    try:
+        tree = ast.parse(prompt)
+    except SyntaxError as err:
+        raise ConfigError(f"code_prelude: the prompt is not valid Python ({err.msg}, line {err.lineno})") from err
+    lines = prompt.splitlines()
+    for node in tree.body:  # the prompt's text without the stub's lines (decorators included)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == entry_point:
+            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            lines[first - 1:node.end_lineno] = [""] * ((node.end_lineno or first) - first + 1)
+    return "\n".join(lines).strip()
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -86,8 +114,10 @@ class CodeExecution(Evaluator):
     program run is ``f"{prompt}{completion}\\n{test}\\n\\ncheck({entry_point})\\n"``. With
     ``mode="chat"`` (instruct models, prompts in a chat template) the completion is a reply that
     holds the whole program: the code of its first fenced block (:func:`extract_code`), or the
-    whole reply when it has none, is run as ``f"{code}\\n{test}\\n\\ncheck({entry_point})\\n"``;
-    a reply stops generating once its first fenced block is closed.
+    whole reply when it has none, is run as ``f"{code}\\n{test}\\n\\ncheck({entry_point})\\n"``,
+    after the row's ``prelude_column`` text when one is named (the imports and helpers of the
+    original problem, :func:`code_prelude`); a reply stops generating once its first fenced
+    block is closed.
     A program passes when it exits with status 0 within the limits. Running model-generated code is an explicit opt-in: pass
     ``allow_code_execution=True``, use the CLI flag ``--allow-code-execution`` or set the
     environment variable ``QUANTCL_ALLOW_CODE_EXECUTION=1``.
@@ -114,6 +144,8 @@ class CodeExecution(Evaluator):
             ``"builtin"``; each record's ``isolation`` lists what each program ran under.
         mode: ``"complete"`` (the completion continues the prompt's code) or ``"chat"`` (the
             completion is a reply holding the program; see above).
+        prelude_column: ``mode="chat"`` only: a column of code run before each reply's code (the
+            problem's imports and helpers); ``None``: the reply runs alone.
 
     Examples:
         >>> ev = CodeExecution(allow_code_execution=True, n_samples=5, k=(1, 5))
@@ -121,7 +153,7 @@ class CodeExecution(Evaluator):
         {'pass@1': 0.12, 'pass@5': 0.25}
     """
 
-    required_columns = ("prompt", "test", "entry_point")
+    required_columns: tuple[str, ...] = ("prompt", "test", "entry_point")
     unsafe = True
 
     def __init__(
@@ -143,6 +175,7 @@ class CodeExecution(Evaluator):
         batch_size: int = 8,
         isolation: IsolationChoice = "auto",
         mode: str = "complete",
+        prelude_column: str | None = None,
     ) -> None:
         for name, value in (("n_samples", n_samples), ("max_new_tokens", max_new_tokens),
                             ("workers", workers), ("batch_size", batch_size)):
@@ -160,6 +193,14 @@ class CodeExecution(Evaluator):
         self.allow_code_execution, self.n_samples, self.k = allow, n_samples, k
         self.temperature, self.top_p, self.max_new_tokens = float(temperature), float(top_p), max_new_tokens
         self.mode = require_choice(mode, "CodeExecution(mode=...)", CODE_MODES)
+        if prelude_column is not None:
+            if not isinstance(prelude_column, str) or not prelude_column:
+                raise ConfigError(f"CodeExecution(prelude_column=...) must be a column name, got {prelude_column!r}")
+            if self.mode != "chat":
+                raise ConfigError("CodeExecution(prelude_column=...) is for mode='chat'; with mode='complete' "
+                                  "the prompt's own code already runs before the completion")
+            self.required_columns = (*self.required_columns, prelude_column)
+        self.prelude_column = prelude_column
         if stop is None:
             stop = DEFAULT_CODE_STOP if self.mode == "complete" else ()
         stop = require_list_of(stop, "CodeExecution(stop=...)", str, items="stop strings (str)")
@@ -185,9 +226,11 @@ class CodeExecution(Evaluator):
 
             _bwrap.choose(self.isolation, bubblewrap_status)
 
-    def program(self, prompt: str, completion: str, test: str, entry_point: str) -> str:
+    def program(self, prompt: str, completion: str, test: str, entry_point: str, prelude: str = "") -> str:
         """The program run for one completion (see the class docstring for each ``mode``)."""
         code = f"{prompt}{completion}" if self.mode == "complete" else extract_code(completion)
+        if prelude:
+            code = f"{prelude}\n\n\n{code}"
         return f"{code}\n{test}\n\ncheck({entry_point})\n"
 
     def evaluate(
@@ -250,8 +293,9 @@ class CodeExecution(Evaluator):
         prompts = [str(p) for p in column(dataset, "prompt")]
         tests = column(dataset, self.test_column)
         entries = column(dataset, self.entry_point_column)
-        programs = [self.program(prompts[i], c, str(tests[i]), str(entries[i])) for i, s in zip(rows, samples)
-                    for c in s]
+        preludes = column(dataset, self.prelude_column) if self.prelude_column else [""] * len(prompts)
+        programs = [self.program(prompts[i], c, str(tests[i]), str(entries[i]), str(preludes[i] or ""))
+                    for i, s in zip(rows, samples) for c in s]
         results = iter(run_many(programs, workers=self.workers, progress=progress,
                                 timeout=self.timeout, memory_mb=self.memory_mb, isolation=self.isolation))
         records = []
