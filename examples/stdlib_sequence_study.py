@@ -93,6 +93,18 @@ def save_results(sweeps: dict[str, qcl.Sweep], out: Path, target: Path) -> None:
     shutil.copyfile(out / "timing.json", _parent(target / "timing.json"))
 
 
+def machine() -> str:
+    """The CPU (its name, whether bf16 is native), its core count, Python and torch."""
+    import torch
+
+    from quantcl.demo import _cpu_name
+    from quantcl.precision._device import cpu_has_native_bf16
+
+    bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16 (emulated)"
+    return (f"{_cpu_name() or platform.machine()} ({bf16}), {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+            f"torch {torch.__version__}")
+
+
 def _done(sweeps: dict[str, qcl.Sweep]) -> int:
     return sum(status == "done" for sweep in sweeps.values() for status in sweep.status().values())
 
@@ -212,8 +224,7 @@ def main() -> None:
     times = timing(sweeps, out, None if args.report_only else started)
     if not args.report_only and ran:  # where the runs ran (a report-only rebuild keeps what is saved)
         times.update(workers=args.workers, quick=args.quick, tasks=qcl.recipes.stdlib_sequence_metadata(),
-                     machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-                             f"Python {platform.python_version()}")
+                     machine=machine())
         atomic_write_bytes(out / "timing.json", json.dumps(times, indent=1).encode())
     made = texts(out, args.docs, args.readme)
     made["result"].plot(out / "sweep.png")

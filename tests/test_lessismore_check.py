@@ -112,6 +112,10 @@ def test_int8_balance_and_replay_need_have_the_papers_sign(sweep):
     # replay 0.1 lifts bf16's average by (.8 - .5) / 3 and int8's by (.65 - .5) / 3: int8 needs it less
     need = _find(findings, "average-accuracy gain from replay 0.1: bf16 - int8")
     assert need.verdict == "supports" and need.difference == pytest.approx(0.15 / 3, abs=0.015)
+    # forgetting (max earlier score - final, mean over nlu and math): bf16 (.4 + .2) / 2, int8 (.2 + .5) / 2
+    forget = _find(findings, "forgetting: bf16 - int8, replay 0")
+    assert forget.claim == "quantized models forget less" and forget.verdict == "contradicts"
+    assert forget.difference == pytest.approx(0.3 - 0.35, abs=0.015)
 
 
 def test_a_second_float_preset_is_not_counted_as_quantized():

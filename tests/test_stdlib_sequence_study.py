@@ -73,3 +73,28 @@ def test_the_docs_page_and_readme_blocks_are_filled(quick):
     assert (page.parent.parent / "img" / "stdlib-sequence-matrices.png").is_file()
     block = re.search(r"begin -->\n(.*)\n<!-- stdlib-sequence:end", readme.read_text(), re.S).group(1)
     assert "| precision=nf4, replay.fraction=0.1 |" in block and "docs/reproduce/page.md" in block
+
+
+SAVED = ROOT / "examples" / "results" / "stdlib-sequence"
+PAGE = ROOT / "docs" / "reproduce" / "stdlib-sequence.md"
+
+
+def _study_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("stdlib_sequence_study", ROOT / "examples" / "stdlib_sequence_study.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_shipped_docs_and_readme_numbers_are_the_saved_results_report():
+    """Every number of the docs page's and README's results blocks is what the script makes of the
+    saved results (examples/results/stdlib-sequence), not typed by hand; no model needed."""
+    study = _study_script()
+    made = study.texts(SAVED, PAGE, ROOT / "README.md")
+    assert made["page"].strip() == study.block(PAGE)
+    assert made["readme"].strip() == study.block(ROOT / "README.md")
+    # the full study: 27 runs of the grid and 3 merged-adapter runs, none failed
+    assert (len(made["result"].runs), len(made["merged"].runs)) == (27, 3)
+    assert not made["result"].failed and not made["merged"].failed

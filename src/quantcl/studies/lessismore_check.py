@@ -158,6 +158,10 @@ def _first_retention(result: ContinualResult) -> float:
     return _retention_after(result, 0, 2)
 
 
+def _forgetting(result: ContinualResult) -> float:
+    return float(result.metrics["forgetting"])
+
+
 def _average(result: ContinualResult) -> float:
     return float(result.metrics["average_accuracy"])
 
@@ -235,12 +239,15 @@ def lessismore_findings(result: Any, merged: Any = None) -> list[Finding]:
             findings.append(_compare("quantized models learn later tasks better",
                                      f"{task} after stage {k}: {q} - {reference}, replay 0",
                                      at(q, 0.0, learned), at(reference, 0.0, learned)))
-    smallest = next((f for f in fractions if f > 0), None)
-    if smallest is not None and len(tasks) > 1:
+    for q in quantized:
+        findings.append(_compare("quantized models forget less",
+                                 f"forgetting: {reference} - {q}, replay 0",
+                                 at(reference, 0.0, _forgetting), at(q, 0.0, _forgetting)))
+    for fraction in (f for f in fractions if f > 0 and len(tasks) > 1):  # the paper: even 0.1% lifts it
         for p in precisions:
             findings.append(_compare_paired("a little replay lifts first-task retention",
-                                            f"{first} retention after stage 2: replay {smallest:g} - 0, {p} (paired)",
-                                            _by_seed(result, p, smallest, _first_retention),
+                                            f"{first} retention after stage 2: replay {fraction:g} - 0, {p} (paired)",
+                                            _by_seed(result, p, fraction, _first_retention),
                                             _by_seed(result, p, 0.0, _first_retention)))
     if "int8" in precisions:
         for fraction in fractions:
@@ -256,7 +263,7 @@ def lessismore_findings(result: Any, merged: Any = None) -> list[Finding]:
                                      _gains(result, reference, largest), _gains(result, q, largest)))
     if merged is not None and merged.runs and ref is not None:
         for label, metric in (("average accuracy", _average),
-                              ("forgetting", lambda r: float(r.metrics["forgetting"]))):
+                              ("forgetting", _forgetting)):
             # paired: a seed's merged and one-adapter runs are the same run until stage 1 ends
             findings.append(_compare_paired("merging the 16-bit adapter each stage changes the outcome",
                                             f"{label}: merged - one adapter, {reference}, replay 0 (paired)",
