@@ -98,3 +98,12 @@ def test_the_shipped_docs_and_readme_numbers_are_the_saved_results_report():
     # the full study: 27 runs of the grid and 3 merged-adapter runs, none failed
     assert (len(made["result"].runs), len(made["merged"].runs)) == (27, 3)
     assert not made["result"].failed and not made["merged"].failed
+
+
+def test_every_number_the_pages_prose_quotes_is_in_the_generated_block():
+    """The hand-written reading of the results quotes numbers; each must be one the script wrote."""
+    text = PAGE.read_text()
+    prose = text.split("<!-- prose:begin -->", 1)[1].split("<!-- prose:end -->", 1)[0]
+    quoted = set(re.findall(r"[+-]?\d\.\d{3}(?: ± \d\.\d{3})?", prose))
+    generated = _study_script().block(PAGE)
+    assert len(quoted) > 30 and not sorted(q for q in quoted if q not in generated)
