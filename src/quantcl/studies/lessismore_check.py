@@ -2,9 +2,10 @@
 
 :func:`lessismore_findings` turns a precision x replay x seed sweep (``quantcl sweep``, e.g.
 ``examples/stdlib_sequence_sweep.yaml``) into one :class:`Finding` per comparison the paper's
-claims imply, each a difference between two cells over seeds with its Welch 95% interval and a
-verdict: ``"supports"`` (the interval lies on the paper's side of 0), ``"contradicts"`` (on the
-other side) or ``"cannot tell"`` (it holds 0). :func:`lessismore_report` writes the whole
+claims imply, each a difference between two cells over seeds with its 95% interval (Welch's; a
+paired t-interval where the two cells share each seed's first stage) and a verdict:
+``"supports"`` (the interval lies on the paper's side of 0), ``"contradicts"`` (on the other
+side) or ``"cannot tell"`` (it holds 0). :func:`lessismore_report` writes the whole
 Markdown report (settings, accuracy matrices, metrics with intervals, findings); nothing in it
 is typed by hand.
 
@@ -211,8 +212,9 @@ def lessismore_findings(result: Any, merged: Any = None) -> list[Finding]:
 
     The 16-bit reference is the grid's first float preset (fp16, bf16 or fp32); the quantized
     presets are the non-float ones (int8, nf4...). A grid without a ``replay.fraction`` axis is
-    replay 0. The merged row is paired by seed with the one-adapter 16-bit cell. Replay-free comparisons use replay 0 (stage 1 sees no replay, so
-    runs that differ only in replay are not independent there).
+    replay 0. Replay-free comparisons use replay 0. Runs that differ only in replay, or only in
+    merging (the merged row against the one-adapter 16-bit cell), share each seed's stage 1, so
+    those comparisons are paired by seed.
     """
     precisions = [value_label(p) for p in result.grid.get("precision", [])]
     ref = next((p for p in precisions if _preset(p) in FLOAT_PRESETS), None)
