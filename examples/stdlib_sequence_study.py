@@ -167,18 +167,24 @@ def _img_dir(docs: Path) -> Path:
     return docs.parent.parent / "img" if docs.parent.name == "reproduce" else docs.parent / "img"
 
 
-def block(path: Path) -> str:
-    """The text between the markers in ``path`` (as :func:`splice` wrote it)."""
-    return path.read_text().split(BEGIN, 1)[1].split(END, 1)[0].strip()
-
-
-def splice(path: Path, text: str) -> None:
-    """Replace what lies between the markers in ``path`` with ``text``."""
+def _parts(path: Path) -> tuple[str, str, str]:
+    """``path``'s text before, between and after the markers."""
     body = path.read_text()
     if BEGIN not in body or END not in body:
         raise SystemExit(f"{path} has no {BEGIN} ... {END} block to fill")
     head, rest = body.split(BEGIN, 1)
-    _old, tail = rest.split(END, 1)
+    inside, tail = rest.split(END, 1)
+    return head, inside, tail
+
+
+def block(path: Path) -> str:
+    """The text between the markers in ``path`` (as :func:`splice` wrote it)."""
+    return _parts(path)[1].strip()
+
+
+def splice(path: Path, text: str) -> None:
+    """Replace what lies between the markers in ``path`` with ``text``."""
+    head, _old, tail = _parts(path)
     atomic_write_bytes(path, f"{head}{BEGIN}\n{text.strip()}\n{END}{tail}".encode())
 
 

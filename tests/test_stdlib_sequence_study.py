@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _examples import load_example
 
 from quantcl.errors import ConfigError
 
@@ -80,12 +81,7 @@ PAGE = ROOT / "docs" / "reproduce" / "stdlib-sequence.md"
 
 
 def _study_script():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("stdlib_sequence_study", ROOT / "examples" / "stdlib_sequence_study.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("stdlib_sequence_study.py")
 
 
 def test_the_shipped_docs_and_readme_numbers_are_the_saved_results_report():

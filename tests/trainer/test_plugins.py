@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _examples import EXAMPLES, load_example
 from peft import LoraConfig
 from transformers import Trainer, TrainerCallback
 
@@ -20,7 +19,6 @@ from quantcl.evaluators import EvalResult, Evaluator
 LORA = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
 ARGS = StageArgs(learning_rate=1e-2, max_steps=3, per_device_train_batch_size=4, max_length=64,
                  eval_batch_size=8, logging_steps=1)
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def _tasks(names=("nlu", "math"), evaluator=None):
@@ -247,10 +245,7 @@ def test_user_components_go_through_fit_resume_and_load(tiny_model_dir, tmp_path
 
 
 def _lwf_module():
-    spec = importlib.util.spec_from_file_location("quantcl_example_lwf", EXAMPLES / "lwf.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("lwf.py")
 
 
 def _stage_kl(trainer, task, old_params):
