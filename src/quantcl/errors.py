@@ -13,6 +13,7 @@ __all__ = [
     "UnsupportedDeviceError",
     "StateError",
     "UnsafeCodeError",
+    "HubUnreachableError",
 ]
 
 
@@ -41,3 +42,8 @@ class StateError(QuantCLError, RuntimeError):
 
 class UnsafeCodeError(QuantCLError, PermissionError):
     """Running model-generated code was requested without the explicit opt-in."""
+
+
+class HubUnreachableError(ConfigError, ConnectionError):
+    """A model or dataset had to come from the Hugging Face Hub, which could not be reached
+    (offline mode, no network) and the local cache does not hold it."""

@@ -37,20 +37,38 @@ __all__ = [
 _INSTALL_HINT = "install it with `pip install bitsandbytes`, or use a float preset (fp32, bf16, fp16)"
 
 
-def _drop_kernels_hint(record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward from kernels-community")
+# (logger, message prefix) of import-time lines that say nothing a user can act on
+_IMPORT_NOISE = (
+    # AVX512-BF16 CPUs: bitsandbytes fetches an optional 4-bit kernel from the Hub and falls back
+    # to its built-in one when it cannot, which is always the case offline
+    ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community"),
+    # kernels >= 0.19 offline: a kernel can only come from the local cache, trusted when downloaded
+    ("kernels._internals.hf_hub", "Skipping publisher trust check for "),
+)
+
+
+class _DropPrefix(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
 
 
 def quiet_bitsandbytes_import() -> None:
-    """Drop bitsandbytes' import-time "Failed to load CPU gemm_4bit_forward" warning.
+    """Drop the lines bitsandbytes and ``kernels`` log when bitsandbytes is imported offline.
 
-    On CPUs with AVX512-BF16, importing bitsandbytes (peft and transformers do it too) tries to
-    fetch an optional 4-bit kernel from the Hub and logs a warning when it cannot, which is
-    always the case offline; its built-in kernel is used instead, so the warning is noise.
+    On CPUs with AVX512-BF16, importing bitsandbytes (peft and transformers do it too) asks the
+    ``kernels`` package for an optional 4-bit kernel from the Hub. Offline, ``kernels`` logs that
+    it skips its publisher check, and bitsandbytes that the kernel could not be fetched; its
+    built-in kernel is used instead. Neither line is actionable, and either would turn a
+    one-line command-line error into two.
     """
-    ops_logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
-    if _drop_kernels_hint not in ops_logger.filters:
-        ops_logger.addFilter(_drop_kernels_hint)
+    for name, prefix in _IMPORT_NOISE:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropPrefix) and f.prefix == prefix for f in logger.filters):
+            logger.addFilter(_DropPrefix(prefix))
 
 
 def require_bitsandbytes() -> Any:

@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from quantcl._checks import require_bool, require_list_of, require_mapping, require_number
+from quantcl._hub import reaching_hub
 from quantcl.errors import ConfigError, StateError, UnknownNameError
 from quantcl.precision import bnb as _bnb
 from quantcl.precision._device import cpu_has_native_bf16, ensure_pad_token, target_devices
@@ -269,10 +270,12 @@ class PrecisionPolicy:
             if self.bits == 8:
                 _bnb.log_int8_cast_once()
         tok_kwargs = {k: kwargs[k] for k in _TOKENIZER_KWARGS if k in kwargs}
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust, **tok_kwargs)
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=self.torch_dtype, trust_remote_code=trust, **kwargs
-        )
+        with reaching_hub("model", path, local="give a local checkpoint directory (or a .gguf file) as the model, "
+                                                "e.g. one saved with `hf download` elsewhere"):
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust, **tok_kwargs)
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=self.torch_dtype, trust_remote_code=trust, **kwargs
+            )
         ensure_pad_token(model, tokenizer)
         _bnb.disable_cpu_inference_repack(model)  # models are often evaluated before LoRA
         if self.kind == "ternary":

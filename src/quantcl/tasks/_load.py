@@ -9,6 +9,7 @@ from typing import Any
 
 from datasets import Dataset, DatasetDict, load_dataset
 
+from quantcl._hub import reaching_hub
 from quantcl.errors import ConfigError
 
 __all__ = ["FILE_FORMATS", "to_dataset", "load_file", "load_hub_splits"]
@@ -101,7 +102,9 @@ def load_hub_splits(
                 "Parquet conversion) or local files"
             )
         kwargs["trust_remote_code"] = True
-    loaded = load_dataset(path, config, **kwargs)
+    with reaching_hub("dataset", path, local="load the rows from local files with Task.from_files (config: "
+                                              "a task's train/eval file paths), or give a local directory as path"):
+        loaded = load_dataset(path, config, **kwargs)
     if not isinstance(loaded, DatasetDict):  # pragma: no cover - load_dataset without split= gives a dict
         raise ConfigError(f"task {task!r}: {path!r} did not load as named splits")
     out = []

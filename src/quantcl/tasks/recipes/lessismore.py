@@ -51,6 +51,7 @@ from typing import Any
 
 from datasets import Dataset, concatenate_datasets, load_dataset
 
+from quantcl._hub import reaching_hub
 from quantcl.errors import ConfigError, UnknownNameError
 from quantcl.tasks._load import load_file
 from quantcl.tasks.recipes._commonsense import CONVERTERS, to_multiple_choice
@@ -80,6 +81,8 @@ NLU_HUB_SOURCES: dict[str, tuple[str, str | None, str]] = {
     "winogrande": ("allenai/winogrande", "winogrande_xl", "validation"),
 }
 _LAYOUT_HINT = "see the data_dir layout in docs/tasks.md"
+_LOCAL_HINT = ("give lessismore(data_dir=...) (config: tasks.kwargs.data_dir) a local copy of the data "
+               "(layout in docs/tasks.md)")
 
 
 def alpaca_prompt(row: dict[str, Any]) -> str:
@@ -162,7 +165,8 @@ def _nlu_eval_set(data_dir: Path | None, name: str) -> Dataset:
         raw = _load_local(data_dir, f"nlu_eval/{name}.json", f"nlu_eval/{name}/test.json")
     else:
         path, config, split = NLU_HUB_SOURCES[name]
-        original = load_dataset(path, config, split=split)
+        with reaching_hub("dataset", path, local=_LOCAL_HINT):
+            original = load_dataset(path, config, split=split)
         raw = original.map(CONVERTERS[name], remove_columns=original.column_names,
                            desc=f"Converting {name}")
     return to_multiple_choice(raw, name)
@@ -180,7 +184,8 @@ def _interleave(sets: list[Dataset]) -> Dataset:
 
 def _hub(key: str, split: str) -> Dataset:
     path, config = HUB_SOURCES[key]
-    return load_dataset(path, config, split=split)
+    with reaching_hub("dataset", path, local=_LOCAL_HINT):
+        return load_dataset(path, config, split=split)
 
 
 def lessismore(
