@@ -80,7 +80,7 @@ SCRIPT = textwrap.dedent(
     trainer = qcl.ContinualTrainer(
         model=model, precision="fp32", tasks=qcl.TaskSequence([*base, third]),
         replay=qcl.ReplayBuffer(fraction=0.25, strategy="reservoir", seed=0),
-        lora=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.1),
+        lora=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], lora_dropout=0.1),
         args=qcl.StageArgs(learning_rate=5e-3, max_steps=6, save_steps=2, per_device_train_batch_size=4,
                            lr_scheduler_type="constant", max_length=64, logging_steps=1),
         output_dir=out, seed=3, progress=False, callbacks=[Killer()])
@@ -112,8 +112,9 @@ TIMING = ("prepare_seconds", "train_seconds", "eval_seconds", "save_seconds", "r
           "peak_memory_bytes")
 
 
-def _run(script: Path, out: Path, model: Path, kill_at: str = "") -> int:
-    env = {**os.environ, "PYTHONHASHSEED": "0", "KILL_AT": kill_at}
+def _run(script: Path, out: Path, model: Path, kill_at: str = "", hash_seed: str = "0") -> int:
+    # each process its own string-hash seed, as separate processes have: set order must not leak into files
+    env = {**os.environ, "PYTHONHASHSEED": hash_seed, "KILL_AT": kill_at}
     proc = subprocess.run([sys.executable, str(script), str(out), str(model)], env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
     if kill_at:
@@ -128,8 +129,8 @@ def _outcome(out: Path) -> dict:
     state = json.loads((out / "state.json").read_text())
     strip = lambda records: [{k: v for k, v in r.items() if k not in TIMING} for r in records]  # noqa: E731
     final = out / "stages" / "stage-003"
-    files = {p.relative_to(out).as_posix(): p.read_bytes()
-             for p in sorted([*final.rglob("*"), *(out / "evals").glob("*.json")]) if p.is_file()}
+    files = {p.relative_to(out).as_posix(): p.read_bytes()  # adapter weights and config, replay, evals, run.json
+             for p in sorted([*final.rglob("*"), *(out / "evals").glob("*.json"), out / "run.json"]) if p.is_file()}
     return {"matrix": result["accuracy_matrix"], "records": strip(result["stage_records"]),
             "state_records": strip(state["stage_records"]), "details": result["eval_details"], "files": files,
             "leftovers": sorted(p.name for p in out.iterdir() if p.name not in ("result.json", "run.json"))}
@@ -150,9 +151,9 @@ def reference(tmp_path_factory, tiny_model_dir):
 def test_sigkill_then_resume_gives_the_uninterrupted_files(reference, tiny_model_dir, tmp_path, point):
     script, expected = reference
     out = tmp_path / "killed"
-    _run(script, out, tiny_model_dir, kill_at=KILL_POINTS[point])
+    _run(script, out, tiny_model_dir, kill_at=KILL_POINTS[point], hash_seed="1")
     assert not (out / "result.json").exists() or point == "before-result"
-    _run(script, out, tiny_model_dir)
+    _run(script, out, tiny_model_dir, hash_seed="2")
     got = _outcome(out)
     assert got["matrix"] == expected["matrix"]
     assert got["records"] == expected["records"]  # steps, train_loss, n_train_rows, n_replay_rows...

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quantcl.errors import ConfigError
@@ -11,7 +13,7 @@ from quantcl.precision.bnb import disable_cpu_inference_repack
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["prepare_base_for_lora", "check_target_modules", "lora_candidate_names"]
+__all__ = ["prepare_base_for_lora", "check_target_modules", "lora_candidate_names", "save_adapter"]
 
 
 def _lora_layer_types() -> tuple[type, ...]:
@@ -71,3 +73,25 @@ def prepare_base_for_lora(model: torch.nn.Module) -> torch.nn.Module:
     if hasattr(model, "enable_input_require_grads") and not getattr(model, "_require_grads_hooks", None):
         getattr(model, "enable_input_require_grads")()  # noqa: B009  (a PreTrainedModel method)
     return model
+
+
+def save_adapter(model: Any, directory: str | Path) -> None:
+    """``model.save_pretrained(directory)`` for a peft model, with the same bytes in every process.
+
+    peft keeps ``target_modules`` (and other fields) as a set after wrapping the model and writes
+    it to ``adapter_config.json`` in the set's iteration order, which depends on the process's
+    string-hash seed (``PYTHONHASHSEED``): two identical runs, or a resumed run and an
+    uninterrupted one, wrote different files. Those lists are sorted here (peft reads them back
+    as sets, so the order carries nothing).
+    """
+    from quantcl._io import atomic_write_bytes
+
+    model.save_pretrained(directory)
+    set_fields = {key for config in getattr(model, "peft_config", {}).values()
+                  for key, value in vars(config).items() if isinstance(value, (set, frozenset))}
+    for path in sorted(Path(directory).rglob("adapter_config.json")):
+        saved = json.loads(path.read_text())
+        for key in set_fields:
+            if isinstance(saved.get(key), list):
+                saved[key] = sorted(saved[key], key=str)
+        atomic_write_bytes(path, json.dumps(saved, indent=2, sort_keys=True).encode())  # peft's layout
