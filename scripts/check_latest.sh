@@ -12,7 +12,7 @@ work="$(mktemp -d)"
 export QUANTCL_CACHE="$work/cache"
 python3 -m venv "$work/venv" && . "$work/venv/bin/activate"
 pip install "${TORCH_SPEC:-torch==2.13.0}"
-pip install --upgrade --upgrade-strategy eager -e ".[test]"
+pip install --upgrade --upgrade-strategy eager -e ".[test]" "${TORCH_SPEC:-torch==2.13.0}"
 python - <<'PY'
 import re
 from importlib.metadata import distributions

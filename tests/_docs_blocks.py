@@ -50,7 +50,7 @@ def pages() -> list[Path]:
 # Commands a ```bash block may hold. `quantcl` lines are parsed by the CLI's own parser (an unknown
 # option fails); a `python path.py` names a file of the repository; installs are not run.
 _ALLOWED_HEADS = {"pip", "python", "python3", ".", "source", "mkdocs", "quantcl", "torchrun", "accelerate",
-                  "export", "cd", "jupyter", "apt-get", "OMP_NUM_THREADS=1", "git"}
+                  "export", "cd", "jupyter", "apt-get", "OMP_NUM_THREADS=1", "git", "bash"}
 
 
 def shell_commands(body: str) -> list[list[str]]:

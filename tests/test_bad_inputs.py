@@ -423,6 +423,20 @@ CLI_CASES = [
 ]
 
 
+# cases of the machine and of other processes, each tested where the row says (not generated)
+MACHINE = """## The machine and other processes
+
+| situation | outcome | tested in |
+|---|---|---|
+| the Hub cannot be reached (offline mode, no network) and a model or dataset is not cached | one line naming it, why, and the option that takes a local copy (`HubUnreachableError`, exit 2), e.g. `quantcl validate examples/lessismore.yaml` offline: `cannot fetch dataset 'zwhe99/commonsense_170k' from the Hugging Face Hub (offline mode is on (HF_HUB_OFFLINE=1, HF_DATASETS_OFFLINE=1) and it is not in the local cache); to run without the Hub, give lessismore(data_dir=...) (config: tasks.kwargs.data_dir) a local copy of the data ...` | `tests/test_cli_quiet_errors.py` |
+| a library logs or warns while the command line checks its input (kernels' offline notice, deprecations) | held; shown once the input passes, dropped when it is refused, so a refused input is one line; a bad config is refused before peft, transformers or bitsandbytes is imported | `tests/test_cli_quiet_errors.py` |
+| a second `quantcl run` or `quantcl sweep` on a folder in use | refused at once, one line naming the holder's pid, exit 2; a killed holder leaves no stale lock | `tests/sweep/test_faults.py` |
+| the disk fills while a stage or a point is saved | the point fails (one line in the summary), what was saved stays intact, the other points are attempted, the rerun resumes; a command that cannot write at all prints `no space left on the device writing ...`, exit 1 | `tests/sweep/test_faults.py` |
+| a sweep's driver or one of its workers is killed | no worker outlives the driver; a dead worker fails its own point only, naming it; the rerun finishes with the files of an uninterrupted sweep | `tests/sweep/test_faults.py` |
+| a finished point's files were damaged or edited, or it ran under another config | not counted (`quantcl report`), set aside and rerun (damaged), or refused naming the keys (another config) | `tests/sweep/test_faults.py` |
+"""
+
+
 def _config(c, changes):
     cfg = {"model": str(c.model), "precision": "fp32", "output_dir": str(c.tmp / "out"), "progress": False,
            "tasks": {"recipe": "synthetic", "kwargs": {"n_train": 2, "n_eval": 2, "tasks": ["math"]}},
@@ -504,7 +518,7 @@ def test_the_docs_table_is_the_one_these_cases_produce(ctx, capsys, monkeypatch)
         "`lora: {r: 4, target_modules: [q_proj, v_proj]}`); the error names the key's path.\n"
         "`quantcl validate` also reads the model's `config.json` (no weights) to check the LoRA targets.\n\n"
         "| config | error |\n|---|---|\n" + "\n".join(config_rows) + "\n\n"
-        "## Command line\n\n| command | error (stderr) |\n|---|---|\n" + "\n".join(cli_rows) + "\n"
+        "## Command line\n\n| command | error (stderr) |\n|---|---|\n" + "\n".join(cli_rows) + "\n\n" + MACHINE
     )
     if os.environ.get("QUANTCL_WRITE_DOCS") == "1":
         DOC.write_text(text)

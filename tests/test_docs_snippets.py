@@ -84,6 +84,8 @@ def test_shell_blocks_name_real_commands_options_and_files(page):
                     _parser().parse_args(cmd[1:])
                 except SystemExit as err:
                     pytest.fail(f"{b.where}: `{' '.join(cmd)}` does not parse ({err})")
+            if cmd[0] == "bash":  # a script of the repository's
+                assert len(cmd) > 1 and (ROOT / cmd[1]).is_file(), f"{b.where}: {' '.join(cmd)} runs no script here"
             if cmd[0].startswith("python") and len(cmd) > 1 and cmd[1].endswith(".py"):
                 assert (ROOT / cmd[1]).is_file(), f"{b.where}: {cmd[1]} is not in the repository"
             for word in cmd[1:]:

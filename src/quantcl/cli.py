@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -246,6 +247,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"quantcl: error: {message}", file=sys.stderr)
         return 2
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {err.filename}" if err.filename else ""
+        print(f"quantcl: error: no space left on the device{where}; free some space, then run the same command "
+              "again (`quantcl run` with --resume): what was saved is intact and the work resumes from it",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("quantcl: interrupted", file=sys.stderr)
         return 130

@@ -10,18 +10,21 @@
       evals/row-001-math.json               per-example evaluation records
       logs/stage-002/       what ``report_to`` loggers wrote (e.g. TensorBoard's runs/)
       result.json           the ContinualResult, once the run is finished
+      .quantcl.lock         held by the process running it (see quantcl._lock)
 
 Every file is written atomically; a stage directory appears complete or not at all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from quantcl._lock import hold_directory
 from quantcl._io import (atomic_replace_dir, atomic_write_json, digest_mismatch, read_json, seal, seal_ok,
                          sha256_file, tree_digests)
 from quantcl._runtime import checkpoint_is_complete
@@ -63,6 +66,11 @@ class RunDirectory:
     def __init__(self, root: str | Path, *, writer: bool = True) -> None:
         self.root = Path(root)
         self.writer = writer
+
+    def hold(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the directory for this process while it runs (the writing process only; see
+        :func:`quantcl._lock.hold_directory`): a second process on it is refused at once."""
+        return hold_directory(self.root, "run") if self.writer else contextlib.nullcontext()
 
     # ------------------------------------------------------------------ paths
     @property
@@ -124,6 +132,29 @@ class RunDirectory:
             raise ConfigError(f"cannot resume {self.root}: the configuration differs in {differing}; "
                               "resume with the same arguments or choose another output_dir")
         return state
+
+    def finished_problem(self, result: dict[str, Any]) -> str | None:
+        """Why this directory is not the finished run its ``result.json`` (read as ``result``)
+        says it is, or ``None``: the state's seal and version, every file digest it keeps (a
+        missing final stage, an edited ``run.json``), all stages complete, the same matrix.
+
+        A copy of the results alone (``run.json`` and ``result.json``, no ``state.json`` and no
+        stages, as shipped for reports) has nothing more to check and passes.
+        """
+        if not self.state_path.exists():
+            stages = sorted(p.name for p in (self.root / "stages").glob("stage-*"))
+            return f"{self.state_path.name} is missing but stages {stages} are there" if stages else None
+        try:
+            n_tasks = len(result["task_names"])
+            state = self._read_state(n_tasks)
+            self._check_files(state)
+        except (StateError, KeyError, TypeError) as err:
+            return str(err).split("; ")[0]
+        if state["completed_stages"] != n_tasks:
+            return f"{self.state_path.name} records {state['completed_stages']} of {n_tasks} stages as complete"
+        if state["matrix"] != result.get("accuracy_matrix"):
+            return f"result.json's accuracy matrix differs from {self.state_path.name}'s"
+        return None
 
     def _read_state(self, n_tasks: int) -> dict[str, Any]:
         path = self.state_path

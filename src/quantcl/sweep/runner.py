@@ -4,12 +4,19 @@
 
     output_dir/
       sweep.json                          the base config and the grid (checked when continued)
+      .quantcl.lock                       held by the running sweep: a second one is refused
       runs/<point name>/                  a run directory (see quantcl.rundir); result.json when done
+      runs/<point name>/sweep-point.json  the point's config as the sweep gave it
       runs/<point name>/error.json        why the point failed (the sweep went on)
+      runs/<point name>.damaged-N/        a finished point whose files no longer check out, set aside
       summary.md, summary.csv             the aggregated tables, rewritten after every sweep call
 
-A point with ``result.json`` is skipped; any other is run with ``fit(resume=True)``, so a killed
-sweep continues where it stopped and a failed point is tried again.
+A point with ``result.json`` whose files check out is skipped; any other is run with
+``fit(resume=True)``, so a killed sweep continues where it stopped and a failed point is tried
+again. A finished point is checked before it is skipped or counted: its state's seal and file
+digests (a missing final stage, a hand-edited ``run.json``), and its config against the sweep's
+(``sweep-point.json``). One whose files do not check out is set aside and run again; one that ran
+under another config is reported, never averaged into a cell.
 
 Examples:
     >>> sweep = Sweep.from_yaml("examples/synthetic_sweep.yaml")  # doctest: +SKIP
@@ -23,47 +30,29 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import os
-import time
-import traceback
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from quantcl._checks import require_int
 from quantcl._io import atomic_write_bytes, atomic_write_json, read_json
+from quantcl._lock import hold_directory
 from quantcl.errors import ConfigError, StateError
 from quantcl.results import RESULT_FILE, ContinualResult
+from quantcl.sweep._checks import POINT_FILE, finished_problem, identity, set_aside
+from quantcl.sweep._execute import (ERROR_FILE, Job, run_in_processes, run_on_executor, run_on_ray, run_point,
+                                    run_sequential)
 from quantcl.sweep.grid import apply_overrides, expand_grid, parse_grid, point_name
 from quantcl.sweep.result import SweepResult
 
 __all__ = ["Sweep", "run_point"]
 
-Status = Literal["done", "failed", "partial", "pending"]
-ERROR_FILE = "error.json"
+# damaged: finished, but its files do not check out; mismatch: finished under another config
+Status = Literal["done", "failed", "partial", "pending", "damaged", "mismatch"]
+STATUSES: tuple[Status, ...] = ("done", "failed", "partial", "pending", "damaged", "mismatch")
 MANIFEST = "sweep.json"
 _EXECUTORS = ("sequential", "process", "ray")
-
-
-def run_point(config: dict[str, Any], output_dir: str, threads: int | None = None) -> dict[str, Any]:
-    """Build and fit one grid point's run (``resume=True``); never raises: a failure is written to
-    ``output_dir/error.json`` and returned. The unit of work every executor runs."""
-    from quantcl.config import build_trainer
-
-    start = time.perf_counter()
-    error_path = Path(output_dir) / ERROR_FILE
-    try:
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
-        build_trainer(config, output_dir=output_dir).fit(resume=True)
-        error_path.unlink(missing_ok=True)
-        return {"status": "done", "seconds": time.perf_counter() - start}
-    except Exception as err:  # the sweep goes on; the error is recorded with the point
-        record = {"status": "failed", "error": f"{type(err).__name__}: {err}".splitlines()[0],
-                  "traceback": traceback.format_exc(), "seconds": time.perf_counter() - start}
-        atomic_write_json(error_path, record)
-        return record
 
 
 class Sweep:
@@ -74,10 +63,11 @@ class Sweep:
             section is the grid unless ``grid`` is given.
         grid: ``{dotted key: [values]}``; the product of the lists is run.
         output_dir: the sweep's directory (default: the config's ``output_dir``).
-        executor: ``"sequential"`` (default, in this process), ``"process"`` (a local
-            ``ProcessPoolExecutor``), ``"ray"`` (each run a Ray task; ``pip install quantcl[ray]``),
-            or any ``concurrent.futures.Executor`` you already have.
-        max_workers: processes of the ``"process"`` pool (default 2); each run then uses
+        executor: ``"sequential"`` (default, in this process), ``"process"`` (a fresh local
+            process per point, that exits if this one dies; see :mod:`quantcl.sweep._execute`),
+            ``"ray"`` (each run a Ray task; ``pip install quantcl[ray]``), or any
+            ``concurrent.futures.Executor`` you already have.
+        max_workers: ``"process"`` points run at once (default 2); each run then uses
             ``cpu_count // max_workers`` torch threads.
         ray_resources: ``num_cpus`` / ``num_gpus`` of each Ray task (default ``{"num_cpus": 1}``).
         over: the axis statistics are taken over (default ``"seed"``).
@@ -108,6 +98,7 @@ class Sweep:
             raise ConfigError(f"the sweep's output_dir must be a path, got {out!r}")
         self.output_dir = Path(out).expanduser()
         self.base_config = {k: v for k, v in base.items() if k != "output_dir"}
+        self._outcomes: dict[str, dict[str, Any]] = {}  # this process's runs (errors a full disk kept off disk)
         self.points: dict[str, dict[str, Any]] = {}
         for point in expand_grid(self.grid):
             name = point_name(point)
@@ -150,23 +141,45 @@ class Sweep:
         """The full run config of one point (the base config with its keys set)."""
         return apply_overrides(self.base_config, self.points[name])
 
+    def point_identity(self, name: str) -> dict[str, Any]:
+        """What must agree for a finished point to count in this sweep (``sweep-point.json``):
+        the point's config without the options that do not change results (``progress``,
+        ``allow_code_execution``)."""
+        return identity(self.point_config(name))
+
+    def problems(self) -> dict[str, str]:
+        """Why each finished point that does not count is ``damaged`` or ``mismatch``, by name."""
+        out = {}
+        for name in self.points:
+            if (self.run_dir(name) / RESULT_FILE).is_file():
+                problem = finished_problem(self.run_dir(name), self.point_identity(name))
+                if problem is not None:
+                    out[name] = f"{problem[0]}: {problem[1]}"
+        return out
+
     def status(self) -> dict[str, Status]:
-        """Each point's state on disk: ``done``, ``failed``, ``partial`` (started), ``pending``."""
+        """Each point's state on disk: ``done``, ``failed``, ``partial`` (started), ``pending``,
+        ``damaged`` (finished, but its files do not check out) or ``mismatch`` (finished under
+        another config than the sweep's)."""
         out: dict[str, Status] = {}
         for name in self.points:
             d = self.run_dir(name)
-            out[name] = ("done" if (d / RESULT_FILE).is_file() else "failed" if (d / ERROR_FILE).is_file()
-                         else "partial" if (d / "run.json").is_file() else "pending")
+            if (d / RESULT_FILE).is_file():
+                problem = finished_problem(d, self.point_identity(name))
+                out[name] = "done" if problem is None else problem[0]
+            else:
+                out[name] = ("failed" if (d / ERROR_FILE).is_file() or self._outcomes.get(name, {}).get("status")
+                             == "failed" else "partial" if (d / "run.json").is_file() else "pending")
         return out
 
     def describe(self) -> str:
         """The dry run: the grid, the point count, and which points are done."""
-        status = self.status()
-        counts = {s: sum(1 for v in status.values() if v == s) for s in ("done", "failed", "partial", "pending")}
+        status, problems = self.status(), self.problems()
+        counts = {s: sum(1 for v in status.values() if v == s) for s in STATUSES}
         lines = [f"sweep into {self.output_dir}: {len(self.points)} runs ("
-                 + ", ".join(f"{n} {s}" for s, n in counts.items()) + ")",
+                 + ", ".join(f"{n} {s}" for s, n in counts.items() if n or s in STATUSES[:4]) + ")",
                  *(f"  {k}: {v}" for k, v in self.grid.items()), ""]
-        lines += [f"  [{status[n]:>7}] {n}" for n in self.points]
+        lines += [f"  [{status[n]:>7}] {n}" + (f": {problems[n]}" if n in problems else "") for n in self.points]
         return "\n".join(lines)
 
     def validate(self) -> None:
@@ -180,13 +193,15 @@ class Sweep:
                 raise ConfigError(f"sweep point {name}: {err}") from err
 
     def _check_manifest(self) -> None:
-        manifest = {"config": self.base_config, "grid": self.grid, "over": self.over}
+        manifest = {"config": identity(self.base_config), "grid": self.grid, "over": self.over}
         path = self.output_dir / MANIFEST
         if path.exists():
             try:
                 saved = read_json(path)
             except (OSError, ValueError) as err:
                 raise StateError(f"cannot read {path}: {err}") from err
+            if isinstance(saved, dict) and isinstance(saved.get("config"), dict):
+                saved = {**saved, "config": identity(saved["config"])}  # sweeps written before 0.2 kept them
             comparable = json.loads(json.dumps(manifest, default=str))
             if saved != comparable:
                 keys = sorted(k for k in comparable if saved.get(k) != comparable[k]) if isinstance(saved, dict) else []
@@ -198,66 +213,61 @@ class Sweep:
     # ------------------------------------------------------------------ running
     def run(self) -> SweepResult:
         """Run every point not done yet, on the executor; returns the aggregated result (also
-        written to ``summary.md`` / ``summary.csv``). A failing point is recorded and skipped."""
+        written to ``summary.md`` / ``summary.csv``). A failing point is recorded and skipped.
+
+        Raises:
+            StateError: another process is running a sweep in ``output_dir`` (see
+                :func:`quantcl._lock.hold_directory`; nothing is changed).
+            ConfigError: finished points ran under another config than this sweep's (their
+                ``sweep-point.json`` differs): nothing is run until they are moved away or the
+                config is restored.
+        """
         self.validate()
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self._check_manifest()
-        todo = [n for n, s in self.status().items() if s != "done"]
-        jobs = [(self.point_config(n), str(self.run_dir(n))) for n in todo]
-        for _config, directory in jobs:
-            Path(directory).mkdir(parents=True, exist_ok=True)
-        if self.executor == "sequential":
-            for config, directory in jobs:
-                run_point(config, directory)
-        elif self.executor == "ray":
-            self._run_ray(jobs)
-        else:
-            self._run_pool(jobs)
-        result = self.result()
-        atomic_write_bytes(self.output_dir / "summary.md", (result.to_markdown() + "\n").encode())
-        result.to_csv(self.output_dir / "summary.csv")
+        with hold_directory(self.output_dir, "sweep"):
+            self._check_manifest()
+            status = self.status()
+            problems = self.problems()
+            mismatched = [n for n, st in status.items() if st == "mismatch"]
+            if mismatched:
+                raise ConfigError(f"{len(mismatched)} finished point(s) ran under another config than this sweep's "
+                                  f"(first: {problems[mismatched[0]]}); move them out of {self.output_dir / 'runs'} "
+                                  "to run them again, or restore the config")
+            for name in (n for n, st in status.items() if st == "damaged"):
+                moved = set_aside(self.run_dir(name))
+                warnings.warn(f"sweep point {name} {problems[name]}; set aside as {moved.name} and run again",
+                              UserWarning, stacklevel=2)
+            todo = [n for n, st in self.status().items() if st != "done"]
+            jobs = [Job(n, self.point_config(n), str(self.run_dir(n))) for n in todo]
+            for job in jobs:
+                Path(job.directory).mkdir(parents=True, exist_ok=True)
+                atomic_write_json(Path(job.directory) / POINT_FILE, self.point_identity(job.name))
+            if self.executor == "sequential":
+                self._outcomes.update(run_sequential(jobs))
+            elif self.executor == "ray":
+                self._outcomes.update(run_on_ray(jobs, self.ray_resources))
+            elif isinstance(self.executor, cf.Executor):
+                self._outcomes.update(run_on_executor(self.executor, jobs))
+            else:
+                threads = max(1, (os.cpu_count() or 1) // self.max_workers)
+                self._outcomes.update(run_in_processes(jobs, self.max_workers, threads))
+            result = self.result()
+            atomic_write_bytes(self.output_dir / "summary.md", (result.to_markdown() + "\n").encode())
+            result.to_csv(self.output_dir / "summary.csv")
         return result
-
-    def _run_pool(self, jobs: list[tuple[dict[str, Any], str]]) -> None:
-        if isinstance(self.executor, cf.Executor):
-            futures = [self.executor.submit(run_point, c, d) for c, d in jobs]
-        else:
-            import multiprocessing
-
-            threads = max(1, (os.cpu_count() or 1) // self.max_workers)
-            pool = cf.ProcessPoolExecutor(self.max_workers, mp_context=multiprocessing.get_context("spawn"))
-            with pool:
-                futures = [pool.submit(run_point, c, d, threads) for c, d in jobs]
-                cf.wait(futures)
-        for future, (_config, directory) in zip(futures, jobs):
-            try:
-                future.result()
-            except Exception as err:  # the worker itself died (killed, out of memory)
-                atomic_write_json(Path(directory) / ERROR_FILE, {"status": "failed", "error": f"worker died: {err!r}"})
-
-    def _run_ray(self, jobs: list[tuple[dict[str, Any], str]]) -> None:
-        from quantcl._plot import require_extra
-
-        ray = require_extra("ray", "ray")
-        if not ray.is_initialized():
-            ray.init(ignore_reinit_error=True, log_to_driver=False)
-        remote = ray.remote(**self.ray_resources)(run_point)
-        refs = [remote.remote(c, d) for c, d in jobs]
-        for ref, (_config, directory) in zip(refs, jobs):
-            try:
-                ray.get(ref)
-            except Exception as err:  # the Ray task itself failed (worker lost)
-                atomic_write_json(Path(directory) / ERROR_FILE, {"status": "failed", "error": f"ray task failed: {err!r}"})
 
     def result(self) -> SweepResult:
         """The :class:`SweepResult` of what is on disk now (finished, failed, not run)."""
         runs, failed = {}, {}
+        problems = self.problems()
         for name, status in self.status().items():
             if status == "done":
                 runs[name] = ContinualResult.load(self.run_dir(name))
+            elif status in ("damaged", "mismatch"):
+                failed[name] = f"not counted: {problems[name]}"
             elif status == "failed":
                 try:
                     failed[name] = str(read_json(self.run_dir(name) / ERROR_FILE).get("error", "?"))
                 except (OSError, ValueError):
-                    failed[name] = f"unreadable {ERROR_FILE}"
+                    failed[name] = str(self._outcomes.get(name, {}).get("error", f"unreadable {ERROR_FILE}"))
         return SweepResult(self.grid, runs, dict(self.points), failed, over=self.over)

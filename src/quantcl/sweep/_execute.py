@@ -1,0 +1,203 @@
+"""Running a sweep's points: in this process, one process per point, a user's executor, or Ray.
+
+Every path gives each point an outcome ``{"status": "done" | "failed", "error": ...}``; a
+failure names its point and never stops the other points.
+
+With ``executor="process"`` each point runs in a fresh process of its own (at most
+``max_workers`` at once), not in a shared ``ProcessPoolExecutor``: a worker killed mid-point (out
+of memory, ``kill -9``) then fails only its own point, where a pool breaks and fails every queued
+one. Workers exit when the driver dies, however it dies (``PR_SET_PDEATHSIG`` on Linux, and a
+watchdog thread everywhere), so no orphan trains a point beside the next ``quantcl sweep``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from quantcl._io import atomic_write_json
+
+__all__ = ["ERROR_FILE", "Job", "run_point", "run_sequential", "run_in_processes", "run_on_executor", "run_on_ray"]
+
+ERROR_FILE = "error.json"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One point to run: its name, full run config and run directory."""
+
+    name: str
+    config: dict[str, Any]
+    directory: str
+
+
+def _save_error(directory: str | Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Write ``error.json``; on a full disk the record (kept in memory by the driver) says so."""
+    try:
+        atomic_write_json(Path(directory) / ERROR_FILE, record)
+    except OSError as err:
+        record = {**record, "error": f"{record['error']} ({ERROR_FILE} could not be written: {err.strerror})"}
+    return record
+
+
+def run_point(config: dict[str, Any], output_dir: str, threads: int | None = None) -> dict[str, Any]:
+    """Build and fit one grid point's run (``resume=True``); never raises: a failure is written to
+    ``output_dir/error.json`` (where the disk allows) and returned. The unit of work every executor runs."""
+    from quantcl.config import build_trainer
+
+    start = time.perf_counter()
+    error_path = Path(output_dir) / ERROR_FILE
+    try:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        build_trainer(config, output_dir=output_dir).fit(resume=True)
+        error_path.unlink(missing_ok=True)
+        return {"status": "done", "seconds": time.perf_counter() - start}
+    except Exception as err:  # the sweep goes on; the error is recorded with the point
+        record = {"status": "failed", "error": f"{type(err).__name__}: {err}".splitlines()[0],
+                  "traceback": traceback.format_exc(), "seconds": time.perf_counter() - start}
+        return _save_error(output_dir, record)
+
+
+def _died(job: Job, how: str) -> dict[str, Any]:
+    return _save_error(job.directory, {
+        "status": "failed", "error": f"the worker running point {job.name} died ({how}); run the sweep "
+                                     "again to resume the point from its last saved stage or checkpoint"})
+
+
+def run_sequential(jobs: Sequence[Job]) -> dict[str, dict[str, Any]]:
+    return {job.name: run_point(job.config, job.directory) for job in jobs}
+
+
+# ---------------------------------------------------------------------------- one process per point
+def _exit_with_parent(parent_pid: int) -> None:
+    """In a worker: end this process as soon as the driver ``parent_pid`` is gone."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: the kernel kills us when the parent exits
+        except (OSError, AttributeError):  # pragma: no cover - no prctl: the watchdog below still works
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    if os.getppid() != parent_pid:  # the driver died before the death signal was armed
+        os._exit(1)
+    threading.Thread(target=watch, name="quantcl-parent-watchdog", daemon=True).start()
+
+
+def _worker(conn: Any, job: Job, threads: int | None, parent_pid: int) -> None:
+    _exit_with_parent(parent_pid)
+    record = run_point(job.config, job.directory, threads)
+    conn.send(record)
+    conn.close()
+
+
+def _exit_text(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+@dataclass
+class _Running:
+    job: Job
+    process: Any
+    conn: Any
+    record: dict[str, Any] | None = None
+    conn_open: bool = True
+
+
+def run_in_processes(jobs: Sequence[Job], workers: int, threads: int | None) -> dict[str, dict[str, Any]]:
+    """Each job in a fresh ``spawn`` process, ``workers`` at a time; a dead worker fails its own job only."""
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    ctx = multiprocessing.get_context("spawn")
+    queue = list(jobs)
+    running: list[_Running] = []
+    outcomes: dict[str, dict[str, Any]] = {}
+    try:
+        while queue or running:
+            while queue and len(running) < workers:
+                job = queue.pop(0)
+                receive, send = ctx.Pipe(duplex=False)
+                process = ctx.Process(target=_worker, args=(send, job, threads, os.getpid()),
+                                      name=f"quantcl-sweep {job.name}")
+                process.start()
+                send.close()
+                running.append(_Running(job, process, receive))
+            handles = [r.process.sentinel for r in running] + [r.conn for r in running if r.conn_open]
+            ready = wait(handles)
+            for item in list(running):
+                if item.conn_open and item.conn in ready:
+                    try:
+                        item.record = item.conn.recv()
+                    except EOFError:  # the worker ended without a word: its exit status tells why
+                        item.conn_open = False
+                if item.record is None and item.process.sentinel not in ready:
+                    continue
+                item.process.join()
+                if item.record is None and item.conn_open and item.conn.poll():
+                    try:
+                        item.record = item.conn.recv()
+                    except EOFError:
+                        pass
+                item.conn.close()
+                outcomes[item.job.name] = item.record or _died(item.job, _exit_text(item.process.exitcode))
+                running.remove(item)
+    finally:
+        for item in running:  # the driver was interrupted: its workers go with it
+            item.process.kill()
+            item.process.join()
+    return outcomes
+
+
+# ---------------------------------------------------------------------------- executors users bring
+def run_on_executor(executor: cf.Executor, jobs: Sequence[Job]) -> dict[str, dict[str, Any]]:
+    """Jobs on a ``concurrent.futures`` executor the user built; a broken pool fails the jobs it held."""
+    futures = {job.name: executor.submit(run_point, job.config, job.directory) for job in jobs}
+    outcomes = {}
+    for job in jobs:
+        try:
+            outcomes[job.name] = futures[job.name].result()
+        except Exception as err:  # the worker itself died (killed, out of memory)
+            outcomes[job.name] = _died(job, repr(err))
+    return outcomes
+
+
+def run_on_ray(jobs: Sequence[Job], resources: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """Each job a Ray task. Ray ends a dead driver's tasks itself."""
+    from quantcl._plot import require_extra
+
+    ray = require_extra("ray", "ray")
+    if not ray.is_initialized():
+        ray.init(ignore_reinit_error=True, log_to_driver=False)
+    remote = ray.remote(**resources)(run_point)
+    refs = {job.name: remote.remote(job.config, job.directory) for job in jobs}
+    outcomes = {}
+    for job in jobs:
+        try:
+            outcomes[job.name] = ray.get(refs[job.name])
+        except Exception as err:  # the Ray task itself failed (worker lost)
+            outcomes[job.name] = _died(job, f"Ray task failed: {err!r}")
+    return outcomes
