@@ -68,8 +68,10 @@ def test_library_output_is_shown_once_the_input_passes(tmp_path, tiny_model_dir)
 
 
 @pytest.mark.parametrize("command", ["validate", "run"])
-def test_the_hub_recipe_offline_is_one_line_naming_the_dataset_and_the_local_option(tmp_path, command):
-    args = [command, ROOT / "examples" / "lessismore.yaml"]
+def test_the_hub_recipe_offline_is_one_line_naming_the_dataset_and_the_local_option(tmp_path, tiny_model_dir,
+                                                                                     command):
+    cfg = _config(tmp_path, tiny_model_dir, tasks={"recipe": "lessismore", "kwargs": {"allow_code_execution": True}})
+    args = [command, cfg]
     if command == "run":
         args += ["--output-dir", tmp_path / "out"]
     out = quantcl(*args, env=OFFLINE)
@@ -78,7 +80,7 @@ def test_the_hub_recipe_offline_is_one_line_naming_the_dataset_and_the_local_opt
     assert len(lines) == 1, out.stderr
     assert "cannot fetch dataset 'zwhe99/commonsense_170k'" in lines[0]
     assert "offline mode is on (HF_HUB_OFFLINE=1" in lines[0] and "tasks.kwargs.data_dir" in lines[0]
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out" / "run.json").exists()
 
 
 def test_task_from_hub_offline_raises_hub_unreachable(monkeypatch):
@@ -106,3 +108,47 @@ def test_errors_that_are_not_about_the_network_pass_through():
     with pytest.raises(OSError, match="disk on fire"):
         with reaching_hub("model", "x/y", local="-"):
             raise OSError("disk on fire")
+
+
+def test_data_is_loaded_only_after_every_cheap_key_passed(tmp_path, tiny_model_dir):
+    # the Hub recipe would fail offline; the bad LoRA key is reported first, before any download
+    cfg = _config(tmp_path, tiny_model_dir, tasks={"recipe": "lessismore", "kwargs": {"allow_code_execution": True}},
+                  lora={"rank": 8})
+    out = quantcl("validate", cfg, env=OFFLINE)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "config key 'lora': unknown option(s) ['rank']" in out.stderr
+
+
+def test_a_library_with_its_own_handler_is_shown_once(tmp_path, tiny_model_dir):
+    (tmp_path / "own_handler_lib.py").write_text(
+        "import logging, sys\n"
+        "log = logging.getLogger('own_handler_lib')\n"
+        "log.addHandler(logging.StreamHandler(sys.stderr))\n"  # propagates to the root as well
+        "log.warning('own_handler_lib: said once')\n"
+    )
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    out = quantcl("validate", _config(tmp_path, tiny_model_dir, imports=["own_handler_lib"]), env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.count("own_handler_lib: said once") == 1, out.stderr
+
+
+def test_a_full_disk_anywhere_in_the_chain_is_one_line_and_status_1(monkeypatch, capsys):
+    import errno
+
+    from quantcl import cli
+
+    def full(ns):
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/runs/x/state.json")
+        except OSError as err:
+            raise RuntimeError("PytorchStreamWriter failed writing file") from err
+
+    monkeypatch.setattr(cli, "_cmd_validate", full)
+    parser = cli._parser()
+    monkeypatch.setattr(cli, "_parser", lambda: parser)
+    parser._subparsers._group_actions[0].choices["validate"].set_defaults(func=full)
+    assert cli.main(["validate", "x.yaml"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["quantcl: error: no space left on the device writing /runs/x/state.json; free some space, then "
+                   "run the same command again (`quantcl run` with --resume): what was saved is intact and the work "
+                   "resumes from it"]

@@ -20,7 +20,9 @@ Examples:
 
 from __future__ import annotations
 
+import errno
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,11 +32,32 @@ from quantcl.errors import StateError
 __all__ = ["LOCK_FILE", "hold_directory"]
 
 LOCK_FILE = ".quantcl.lock"
+# file systems without flock (Lustre mounted without -o flock, some NFS and FUSE mounts)
+_NO_LOCKS = {errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL}
+_HELD: set[int] = set()  # descriptors of locks this process holds
+
+
+def _close_in_child() -> None:
+    # A forked child (a DataLoader worker, a fork-based pool) shares the lock's open file
+    # description: were it to keep the descriptor, it would hold the lock after this process dies.
+    for fd in list(_HELD):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_in_child)
 
 
 @contextmanager
 def hold_directory(directory: str | os.PathLike[str], what: str) -> Iterator[None]:
     """Hold ``directory`` (created if needed) for this process; refuse at once if another holds it.
+
+    POSIX only: on Windows, and on file systems without ``flock``, nothing is held (a warning
+    says so for the latter).
 
     Args:
         directory: the run's ``output_dir`` or the sweep's folder.
@@ -58,6 +81,14 @@ def hold_directory(directory: str | os.PathLike[str], what: str) -> Iterator[Non
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             raise StateError(f"{root} is in use by another quantcl process (pid {holder}) running this {what}; "
                              f"wait for it to finish, or stop it, then run again (nothing was changed)") from None
+        except OSError as err:
+            if err.errno not in _NO_LOCKS:
+                raise
+            warnings.warn(f"the file system of {root} has no flock ({err.strerror}): nothing stops a second "
+                          f"process from writing this {what} at the same time", UserWarning, stacklevel=3)
+            yield
+            return
+        _HELD.add(fd)
         _set_holder(fd, str(os.getpid()))
         try:
             yield
@@ -65,6 +96,7 @@ def hold_directory(directory: str | os.PathLike[str], what: str) -> Iterator[Non
             _set_holder(fd, "")
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
+        _HELD.discard(fd)
         os.close(fd)
 
 

@@ -24,11 +24,18 @@ __all__ = ["main"]
 
 
 class _Held(logging.Handler):
+    """Keeps the records no other handler shows (those Python would print through ``lastResort``)."""
+
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.records: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
+        logger: logging.Logger | None = logging.getLogger(record.name)
+        while logger is not None:  # a library with a handler of its own has shown it already
+            if any(h is not self and record.levelno >= h.level for h in logger.handlers):
+                return
+            logger = logger.parent if logger.propagate else None
         self.records.append(record)
 
 
@@ -37,20 +44,23 @@ def _checking_input() -> Iterator[None]:
     """Hold third-party warnings and log records while a command checks its input.
 
     Importing transformers, peft or bitsandbytes can log (kernels' Hub checks, deprecations);
-    a refused input must still print one line. The held output is shown once the check passes
-    and dropped when it fails. Records of loggers that do not propagate to the root (such as
-    transformers' own) are not held; quantcl checks the cheap keys before importing those.
+    a refused input must still print one line. Python warnings, and log records that no
+    handler of their own shows, are shown once the check passes and dropped when it fails.
+    Libraries with handlers of their own (transformers, datasets) print at once; quantcl checks
+    every cheap key before it imports them or loads data.
     """
     held = _Held()
     root = logging.getLogger()
     root.addHandler(held)
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught:  # the filters in force stay
             yield
     finally:
         root.removeHandler(held)
+    last_resort = logging.lastResort
     for record in held.records:  # reached only when the check passed
-        logging.getLogger(record.name).handle(record)
+        if last_resort is not None and record.levelno >= last_resort.level:
+            last_resort.handle(record)
     for w in caught:
         warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
@@ -237,6 +247,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _disk_full(err: BaseException) -> OSError | None:
+    """The "no space left" OSError behind ``err`` (itself, or what it was raised from), if any."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``quantcl`` console script."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -247,10 +267,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"quantcl: error: {message}", file=sys.stderr)
         return 2
-    except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+    except Exception as err:
+        full = _disk_full(err)
+        if full is None:
             raise
-        where = f" writing {err.filename}" if err.filename else ""
+        where = f" writing {full.filename}" if full.filename else ""
         print(f"quantcl: error: no space left on the device{where}; free some space, then run the same command "
               "again (`quantcl run` with --resume): what was saved is intact and the work resumes from it",
               file=sys.stderr)

@@ -45,6 +45,7 @@ file's directory; ``output_dir`` against the working directory.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from pathlib import Path
@@ -159,12 +160,18 @@ def _evaluator(key: str, spec: Any, allow_code: bool | None) -> Any:
     return _at(key, build)
 
 
-def _tasks(value: Any, base: Path, allow_code: bool | None) -> TaskSequence:
+def _tasks(value: Any, base: Path, allow_code: bool | None) -> Callable[[], TaskSequence]:
+    """Check the ``tasks`` key now; return what loads the data, called once every cheap key passed."""
     from quantcl.tasks import Task, TaskSequence, recipes
 
     if isinstance(value, dict) and COMPONENT_KEY in value:
-        built = _at("tasks", lambda: instantiate(value, "tasks"))
-        return _at("tasks", lambda: built if isinstance(built, TaskSequence) else TaskSequence(list(built)))
+        check_node(value, "tasks")
+
+        def component() -> TaskSequence:
+            built = _at("tasks", lambda: instantiate(value, "tasks"))
+            return _at("tasks", lambda: built if isinstance(built, TaskSequence) else TaskSequence(list(built)))
+
+        return component
     if isinstance(value, dict):
         value = dict(value)
         recipe = value.pop("recipe", None)
@@ -181,15 +188,16 @@ def _tasks(value: Any, base: Path, allow_code: bool | None) -> TaskSequence:
             kwargs["data_dir"] = str(base / _at("tasks.kwargs.data_dir", lambda: require_path(
                 kwargs["data_dir"], "tasks.kwargs.data_dir")))
         _check_signature("tasks.kwargs", fn, kwargs)
-        return _at("tasks.kwargs", lambda: fn(**kwargs))
+        return lambda: _at("tasks.kwargs", lambda: fn(**kwargs))
     if not isinstance(value, list) or not value:
         raise ConfigError("config key 'tasks' must be a recipe mapping or a non-empty list of tasks")
-    built = []
+    builders: list[Callable[[], Any]] = []
     for i, spec in enumerate(value):
         key = f"tasks[{i}]"
         spec = dict(_kwargs(key, spec))
         if COMPONENT_KEY in spec:
-            built.append(_at(key, lambda: instantiate(spec, key)))
+            check_node(spec, key)
+            builders.append(functools.partial(_at, key, functools.partial(instantiate, spec, key)))
             continue
         evaluator = _evaluator(f"{key}.evaluator", spec.pop("evaluator", None), allow_code)
         for split in ("train", "eval"):
@@ -197,8 +205,9 @@ def _tasks(value: Any, base: Path, allow_code: bool | None) -> TaskSequence:
                 raise ConfigError(f"config key '{key}.{split}' is missing (a json/jsonl/parquet/csv file)")
             spec[split] = _files(f"{key}.{split}", spec[split], base)
         name = spec.pop("name", None)
-        built.append(_at(key, lambda: Task.from_files(name, evaluator=evaluator, **spec)))
-    return _at("tasks", lambda: TaskSequence(built))
+        builders.append(functools.partial(_at, key, functools.partial(Task.from_files, name, evaluator=evaluator,
+                                                                      **spec)))
+    return lambda: _at("tasks", lambda: TaskSequence([build() for build in builders]))
 
 
 def _files(key: str, value: Any, base: Path) -> str | list[str]:
@@ -293,12 +302,11 @@ def build_trainer(config: dict[str, Any], *, build_demo_model: bool = True, **ov
     model_kwargs = _kwargs("model_kwargs", config.get("model_kwargs"))
     adapter_mode = _at("adapter_mode", lambda: require_choice(config.get("adapter_mode", "continue"),
                                                               "adapter_mode", ["continue", "merge"]))
-    # every cheap object first: a typo fails before the demo model is built
+    # every cheap check first, then the data, then the demo model: a typo fails before either
     precision = _precision(config.get("precision", "bf16"))
-    tasks = _tasks(config.get("tasks"), base, allow_code)
+    load_tasks = _tasks(config.get("tasks"), base, allow_code)
     replay = _replay(config.get("replay"))
     args = _args(config.get("args"))
-    _at("args.overrides", lambda: args.check_tasks(tasks.names))
     seed = _at("seed", lambda: require_int(config.get("seed", 0), "seed", minimum=0))
     output_dir = _at("output_dir", lambda: require_str(config.get("output_dir", "runs/quantcl"),
                                                        "output_dir (a directory path)"))
@@ -307,20 +315,22 @@ def build_trainer(config: dict[str, Any], *, build_demo_model: bool = True, **ov
     training = config.get("training")
     if training is not None:
         _at("training", lambda: require_choice(training, "training", ["lora", "full"]))
+    if model != DEMO_MODEL_ID:
+        local = base / Path(model).expanduser()
+        if local.exists() or looks_local(model):  # a missing path is reported as resolved
+            model = str(local)
+        _at("model", lambda: check_model_source(model, model_kwargs))
     # peft and transformers import bitsandbytes, which may log at import (kernels' Hub checks):
     # every check above runs before them, so a bad value there is reported alone
     lora = _lora(config.get("lora"))
     plugins = _plugins(config.get("plugins"))
+    tasks = load_tasks()
+    _at("args.overrides", lambda: args.check_tasks(tasks.names))
     if model == DEMO_MODEL_ID:
         from quantcl.demo import demo_model_is_cached
 
         if build_demo_model or demo_model_is_cached():
             model = resolve_model_alias(model, progress=progress)
-    else:
-        local = base / Path(model).expanduser()
-        if local.exists() or looks_local(model):  # a missing path is reported as resolved
-            model = str(local)
-        _at("model", lambda: check_model_source(model, model_kwargs))
     from quantcl.trainer import ContinualTrainer
 
     return ContinualTrainer(

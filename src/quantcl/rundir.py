@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +67,24 @@ class RunDirectory:
         self.root = Path(root)
         self.writer = writer
 
-    def hold(self) -> contextlib.AbstractContextManager[None]:
-        """Hold the directory for this process while it runs (the writing process only; see
-        :func:`quantcl._lock.hold_directory`): a second process on it is refused at once."""
-        return hold_directory(self.root, "run") if self.writer else contextlib.nullcontext()
+    @contextlib.contextmanager
+    def hold(self, procs: Any = None) -> Iterator[None]:
+        """Hold the directory while this run uses it (see :func:`quantcl._lock.hold_directory`):
+        a second process on it is refused at once. Only the writing process takes the lock; under
+        ``torchrun`` (``procs``, a :class:`quantcl._runtime.Processes`) every rank learns whether
+        it got it, so all of them stop when it did not."""
+        with contextlib.ExitStack() as stack:
+            refused = None
+            if self.writer:
+                try:
+                    stack.enter_context(hold_directory(self.root, "run"))
+                except StateError as err:
+                    refused = str(err)
+            if procs is not None and procs.world_size > 1:
+                refused = next((r for r in procs.all_gather(refused) if r), None)
+            if refused:
+                raise StateError(refused)
+            yield
 
     # ------------------------------------------------------------------ paths
     @property

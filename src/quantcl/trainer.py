@@ -247,7 +247,7 @@ class ContinualTrainer:
         Returns:
             The :class:`ContinualResult`, also saved as ``output_dir/result.json``.
         """
-        with datasets_progress_bars_off(), self.run_dir.hold():
+        with datasets_progress_bars_off(), self.run_dir.hold(self._procs):
             return self._fit(resume)
 
     def _fit(self, resume: bool) -> ContinualResult:

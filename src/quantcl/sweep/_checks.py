@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from quantcl._io import read_json
+from quantcl._io import read_json, to_jsonable
 from quantcl.results import RESULT_FILE
 from quantcl.rundir import RunDirectory
 
@@ -32,7 +32,7 @@ NOT_IDENTITY = frozenset({"progress", "allow_code_execution", "_base_dir"})
 def identity(config: Mapping[str, Any]) -> dict[str, Any]:
     """``config`` as JSON would hold it, without the keys that do not change results."""
     body = {k: v for k, v in config.items() if k not in NOT_IDENTITY}
-    return dict(json.loads(json.dumps(body, sort_keys=True, default=str)))
+    return dict(json.loads(json.dumps(to_jsonable(body), sort_keys=True)))
 
 
 def _differing(a: Any, b: Any, prefix: str = "") -> list[str]:

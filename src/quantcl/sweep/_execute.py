@@ -7,7 +7,8 @@ With ``executor="process"`` each point runs in a fresh process of its own (at mo
 ``max_workers`` at once), not in a shared ``ProcessPoolExecutor``: a worker killed mid-point (out
 of memory, ``kill -9``) then fails only its own point, where a pool breaks and fails every queued
 one. Workers exit when the driver dies, however it dies (``PR_SET_PDEATHSIG`` on Linux, and a
-watchdog thread everywhere), so no orphan trains a point beside the next ``quantcl sweep``.
+thread waiting on the parent's sentinel everywhere), so no orphan trains a point beside the next
+``quantcl sweep``; they leave Ctrl-C to the driver, which ends them.
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ def run_sequential(jobs: Sequence[Job]) -> dict[str, dict[str, Any]]:
 # ---------------------------------------------------------------------------- one process per point
 def _exit_with_parent(parent_pid: int) -> None:
     """In a worker: end this process as soon as the driver ``parent_pid`` is gone."""
+    import multiprocessing
+
     if sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -91,22 +94,30 @@ def _exit_with_parent(parent_pid: int) -> None:
             libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: the kernel kills us when the parent exits
         except (OSError, AttributeError):  # pragma: no cover - no prctl: the watchdog below still works
             pass
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(0.5)
-        os._exit(1)
-
     if os.getppid() != parent_pid:  # the driver died before the death signal was armed
         os._exit(1)
+    parent = multiprocessing.parent_process()
+    if parent is None:  # pragma: no cover - always set in a spawned worker
+        return
+
+    def watch() -> None:  # every platform: the parent's sentinel is ready once it has exited
+        from multiprocessing.connection import wait
+
+        wait([parent.sentinel])
+        os._exit(1)
+
     threading.Thread(target=watch, name="quantcl-parent-watchdog", daemon=True).start()
 
 
 def _worker(conn: Any, job: Job, threads: int | None, parent_pid: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle: it ends the workers
     _exit_with_parent(parent_pid)
     record = run_point(job.config, job.directory, threads)
     conn.send(record)
     conn.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # a thread a library left running must not keep the point's process alive
 
 
 def _exit_text(code: int | None) -> str:
@@ -152,15 +163,18 @@ def run_in_processes(jobs: Sequence[Job], workers: int, threads: int | None) -> 
                 if item.conn_open and item.conn in ready:
                     try:
                         item.record = item.conn.recv()
-                    except EOFError:  # the worker ended without a word: its exit status tells why
+                    except (EOFError, OSError):  # the worker ended without a (whole) word: its exit tells why
                         item.conn_open = False
                 if item.record is None and item.process.sentinel not in ready:
                     continue
-                item.process.join()
+                item.process.join(60)
+                if item.process.is_alive():  # pragma: no cover - its record is in; do not wait on it forever
+                    item.process.kill()
+                    item.process.join()
                 if item.record is None and item.conn_open and item.conn.poll():
                     try:
                         item.record = item.conn.recv()
-                    except EOFError:
+                    except (EOFError, OSError):
                         pass
                 item.conn.close()
                 outcomes[item.job.name] = item.record or _died(item.job, _exit_text(item.process.exitcode))

@@ -147,34 +147,36 @@ class Sweep:
         ``allow_code_execution``)."""
         return identity(self.point_config(name))
 
+    def survey(self) -> tuple[dict[str, Status], dict[str, str]]:
+        """Each point's status (see :meth:`status`) and, for ``damaged`` and ``mismatch`` points,
+        why; one pass over the points (a finished point's files are hashed once)."""
+        status: dict[str, Status] = {}
+        problems: dict[str, str] = {}
+        for name in self.points:
+            d = self.run_dir(name)
+            if (d / RESULT_FILE).is_file():
+                problem = finished_problem(d, self.point_identity(name))
+                status[name] = "done" if problem is None else problem[0]
+                if problem is not None:
+                    problems[name] = f"{problem[0]}: {problem[1]}"
+            else:
+                status[name] = ("failed" if (d / ERROR_FILE).is_file() or self._outcomes.get(name, {}).get("status")
+                                == "failed" else "partial" if (d / "run.json").is_file() else "pending")
+        return status, problems
+
     def problems(self) -> dict[str, str]:
         """Why each finished point that does not count is ``damaged`` or ``mismatch``, by name."""
-        out = {}
-        for name in self.points:
-            if (self.run_dir(name) / RESULT_FILE).is_file():
-                problem = finished_problem(self.run_dir(name), self.point_identity(name))
-                if problem is not None:
-                    out[name] = f"{problem[0]}: {problem[1]}"
-        return out
+        return self.survey()[1]
 
     def status(self) -> dict[str, Status]:
         """Each point's state on disk: ``done``, ``failed``, ``partial`` (started), ``pending``,
         ``damaged`` (finished, but its files do not check out) or ``mismatch`` (finished under
         another config than the sweep's)."""
-        out: dict[str, Status] = {}
-        for name in self.points:
-            d = self.run_dir(name)
-            if (d / RESULT_FILE).is_file():
-                problem = finished_problem(d, self.point_identity(name))
-                out[name] = "done" if problem is None else problem[0]
-            else:
-                out[name] = ("failed" if (d / ERROR_FILE).is_file() or self._outcomes.get(name, {}).get("status")
-                             == "failed" else "partial" if (d / "run.json").is_file() else "pending")
-        return out
+        return self.survey()[0]
 
     def describe(self) -> str:
         """The dry run: the grid, the point count, and which points are done."""
-        status, problems = self.status(), self.problems()
+        status, problems = self.survey()
         counts = {s: sum(1 for v in status.values() if v == s) for s in STATUSES}
         lines = [f"sweep into {self.output_dir}: {len(self.points)} runs ("
                  + ", ".join(f"{n} {s}" for s, n in counts.items() if n or s in STATUSES[:4]) + ")",
@@ -193,7 +195,8 @@ class Sweep:
                 raise ConfigError(f"sweep point {name}: {err}") from err
 
     def _check_manifest(self) -> None:
-        manifest = {"config": identity(self.base_config), "grid": self.grid, "over": self.over}
+        # the whole config is kept (Sweep.load continues with it); only its identity must agree
+        manifest = {"config": self.base_config, "grid": self.grid, "over": self.over}
         path = self.output_dir / MANIFEST
         if path.exists():
             try:
@@ -201,8 +204,8 @@ class Sweep:
             except (OSError, ValueError) as err:
                 raise StateError(f"cannot read {path}: {err}") from err
             if isinstance(saved, dict) and isinstance(saved.get("config"), dict):
-                saved = {**saved, "config": identity(saved["config"])}  # sweeps written before 0.2 kept them
-            comparable = json.loads(json.dumps(manifest, default=str))
+                saved = {**saved, "config": identity(saved["config"])}
+            comparable = json.loads(json.dumps({**manifest, "config": identity(self.base_config)}, default=str))
             if saved != comparable:
                 keys = sorted(k for k in comparable if saved.get(k) != comparable[k]) if isinstance(saved, dict) else []
                 raise ConfigError(f"{self.output_dir} holds another sweep (its {MANIFEST} differs in {keys}); "
@@ -226,8 +229,7 @@ class Sweep:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         with hold_directory(self.output_dir, "sweep"):
             self._check_manifest()
-            status = self.status()
-            problems = self.problems()
+            status, problems = self.survey()
             mismatched = [n for n, st in status.items() if st == "mismatch"]
             if mismatched:
                 raise ConfigError(f"{len(mismatched)} finished point(s) ran under another config than this sweep's "
@@ -237,7 +239,7 @@ class Sweep:
                 moved = set_aside(self.run_dir(name))
                 warnings.warn(f"sweep point {name} {problems[name]}; set aside as {moved.name} and run again",
                               UserWarning, stacklevel=2)
-            todo = [n for n, st in self.status().items() if st != "done"]
+            todo = [n for n, st in status.items() if st != "done"]
             jobs = [Job(n, self.point_config(n), str(self.run_dir(n))) for n in todo]
             for job in jobs:
                 Path(job.directory).mkdir(parents=True, exist_ok=True)
@@ -259,8 +261,8 @@ class Sweep:
     def result(self) -> SweepResult:
         """The :class:`SweepResult` of what is on disk now (finished, failed, not run)."""
         runs, failed = {}, {}
-        problems = self.problems()
-        for name, status in self.status().items():
+        statuses, problems = self.survey()
+        for name, status in statuses.items():
             if status == "done":
                 runs[name] = ContinualResult.load(self.run_dir(name))
             elif status in ("damaged", "mismatch"):
