@@ -12,7 +12,7 @@ work="$(mktemp -d)"
 export QUANTCL_CACHE="$work/cache"
 python3 -m venv "$work/venv" && . "$work/venv/bin/activate"
 pip install "${TORCH_SPEC:-torch==2.13.0}"
-pip install --upgrade --upgrade-strategy eager -e ".[test]" "${TORCH_SPEC:-torch==2.13.0}"
+pip install --upgrade --upgrade-strategy eager -e ".[test,humaneval]" "${TORCH_SPEC:-torch==2.13.0}"
 python - <<'PY'
 import re
 from importlib.metadata import distributions
@@ -22,10 +22,10 @@ locked = {}
 for line in open("constraints.txt"):
     m = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s;]+)\s*(?:;\s*(.+))?$", line.strip())
     if m and (m.group(3) is None or Marker(m.group(3)).evaluate()):
-        locked[m.group(1).lower().replace("_", "-")] = m.group(2)
+        locked[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(2)
 newer = []
 for d in distributions():
-    name = d.metadata["Name"].lower().replace("_", "-")
+    name = re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower()
     if name in locked and locked[name] != d.version and not d.version.startswith(locked[name] + "+"):
         newer.append(f"{name} {locked[name]} -> {d.version}")
 print("differs from constraints.txt:", ", ".join(sorted(newer)) or "nothing")
