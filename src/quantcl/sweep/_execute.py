@@ -200,7 +200,7 @@ def run_on_executor(executor: cf.Executor, jobs: Sequence[Job]) -> dict[str, dic
 
 
 def run_on_ray(jobs: Sequence[Job], resources: dict[str, float]) -> dict[str, dict[str, Any]]:
-    """Each job a Ray task. Ray ends a dead driver's tasks itself."""
+    """Each job a Ray task (a dead driver's tasks are Ray's to end; not tested where Ray is absent)."""
     from quantcl._plot import require_extra
 
     ray = require_extra("ray", "ray")
