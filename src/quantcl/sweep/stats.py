@@ -1,4 +1,6 @@
-"""Statistics over seeds: mean, standard deviation and a bootstrap confidence interval.
+"""Statistics over seeds: mean, standard deviation and a bootstrap confidence interval; p-value
+adjustment for a family of comparisons (:func:`adjust`); the power of a design
+(:func:`detectable_difference`, :func:`seeds_needed`).
 
 ``scipy.stats.bootstrap`` (percentile method) gives the interval; with fewer than two values it is
 undefined (``nan``), and with identical values it is the value itself. With 3 seeds a bootstrap
@@ -20,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["describe", "t_half_width", "QUANTITIES"]
+__all__ = ["describe", "t_half_width", "adjust", "detectable_difference", "seeds_needed", "QUANTITIES"]
 
 # the summary metrics reported per sweep cell (see quantcl.metrics)
 QUANTITIES = ("average_accuracy", "bwt", "fwt", "forgetting", "retention", "plasticity")
@@ -60,3 +62,143 @@ def describe(values: Sequence[float], *, confidence: float = 0.95, n_resamples: 
     out.update(ci_low=float(boot.confidence_interval.low), ci_high=float(boot.confidence_interval.high),
                t_low=out["mean"] - half, t_high=out["mean"] + half)
     return out
+
+
+def adjust(p_values: Sequence[float], method: str = "holm") -> list[float]:
+    """Adjusted p-values of one family of comparisons, in the input's order.
+
+    ``"holm"`` (Holm 1979, step-down Bonferroni) controls the family-wise error rate: the chance
+    of any false positive in the family. ``"bh"`` (Benjamini-Hochberg 1995, step-up) controls the
+    false discovery rate, the expected share of false positives among the rejections (for
+    independent or positively dependent tests). A comparison is significant at level alpha when
+    its adjusted p-value is <= alpha. ``nan`` entries (no test) stay ``nan`` and are not counted
+    in the family.
+
+    Examples:
+        >>> adjust([0.01, 0.04, 0.03, 0.005])
+        [0.03, 0.06, 0.06, 0.02]
+        >>> adjust([0.01, 0.04, 0.03, 0.005], method="bh")
+        [0.02, 0.04, 0.04, 0.02]
+    """
+    from quantcl.errors import ConfigError
+
+    if method not in ("holm", "bh"):
+        raise ConfigError(f"adjust(method=...) must be 'holm' or 'bh', got {method!r}")
+    p = np.asarray(p_values, dtype=float)
+    if np.any((p < 0) | (p > 1)):
+        raise ConfigError(f"adjust(p_values=...) must be in [0, 1] (or nan), got {list(p_values)}")
+    out = np.full(p.shape, np.nan)
+    valid = np.flatnonzero(~np.isnan(p))
+    m = valid.size
+    if m == 0:
+        return out.tolist()
+    order = valid[np.argsort(p[valid], kind="stable")]
+    ranked = p[order]
+    if method == "holm":  # p_(i) * (m - i + 1), made non-decreasing
+        adjusted = np.maximum.accumulate(ranked * (m - np.arange(m)))
+    else:  # p_(i) * m / i, made non-increasing from the largest down
+        adjusted = np.minimum.accumulate((ranked * m / np.arange(1, m + 1))[::-1])[::-1]
+    out[order] = np.minimum(adjusted, 1.0)
+    return [round(float(v), 12) if not math.isnan(v) else v for v in out]
+
+
+def _power(delta: float, se: float, df: float, alpha: float) -> float:
+    """Power of a two-sided t-test whose statistic is t with ``df`` degrees of freedom, when the
+    true difference is ``delta`` and its standard error ``se`` (noncentral t)."""
+    from scipy import stats
+
+    crit = float(stats.t.ppf(1 - alpha / 2, df))
+    nc = delta / se
+    return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+
+
+def _check_power_args(power: float, alpha: float, what: str) -> None:
+    from quantcl.errors import ConfigError
+
+    for name, value in (("power", power), ("alpha", alpha)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise ConfigError(f"{what}({name}=...) must be a number in (0, 1), got {value!r}")
+
+
+def detectable_difference(a: Sequence[float], b: Sequence[float], *, paired: bool = False, power: float = 0.8,
+                          alpha: float = 0.05) -> float:
+    """The smallest true difference of means that comparing the per-seed values ``a`` and ``b``
+    detects with probability ``power`` (two-sided t-test at level ``alpha``), taking their
+    observed variances as the true ones.
+
+    Unpaired: Welch's test (standard error from both variances, Welch-Satterthwaite degrees of
+    freedom). Paired (``a[i]`` and ``b[i]`` share seed ``i``): the one-sample test of the
+    differences. ``nan`` when the values show no spread (every seed tied): the data give no
+    estimate of the noise, so no claim about what the design could detect.
+
+    Examples:
+        >>> round(detectable_difference([0.60, 0.65, 0.70], [0.55, 0.62, 0.66]), 3)
+        0.163
+    """
+    from scipy import optimize
+
+    from quantcl.errors import ConfigError
+
+    _check_power_args(power, alpha, "detectable_difference")
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if paired:
+        if x.size != y.size or x.size < 2:
+            raise ConfigError(f"detectable_difference(paired=True) needs two equally long lists of 2 or more "
+                              f"values, got {x.size} and {y.size}")
+        d = x - y
+        se, df = float(d.std(ddof=1)) / math.sqrt(d.size), float(d.size - 1)
+    else:
+        if x.size < 2 or y.size < 2:
+            raise ConfigError(f"detectable_difference needs 2 or more values on each side, got {x.size} and {y.size}")
+        va, vb = float(x.var(ddof=1)) / x.size, float(y.var(ddof=1)) / y.size
+        se = math.sqrt(va + vb)
+        df = (va + vb) ** 2 / (va**2 / (x.size - 1) + vb**2 / (y.size - 1)) if se > 0 else 1.0
+    if se == 0:
+        return float("nan")
+    hi = se
+    while _power(hi, se, df, alpha) < power:
+        hi *= 2
+    return float(optimize.brentq(lambda delta: _power(delta, se, df, alpha) - power, 0.0, hi, xtol=1e-10))
+
+
+def seeds_needed(sd: float, effect: float, *, paired: bool = False, power: float = 0.8, alpha: float = 0.05,
+                 accuracy: float | None = None, rows: int | None = None, max_seeds: int = 100_000) -> int:
+    """The seeds per cell needed to detect a true difference ``effect`` with probability ``power``
+    (two-sided t-test at level ``alpha``) when one seed's value varies with standard deviation
+    ``sd`` (paired: ``sd`` of the per-seed differences; unpaired: of each cell's values, equal in
+    both cells).
+
+    For an accuracy measured on ``rows`` evaluation items, ``accuracy`` and ``rows`` add the
+    binomial item variance ``accuracy * (1 - accuracy) / rows`` to each seed's variance (each seed
+    scored on its own draw of items; in the paired case, on its own draw for both cells).
+
+    Examples:
+        >>> seeds_needed(1.0, 0.5)                 # Cohen's d = 0.5: the textbook 64 per group
+        64
+        >>> seeds_needed(1.0, 0.5, paired=True)
+        34
+    """
+    from quantcl.errors import ConfigError
+
+    _check_power_args(power, alpha, "seeds_needed")
+    for name, value in (("sd", sd), ("effect", effect)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ConfigError(f"seeds_needed({name}=...) must be a finite number >= 0, got {value!r}")
+    if effect == 0:
+        raise ConfigError("seeds_needed(effect=0): no number of seeds detects a zero difference")
+    variance = float(sd) ** 2
+    if (accuracy is None) != (rows is None):
+        raise ConfigError("seeds_needed: give accuracy= and rows= together (the binomial item model), or neither")
+    if accuracy is not None and rows is not None:
+        if not 0 <= accuracy <= 1 or isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+            raise ConfigError(f"seeds_needed: accuracy must be in [0, 1] and rows an int >= 1, got {accuracy!r}, "
+                              f"{rows!r}")
+        variance += accuracy * (1 - accuracy) / rows * (2 if paired else 1)
+    if variance == 0:
+        return 2
+    for n in range(2, max_seeds + 1):
+        se = math.sqrt(variance / n) if paired else math.sqrt(2 * variance / n)
+        df = n - 1 if paired else 2 * n - 2
+        if _power(abs(effect), se, df, alpha) >= power:
+            return n
+    raise ConfigError(f"seeds_needed: more than {max_seeds} seeds per cell would be needed")
