@@ -193,8 +193,9 @@ def readme_block(report_path: str, findings: list[Any], table: str) -> str:
     for f in findings:
         tally.setdefault(f.claim, {}).setdefault(f.verdict, 0)
         tally[f.claim][f.verdict] += 1
-    lines = [table, "", "Findings (95% intervals over seeds: Welch's, or a paired t-interval where two cells "
-             f"share a seed's first stage; details and settings in [{report_path}]({report_path})):", ""]
+    lines = [table, "", "Findings (verdicts at 0.05 on Holm-adjusted p-values over the family of all "
+             f"{len(findings)} comparisons; Welch tests, or paired t-tests where two cells share a seed's first "
+             f"stage; details, intervals and settings in [{report_path}]({report_path})):", ""]
     lines += [f"- *{claim}*: " + ", ".join(f"{n} {v}" for v, n in counts.items()) for claim, counts in tally.items()]
     return "\n".join(lines)
 

@@ -177,3 +177,28 @@ def test_the_report_holds_the_measured_values(sweep):
     assert list(means) == ["precision=bf16, replay.fraction=0.0 (n=3)", "precision=bf16, replay.fraction=0.1 (n=3)",
                            "precision=int8, replay.fraction=0.0 (n=3)", "precision=int8, replay.fraction=0.1 (n=3)"]
     assert means["precision=int8, replay.fraction=0.0 (n=3)"].accuracy_matrix[1, 0] == pytest.approx(0.7, abs=0.011)
+
+
+def test_verdicts_use_the_family_adjusted_p_values(sweep):
+    from quantcl.studies.lessismore_check import cell_values
+    from quantcl.sweep.stats import adjust, detectable_difference
+
+    findings = lessismore_findings(sweep)
+    assert {f.family for f in findings} == {len(findings)} and {f.adjustment for f in findings} == {"holm"}
+    assert [f.p_adjusted for f in findings] == pytest.approx(adjust([f.p_value for f in findings]), nan_ok=True)
+    learned = lambda r: float(r.accuracy_matrix[1, 0])  # noqa: E731
+    a = cell_values(sweep, learned, precision="bf16", replay__fraction=0.0)
+    b = cell_values(sweep, learned, precision="int8", replay__fraction=0.0)
+    first = _find(findings, "nlu after stage 1: bf16 - int8")
+    assert first.p_value == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    assert first.detectable == pytest.approx(detectable_difference(a, b))
+    bh = lessismore_findings(sweep, adjustment="bh")
+    assert [f.p_adjusted for f in bh] == pytest.approx(adjust([f.p_value for f in bh], method="bh"), nan_ok=True)
+
+
+def test_a_raw_difference_that_does_not_survive_the_correction_cannot_be_told():
+    # int8 learns nlu a little worse: clear alone (raw p < 0.05), not in a family of this size
+    noisy = _sweep({("bf16", 0.0): BASE, ("int8", 0.0): _shifted(r10=.84)}, noise=0.03)
+    f = _find(lessismore_findings(noisy), "nlu after stage 1")
+    assert f.p_value < 0.05 and f.low > 0  # the raw interval excludes 0 ...
+    assert f.p_adjusted >= 0.05 and f.verdict == "cannot tell"  # ... the family-adjusted test does not

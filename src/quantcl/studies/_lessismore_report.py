@@ -97,11 +97,19 @@ def _paired_table(groups: list[tuple[str, list[ContinualResult]]]) -> list[str]:
     return lines
 
 
+def _p(value: float) -> str:
+    return "-" if np.isnan(value) else "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
 def _findings_table(findings: Sequence[Finding]) -> list[str]:
-    lines = ["| claim | comparison | difference [95% CI] | verdict |", "|---|---|---|---|"]
+    method = {"holm": "Holm", "bh": "BH"}.get(findings[0].adjustment, findings[0].adjustment) if findings else ""
+    lines = [f"| claim | comparison | difference [95% CI] | p | p ({method}) | detects | verdict |",
+             "|---|---|---|---|---|---|---|"]
     for f in findings:
         interval = "" if np.isnan(f.low) else f" [{f.low:+.3f}, {f.high:+.3f}]"
-        lines.append(f"| {f.claim} | {f.comparison} | {f.difference:+.3f}{interval} | **{f.verdict}** |")
+        detects = "-" if np.isnan(f.detectable) else f"{f.detectable:.3f}"
+        lines.append(f"| {f.claim} | {f.comparison} | {f.difference:+.3f}{interval} | {_p(f.p_value)} | "
+                     f"{_p(f.p_adjusted)} | {detects} | **{f.verdict}** |")
     return lines
 
 
@@ -146,15 +154,20 @@ def lessismore_report(result: Any, merged: Any = None, *, settings: Mapping[str,
               "the stage that trained task t. Mean ± 95% t-interval over seeds.", ""]
     for label, runs in groups:
         parts += _matrix_table(label, runs)
+    holm = not findings or findings[0].adjustment == "holm"
+    method, short = ("Holm's", "Holm") if holm else ("Benjamini-Hochberg's", "BH")
     parts += ["### Findings", "",
               "Each row: the difference of two cells' means over seeds, signed so that > 0 is what the paper "
               "claims, with its Welch 95% interval (*paired*: per-seed differences, where the two cells share "
-              "each seed's first stage, and their t-interval). *supports*: the interval is above 0; "
-              "*contradicts*: below 0; *cannot tell*: it holds 0, or there is no interval (fewer than 2 seeds, "
-              "or every seed gave the same score in both cells). The merged-adapter rows have no direction: "
-              "*differs* or *no clear difference*.", "",
-              f"{len(findings)} comparisons at 95% each, with no correction for multiple comparisons: where "
-              "nothing differs, about one in twenty would still show a difference by chance.", "",
+              "each seed's first stage, and their t-interval) and the t-test's p-value. The "
+              f"{len(findings)} comparisons are one family: *p ({short})* is "
+              f"{method} adjusted p-value, and the verdict is decided by it at 0.05: *supports* (the "
+              "paper's side of 0), *contradicts* (the other side), *cannot tell* (0.05 or above, or no "
+              "test: fewer than 2 seeds, or every seed gave the same score in both cells). The interval is "
+              "not adjusted: one that excludes 0 with *cannot tell* did not survive the correction. *detects*: "
+              "the smallest true difference this comparison detects with 80% power (uncorrected), from the "
+              "observed spread. The merged-adapter rows have no direction: *differs* or *no clear "
+              "difference*.", "",
               *_findings_table(findings), "", *_statement(findings), ""]
     return "\n".join(parts)
 

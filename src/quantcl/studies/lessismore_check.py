@@ -3,9 +3,12 @@
 :func:`lessismore_findings` turns a precision x replay x seed sweep (``quantcl sweep``, e.g.
 ``examples/stdlib_sequence_sweep.yaml``) into one :class:`Finding` per comparison the paper's
 claims imply, each a difference between two cells over seeds with its 95% interval (Welch's; a
-paired t-interval where the two cells share each seed's first stage) and a verdict:
-``"supports"`` (the interval lies on the paper's side of 0), ``"contradicts"`` (on the other
-side) or ``"cannot tell"`` (it holds 0). :func:`lessismore_report` writes the whole
+paired t-interval where the two cells share each seed's first stage), its p-value raw and
+adjusted for the family of all the findings of the call (Holm's by default,
+:func:`quantcl.sweep.stats.adjust`), the smallest difference the design could detect
+(:func:`quantcl.sweep.stats.detectable_difference`, 80% power) and a verdict decided by the
+adjusted p-value: ``"supports"`` (below 0.05, on the paper's side of 0), ``"contradicts"``
+(below 0.05, on the other side) or ``"cannot tell"``. :func:`lessismore_report` writes the whole
 Markdown report (settings, accuracy matrices, metrics with intervals, findings); nothing in it
 is typed by hand.
 
@@ -37,7 +40,7 @@ import numpy as np
 
 from quantcl.results import ContinualResult
 from quantcl.sweep.grid import value_label
-from quantcl.sweep.stats import t_half_width
+from quantcl.sweep.stats import adjust, detectable_difference, t_half_width
 
 __all__ = ["Finding", "welch_interval", "t_interval", "lessismore_findings", "cell_values", "summarize",
            "FLOAT_PRESETS"]
@@ -62,6 +65,13 @@ class Finding:
             ``"differs"`` or ``"no clear difference"``; both: ``"cannot tell"`` without an interval).
         paired: the difference is taken per seed (the two cells share a seed's stage 1) and the
             interval is the one-sample t-interval of those differences.
+        p_value: the two-sided t-test's p-value, uncorrected (``nan`` without an interval).
+        p_adjusted: ``p_value`` adjusted for the family (``family`` findings, by ``adjustment``);
+            the verdict is decided by it at 0.05.
+        detectable: the smallest true difference the comparison detects with 80% power at 0.05
+            (uncorrected), from the observed spread (``nan`` when every seed tied).
+        family: the number of comparisons adjusted together.
+        adjustment: ``"holm"`` or ``"bh"``.
     """
 
     claim: str
@@ -73,6 +83,11 @@ class Finding:
     verdict: str
     two_sided: bool = False
     paired: bool = False
+    p_value: float = math.nan
+    p_adjusted: float = math.nan
+    detectable: float = math.nan
+    family: int = 0
+    adjustment: str = "holm"
 
 
 def welch_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
@@ -114,6 +129,33 @@ def _verdict(low: float, high: float, two_sided: bool) -> str:
     if two_sided:
         return "differs" if low > 0 or high < 0 else "no clear difference"
     return "supports" if low > 0 else "contradicts" if high < 0 else "cannot tell"
+
+
+def _adjusted_verdict(f: Finding, alpha: float = 0.05) -> str:
+    """The verdict at ``alpha`` on the adjusted p-value; the direction from the difference's sign."""
+    if math.isnan(f.p_adjusted):
+        return "cannot tell"
+    if f.two_sided:
+        return "differs" if f.p_adjusted < alpha else "no clear difference"
+    if f.p_adjusted >= alpha:
+        return "cannot tell"
+    return "supports" if f.difference > 0 else "contradicts"
+
+
+def _welch_p(a: Sequence[float], b: Sequence[float]) -> float:
+    from scipy import stats
+
+    x, y = np.asarray(_finite(a), dtype=float), np.asarray(_finite(b), dtype=float)
+    if x.size < 2 or y.size < 2 or (_constant(x) and _constant(y)):
+        return math.nan
+    return float(stats.ttest_ind(x, y, equal_var=False).pvalue)
+
+
+def _detectable(a: Sequence[float], b: Sequence[float], paired: bool) -> float:
+    try:
+        return detectable_difference(a, b, paired=paired)
+    except ValueError:  # fewer than 2 values on a side: nothing to say
+        return math.nan
 
 
 def cell_values(result: Any, metric: Metric, **where: Any) -> list[float]:
@@ -174,7 +216,8 @@ def _finite(values: Sequence[float]) -> list[float]:
 def _compare(claim: str, comparison: str, a: list[float], b: list[float], two_sided: bool = False) -> Finding:
     diff, low, high = welch_interval(a, b)
     return Finding(claim, comparison, diff, low, high, (len(_finite(a)), len(_finite(b))),
-                   _verdict(low, high, two_sided), two_sided)
+                   _verdict(low, high, two_sided), two_sided, p_value=_welch_p(a, b),
+                   detectable=_detectable(_finite(a), _finite(b), paired=False))
 
 
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
@@ -197,18 +240,26 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float
 def _compare_paired(claim: str, comparison: str, a: dict[Any, float], b: dict[Any, float],
                     two_sided: bool = False) -> Finding:
     """``a - b`` per seed (the seeds both have), with the t-interval of those differences."""
+    from scipy import stats
+
     diffs = _finite([a[s] - b[s] for s in sorted(a, key=str) if s in b])
     mean, half = t_interval(diffs)
     low, high = (mean - half, mean + half) if not _constant(diffs) else (math.nan, math.nan)
+    p = float(stats.ttest_1samp(diffs, 0.0).pvalue) if len(diffs) > 1 and not _constant(diffs) else math.nan
     return Finding(claim, comparison, mean, low, high, (len(diffs), len(diffs)), _verdict(low, high, two_sided),
-                   two_sided=two_sided, paired=True)
+                   two_sided=two_sided, paired=True, p_value=p,
+                   detectable=_detectable(diffs, [0.0] * len(diffs), paired=True))
 
 
-def lessismore_findings(result: Any, merged: Any = None) -> list[Finding]:
+def lessismore_findings(result: Any, merged: Any = None, *, adjustment: str = "holm") -> list[Finding]:
     """The paper's findings as comparisons on ``result`` (a precision x ``replay.fraction`` x seed
     :class:`~quantcl.sweep.SweepResult`); ``merged``: the same sequence run with
     ``adapter_mode="merge"`` at the 16-bit precision and replay 0 (the paper's reference-code
     confound), compared with the one-adapter 16-bit run.
+
+    The family adjusted together is every finding returned (``adjustment``: ``"holm"``, the
+    family-wise error rate, or ``"bh"``, the false discovery rate); each verdict is decided by
+    its adjusted p-value at 0.05.
 
     The 16-bit reference is the grid's first float preset (fp16, bf16 or fp32); the quantized
     presets are the non-float ones (int8, nf4...). A grid without a ``replay.fraction`` axis is
@@ -271,7 +322,10 @@ def lessismore_findings(result: Any, merged: Any = None) -> list[Finding]:
                                             f"{label}: merged - one adapter, {reference}, replay 0 (paired)",
                                             dict(_seeded(merged, metric, {})),
                                             _by_seed(result, reference, 0.0, metric), two_sided=True))
-    return findings
+    adjusted = adjust([f.p_value for f in findings], method=adjustment)
+    findings = [dataclasses.replace(f, p_adjusted=p, family=len(findings), adjustment=adjustment)
+                for f, p in zip(findings, adjusted)]
+    return [dataclasses.replace(f, verdict=_adjusted_verdict(f)) for f in findings]
 
 
 def _gains(result: Any, precision: str, fraction: float) -> list[float]:

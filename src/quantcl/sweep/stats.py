@@ -109,7 +109,13 @@ def _power(delta: float, se: float, df: float, alpha: float) -> float:
 
     crit = float(stats.t.ppf(1 - alpha / 2, df))
     nc = delta / se
-    return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    upper, lower = float(stats.nct.sf(crit, df, nc)), float(stats.nct.cdf(-crit, df, nc))
+    # scipy's noncentral t gives nan far in a tail, where the probability is 0 (or 1) to double precision
+    if math.isnan(upper):
+        upper = 1.0 if nc > crit else 0.0
+    if math.isnan(lower):
+        lower = 0.0 if nc > -crit else 1.0
+    return upper + lower
 
 
 def _check_power_args(power: float, alpha: float, what: str) -> None:
