@@ -18,11 +18,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _runfiles import run_files
 
 pytestmark = pytest.mark.slow
 
-TIMING = {"prepare_seconds", "train_seconds", "eval_seconds", "save_seconds", "replay_seconds",
-          "peak_memory_bytes"}
 POINTS = ["replay.fraction=0.0,seed=0", "replay.fraction=0.0,seed=1", "replay.fraction=0.5,seed=0",
           "replay.fraction=0.5,seed=1"]
 
@@ -49,25 +48,6 @@ def _sweep(cfg: Path, out: Path, *extra: str, env=None) -> subprocess.CompletedP
                           env={**os.environ, **(env or {})})
 
 
-def _strip(obj, top=True):
-    if isinstance(obj, dict):
-        return {k: _strip(v, False) for k, v in obj.items() if k not in TIMING and not (top and k == "sha256")}
-    if isinstance(obj, list):
-        return [_strip(v, False) for v in obj]
-    return obj
-
-
-def _files(out: Path, skip=()) -> dict:
-    """Every file of a sweep folder, JSON without timings (and the seal over them)."""
-    files = {}
-    for path in sorted(out.rglob("*")):
-        rel = path.relative_to(out).as_posix()
-        if path.is_file() and not any(rel.startswith(s) for s in skip):
-            data = path.read_bytes()
-            files[rel] = _strip(json.loads(data)) if path.suffix == ".json" else data
-    return files
-
-
 def _assert_same(got: dict, expected: dict) -> None:
     assert sorted(got) == sorted(expected)
     for name, content in expected.items():
@@ -81,7 +61,7 @@ def setup(tmp_path_factory, tiny_model_dir):
     out = root / "reference"
     proc = _sweep(cfg, out)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return cfg, _files(out)
+    return cfg, run_files(out)
 
 
 def _children(pid: int) -> list[int]:
@@ -138,7 +118,7 @@ def test_a_killed_driver_leaves_no_worker_and_the_sweep_finishes_on_rerun(setup,
         driver.kill()
     proc = _sweep(cfg, out)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    _assert_same(_files(out), expected)
+    _assert_same(run_files(out), expected)
 
 
 @needs_proc
@@ -163,7 +143,7 @@ def test_a_killed_worker_fails_only_its_point_and_the_rerun_resumes_it(setup, tm
     assert state["completed_stages"] >= 1  # what the rerun resumes from
     proc = _sweep(cfg, out)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    _assert_same(_files(out), expected)
+    _assert_same(run_files(out), expected)
 
 
 def test_a_second_sweep_on_the_folder_is_refused_and_a_killed_holder_leaves_no_stale_lock(setup, tmp_path):
@@ -184,7 +164,7 @@ def test_a_second_sweep_on_the_folder_is_refused_and_a_killed_holder_leaves_no_s
         first.kill()
     proc = _sweep(cfg, out)  # the kernel dropped the killed holder's lock
     assert proc.returncode == 0, proc.stderr[-3000:]
-    _assert_same(_files(out), expected)
+    _assert_same(run_files(out), expected)
 
 
 def test_a_second_run_on_the_output_dir_is_refused(tmp_path, tiny_model_dir):
@@ -237,7 +217,7 @@ def test_a_finished_point_is_checked_before_it_is_skipped_or_counted(setup, tmp_
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"sweep point {POINTS[1]}" in proc.stderr and "set aside as" in proc.stderr
     assert (out / "runs" / f"{POINTS[1]}.damaged-1" / "result.json").is_file()  # nothing deleted
-    _assert_same(_files(out, skip=[f"runs/{POINTS[1]}.damaged-1", f"runs/{POINTS[2]}.damaged-1"]), expected)
+    _assert_same(run_files(out, skip=[f"runs/{POINTS[1]}.damaged-1", f"runs/{POINTS[2]}.damaged-1"]), expected)
 
 
 ENOSPC_SCRIPT = """
@@ -300,7 +280,7 @@ def test_a_full_disk_fails_one_point_keeps_its_saved_state_and_the_rerun_finishe
     assert (out / "summary.md").is_file()
     rerun = _sweep(cfg, out)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    _assert_same(_files(out), expected)
+    _assert_same(run_files(out), expected)
 
 
 def test_results_of_another_config_are_reported_not_averaged(setup, tmp_path, tiny_model_dir):
@@ -309,7 +289,7 @@ def test_results_of_another_config_are_reported_not_averaged(setup, tmp_path, ti
     assert _sweep(cfg, out, "--no-progress").returncode == 0
     again = _sweep(cfg, out)  # progress is not part of the sweep: accepted, nothing rerun
     assert again.returncode == 0, again.stderr
-    _assert_same(_files(out), expected)
+    _assert_same(run_files(out), expected)
 
     changed = _write_config(tmp_path / "changed.yaml", tiny_model_dir, max_steps=5)
     manifest = json.loads((out / "sweep.json").read_text())

@@ -5,35 +5,13 @@ decides: two identical runs differed in ``adapter_config.json`` (and so in the d
 ``state.json`` keeps). Every file of the run directory is compared here, timings aside.
 """
 
-import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
-
-TIMING = {"prepare_seconds", "train_seconds", "eval_seconds", "save_seconds", "replay_seconds",
-          "peak_memory_bytes"}
-
-
-def _strip(obj, top=True):
-    """A JSON value without timings, and without the seal (a digest over them) at the top level."""
-    if isinstance(obj, dict):
-        return {k: _strip(v, False) for k, v in obj.items() if k not in TIMING and not (top and k == "sha256")}
-    if isinstance(obj, list):
-        return [_strip(v, False) for v in obj]
-    return obj
-
-
-def _files(out: Path) -> dict:
-    files = {}
-    for path in sorted(out.rglob("*")):
-        if path.is_file():
-            data = path.read_bytes()
-            files[path.relative_to(out).as_posix()] = _strip(json.loads(data)) if path.suffix == ".json" else data
-    return files
+from _runfiles import run_files
 
 
 @pytest.mark.parametrize("adapter_mode", ["continue", "merge"])
@@ -56,7 +34,7 @@ def test_two_hash_seeds_give_the_same_run_directory(tmp_path, tiny_model_dir, ad
                               env={**os.environ, "PYTHONHASHSEED": hash_seed}, capture_output=True, text=True,
                               timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        outs.append(_files(out))
+        outs.append(run_files(out))
     reference = outs[0]
     saved = "adapter/adapter_config.json" if adapter_mode == "continue" else "merged/config.json"
     assert any(name.endswith(saved) for name in reference), sorted(reference)
