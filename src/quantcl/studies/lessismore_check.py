@@ -123,12 +123,8 @@ def _constant(values: Sequence[float] | np.ndarray) -> bool:
     return x.size == 0 or float(np.ptp(x)) <= 1e-12 * max(1.0, float(np.abs(x).max()))
 
 
-def _verdict(low: float, high: float, two_sided: bool) -> str:
-    if math.isnan(low) or math.isnan(high):
-        return "cannot tell"
-    if two_sided:
-        return "differs" if low > 0 or high < 0 else "no clear difference"
-    return "supports" if low > 0 else "contradicts" if high < 0 else "cannot tell"
+# a comparison's verdict waits for its family's adjusted p-value (lessismore_findings)
+_UNDECIDED = "cannot tell"
 
 
 def _adjusted_verdict(f: Finding, alpha: float = 0.05) -> str:
@@ -216,7 +212,7 @@ def _finite(values: Sequence[float]) -> list[float]:
 def _compare(claim: str, comparison: str, a: list[float], b: list[float], two_sided: bool = False) -> Finding:
     diff, low, high = welch_interval(a, b)
     return Finding(claim, comparison, diff, low, high, (len(_finite(a)), len(_finite(b))),
-                   _verdict(low, high, two_sided), two_sided, p_value=_welch_p(a, b),
+                   _UNDECIDED, two_sided, p_value=_welch_p(a, b),
                    detectable=_detectable(_finite(a), _finite(b), paired=False))
 
 
@@ -246,7 +242,7 @@ def _compare_paired(claim: str, comparison: str, a: dict[Any, float], b: dict[An
     mean, half = t_interval(diffs)
     low, high = (mean - half, mean + half) if not _constant(diffs) else (math.nan, math.nan)
     p = float(stats.ttest_1samp(diffs, 0.0).pvalue) if len(diffs) > 1 and not _constant(diffs) else math.nan
-    return Finding(claim, comparison, mean, low, high, (len(diffs), len(diffs)), _verdict(low, high, two_sided),
+    return Finding(claim, comparison, mean, low, high, (len(diffs), len(diffs)), _UNDECIDED,
                    two_sided=two_sided, paired=True, p_value=p,
                    detectable=_detectable(diffs, [0.0] * len(diffs), paired=True))
 
