@@ -19,7 +19,7 @@ import time
 
 from datasets import Dataset
 
-from quantcl.tasks.evaluators import MultipleChoice
+from quantcl.evaluators import MultipleChoice
 
 
 def lori_items(n: int, seed: int = 0) -> Dataset:

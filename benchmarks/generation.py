@@ -27,9 +27,9 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from quantcl.tasks.evaluators import NumericMatch
-from quantcl.tasks.evaluators._batching import truncate_at_stop
-from quantcl.tasks.evaluators.numeric import DEFAULT_NUMERIC_STOP, extract_number
+from quantcl.evaluators import NumericMatch
+from quantcl.evaluators._batching import truncate_at_stop
+from quantcl.evaluators.numeric import DEFAULT_NUMERIC_STOP, extract_number
 
 sys.path.insert(0, str(Path(__file__).parent))
 from mc_vs_lmeval import load  # noqa: E402

@@ -10,7 +10,7 @@ import os, tempfile, time
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from quantcl.tiny import build_tiny_model
 from quantcl.precision import ptq
-from quantcl.tasks.recipes.synthetic import pretraining_corpus
+from quantcl.recipes.synthetic import pretraining_corpus
 import torch
 d = build_tiny_model(tempfile.mkdtemp() + "/m", hidden_size=256, num_layers=2, num_heads=4)
 model = AutoModelForCausalLM.from_pretrained(d); tok = AutoTokenizer.from_pretrained(d)

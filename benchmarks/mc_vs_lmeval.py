@@ -37,7 +37,7 @@ from typing import Any
 
 from datasets import Dataset
 
-from quantcl.tasks.evaluators import MultipleChoice
+from quantcl.evaluators import MultipleChoice
 
 MODULES = ("os", "os.path", "re", "json", "string", "textwrap", "shutil", "random", "math", "statistics",
            "itertools", "functools", "heapq", "bisect", "fnmatch", "glob", "base64", "hashlib", "difflib",

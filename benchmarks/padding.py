@@ -48,9 +48,9 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
-    from quantcl.demo import demo_model_dir
+    from quantcl.models import demo_model_dir
     from quantcl.tasks import make_collator, tokenize_for_training
-    from quantcl.tasks.recipes.synthetic import synthetic
+    from quantcl.recipes.synthetic import synthetic
 
     path = demo_model_dir(progress=False)
     tok = AutoTokenizer.from_pretrained(path)

@@ -20,7 +20,7 @@ import time
 from datasets import Dataset
 
 import quantcl as qcl
-from quantcl._validate_model import resolve_model_alias
+from quantcl.models import resolve_model_alias
 from quantcl.evaluators import CodeExecution, code_prelude
 
 INSTRUCTION = "Complete this Python function. Answer with the whole function in a ```python block.\n\n"

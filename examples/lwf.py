@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     from peft import LoraConfig
     from scipy import stats
 
-    from quantcl.demo import default_precisions, demo_model_dir, demo_stage_args
+    from quantcl.demo import default_precisions, demo_stage_args
+    from quantcl.models import demo_model_dir
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -33,11 +33,11 @@ def main() -> None:
     start = time.perf_counter()
     extra = []
     if args.continual:
-        continual = qcl.recipes.ptq_continual_study(args.out, seeds=seeds, methods=methods,
+        continual = qcl.studies.ptq_continual_study(args.out, seeds=seeds, methods=methods,
                                                     precisions=args.precisions.split(","))
         settings, table = continual.settings, continual.to_markdown()
     else:
-        dynamics = qcl.recipes.ptq_dynamics_study(args.out, seeds=seeds, steps=args.steps, methods=methods,
+        dynamics = qcl.studies.ptq_dynamics_study(args.out, seeds=seeds, steps=args.steps, methods=methods,
                                                   peak_lrs=[float(x) for x in args.peak_lrs.split(",")])
         settings, table = dynamics.settings, dynamics.to_markdown()
         table += "\nPaired per-seed differences:\n\n" + "\n".join(

@@ -97,7 +97,7 @@ def machine() -> str:
     """The CPU (its name, whether bf16 is native), its core count, Python and torch."""
     import torch
 
-    from quantcl.demo import _cpu_name
+    from quantcl.models import _cpu_name
     from quantcl.precision._device import cpu_has_native_bf16
 
     bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16 (emulated)"

@@ -35,7 +35,7 @@ def main() -> None:
     variants = transition_variants([float(f) for f in args.switch_fractions.split(",")], ("keep", "reset"),
                                    ("step", args.phase_in))
     start = time.perf_counter()
-    result = qcl.recipes.transition_study(
+    result = qcl.studies.transition_study(
         args.out, seeds=[int(s) for s in args.seeds.split(",")], variants=variants, steps=args.steps,
         phase_in_steps=args.phase_in_steps, hidden_size=args.hidden_size, num_layers=args.layers,
         learning_rate=args.learning_rate, activation_bits=args.activation_bits or None)

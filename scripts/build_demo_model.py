@@ -2,8 +2,8 @@
 
     python scripts/build_demo_model.py [--out src/quantcl/demo_model]
 
-Pretrains :data:`quantcl.demo.DEMO_MODEL` (about a minute on a 2-core CPU) with
-:func:`quantcl.demo.build_demo_model` and writes the weights, tokenizer and a manifest with each
+Pretrains :data:`quantcl.models.DEMO_MODEL` (about a minute on a 2-core CPU) with
+:func:`quantcl.models.build_demo_model` and writes the weights, tokenizer and a manifest with each
 file's sha256 and the machine that made them. ``tests/test_demo.py`` rebuilds it and compares
 with the shipped files (bit for bit on the machine that built them).
 """
@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from quantcl.demo import SHIPPED_DEMO_MODEL, build_demo_model
+from quantcl.models import SHIPPED_DEMO_MODEL, build_demo_model
 
 
 def main() -> None:

@@ -13,6 +13,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from quantcl.tiny import build_tiny_model  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _registrations_stay_in_their_test():
+    """Strategies and evaluators a test registers are gone after it (the registries are restored)."""
+    from quantcl.evaluators import base as evaluators
+    from quantcl.replay import strategies
+
+    saved = [(registry, dict(registry)) for registry in (strategies._REGISTRY, evaluators._REGISTRY)]
+    yield
+    for registry, before in saved:
+        registry.clear()
+        registry.update(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """hidden 64, 2 layers: fast; too small for bnb to quantize meaningfully."""

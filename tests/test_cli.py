@@ -61,20 +61,49 @@ def test_validate_accepts_a_good_config_without_training(tmp_path, tiny_model_di
     assert "OK" in out.stdout and not (tmp_path / "out").exists()
 
 
-def test_validate_does_not_build_the_demo_model(tmp_path, tiny_model_dir):
-    cache = tmp_path / "cache"
-    out = quantcl("validate", _config(tmp_path, tiny_model_dir, model="quantcl:demo"),
-                  env={"QUANTCL_CACHE": str(cache)})
-    assert out.returncode == 0, out.stderr
-    assert not cache.exists() or not any(cache.iterdir())
+@pytest.fixture
+def demo_model_not_shipped(tmp_path, monkeypatch):
+    """An install whose shipped demo model is missing, so that ``quantcl:demo`` could only be had by
+    building it (about a minute); the builds asked for are listed, and none is run."""
+    from quantcl import models
+
+    monkeypatch.setattr(models, "SHIPPED_DEMO_MODEL", tmp_path / "not-shipped")
+    monkeypatch.setenv("QUANTCL_CACHE", str(tmp_path / "cache"))
+    builds: list = []
+
+    def build(path, **kwargs):
+        builds.append(path)
+        raise RuntimeError("the demo model was built")
+
+    monkeypatch.setattr(models, "build_demo_model", build)
+    return builds
 
 
-def test_a_config_typo_fails_before_the_demo_model_is_built(tmp_path, tiny_model_dir):
-    cache = tmp_path / "cache"
-    out = quantcl("run", _config(tmp_path, tiny_model_dir, model="quantcl:demo", args={"max_stepz": 1}),
-                  env={"QUANTCL_CACHE": str(cache)})
-    assert out.returncode == 2 and "max_stepz" in out.stderr, out.stderr
-    assert not cache.exists() or not any(cache.iterdir())
+def _in_process(*argv):
+    from quantcl.cli import main
+
+    try:
+        return main([str(a) for a in argv])
+    except SystemExit as stop:
+        return stop.code
+
+
+def test_validate_does_not_build_the_demo_model(tmp_path, tiny_model_dir, demo_model_not_shipped, capsys):
+    assert _in_process("validate", _config(tmp_path, tiny_model_dir, model="quantcl:demo")) == 0
+    assert "OK" in capsys.readouterr().out and demo_model_not_shipped == []
+
+
+def test_a_config_typo_fails_before_the_demo_model_is_built(tmp_path, tiny_model_dir, demo_model_not_shipped,
+                                                            capsys):
+    code = _in_process("run", _config(tmp_path, tiny_model_dir, model="quantcl:demo", args={"max_stepz": 1}))
+    assert code == 2 and "max_stepz" in capsys.readouterr().err and demo_model_not_shipped == []
+
+
+def test_run_builds_a_demo_model_that_is_not_shipped(tmp_path, tiny_model_dir, demo_model_not_shipped):
+    """What the two tests above guard against happens where it should: ``run`` builds it."""
+    with pytest.raises(RuntimeError, match="the demo model was built"):
+        _in_process("run", _config(tmp_path, tiny_model_dir, model="quantcl:demo"))
+    assert len(demo_model_not_shipped) == 1
 
 
 def test_synthetic_code_task_obeys_allow_code_execution_false(tmp_path, tiny_model_dir):

@@ -86,7 +86,7 @@ def test_the_hub_recipe_offline_is_one_line_naming_the_dataset_and_the_local_opt
 def test_task_from_hub_offline_raises_hub_unreachable(monkeypatch):
     import quantcl as qcl
     from quantcl.tasks import Task
-    from quantcl.tasks.evaluators import NumericMatch
+    from quantcl.evaluators import NumericMatch
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -44,8 +44,8 @@ def test_from_dict_rebuilds_the_same_arguments_not_the_defaults():
 
 
 def test_a_base_class_loads_the_subclass_the_node_names():
-    node = {"_component_": "quantcl.tasks.evaluators.numeric.NumericMatch", "max_new_tokens": 7}
-    from quantcl.tasks.evaluators import Evaluator, NumericMatch
+    node = {"_component_": "quantcl.evaluators.numeric.NumericMatch", "max_new_tokens": 7}
+    from quantcl.evaluators import Evaluator, NumericMatch
 
     built = Evaluator.from_dict(node)
     assert type(built) is NumericMatch and built.max_new_tokens == 7
@@ -118,10 +118,10 @@ def test_instantiate_builds_nested_nodes_and_overrides_win():
 
 
 def test_instantiate_wraps_constructor_errors_with_the_config_key():
-    from quantcl.tasks.evaluators import MultipleChoice  # noqa: F401
+    from quantcl.evaluators import MultipleChoice  # noqa: F401
 
     with pytest.raises(ConfigError, match=r"config key 'tasks\[0\].evaluator'.*normalization"):
-        instantiate({"_component_": "quantcl.tasks.evaluators.multiple_choice.MultipleChoice",
+        instantiate({"_component_": "quantcl.evaluators.multiple_choice.MultipleChoice",
                      "normalization": "bogus"}, "tasks[0].evaluator")
 
 

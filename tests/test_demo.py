@@ -98,7 +98,7 @@ def test_demo_refuses_a_different_run_left_in_output_dir_before_training(tmp_pat
 
 def test_the_shipped_demo_model_matches_its_manifest_and_is_used_by_default(tmp_path):
     from quantcl._io import sha256_file
-    from quantcl.demo import DEMO_MODEL, SHIPPED_DEMO_MODEL, demo_model_dir, demo_model_is_cached
+    from quantcl.models import DEMO_MODEL, SHIPPED_DEMO_MODEL, demo_model_dir, demo_model_is_cached
 
     manifest = json.loads((SHIPPED_DEMO_MODEL / "quantcl-demo.json").read_text())
     assert manifest["spec"] == DEMO_MODEL
@@ -111,7 +111,7 @@ def test_the_shipped_demo_model_matches_its_manifest_and_is_used_by_default(tmp_
 
 def test_the_trainer_takes_quantcl_demo_as_the_shipped_model(tmp_path):
     import quantcl as qcl
-    from quantcl.demo import demo_model_dir
+    from quantcl.models import demo_model_dir
 
     tasks = qcl.recipes.synthetic(n_train=8, n_eval=4, tasks=("nlu",))
     trainer = qcl.ContinualTrainer(model="quantcl:demo", precision="fp32", tasks=tasks,
@@ -124,15 +124,15 @@ def test_the_trainer_takes_quantcl_demo_as_the_shipped_model(tmp_path):
 def test_a_damaged_shipped_demo_model_is_refused(tmp_path, monkeypatch):
     import shutil
 
-    from quantcl import demo
+    from quantcl import models
     from quantcl.errors import ConfigError
 
     copy = tmp_path / "demo_model"
-    shutil.copytree(demo.SHIPPED_DEMO_MODEL, copy)
+    shutil.copytree(models.SHIPPED_DEMO_MODEL, copy)
     (copy / "config.json").write_text((copy / "config.json").read_text().replace("128", "129", 1))
-    monkeypatch.setattr(demo, "SHIPPED_DEMO_MODEL", copy)
+    monkeypatch.setattr(models, "SHIPPED_DEMO_MODEL", copy)
     with pytest.raises(ConfigError, match=r"config.json is missing or does not match its sha256.*reinstall"):
-        demo.demo_model_dir()
+        models.demo_model_dir()
 
 
 @pytest.mark.slow
@@ -145,8 +145,8 @@ def test_the_build_script_makes_the_shipped_demo_model(tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from quantcl.demo import SHIPPED_DEMO_MODEL, _cpu_name, build_demo_model
-    from quantcl.tasks.recipes.synthetic import pretraining_corpus
+    from quantcl.models import SHIPPED_DEMO_MODEL, _cpu_name, build_demo_model
+    from quantcl.recipes.synthetic import pretraining_corpus
 
     built = build_demo_model(tmp_path / "model", progress=False)
     shipped_with = json.loads((SHIPPED_DEMO_MODEL / "quantcl-demo.json").read_text())["built_with"]

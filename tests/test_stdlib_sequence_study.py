@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
-    from quantcl._validate_model import smollm2_gguf
+    from quantcl.models import smollm2_gguf
 
     try:
         smollm2_gguf()

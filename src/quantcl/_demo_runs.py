@@ -57,7 +57,7 @@ class DemoRun:
 
     @property
     def steps(self) -> int:
-        from quantcl.tasks.recipes.synthetic import SYNTHETIC_TASKS
+        from quantcl.recipes.synthetic import SYNTHETIC_TASKS
 
         return sum(self.stage_args.for_stage(i, name).max_steps for i, name in enumerate(SYNTHETIC_TASKS))
 
@@ -65,7 +65,7 @@ class DemoRun:
         from peft import LoraConfig
 
         from quantcl.replay import ReplayBuffer
-        from quantcl.tasks.recipes.synthetic import synthetic
+        from quantcl.recipes.synthetic import synthetic
         from quantcl.trainer import ContinualTrainer
 
         n_train, n_eval = demo_data_sizes(self.quick)

@@ -165,7 +165,7 @@ class ModelSetup:
             torch.manual_seed(self.seed + stage)  # matches load() on resume
             return self.policy.attach_lora(merged, copy.deepcopy(self.lora))
         if main:
-            from quantcl.precision._lora import save_adapter
+            from quantcl.precision.lora import save_adapter
 
             save_adapter(model, tmp / "adapter")
         return model

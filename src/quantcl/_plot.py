@@ -21,7 +21,7 @@ from quantcl.errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     from quantcl.results import ContinualResult
 
-__all__ = ["require_extra", "plot_result", "plot_grid"]
+__all__ = ["require_extra", "plot_result", "plot_grid", "save_figure"]
 
 FIGSIZE = (10.0, 3.8)  # inches; at DPI this is a 1000 x 380 pixel PNG
 DPI = 100
@@ -68,7 +68,7 @@ def plot_result(result: ContinualResult, path: str | Path) -> Path:
     curves.legend(fontsize=8)
     fig.tight_layout()
 
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_grid(results: dict[str, ContinualResult], path: str | Path) -> Path:
@@ -90,7 +90,7 @@ def plot_grid(results: dict[str, ContinualResult], path: str | Path) -> Path:
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _value_range(R: np.ndarray) -> tuple[float, float]:
@@ -119,7 +119,8 @@ def _heatmap(ax: Any, result: ContinualResult, title: str, vmin: float, vmax: fl
             ax.text(j, i, text, ha="center", va="center", fontsize=8, color=color)
 
 
-def _save(fig: Any, path: str | Path) -> Path:
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` as a PNG at :data:`DPI`, atomically; returns the path."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
     path = Path(path)

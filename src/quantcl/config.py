@@ -62,10 +62,10 @@ from quantcl._checks import (
     require_path,
     require_str,
 )
-from quantcl._validate_model import (DEMO_MODEL_ID, check_lora_config, check_model_source, looks_local,
-                                     resolve_model_alias)
+from quantcl._validate_model import check_lora_config, check_model_source, looks_local
 from quantcl.components import COMPONENT_KEY, check_node, instantiate
 from quantcl.errors import ConfigError
+from quantcl.models import DEMO_MODEL_ID, resolve_model_alias
 
 if TYPE_CHECKING:  # pragma: no cover
     from quantcl.plugins.precision_schedule import PrecisionSchedule
@@ -143,7 +143,7 @@ def _precision(value: Any) -> PrecisionPolicy | PrecisionSchedule:
 
 
 def _evaluator(key: str, spec: Any, allow_code: bool | None) -> Any:
-    from quantcl.tasks.evaluators import Evaluator, evaluator_class
+    from quantcl.evaluators import Evaluator, evaluator_class
 
     spec = dict(_kwargs(key, spec))
     if COMPONENT_KEY in spec:
@@ -327,10 +327,7 @@ def build_trainer(config: dict[str, Any], *, build_demo_model: bool = True, **ov
     tasks = load_tasks()
     _at("args.overrides", lambda: args.check_tasks(tasks.names))
     if model == DEMO_MODEL_ID:
-        from quantcl.demo import demo_model_is_cached
-
-        if build_demo_model or demo_model_is_cached():
-            model = resolve_model_alias(model, progress=progress)
+        model = resolve_model_alias(model, progress=progress, build=build_demo_model)
     from quantcl.trainer import ContinualTrainer
 
     return ContinualTrainer(
@@ -371,7 +368,7 @@ def check_model_and_lora(source: str, lora: Any, model_kwargs: dict[str, Any]) -
     """Raise a ConfigError naming ``model`` or ``lora.target_modules`` if the model's config cannot
     be read, is not a causal LM, or has no module a LoRA target names (no weights are loaded)."""
     from quantcl._validate_model import empty_model, model_config
-    from quantcl.precision._lora import check_target_modules
+    from quantcl.precision.lora import check_target_modules
 
     config = _at("model", lambda: model_config(source, model_kwargs))
     if config is None:  # a .gguf file: its architecture is known once converted, at load

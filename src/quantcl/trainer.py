@@ -99,7 +99,8 @@ class ContinualTrainer:
         from transformers import TrainerCallback
 
         from quantcl._checks import require_choice, require_directory, require_instance, require_mapping
-        from quantcl._validate_model import check_lora_config, check_model_source, resolve_model_alias
+        from quantcl._validate_model import check_lora_config, check_model_source
+        from quantcl.models import resolve_model_alias
 
         # every argument is checked here, cheapest first, before any work (quantcl._checks)
         require_instance(model, "model", (str, os.PathLike),
@@ -134,7 +135,8 @@ class ContinualTrainer:
             if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
                 raise ConfigError(f"{name} must be a list (possibly empty), got {value!r}")
         check_model_source(str(model), model_kwargs)
-        self.model_source = resolve_model_alias(str(model))
+        # the demo model, if it must be built first (about a minute), is built by fit(), not here
+        self.model_source = resolve_model_alias(str(model), build=False)
         given = [*callbacks, *plugins]
         strays = [c for c in given if not isinstance(c, (StagePlugin, TrainerCallback))]
         if strays:
@@ -226,7 +228,7 @@ class ContinualTrainer:
 
     def _evaluate_all(self, row: int, matrix: np.ndarray, details: dict[str, Any]) -> None:
         # Under torchrun each process scores its share of a shardable evaluator's rows and all
-        # get the merged result (quantcl._sharding), so on_evaluate sees the same one everywhere.
+        # get the merged result (quantcl.evaluators.evaluate_rows), so on_evaluate sees the same one everywhere.
         for j, task in enumerate(self.tasks):
             result = task.evaluate(
                 self.model, self.tokenizer, batch_size=self.args.eval_batch_size, progress=self.progress,
@@ -247,6 +249,9 @@ class ContinualTrainer:
         Returns:
             The :class:`ContinualResult`, also saved as ``output_dir/result.json``.
         """
+        from quantcl.models import resolve_model_alias
+
+        self.model_source = resolve_model_alias(self.model_source, progress=self.progress)
         with datasets_progress_bars_off(), self.run_dir.hold(self._procs):
             return self._fit(resume)
 

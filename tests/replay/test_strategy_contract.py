@@ -18,7 +18,6 @@ def make(n: int, prefix: str = "p") -> datasets.Dataset:
                                        "target": [str(i) for i in range(n)]})
 
 
-@register_strategy("stride_contract_test")
 class Stride(ReplayStrategy):
     """Every ``step``-th row from the start: which rows are kept depends on the argument."""
 
@@ -27,6 +26,11 @@ class Stride(ReplayStrategy):
 
     def select(self, task, dataset, k, *, rng, model=None):
         return list(range(0, len(dataset), self.step))[:k]
+
+
+@pytest.fixture(autouse=True)
+def _stride_registered():
+    register_strategy("stride_contract_test", Stride)  # for this module's tests only (conftest restores)
 
 
 class Tail(ReplayStrategy):

@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 
 from quantcl.errors import ConfigError, UnsafeCodeError
 from quantcl.tasks import Task
-from quantcl.tasks.evaluators import EvalResult
+from quantcl.evaluators import EvalResult
 from quantcl.tiny import make_char_tokenizer
 
 TRAIN = [{"question": "1+1", "answer": "2"}, {"question": "2+3", "answer": "5"}, {"question": "4+4", "answer": "8"}]

@@ -1,6 +1,6 @@
 """Sharded evaluation: each process scores its share, every process gets the one-process result.
 
-The in-process tests drive ``quantcl._sharding.evaluate_rows`` with a stand-in process group;
+The in-process tests drive ``quantcl.evaluators._sharding.evaluate_rows`` with a stand-in process group;
 the slow test runs two real processes under torchrun (gloo, CPU) and compares them with one
 process evaluating alone.
 """
@@ -21,8 +21,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import quantcl as qcl
 from quantcl._runtime import Processes
-from quantcl._sharding import evaluate_rows, shards_evaluation
-from quantcl.tasks.evaluators import EvalResult, Evaluator, NumericMatch, Shard
+from quantcl.evaluators._sharding import evaluate_rows, shards_evaluation
+from quantcl.evaluators import EvalResult, Evaluator, NumericMatch, Shard
 
 
 class Group:
@@ -128,7 +128,7 @@ SCRIPT = textwrap.dedent(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     import quantcl as qcl
     from quantcl._runtime import Processes
-    from quantcl.tasks.evaluators import CodeExecution
+    from quantcl.evaluators import CodeExecution
 
     model_dir, out = sys.argv[1], sys.argv[2]
     def group_left_at_exit():  # registered first, so it runs after quantcl's exit handler

@@ -84,7 +84,7 @@ class PTQProbeResult:
 
     def plot(self, path: str | os.PathLike[str]) -> Path:
         """Relative gap per method against step, learning rate on a second axis, stages marked."""
-        from quantcl._plot import _save, require_extra
+        from quantcl._plot import save_figure, require_extra
 
         require_extra("matplotlib", "plot")
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -109,4 +109,4 @@ class PTQProbeResult:
             ax.annotate(f"end of stage {stage}", (end, 1.0), xycoords=("data", "axes fraction"), fontsize=7,
                         va="top", ha="right", rotation=90)
         ax.legend(fontsize=7, loc="upper left")
-        return _save(fig, Path(path))
+        return save_figure(fig, Path(path))

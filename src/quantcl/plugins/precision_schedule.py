@@ -99,7 +99,7 @@ class PrecisionSchedule(Component, TrainerCallback):
         activation_bits: int | None = 8,
         norm: bool = False,
     ) -> None:
-        from quantcl.precision.bitlinear import _check_options
+        from quantcl.precision.bitlinear import check_options
 
         self.policy = PrecisionPolicy(start)
         if self.policy.kind != "float":
@@ -129,7 +129,7 @@ class PrecisionSchedule(Component, TrainerCallback):
         self.skip_modules = tuple(require_list_of(skip_modules, "PrecisionSchedule(skip_modules=...)", str,
                                                   items="module names (str)"))
         self.bitlinear_options = dict(zip(("weight_scale", "activation_bits", "norm"),
-                                          _check_options(weight_scale, activation_bits, norm)))
+                                          check_options(weight_scale, activation_bits, norm)))
         self.trainer: Any = None
         self.reset()
 

@@ -70,8 +70,7 @@ class PTQProbe(StagePlugin, TrainerCallback):
                  texts: Sequence[str] | None = None, n_texts: int = 64, max_length: int = 256, batch_size: int = 8,
                  at_stage_end: bool = True, skip_modules: Sequence[str] = ("lm_head",),
                  calibration: Sequence[str] | None = None) -> None:
-        from quantcl.precision._gptq import require_gptqmodel
-        from quantcl.precision.ptq import parse_method
+        from quantcl.precision.ptq import parse_method, require_gptqmodel
 
         methods = require_list_of(methods, "PTQProbe(methods=...)", str, items="PTQ method strings", nonempty=True)
         self.methods = [parse_method(m).name for m in methods]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from quantcl.precision._device import cpu_has_native_bf16
 from quantcl.precision.policy import PRESETS, FP16OnCPUWarning, PrecisionPolicy, SlowOnCPUWarning
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -17,7 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from quantcl.precision.packing import PackedBitLinear, load_packed, pack_bitlinear, save_packed
 
 __all__ = ["PrecisionPolicy", "SlowOnCPUWarning", "FP16OnCPUWarning", "PRESETS", "BitLinear", "to_bitlinear",
-           "set_strength", "PackedBitLinear", "pack_bitlinear", "save_packed", "load_packed"]
+           "set_strength", "PackedBitLinear", "pack_bitlinear", "save_packed", "load_packed", "cpu_has_native_bf16"]
 
 _LAZY = {"BitLinear": "bitlinear", "to_bitlinear": "bitlinear", "set_strength": "bitlinear",
          "PackedBitLinear": "packing", "pack_bitlinear": "packing", "save_packed": "packing",

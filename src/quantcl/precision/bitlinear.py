@@ -55,7 +55,7 @@ from torch.nn import functional as F
 from quantcl._checks import require_bool, require_choice, require_int, require_list_of, require_number
 from quantcl.errors import ConfigError
 
-__all__ = ["BitLinear", "to_bitlinear", "ternary_quantize", "activation_quantize", "WEIGHT_SCALES"]
+__all__ = ["BitLinear", "to_bitlinear", "ternary_quantize", "activation_quantize", "WEIGHT_SCALES", "check_options"]
 
 WEIGHT_SCALES = ("absmean", "absmedian")
 _NORM_EPS = 1e-6
@@ -110,7 +110,9 @@ def _blend(x: torch.Tensor, quantized: torch.Tensor, strength: float) -> torch.T
     return target.detach() + (x - x.detach())
 
 
-def _check_options(weight_scale: Any, activation_bits: Any, norm: Any) -> tuple[str, int | None, bool]:
+def check_options(weight_scale: Any, activation_bits: Any, norm: Any) -> tuple[str, int | None, bool]:
+    """:class:`BitLinear`'s options checked: ``(weight_scale, activation_bits, norm)``, or a ConfigError
+    naming the bad one (for code that builds BitLinear layers later, to fail before any work)."""
     require_choice(weight_scale, "BitLinear(weight_scale=...)", WEIGHT_SCALES)
     if activation_bits is not None:
         activation_bits = require_int(activation_bits, "BitLinear(activation_bits=...)", minimum=2)
@@ -156,7 +158,7 @@ class BitLinear(nn.Linear):
         device: Any = None,
         dtype: Any = None,
     ) -> None:
-        self.weight_scale, self.activation_bits, self.norm = _check_options(weight_scale, activation_bits, norm)
+        self.weight_scale, self.activation_bits, self.norm = check_options(weight_scale, activation_bits, norm)
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self._strength = 1.0
         self.strength = strength
@@ -285,7 +287,7 @@ def to_bitlinear(model: nn.Module, skip_modules: tuple[str, ...] | list[str] = (
     from quantcl.precision.ternary import is_skipped
 
     skip = tuple(require_list_of(skip_modules, "to_bitlinear(skip_modules=...)", str, items="module names (str)"))
-    _check_options(options.get("weight_scale", "absmean"), options.get("activation_bits", 8),
+    check_options(options.get("weight_scale", "absmean"), options.get("activation_bits", 8),
                    options.get("norm", False))
     _refuse_quantized(model)
     targets = [name for name, module in model.named_modules()

@@ -36,7 +36,7 @@ from quantcl._hub import reaching_hub
 from quantcl.errors import ConfigError, StateError, UnknownNameError
 from quantcl.precision import bnb as _bnb
 from quantcl.precision._device import cpu_has_native_bf16, ensure_pad_token, target_devices
-from quantcl.precision._lora import check_target_modules, prepare_base_for_lora
+from quantcl.precision.lora import check_target_modules, prepare_base_for_lora
 from quantcl.precision.gguf import gguf_to_checkpoint, is_gguf_source
 
 if TYPE_CHECKING:  # pragma: no cover

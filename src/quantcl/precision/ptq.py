@@ -25,7 +25,8 @@ Examples:
     [{'method': 'rtn8', 'ce_fp': 2.31, 'ce_q': 2.31, 'relative_gap': 0.0004, ...}, ...]
 """
 
+from quantcl.precision._gptq import require_gptqmodel
 from quantcl.precision._ptq_measure import measure
 from quantcl.precision._ptq_quantize import VALID_FORMS, PTQMethod, parse_method, quantize
 
-__all__ = ["PTQMethod", "parse_method", "quantize", "measure", "VALID_FORMS"]
+__all__ = ["PTQMethod", "parse_method", "quantize", "measure", "require_gptqmodel", "VALID_FORMS"]

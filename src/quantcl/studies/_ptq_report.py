@@ -123,7 +123,7 @@ class PTQDynamicsResult:
 
     def plot(self, path: str | Path, method: str | None = None) -> Path:
         """The gap of ``method`` (default: the first) against step, mean over seeds, one line per arm."""
-        from quantcl._plot import _save, require_extra
+        from quantcl._plot import save_figure, require_extra
 
         require_extra("matplotlib", "plot")
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -143,7 +143,7 @@ class PTQDynamicsResult:
         ax.set_xlabel("optimizer step (dotted: cooldown starts)")
         ax.set_ylabel(f"relative CE gap, {method}")
         ax.legend(fontsize=7)
-        return _save(fig, Path(path))
+        return save_figure(fig, Path(path))
 
 
 class PTQContinualResult:

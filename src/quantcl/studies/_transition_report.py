@@ -83,7 +83,7 @@ class TransitionStudyResult:
 
     def plot(self, path: str | Path) -> Path:
         """Held-out loss curves (mean over seeds), one panel per switch point, switch marked."""
-        from quantcl._plot import _save, require_extra
+        from quantcl._plot import save_figure, require_extra
 
         require_extra("matplotlib", "plot")
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -110,7 +110,7 @@ class TransitionStudyResult:
             ax.set_xlabel("optimizer steps")
             ax.legend(fontsize=6)
         axes[0][0].set_ylabel("held-out loss (nats/token)")
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 def _cell(stats: dict[str, Any] | None, key: str) -> str:

@@ -188,7 +188,7 @@ def ptq_continual_study(
                 "n_texts": require_int(n_texts, "n_texts", minimum=1)}
     source = model
     if model == "quantcl:demo":
-        from quantcl.demo import demo_model_dir
+        from quantcl.models import demo_model_dir
 
         source = str(demo_model_dir(progress=progress))
     def train(run_dir: Path, policy: Any, seed: int) -> dict[str, Any]:

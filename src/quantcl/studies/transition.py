@@ -144,7 +144,7 @@ def transition_study(
 def _check_inputs(arms: list[TransitionVariant], learning_rate: float, batch_size: int, chunk_chars: int,
                   n_eval: int, n_cloze: int, hidden_size: int, num_layers: int, activation_bits: int | None) -> None:
     """Every setting checked before anything is written or trained."""
-    from quantcl.precision.bitlinear import _check_options
+    from quantcl.precision.bitlinear import check_options
 
     if not arms or not all(isinstance(a, TransitionVariant) for a in arms):
         raise ConfigError(f"variants must be a non-empty list of TransitionVariant, got {arms!r}")
@@ -156,7 +156,7 @@ def _check_inputs(arms: list[TransitionVariant], learning_rate: float, batch_siz
     require_int(n_eval, "n_eval", minimum=1)
     require_int(n_cloze, "n_cloze", minimum=1)
     check_model_size(hidden_size, num_layers, batch_size, chunk_chars)
-    _check_options("absmean", activation_bits, False)
+    check_options("absmean", activation_bits, False)
 
 
 def _folder(arm: TransitionVariant) -> str:

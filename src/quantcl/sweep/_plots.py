@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from quantcl._plot import DPI, _save, require_extra
+from quantcl._plot import DPI, save_figure, require_extra
 from quantcl.sweep.grid import value_label
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -79,4 +79,4 @@ def plot_sweep(result: SweepResult, path: Path) -> Path:
         right.grid(alpha=0.3)
         right.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

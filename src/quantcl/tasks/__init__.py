@@ -9,14 +9,7 @@ Examples:
 
 from __future__ import annotations
 
-from quantcl.tasks.evaluators import (
-    CodeExecution,
-    EvalResult,
-    Evaluator,
-    MultipleChoice,
-    NumericMatch,
-    register_evaluator,
-)
+from quantcl._moved import forward_moved_names
 from quantcl.tasks.task import Task, TaskSequence, Template
 from quantcl.tasks.tokenize import IGNORE_INDEX, make_collator, tokenize_for_training
 
@@ -27,10 +20,9 @@ __all__ = [
     "IGNORE_INDEX",
     "tokenize_for_training",
     "make_collator",
-    "EvalResult",
-    "Evaluator",
-    "register_evaluator",
-    "MultipleChoice",
-    "NumericMatch",
-    "CodeExecution",
 ]
+
+# the evaluators live in quantcl.evaluators; here for one release, with a DeprecationWarning
+__getattr__ = forward_moved_names(__name__, dict.fromkeys(
+    ("EvalResult", "Evaluator", "register_evaluator", "MultipleChoice", "NumericMatch", "CodeExecution"),
+    "quantcl.evaluators"))

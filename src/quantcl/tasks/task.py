@@ -30,11 +30,10 @@ from datasets import Dataset
 from quantcl._checks import require_bool
 from quantcl.errors import ConfigError, UnknownNameError, UnsafeCodeError
 from quantcl.tasks._format import Template, describe_template, format_batch, render, template_columns
-from quantcl.tasks._load import load_file, load_hub_splits, to_dataset
+from quantcl.tasks.load import load_file, load_hub_splits, to_dataset
 
 if TYPE_CHECKING:  # pragma: no cover
-    from quantcl._sharding import ProcessGroup
-    from quantcl.tasks.evaluators import EvalResult, Evaluator
+    from quantcl.evaluators import EvalResult, Evaluator, ProcessGroup
 
 __all__ = ["Task", "TaskSequence", "Template"]
 
@@ -186,13 +185,12 @@ class Task:
 
         With ``group`` (the processes of a ``torchrun`` job; ``ContinualTrainer`` passes its
         own), a shardable evaluator scores each process's share of the rows and every process
-        gets the merged result (see :mod:`quantcl._sharding`).
+        gets the merged result (see :func:`quantcl.evaluators.evaluate_rows`).
 
         Raises:
             ConfigError: the evaluator returned no :class:`EvalResult` or a score outside [0, 1].
         """
-        from quantcl._sharding import evaluate_rows
-        from quantcl.tasks.evaluators.base import EvalResult
+        from quantcl.evaluators import EvalResult, evaluate_rows
 
         result = evaluate_rows(self.evaluator, model, tokenizer, self.eval_rows(tokenizer), group=group,
                                batch_size=batch_size, progress=progress)

@@ -1,0 +1,315 @@
+"""The evaluator contract: :class:`Evaluator` (base class) and :class:`EvalResult`."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+from quantcl.components import Component
+from quantcl.errors import ConfigError, UnknownNameError
+
+__all__ = ["EvalResult", "Evaluator", "Shard", "ShardResult", "ordered_records", "register_evaluator",
+           "get_evaluator", "evaluator_class", "evaluator_names"]
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """The outcome of one evaluation.
+
+    Attributes:
+        score: the headline number in [0, 1] (what goes into the accuracy matrix).
+        metrics: every metric computed, e.g. ``{"acc": ..., "acc_norm": ...}`` or ``{"pass@1": ...}``.
+        records: one JSON-able dict per example, with at least ``prompt``, ``prediction`` and
+            ``correct``.
+        n: number of examples.
+
+    Examples:
+        >>> EvalResult(0.5, {"acc": 0.5}, [], 2).to_dict()["score"]
+        0.5
+    """
+
+    score: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    n: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict of all fields."""
+        return {"score": self.score, "metrics": dict(self.metrics), "records": list(self.records), "n": self.n}
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The share of the evaluation work one of ``count`` processes does: process ``index``.
+
+    Work is dealt out in units (rows, or whole batches for the built-in evaluators) round-robin:
+    unit ``u`` goes to process ``u % count``. ``Shard(0, 1)`` is everything.
+
+    Examples:
+        >>> Shard(1, 2).units(5)
+        [1, 3]
+    """
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        for name, value in (("index", self.index), ("count", self.count)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"Shard({name}=...) must be an int, got {value!r}")
+        if not 0 <= self.index < self.count:
+            raise ConfigError(f"Shard needs 0 <= index < count, got index={self.index}, count={self.count}")
+
+    def units(self, n: int) -> list[int]:
+        """Which of ``n`` units this shard takes."""
+        return list(range(self.index, n, self.count))
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """What one process scored: dataset ``rows`` and ``result``, whose records follow ``rows``.
+
+    ``result.records[i]`` is the record of dataset row ``rows[i]``; the shard's ``score`` and
+    ``metrics`` cover its rows only (mergers recompute them from the records).
+    """
+
+    rows: tuple[int, ...]
+    result: EvalResult
+
+
+def ordered_records(parts: Sequence[ShardResult], n: int | None = None) -> list[dict[str, Any]]:
+    """The records of all ``parts`` in dataset row order (the parts may come in any order).
+
+    Raises:
+        ValueError: a row is scored twice or not at all (``0 .. n-1``, ``n`` defaulting to the
+            number of rows given), or a part has not one record per row.
+
+    Examples:
+        >>> parts = [ShardResult((1,), EvalResult(1.0, {}, [{"r": 1}], 1)),
+        ...          ShardResult((0, 2), EvalResult(0.0, {}, [{"r": 0}, {"r": 2}], 2))]
+        >>> [r["r"] for r in ordered_records(parts)]
+        [0, 1, 2]
+    """
+    total = sum(len(p.rows) for p in parts) if n is None else n
+    slots: list[dict[str, Any] | None] = [None] * total
+    for part in parts:
+        if len(part.rows) != len(part.result.records):
+            raise ValueError(f"a shard has {len(part.result.records)} records for {len(part.rows)} rows")
+        for row, record in zip(part.rows, part.result.records):
+            if not 0 <= row < total or slots[row] is not None:
+                raise ValueError(f"row {row} is scored twice or is outside 0..{total - 1}")
+            slots[row] = record
+    missing = [i for i, r in enumerate(slots) if r is None]
+    if missing:
+        raise ValueError(f"rows {missing[:10]} were scored by no shard")
+    return [r for r in slots if r is not None]
+
+
+class Evaluator(Component):
+    """Scores a model on a dataset with ``prompt``/``target`` (and evaluator-specific) columns.
+
+    Subclasses implement :meth:`evaluate`. Evaluators keep no state between calls: the model
+    changes between continual stages, so nothing computed with other weights is ever reused.
+    Their constructor arguments are saved with the run (:class:`~quantcl.components.Component`),
+    so a subclass needs nothing but ``__init__`` and ``evaluate``.
+
+    Under ``torchrun`` an evaluator that also implements :meth:`merge` is *shardable*: each
+    process runs :meth:`evaluate_shard` on its share of the rows and every process merges the
+    gathered shares. ``merge`` must return exactly what ``evaluate`` returns on the whole
+    dataset; without it every process evaluates every row.
+
+    Examples:
+        >>> class Always(Evaluator):
+        ...     def __init__(self, score: float = 1.0) -> None:
+        ...         self.score = score
+        ...     def evaluate(self, model, tokenizer, dataset, *, batch_size=None, progress=True):
+        ...         return EvalResult(self.score, {"acc": self.score}, [], len(dataset))
+        >>> Always(0.5).to_dict()["score"]
+        0.5
+    """
+
+    # The defaults; an instance built with other column names holds its own tuple.
+    required_columns: tuple[str, ...] = ("prompt",)
+    unsafe: ClassVar[bool] = False
+
+    def evaluate(
+        self, model: Any, tokenizer: Any, dataset: Any, *, batch_size: int | None = None, progress: bool = True
+    ) -> EvalResult:
+        """Score ``model`` on ``dataset``; see each subclass."""
+        raise NotImplementedError
+
+    def evaluate_shard(
+        self, model: Any, tokenizer: Any, dataset: Any, shard: Shard, *, batch_size: int | None = None,
+        progress: bool = True,
+    ) -> ShardResult:
+        """Score this process's share of ``dataset``: by default rows ``shard.index::shard.count``,
+        passed to :meth:`evaluate` as a dataset of their own.
+
+        Override it when a row's result depends on the rows scored with it (the built-in
+        evaluators deal out whole batches of the unsharded run, see :mod:`quantcl.evaluators._sharding`).
+        """
+        rows = tuple(shard.units(len(dataset)))
+        if not rows:
+            return ShardResult((), EvalResult(0.0, {}, [], 0))
+        result = self.evaluate(model, tokenizer, dataset.select(rows), batch_size=batch_size, progress=progress)
+        return ShardResult(rows, result)
+
+    def _evaluate_as_one_shard(
+        self, model: Any, tokenizer: Any, dataset: Any, *, batch_size: int | None = None, progress: bool = True
+    ) -> EvalResult:
+        """:meth:`evaluate` of an evaluator that overrides :meth:`evaluate_shard` and
+        :meth:`merge`: the whole dataset as a single shard, merged, so that one process and
+        several run the same code."""
+        return self.merge([self.evaluate_shard(model, tokenizer, dataset, Shard(), batch_size=batch_size,
+                                               progress=progress)])
+
+    def merge(self, parts: Sequence[ShardResult]) -> EvalResult:
+        """The :class:`EvalResult` of the whole dataset from its shards (given in any order).
+
+        Not implemented here: an evaluator that implements it is evaluated sharded under
+        ``torchrun``. Compute metrics from per-row quantities in row order (counts / n), not
+        by averaging the shards' averages, so that floats come out as in one process.
+
+        Examples:
+            >>> class Exact(Evaluator):
+            ...     def evaluate(self, model, tokenizer, dataset, *, batch_size=None, progress=True):
+            ...         records = [{"correct": p == t} for p, t in zip(dataset["prompt"], dataset["target"])]
+            ...         return self.merge([ShardResult(tuple(range(len(records))), EvalResult(0, {}, records))])
+            ...     def merge(self, parts):
+            ...         records = ordered_records(parts)
+            ...         acc = sum(r["correct"] for r in records) / len(records)
+            ...         return EvalResult(acc, {"acc": acc}, records, len(records))
+            >>> Exact().shardable, Evaluator().shardable
+            (True, False)
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement merge()")
+
+    @property
+    def shardable(self) -> bool:
+        """Whether :meth:`merge` is implemented by the class that implements :meth:`evaluate`
+        or by a subclass of it (a subclass that changes ``evaluate`` alone is not sharded)."""
+        mro = type(self).__mro__
+        merge_owner = next(c for c in mro if "merge" in vars(c))
+        evaluate_owner = next(c for c in mro if "evaluate" in vars(c))
+        return merge_owner is not Evaluator and mro.index(merge_owner) <= mro.index(evaluate_owner)
+
+    def __call__(self, model: Any, tokenizer: Any, dataset: Any) -> float:
+        """The headline score: ``evaluate(model, tokenizer, dataset).score``."""
+        return self.evaluate(model, tokenizer, dataset).score
+
+    def check(self, dataset: Any) -> None:
+        """Raise :class:`~quantcl.errors.ConfigError` if ``dataset`` lacks a needed column."""
+        names = list(getattr(dataset, "column_names", None) or [])
+        missing = [c for c in self.required_columns if c not in names]
+        if missing:
+            raise ConfigError(
+                f"{type(self).__name__} needs column(s) {missing}; the dataset has {names}"
+            )
+        if len(dataset) == 0:
+            raise ConfigError(f"{type(self).__name__}: the dataset is empty")
+
+    def check_ready(self) -> None:
+        """Raise :class:`~quantcl.errors.UnsafeCodeError` if this evaluator may not run yet."""
+
+
+_REGISTRY: dict[str, type[Evaluator]] = {}
+E = TypeVar("E", bound=type[Evaluator])
+
+
+def register_evaluator(name: str, cls: type[Evaluator] | None = None) -> Any:
+    """Register an :class:`Evaluator` subclass under ``name`` (decorator or direct call).
+
+    A registered name can be used in YAML (``evaluator: {type: name, ...}``); any importable
+    class also works without registering, as ``evaluator: {_component_: package.module.Class}``.
+
+    Examples:
+        >>> @register_evaluator("always")
+        ... class Always(Evaluator):
+        ...     def evaluate(self, model, tokenizer, dataset, *, batch_size=None, progress=True):
+        ...         return EvalResult(1.0, {}, [], len(dataset))
+        >>> "always" in evaluator_names()
+        True
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"register_evaluator needs a non-empty name, got {name!r}")
+
+    def deco(c: E) -> E:
+        if not (isinstance(c, type) and issubclass(c, Evaluator)):
+            raise ConfigError(f"register_evaluator({name!r}) needs an Evaluator subclass, got {c!r}")
+        _REGISTRY[name] = c
+        return c
+
+    return deco(cls) if cls is not None else deco
+
+
+def evaluator_names() -> list[str]:
+    """Names of all registered evaluators, sorted."""
+    return sorted(_REGISTRY)
+
+
+def evaluator_class(name: str) -> type[Evaluator]:
+    """The class registered under ``name``.
+
+    Raises:
+        UnknownNameError: no evaluator has that name (the message lists the valid ones).
+    """
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise UnknownNameError(f"unknown evaluator {name!r}; valid: {', '.join(evaluator_names())} "
+                               "(or name any importable class with _component_: package.module.Class)")
+    return _REGISTRY[name]
+
+
+def get_evaluator(name: str, **kwargs: Any) -> Evaluator:
+    """Build the evaluator registered under ``name`` with constructor ``kwargs``.
+
+    Examples:
+        >>> get_evaluator("NumericMatch").to_dict()["_component_"]
+        'quantcl.evaluators.numeric.NumericMatch'
+    """
+    return evaluator_class(name)(**kwargs)
+
+
+@contextlib.contextmanager
+def inference_mode(model: Any) -> Iterator[None]:
+    """Eval mode and no autograd for the block; the model's previous mode is restored after."""
+    import torch
+
+    was_training = bool(getattr(model, "training", False))
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def model_device(model: Any) -> Any:
+    """Where inputs go: ``model.device``, else the first parameter's device."""
+    device = getattr(model, "device", None)
+    if device is None:
+        device = next(model.parameters()).device
+    return device
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The pad id, falling back to EOS (the tokenizer object is left unchanged)."""
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            return int(value)
+    raise ConfigError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
+
+
+def column(dataset: Any, name: str) -> list[Any]:
+    """A dataset column as a plain list (datasets 5 returns lazy Column objects)."""
+    return list(dataset[name])
+
+
+def positive_int(owner: str, name: str, value: Any, *, allow_none: bool = False) -> None:
+    """Raise ConfigError unless ``value`` is an int >= 1 (or ``None`` when allowed)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{owner}({name}=...) must be an int >= 1, got {value!r}")
