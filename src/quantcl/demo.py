@@ -16,7 +16,7 @@ from quantcl._io import atomic_write_bytes, atomic_write_json
 from quantcl._moved import forward_moved_names
 from quantcl._plot import plot_grid, require_extra
 from quantcl.errors import ConfigError
-from quantcl.models import demo_model_dir, demo_model_location
+from quantcl.models import demo_model_location
 from quantcl.results import ContinualResult, compare_markdown
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -112,6 +112,8 @@ def run_demo(
                 raise ConfigError(f"{err} (demo run {run.name!r}; pass another --output-dir)") from err
         if model is None:
             print("Preparing the demo model (built and pretrained once, then cached)...", file=out)
+            from quantcl.models import demo_model_dir  # not at the top: it would hide the old name's warning
+
             demo_model_dir(progress=progress, **model_spec)
         if pool is not None:
             print(f"{len(runs)} runs on {n_workers} worker processes with {threads} torch thread(s) each "
