@@ -25,6 +25,7 @@ from quantcl._model_setup import ModelSetup, resolve_training, run_length
 from quantcl._runtime import (Processes, checkpoint_ledger, datasets_progress_bars_off, no_final_checkpoint,
                               peak_memory_bytes, stage_loss)
 from quantcl.errors import ConfigError
+from quantcl.models import resolve_model_alias
 from quantcl.plugins import ReplayPlugin, StageCallback, StagePlugin, TrainerSpec
 from quantcl.plugins.base import overrides_hook
 from quantcl.plugins.precision_schedule import PrecisionSchedule
@@ -100,7 +101,6 @@ class ContinualTrainer:
 
         from quantcl._checks import require_choice, require_directory, require_instance, require_mapping
         from quantcl._validate_model import check_lora_config, check_model_source
-        from quantcl.models import resolve_model_alias
 
         # every argument is checked here, cheapest first, before any work (quantcl._checks)
         require_instance(model, "model", (str, os.PathLike),
@@ -135,8 +135,7 @@ class ContinualTrainer:
             if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
                 raise ConfigError(f"{name} must be a list (possibly empty), got {value!r}")
         check_model_source(str(model), model_kwargs)
-        # the demo model, if it must be built first (about a minute), is built by fit(), not here
-        self.model_source = resolve_model_alias(str(model), build=False)
+        self.model_source = resolve_model_alias(str(model), build=False)  # a demo model to build: in fit()
         given = [*callbacks, *plugins]
         strays = [c for c in given if not isinstance(c, (StagePlugin, TrainerCallback))]
         if strays:
@@ -249,8 +248,6 @@ class ContinualTrainer:
         Returns:
             The :class:`ContinualResult`, also saved as ``output_dir/result.json``.
         """
-        from quantcl.models import resolve_model_alias
-
         self.model_source = resolve_model_alias(self.model_source, progress=self.progress)
         with datasets_progress_bars_off(), self.run_dir.hold(self._procs):
             return self._fit(resume)
