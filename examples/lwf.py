@@ -1,43 +1,17 @@
-"""Learning without Forgetting (Li & Hoiem, 2016) as a quantcl plug-in, and its effect on forgetting.
+"""Learning without Forgetting (Li & Hoiem, 2016; :class:`quantcl.plugins.LwF`) and its effect on forgetting.
 
 From stage 2 on, each step adds ``alpha * T^2 * KL(p_old || p_new)`` over the answer tokens, where
 ``p_old`` is the model as it was when the stage began (same frozen base, the adapter's weights at
-stage start) and both distributions are softened by temperature ``T``.
+stage start) and both distributions are softened by temperature ``T``. In YAML:
+``plugins: [{_component_: quantcl.plugins.LwF, alpha: 1.0, temperature: 2.0}]``.
 
     python examples/lwf.py --seeds 0 1 2 --alphas 0.1 1.0   # demo tasks, no replay: none vs LwF, mean +- 95% CI
 """
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
 import quantcl as qcl
-
-
-class LwF(qcl.StagePlugin):
-    """KL to the model as it was at the start of the stage, on the answer tokens."""
-
-    def __init__(self, alpha: float = 1.0, temperature: float = 2.0) -> None:
-        self.alpha, self.temperature = alpha, temperature
-        self._old: dict[str, torch.Tensor] = {}
-
-    def on_stage_begin(self, trainer, stage, task):
-        params = trainer.model.named_parameters()
-        self._old = {n: p.detach().clone() for n, p in params if p.requires_grad} if stage > 1 else {}
-
-    def loss(self, trainer, model, inputs, outputs, loss):
-        if not self._old:
-            return loss
-        batch = {k: v for k, v in inputs.items() if k != "labels"}
-        with torch.no_grad():  # the old model: the same module with the stage-start weights swapped in
-            old = torch.func.functional_call(trainer.model, self._old, args=(), kwargs=batch).logits
-        mask = inputs["labels"][:, 1:] != -100  # logits at t predict token t + 1
-        t = self.temperature
-        new_logp = F.log_softmax(outputs.logits[:, :-1][mask] / t, dim=-1)
-        old_logp = F.log_softmax(old[:, :-1][mask] / t, dim=-1)
-        kl = F.kl_div(new_logp, old_logp, log_target=True, reduction="batchmean")
-        return loss + self.alpha * t * t * kl
+from quantcl.plugins import LwF
 
 
 def main(argv: list[str] | None = None) -> None:

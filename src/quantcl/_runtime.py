@@ -13,7 +13,7 @@ from typing import Any
 
 from quantcl._io import atomic_write_json, digest_mismatch, fsync_tree, read_json, seal, seal_ok, tree_digests
 
-__all__ = ["Processes", "datasets_progress_bars_off", "peak_memory_bytes", "no_final_checkpoint", "checkpoint_ledger",
+__all__ = ["Processes", "checkpoint_dir", "datasets_progress_bars_off", "peak_memory_bytes", "no_final_checkpoint", "checkpoint_ledger",
            "checkpoint_is_complete", "stage_loss", "LEDGER"]
 
 
@@ -142,6 +142,14 @@ def no_final_checkpoint() -> Any:
     return NoFinalCheckpoint()
 
 
+def checkpoint_dir(args: Any, state: Any) -> Path:
+    """The folder a ``transformers.Trainer`` saves (``on_save``) or resumed from (``on_train_begin``
+    with ``state.global_step > 0``) the checkpoint of step ``state.global_step`` in."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    return Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+
+
 LEDGER = "quantcl-checkpoint.json"
 
 
@@ -174,7 +182,7 @@ def checkpoint_ledger() -> Any:
             return control
 
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            checkpoint = checkpoint_dir(args, state)
             if not state.is_world_process_zero or not checkpoint.is_dir():
                 return control
             hf = self.trainer

@@ -26,9 +26,8 @@ from quantcl._runtime import (Processes, checkpoint_ledger, datasets_progress_ba
                               peak_memory_bytes, stage_loss)
 from quantcl.errors import ConfigError
 from quantcl.models import resolve_model_alias
-from quantcl.plugins import ReplayPlugin, StageCallback, StagePlugin, TrainerSpec
+from quantcl.plugins import PrecisionSchedule, ReplayPlugin, StageCallback, StagePlugin, TrainerSpec
 from quantcl.plugins.base import overrides_hook
-from quantcl.plugins.precision_schedule import PrecisionSchedule
 from quantcl.precision import PrecisionPolicy
 from quantcl.replay import ReplayBuffer
 from quantcl.results import ContinualResult, collect_versions
@@ -370,8 +369,9 @@ class ContinualTrainer:
                 str(self.run_dir.checkpoint_dir(stage)), seed=self.seed + stage,
                 disable_tqdm=not self.progress, **self.policy.training_arguments(),
             ),
-            # the schedule first: its checkpoint file is written before the ledger seals the folder
+            # the ledger last: what the other callbacks write into a checkpoint is sealed with it
             callbacks=[*([self.schedule] if self.schedule is not None else []), *self.hf_callbacks,
+                       *(c for p in self.plugins for c in p.trainer_callbacks(self, stage, task)),
                        no_final_checkpoint(), ledger],
             trainer_class=Trainer,
             kwargs={"train_dataset": train_data, "data_collator": make_collator(self.tokenizer),

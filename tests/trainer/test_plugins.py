@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from _examples import EXAMPLES, load_example
+from _examples import load_example
 from peft import LoraConfig
 from transformers import Trainer, TrainerCallback
 
@@ -244,47 +244,9 @@ def test_user_components_go_through_fit_resume_and_load(tiny_model_dir, tmp_path
                                  strategy=Stride(step=3)).tasks == ["nlu", "math", "code"]
 
 
-def _lwf_module():
-    return load_example("lwf.py")
-
-
-def _stage_kl(trainer, task, old_params):
-    """Mean KL(old || new) over the answer tokens of the task's training rows."""
-    from quantcl.tasks import make_collator, tokenize_for_training
-
-    rows = tokenize_for_training(task.training_rows(trainer.tokenizer), trainer.tokenizer, max_length=64)
-    batch = make_collator(trainer.tokenizer)([rows[i] for i in range(len(rows))])
-    model = trainer.model
-    with torch.no_grad():
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        new = model(**inputs).logits[:, :-1]
-        old = torch.func.functional_call(model, old_params, args=(), kwargs=inputs).logits[:, :-1]
-    mask = batch["labels"][:, 1:] != -100
-    kl = torch.nn.functional.kl_div(new[mask].log_softmax(-1), old[mask].log_softmax(-1), log_target=True,
-                                    reduction="batchmean")
-    return float(kl)
-
-
-def test_lwf_example_keeps_the_new_stage_close_to_the_previous_model(tiny_model_dir, tmp_path):
-    lwf = _lwf_module()
-    assert len((EXAMPLES / "lwf.py").read_text().split("\n\n\ndef main")[0].split("class LwF")[1].splitlines()) < 40
-
-    class Measure(StagePlugin):
-        kl: list[float] = []
-
-        def on_stage_begin(self, trainer, stage, task):
-            self.old = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
-
-        def on_stage_end(self, trainer, stage, task, scores):
-            if stage == 2:
-                Measure.kl.append(_stage_kl(trainer, task, self.old))
-
-    args = dataclasses.replace(ARGS, max_steps=8)
-    for plugins in ([Measure()], [lwf.LwF(alpha=50.0, temperature=1.0), Measure()]):
-        _fit(tiny_model_dir, tmp_path / str(len(plugins)), args=args, plugins=plugins).fit()
-    without, with_lwf = Measure.kl
-    assert without > 0.005  # stage 2 moved the model (0.016 here)
-    assert with_lwf < 0.5 * without
+def test_the_lwf_example_runs_the_library_plugin():
+    lwf = load_example("lwf.py")
+    assert lwf.LwF is qcl.plugins.LwF
 
 
 def test_stage_callbacks_is_a_deprecated_alias_of_plugins(tiny_model_dir, tmp_path):

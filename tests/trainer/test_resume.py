@@ -1,5 +1,6 @@
-"""Fault injection: SIGKILL a real 3-task run with replay at named points; resuming must give the
-uninterrupted run's files: adapter bytes, replay files, evaluation records and stage records.
+"""Fault injection: SIGKILL a real 3-task run with replay, LwF and LAWA at named points; resuming must
+give the uninterrupted run's files: adapter bytes, replay files, plug-in state, evaluation records
+and stage records.
 
 The child process kills itself (``os.kill(os.getpid(), SIGKILL)``) at the point named by
 ``KILL_AT``, reached through monkeypatched hooks, so every point is hit exactly, not raced for.
@@ -83,7 +84,8 @@ SCRIPT = textwrap.dedent(
         lora=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], lora_dropout=0.1),
         args=qcl.StageArgs(learning_rate=5e-3, max_steps=6, save_steps=2, per_device_train_batch_size=4,
                            lr_scheduler_type="constant", max_length=64, logging_steps=1),
-        output_dir=out, seed=3, progress=False, callbacks=[Killer()])
+        output_dir=out, seed=3, progress=False, callbacks=[Killer()],
+        plugins=[qcl.plugins.LwF(alpha=1.0), qcl.plugins.WeightAveraging("lawa", every=2, window=2)])
     trainer.fit(resume=True)
     """
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -70,6 +70,19 @@ class LAWA(TrainerCallback):
         model = _model_from(kwargs)
         if model is not None and state.global_step % self.every == 0:
             self.snapshot(model, int(state.global_step))
+
+    def state(self) -> tuple[StateDict, dict[str, Any]]:
+        """The snapshots as flat tensors (``"<i>/<name>"``) and JSON metadata, for saving."""
+        tensors = {f"{i}/{name}": t for i, snap in enumerate(self._snapshots) for name, t in snap.items()}
+        return tensors, {"steps": list(self._steps)}
+
+    def load_state(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state` returned (the window's size stays this object's)."""
+        self.reset()
+        for i, step in enumerate(meta["steps"]):
+            prefix = f"{i}/"
+            self._snapshots.append({k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)})
+            self._steps.append(int(step))
 
     def averaged_state_dict(self) -> StateDict:
         """The uniform mean of the kept snapshots: ``(1/k) * sum_{j=1..k} theta_{t_j}``, ``k <= window``.
@@ -151,6 +164,27 @@ class EMA(TrainerCallback):
         model = _model_from(kwargs)
         if model is not None and state.global_step % self.every == 0:
             self.update(model)
+
+    def state(self) -> tuple[StateDict, dict[str, Any]]:
+        """The average (CPU tensors) and JSON metadata (names, updates), for saving."""
+        if self._averaged is None or self._names is None:
+            return {}, {"names": None, "num_updates": 0}
+        return self.averaged_state_dict(), {"names": list(self._names), "num_updates": self.num_updates}
+
+    def load_state(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state` returned: the next update continues the same average."""
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        self.reset()
+        if not meta["num_updates"]:
+            return
+        names = list(meta["names"])
+        holder = _Params([nn.Parameter(tensors[n].to(self.device, copy=True), requires_grad=False) for n in names])
+        self._averaged = AveragedModel(holder, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=False)
+        for mine, saved in zip(self._averaged.module.parameters(), holder.parameters()):
+            mine.detach().copy_(saved)  # AveragedModel deep-copies its module
+        self._averaged.n_averaged.fill_(int(meta["num_updates"]))
+        self._names = names
 
     def averaged_state_dict(self) -> StateDict:
         """CPU copies of the averaged trainable weights, keyed like :func:`trainable_state_dict`.

@@ -4,6 +4,7 @@ A continual stage runs these hooks, in this order, for every plug-in in the orde
 
     on_stage_begin(trainer, stage, task)            before anything of the stage
     adapt_data(trainer, stage, task, dataset)       -> the rows the stage trains on (prompt/target)
+    trainer_callbacks(trainer, stage, task)         -> transformers.TrainerCallback objects for the stage
     configure_trainer(trainer, stage, task, spec)   edit the TrainerSpec: arguments, callbacks, class
     loss(trainer, model, inputs, outputs, loss)     -> the loss of each training step (add or replace)
     on_evaluate(trainer, row, task, result)         after each task's evaluation
@@ -14,6 +15,13 @@ A continual stage runs these hooks, in this order, for every plug-in in the orde
 :class:`~quantcl.components.Component` objects), so the run directory names them and a resumed run
 refuses different ones. Values a plug-in measures go into the stage's record with
 ``trainer.log_stage(name=value)``.
+
+A plug-in that acts inside the stage's ``transformers.Trainer`` (every optimizer step, every
+checkpoint) returns ``TrainerCallback`` objects from :meth:`StagePlugin.trainer_callbacks` rather
+than being one. Two helpers serve those callbacks: :func:`save_checkpoint_state` /
+:func:`load_checkpoint_state` keep a plug-in's JSON state in the Trainer's checkpoints (so a run
+resumed mid-stage carries on with it), and :class:`AfterLossLog` sends values to the ``report_to``
+integrations right after the Trainer's own loss log.
 """
 
 from __future__ import annotations
@@ -22,15 +30,16 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from quantcl._runtime import checkpoint_dir
 from quantcl.components import COMPONENT_KEY, Component, component_path, encode_argument
-from quantcl.errors import ConfigError
+from quantcl.errors import ConfigError, StateError
 
 if TYPE_CHECKING:  # pragma: no cover
     from quantcl.tasks import Task
     from quantcl.trainer import ContinualTrainer
 
-__all__ = ["StagePlugin", "StageCallback", "TrainerSpec", "compose_trainer_class", "count_parameters_once",
-           "overrides_hook"]
+__all__ = ["StagePlugin", "StageCallback", "TrainerSpec", "AfterLossLog", "checkpoint_dir", "save_checkpoint_state",
+           "load_checkpoint_state", "compose_trainer_class", "count_parameters_once", "overrides_hook"]
 
 
 @dataclasses.dataclass
@@ -102,6 +111,11 @@ class StagePlugin(Component):
         """Return the rows (``prompt``/``target`` columns, not yet tokenized) the stage trains on."""
         return dataset
 
+    def trainer_callbacks(self, trainer: ContinualTrainer, stage: int, task: Task) -> list[Any]:
+        """``transformers.TrainerCallback`` objects to add to the stage's Trainer (before its
+        checkpoint ledger, so what they write into a checkpoint is sealed with it)."""
+        return []
+
     def configure_trainer(self, trainer: ContinualTrainer, stage: int, task: Task, spec: TrainerSpec) -> None:
         """Change how the stage's ``transformers.Trainer`` is built by editing ``spec``."""
 
@@ -159,6 +173,78 @@ class StageCallback(StagePlugin):
             except ConfigError:
                 node[name] = f"<unsaved {type(value).__name__}>"
         return node
+
+
+def save_checkpoint_state(args: Any, state: Any, name: str, data: dict[str, Any]) -> None:
+    """From a callback's ``on_save``: write ``data`` (JSON) as ``name`` into the checkpoint just
+    saved, atomically, in the main process only.
+
+    Examples:
+        >>> class Counter(TrainerCallback):  # doctest: +SKIP
+        ...     def on_save(self, args, state, control, **kwargs):
+        ...         save_checkpoint_state(args, state, "counter.json", {"n": self.n})
+    """
+    from quantcl._io import atomic_write_json
+
+    checkpoint = checkpoint_dir(args, state)
+    if state.is_world_process_zero and checkpoint.is_dir():
+        atomic_write_json(checkpoint / name, data)
+
+
+def load_checkpoint_state(args: Any, state: Any, name: str) -> dict[str, Any] | None:
+    """From a callback's ``on_train_begin``: what :func:`save_checkpoint_state` wrote into the
+    checkpoint the Trainer resumed from, or ``None`` (a new run, or a checkpoint without it)."""
+    from quantcl._io import read_json
+
+    path = checkpoint_dir(args, state) / name
+    if state.global_step == 0 or not path.is_file():
+        return None
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise StateError(f"{str(path)!r} is not a JSON object")
+    return data
+
+
+class AfterLossLog:
+    """Sends a callback's values to a ``transformers.Trainer``'s ``report_to`` integrations.
+
+    ``Trainer.log`` cancels a pending log of the Trainer's own (``control.should_log = False``),
+    so on a step where the Trainer logs its loss, values are held until that log has gone out
+    (:meth:`on_log`, from the callback's ``on_log``); on any other step they go at once.
+
+    Examples:
+        >>> sender = AfterLossLog()
+        >>> sender.send(None, {"quantcl/x": 1.0}, wait_for_loss=False)  # no Trainer: dropped
+        >>> sender.pending
+        []
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[dict[str, float]] = []
+        self.sending = False  # True while our own Trainer.log runs: the callback's on_log must not react
+
+    def send(self, hf_trainer: Any, values: dict[str, float], *, wait_for_loss: bool) -> None:
+        """Log ``values`` now, or, with ``wait_for_loss``, after the Trainer's next loss log."""
+        self.pending.append(values)
+        if not wait_for_loss:
+            self.flush(hf_trainer)
+
+    def on_log(self, hf_trainer: Any, logs: Any) -> None:
+        """Call from the callback's ``on_log``: after a loss log, send what waits for it."""
+        if self.pending and not self.sending and logs and "loss" in logs:
+            self.flush(hf_trainer)
+
+    def flush(self, hf_trainer: Any) -> None:
+        """Send everything pending (dropped when there is no Trainer to log through)."""
+        if hf_trainer is None:
+            self.pending = []
+            return
+        self.sending = True
+        try:
+            for values in self.pending:
+                hf_trainer.log(values)
+        finally:
+            self.sending, self.pending = False, []
 
 
 def overrides_hook(plugin: StagePlugin, hook: str) -> bool:

@@ -45,15 +45,14 @@ Examples:
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
 from quantcl._checks import require_choice, require_int, require_list_of, require_number
-from quantcl._io import atomic_write_json, read_json
 from quantcl.components import Component
 from quantcl.errors import ConfigError, StateError
+from quantcl.plugins.base import AfterLossLog, load_checkpoint_state, save_checkpoint_state
 from quantcl.precision import PrecisionPolicy
 
 __all__ = ["PrecisionSchedule", "PHASE_INS", "CHECKPOINT_FILE"]
@@ -140,7 +139,8 @@ class PrecisionSchedule(Component, TrainerCallback):
         self.history: list[tuple[int, float]] = []  # (global step, lambda) of every step trained
         self._stage_switch: int | None = None  # switch_stage, once that stage has begun
         self._in_continual = False
-        self._logging = self._switch_logged = False
+        self._switch_logged = False
+        self._log = AfterLossLog()
         self._unscaled_lrs: list[float] | None = None
 
     # ----------------------------------------------------------------------------- the schedule
@@ -220,8 +220,7 @@ class PrecisionSchedule(Component, TrainerCallback):
             self.total_steps = self.step_offset + int(state.max_steps)
         if not self._in_continual:
             self.check_length(int(state.max_steps))
-        if state.global_step > 0:
-            self._restore(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+        self._restore(load_checkpoint_state(args, state, CHECKPOINT_FILE))
         start = self.step_offset + int(state.global_step)
         self.history = [h for h in self.history if h[0] < start]
         return control
@@ -262,9 +261,8 @@ class PrecisionSchedule(Component, TrainerCallback):
         return control
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> Any:
-        # Trainer.log cancels a pending log (control.should_log = False), so the strength is sent
-        # right after the Trainer's own loss log, as a log of its own, never from on_step_end.
-        if self.trainer is None or self._logging or not logs or "loss" not in logs or not self.history:
+        # the strength goes out right after the Trainer's own loss log, as a log of its own
+        if self.trainer is None or self._log.sending or not logs or "loss" not in logs or not self.history:
             return control
         step, lam = self.history[-1]
         values = {"quantcl/strength": lam}
@@ -272,17 +270,11 @@ class PrecisionSchedule(Component, TrainerCallback):
         if switch is not None and step >= switch and not self._switch_logged:
             values["quantcl/switch_step"] = float(switch)
             self._switch_logged = True
-        self._logging = True
-        try:
-            self.trainer.log(values)
-        finally:
-            self._logging = False
+        self._log.send(self.trainer, values, wait_for_loss=False)
         return control
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if state.is_world_process_zero and checkpoint.is_dir():
-            atomic_write_json(checkpoint / CHECKPOINT_FILE, self.state_dict())
+        save_checkpoint_state(args, state, CHECKPOINT_FILE, self.state_dict())
         return control
 
     def stage_record(self, first_step: int) -> dict[str, Any]:
@@ -308,12 +300,11 @@ class PrecisionSchedule(Component, TrainerCallback):
         except (KeyError, TypeError, ValueError) as err:
             raise StateError(f"unreadable PrecisionSchedule state ({err!r})") from None
 
-    def _restore(self, checkpoint: Path) -> None:
-        path = checkpoint / CHECKPOINT_FILE
-        if not path.is_file():
-            return  # a checkpoint written without the schedule: lambda follows from the step anyway
-        saved = [(int(s), float(lam)) for s, lam in read_json(path).get("history", [])]
+    def _restore(self, data: dict[str, Any] | None) -> None:
+        if data is None:
+            return  # a new run, or a checkpoint written without the schedule: lambda follows from the step
+        saved = [(int(s), float(lam)) for s, lam in data.get("history", [])]
         if saved != [(s, self.strength_at(s)) for s, _ in saved]:
-            raise StateError(f"{str(path)!r} records other lambdas than this PrecisionSchedule gives; "
-                             "resume with the schedule the run was started with")
+            raise StateError(f"the resumed checkpoint's {CHECKPOINT_FILE} records other lambdas than this "
+                             "PrecisionSchedule gives; resume with the schedule the run was started with")
         self.history = saved

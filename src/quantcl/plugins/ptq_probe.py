@@ -29,16 +29,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
 from quantcl._checks import require_bool, require_int, require_list_of
-from quantcl._io import atomic_write_json, read_json
 from quantcl.errors import ConfigError
 from quantcl.plugins._ptq_result import PTQProbeResult
-from quantcl.plugins.base import StagePlugin
+from quantcl.plugins.base import AfterLossLog, StagePlugin, load_checkpoint_state, save_checkpoint_state
 
 if TYPE_CHECKING:  # pragma: no cover
     from quantcl.tasks import Task
@@ -99,8 +97,8 @@ class PTQProbe(StagePlugin, TrainerCallback):
         self._stage: int | None = None
         self._offset = 0
         self._lr: float | None = None
-        self._pending: list[dict[str, float]] = []
-        self._logging = False
+        self._log = AfterLossLog()
+        self._wait_for_loss = False  # measuring on a step the Trainer logs: send ours after its loss log
         self._continual: Any = None
 
     # ----------------------------------------------------------------------------- measuring
@@ -140,8 +138,10 @@ class PTQProbe(StagePlugin, TrainerCallback):
                 raise ConfigError("PTQProbe needs the tokenizer: pass processing_class= to the Trainer")
             if state.global_step == 0:
                 self.records = []
-        if state.global_step > 0:
-            self._restore(Path(args.output_dir) / f"checkpoint-{state.global_step}", state)
+        saved = load_checkpoint_state(args, state, CHECKPOINT_FILE)
+        if saved is not None:
+            done = self._offset + int(state.global_step)
+            self.records = [r for r in saved.get("records", []) if r["step"] <= done]
         return control
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
@@ -152,9 +152,9 @@ class PTQProbe(StagePlugin, TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         if self.every and state.global_step % self.every == 0 and kwargs.get("model") is not None:
-            self._defer_logs = bool(control.should_log)  # the Trainer logs this step: send ours after it
+            self._wait_for_loss = bool(control.should_log)
             self.measure_now(kwargs["model"], self._tokenizer, self._offset + int(state.global_step))
-            self._defer_logs = False
+            self._wait_for_loss = False
         return control
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
@@ -165,14 +165,11 @@ class PTQProbe(StagePlugin, TrainerCallback):
         return control
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> Any:
-        if self._pending and not self._logging and logs and "loss" in logs:
-            self._flush_logs()
+        self._log.on_log(self._hf_trainer(), logs)
         return control
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if state.is_world_process_zero and checkpoint.is_dir():
-            atomic_write_json(checkpoint / CHECKPOINT_FILE, {"records": self.records})
+        save_checkpoint_state(args, state, CHECKPOINT_FILE, {"records": self.records})
         return control
 
     def on_evaluate(self, *args: Any, **kwargs: Any) -> None:
@@ -191,42 +188,21 @@ class PTQProbe(StagePlugin, TrainerCallback):
         step = trainer.steps_done  # the finished stage's steps included
         if self.at_stage_end and not any(r["step"] == step and r["stage"] == stage for r in self.records):
             self.measure_now(trainer.model, trainer.tokenizer, step)
-        self._flush_logs()
+        self._log.flush(self._hf_trainer())
         trainer.log_stage(ptq_probe=[r for r in self.records if r["stage"] == stage])
         self._continual = None
 
     # ----------------------------------------------------------------------------- internals
-    _defer_logs = False
-
     def _queue_log(self, records: list[dict[str, Any]]) -> None:
         values = {f"ptq/{r['method']}/relative_gap": float(r["relative_gap"]) for r in records}
         values.update({"ptq/ce_fp": float(records[0]["ce_fp"])} if records else {})
-        self._pending.append(values)
-        if not self._defer_logs:
-            self._flush_logs()
+        self._log.send(self._hf_trainer(), values, wait_for_loss=self._wait_for_loss)
 
-    def _flush_logs(self) -> None:
-        # Trainer.log cancels a pending log of the Trainer's own (control.should_log), so probe
-        # values are sent after the Trainer's loss log on a logging step, at once on any other.
-        hf_trainer = self.trainer
-        if hf_trainer is None and self._continual is not None:
-            hf_trainer = self._continual.stage_trainer
-        if hf_trainer is None:
-            self._pending = []
-            return
-        self._logging = True
-        try:
-            for values in self._pending:
-                hf_trainer.log(values)
-        finally:
-            self._logging, self._pending = False, []
-
-    def _restore(self, checkpoint: Path, state: Any) -> None:
-        path = checkpoint / CHECKPOINT_FILE
-        if path.is_file():
-            saved = read_json(path).get("records", [])
-            done = self._offset + int(state.global_step)
-            self.records = [r for r in saved if r["step"] <= done]
+    def _hf_trainer(self) -> Any:
+        """The transformers.Trainer the probe logs through: the attached one, or the running stage's."""
+        if self.trainer is None and self._continual is not None:
+            return self._continual.stage_trainer
+        return self.trainer
 
 
 def _task_texts(tasks: Any, n: int, tokenizer: Any) -> list[str]:
