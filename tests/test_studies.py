@@ -53,6 +53,9 @@ def test_transition_study_runs_every_arm_and_seed(study):
     assert [s for s, _ in switch["curve"]] == [0, 5, 10, 11, 12, 13, 14, 15, 20]
     assert switch["spike"] == pytest.approx(max(v for s, v in switch["curve"] if 11 <= s <= 14)
                                             - dict(switch["curve"])[10])
+    run_json = json.loads((out / "switch-at-0.5-reset-linear" / "seed-0" / "run" / "run.json").read_text())
+    assert [c["_component_"] for c in run_json["callbacks"]] == ["quantcl.studies._curves.HeldOutLoss"]
+    assert run_json["callbacks"][0]["every"] == 5 and run_json["callbacks"][0]["extra_steps"] == list(range(10, 15))
     for record in result.records:
         assert 0 < record["final_loss"] < dict(record["curve"])[0]  # it learned something
         assert record["final_perplexity"] == pytest.approx(2.718281828 ** record["final_loss"], rel=1e-6)

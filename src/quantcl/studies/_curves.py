@@ -1,4 +1,4 @@
-"""HeldOutLoss: a validation-loss curve recorded during training, as a TrainerCallback."""
+"""HeldOutLoss: a validation-loss curve recorded during training, as a watch-only plug-in."""
 
 from __future__ import annotations
 
@@ -7,16 +7,19 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from quantcl.plugins import StageCallback
+
 __all__ = ["HeldOutLoss", "loss_spike"]
 
 
-class HeldOutLoss(TrainerCallback):
+class HeldOutLoss(StageCallback):
     """The mean token loss of a fixed held-out split after chosen optimizer steps.
 
     Evaluated with the task's :class:`~quantcl.evaluators.Perplexity` (so at the model's current
-    quantization strength) in ``on_step_end``, after every ``every`` steps and after each step in
+    quantization strength) after every ``every`` optimizer steps and after each step in
     ``extra_steps``; ``curve`` holds ``(steps done, loss)`` pairs. ``offset`` is added to the
-    Trainer's step (the steps of earlier stages).
+    Trainer's step (the steps of earlier stages). Passed in a ContinualTrainer's ``callbacks=``, it
+    is recorded in ``run.json``; with a plain ``transformers.Trainer``, pass ``curve.callback``.
 
     Examples:
         >>> probe = HeldOutLoss(task=None, tokenizer=None, every=10, extra_steps=[4, 5])
@@ -29,6 +32,7 @@ class HeldOutLoss(TrainerCallback):
         self.task, self.tokenizer, self.every, self.batch_size = task, tokenizer, every, batch_size
         self.extra_steps, self.offset = set(extra_steps), offset
         self.curve: list[tuple[int, float]] = []
+        self.callback = _Measure(self)
 
     def wants(self, steps_done: int) -> bool:
         """Whether the loss is taken after ``steps_done`` steps."""
@@ -41,15 +45,25 @@ class HeldOutLoss(TrainerCallback):
         self.curve.append((steps_done, loss))
         return loss
 
+    def trainer_callbacks(self, trainer: Any, stage: int, task: Any) -> list[Any]:
+        return [self.callback]
+
+
+class _Measure(TrainerCallback):
+    """The curve's part inside the ``transformers.Trainer``."""
+
+    def __init__(self, curve: HeldOutLoss) -> None:
+        self.curve = curve
+
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> Any:
-        if state.global_step == 0 and model is not None and self.wants(self.offset):
-            self.measure(model, self.offset)
+        if state.global_step == 0 and model is not None and self.curve.wants(self.curve.offset):
+            self.curve.measure(model, self.curve.offset)
         return control
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> Any:
-        done = self.offset + int(state.global_step)
-        if model is not None and self.wants(done):
-            self.measure(model, done)
+        done = self.curve.offset + int(state.global_step)
+        if model is not None and self.curve.wants(done):
+            self.curve.measure(model, done)
         return control
 
 

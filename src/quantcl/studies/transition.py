@@ -10,7 +10,7 @@ source (:func:`quantcl.recipes.python_stdlib`: real text on every machine) under
 
 Each variant runs for every seed (the seed sets the model's initialisation, the data order and
 the sampled text) as a one-stage :class:`~quantcl.ContinualTrainer` run with
-``training="full"``; a :class:`~quantcl.studies.HeldOutLoss` callback records the held-out loss
+``training="full"``; a :class:`~quantcl.studies.HeldOutLoss` watch-only plug-in records the held-out loss
 curve (every ``eval_every`` steps and after every step in the window after the switch). What is
 reported per run: final held-out loss and perplexity, the loss spike at the switch (peak held-out
 loss in the ``spike_window`` steps after the switch minus the loss just before it), the
@@ -183,16 +183,15 @@ def _train_one(run_dir: Path, arm: TransitionVariant, seed: int, s: dict[str, An
             "fp32", switch_step=switch, phase_in=arm.phase_in, phase_in_steps=k if arm.phase_in != "step" else 0,
             optimizer=arm.optimizer, rewarm_steps=s["rewarm_steps"] if arm.optimizer == "reset" else 0,
             activation_bits=s["activation_bits"])
-    extra = range(switch, switch + s["spike_window"] + 1) if switch else ()
+    extra = list(range(switch, switch + s["spike_window"] + 1)) if switch else []
+    curve = HeldOutLoss(tasks[0], AutoTokenizer.from_pretrained(model_dir), every=s["eval_every"], extra_steps=extra)
     trainer = qcl.ContinualTrainer(
         model=str(model_dir), precision=precision, tasks=tasks, training="full", seed=seed, progress=progress,
         output_dir=run_dir / "run",
         args=qcl.StageArgs(max_steps=steps, learning_rate=s["learning_rate"], warmup_steps=0.05,
                            lr_scheduler_type="cosine", per_device_train_batch_size=s["batch_size"],
                            max_length=s["chunk_chars"] + 8, logging_steps=max(1, steps // 10),
-                           eval_batch_size=32, extra={"report_to": "none"}))
-    curve = HeldOutLoss(tasks[0], AutoTokenizer.from_pretrained(model_dir), every=s["eval_every"], extra_steps=extra)
-    trainer.hf_callbacks.append(curve)
+                           eval_batch_size=32, extra={"report_to": "none"}), callbacks=[curve])
     result = trainer.fit()
     cloze = qcl.recipes.python_stdlib_cloze(n_train=1, n_eval=s["n_cloze"], seed=seed)[0]
     downstream = cloze.evaluate(trainer.model, trainer.tokenizer, batch_size=32, progress=False)
