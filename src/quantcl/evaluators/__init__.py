@@ -17,6 +17,7 @@ Examples:
 
 from __future__ import annotations
 
+from quantcl.evaluators._batching import generate, loglikelihood
 from quantcl.evaluators._sharding import ProcessGroup, evaluate_rows, shards_evaluation
 from quantcl.evaluators.base import (
     EvalResult,
@@ -26,6 +27,7 @@ from quantcl.evaluators.base import (
     evaluator_class,
     evaluator_names,
     get_evaluator,
+    inference_mode,
     ordered_records,
     register_evaluator,
 )
@@ -50,6 +52,9 @@ __all__ = [
     "ProcessGroup",
     "evaluate_rows",
     "shards_evaluation",
+    "inference_mode",
+    "generate",
+    "loglikelihood",
     "ordered_records",
     "register_evaluator",
     "get_evaluator",

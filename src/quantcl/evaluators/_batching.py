@@ -22,9 +22,10 @@ from quantcl.evaluators._shared_context import (
     score_shared_context,
     split_group,
 )
-from quantcl.evaluators.base import Shard, model_device, pad_token_id
+from quantcl.evaluators.base import Shard, inference_mode, model_device, pad_token_id
 
-__all__ = ["encode_pair", "loglikelihoods", "generate_texts", "truncate_at_stop", "batch_seed"]
+__all__ = ["encode_pair", "loglikelihoods", "generate_texts", "truncate_at_stop", "batch_seed", "generate",
+           "loglikelihood"]
 
 WHOLE = Shard(0, 1)
 
@@ -266,3 +267,50 @@ def generate_texts(
                 chunk = texts[row * num_return_sequences : (row + 1) * num_return_sequences]
                 out[i] = [truncate_at_stop(t, stop) for t in chunk]
     return dict(sorted(out.items()))
+
+
+def generate(
+    model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int, stop: Sequence[str] = (),
+    batch_size: int | None = None, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+) -> list[str]:
+    """The continuation of each prompt, in order: greedy (``temperature=0``) or sampled, cut
+    before the first ``stop`` string, each row stopping on its own.
+
+    Prompts are left-padded into batches of ``batch_size`` (default: all at once; in
+    :meth:`Evaluator.score_rows <quantcl.evaluators.Evaluator.score_rows>` the rows are already a
+    batch), run in :func:`~quantcl.evaluators.inference_mode`. Sampling is seeded per batch in a
+    forked RNG: the caller's random state is untouched.
+
+    Examples:
+        >>> generate(model, tokenizer, ["2 + 2 =", "The capital of France is"],
+        ...          max_new_tokens=8, stop=["\\n"])  # doctest: +SKIP
+        [' 4', ' Paris.']
+    """
+    prompts = [str(p) for p in prompts]
+    if not prompts:
+        return []
+    with inference_mode(model):
+        out = generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                             batch_size=batch_size or len(prompts), stop=stop, temperature=temperature, top_p=top_p,
+                             seed=seed)
+    return [out[i][0] for i in range(len(prompts))]
+
+
+def loglikelihood(
+    model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], *, batch_size: int | None = None,
+    max_length: int | None = None,
+) -> list[tuple[float, int]]:
+    """``(sum of log-probabilities, number of tokens)`` of each continuation given its context,
+    for ``(context, continuation)`` pairs, in order (lm-evaluation-harness's ``loglikelihood``).
+
+    Examples:
+        >>> loglikelihood(model, tokenizer, [("2 + 2 =", " 4"), ("2 + 2 =", " 5")])  # doctest: +SKIP
+        [(-1.2, 1), (-4.7, 1)]
+    """
+    pairs = [(str(c), str(t)) for c, t in pairs]
+    if not pairs:
+        return []
+    with inference_mode(model):
+        out = loglikelihoods(model, tokenizer, [[pair] for pair in pairs], batch_size=batch_size or len(pairs),
+                             max_length=max_length)
+    return [out[i][0] for i in range(len(pairs))]

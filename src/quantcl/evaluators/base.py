@@ -11,7 +11,7 @@ from quantcl.components import Component
 from quantcl.errors import ConfigError, UnknownNameError
 
 __all__ = ["EvalResult", "Evaluator", "Shard", "ShardResult", "ordered_records", "register_evaluator",
-           "get_evaluator", "evaluator_class", "evaluator_names"]
+           "get_evaluator", "evaluator_class", "evaluator_names", "inference_mode"]
 
 
 @dataclass(frozen=True)
@@ -134,27 +134,74 @@ class Evaluator(Component):
     required_columns: tuple[str, ...] = ("prompt",)
     unsafe: ClassVar[bool] = False
 
+    #: rows per :meth:`score_rows` call when :meth:`evaluate` is given no ``batch_size``
+    default_batch_size: ClassVar[int] = 8
+
+    def score_rows(self, model: Any, tokenizer: Any, rows: Any) -> list[dict[str, Any]]:
+        """One JSON-able record per row of ``rows`` (a batch of consecutive dataset rows).
+
+        Implement this and :meth:`aggregate` (lm-evaluation-harness's split of requests and
+        aggregation) and the library does the rest: it calls ``score_rows`` batch by batch in
+        :func:`inference_mode`, deals whole batches out to the processes of a ``torchrun`` job and
+        aggregates the records once, in row order, so the result of several processes is the
+        result of one. Use :func:`~quantcl.evaluators.generate` and
+        :func:`~quantcl.evaluators.loglikelihood` to run the model on the whole batch at once.
+        """
+        raise NotImplementedError(f"{type(self).__name__} implements neither evaluate() nor score_rows()")
+
+    def aggregate(self, records: list[dict[str, Any]]) -> EvalResult:
+        """The :class:`EvalResult` of all the records :meth:`score_rows` returned, in row order."""
+        raise NotImplementedError(f"{type(self).__name__} implements score_rows() but not aggregate()")
+
     def evaluate(
         self, model: Any, tokenizer: Any, dataset: Any, *, batch_size: int | None = None, progress: bool = True
     ) -> EvalResult:
-        """Score ``model`` on ``dataset``; see each subclass."""
-        raise NotImplementedError
+        """Score ``model`` on ``dataset``: by default :meth:`aggregate` of :meth:`score_rows`'s
+        records; built-in evaluators override it."""
+        if not self._scores_rows():
+            raise NotImplementedError(f"{type(self).__name__} implements neither evaluate() nor score_rows()")
+        return self.merge([self.evaluate_shard(model, tokenizer, dataset, Shard(), batch_size=batch_size,
+                                               progress=progress)])
 
     def evaluate_shard(
         self, model: Any, tokenizer: Any, dataset: Any, shard: Shard, *, batch_size: int | None = None,
         progress: bool = True,
     ) -> ShardResult:
-        """Score this process's share of ``dataset``: by default rows ``shard.index::shard.count``,
-        passed to :meth:`evaluate` as a dataset of their own.
+        """Score this process's share of ``dataset``.
 
-        Override it when a row's result depends on the rows scored with it (the built-in
-        evaluators deal out whole batches of the unsharded run, see :mod:`quantcl.evaluators._sharding`).
+        For an evaluator written with :meth:`score_rows`: the batches ``shard.index::shard.count``
+        of ``batch_size`` consecutive rows, each scored as one process scores it. Otherwise rows
+        ``shard.index::shard.count`` passed to :meth:`evaluate` as a dataset of their own; override
+        it when a row's result depends on the rows scored with it (the built-in evaluators deal out
+        whole batches of the unsharded run, see :func:`quantcl.evaluators.evaluate_rows`).
         """
+        if self._scores_rows():
+            return self._score_batches(model, tokenizer, dataset, shard, batch_size, progress)
         rows = tuple(shard.units(len(dataset)))
         if not rows:
             return ShardResult((), EvalResult(0.0, {}, [], 0))
         result = self.evaluate(model, tokenizer, dataset.select(rows), batch_size=batch_size, progress=progress)
         return ShardResult(rows, result)
+
+    def _score_batches(self, model: Any, tokenizer: Any, dataset: Any, shard: Shard, batch_size: int | None,
+                       progress: bool) -> ShardResult:
+        from tqdm.auto import tqdm
+
+        size = batch_size or self.default_batch_size
+        positive_int(type(self).__name__, "batch_size", size)
+        n_batches = -(-len(dataset) // size)
+        rows: list[int] = []
+        records: list[dict[str, Any]] = []
+        with inference_mode(model):
+            for b in tqdm(shard.units(n_batches), desc=type(self).__name__, disable=not progress):
+                batch = list(range(b * size, min(len(dataset), (b + 1) * size)))
+                scored = list(self.score_rows(model, tokenizer, dataset.select(batch)))
+                if len(scored) != len(batch):
+                    raise ConfigError(f"{type(self).__name__}.score_rows returned {len(scored)} records for "
+                                      f"{len(batch)} rows; it must return one per row")
+                rows += batch
+                records += scored
+        return ShardResult(tuple(rows), EvalResult(0.0, {}, records, len(records)))
 
     def _evaluate_as_one_shard(
         self, model: Any, tokenizer: Any, dataset: Any, *, batch_size: int | None = None, progress: bool = True
@@ -184,15 +231,28 @@ class Evaluator(Component):
             >>> Exact().shardable, Evaluator().shardable
             (True, False)
         """
+        if self._scores_rows():
+            return self.aggregate(ordered_records(parts))
         raise NotImplementedError(f"{type(self).__name__} does not implement merge()")
+
+    def _owner(self, method: str) -> type:
+        return next(c for c in type(self).__mro__ if method in vars(c))
+
+    def _scores_rows(self) -> bool:
+        """Written with :meth:`score_rows` (and not an ``evaluate`` of a subclass over it)."""
+        mro = type(self).__mro__
+        owner = self._owner("score_rows")
+        return owner is not Evaluator and mro.index(owner) <= mro.index(self._owner("evaluate"))
 
     @property
     def shardable(self) -> bool:
-        """Whether :meth:`merge` is implemented by the class that implements :meth:`evaluate`
-        or by a subclass of it (a subclass that changes ``evaluate`` alone is not sharded)."""
+        """Whether the evaluator is written with :meth:`score_rows`, or :meth:`merge` is implemented
+        by the class that implements :meth:`evaluate` or by a subclass of it (a subclass that changes
+        ``evaluate`` alone is not sharded)."""
+        if self._scores_rows():
+            return True
         mro = type(self).__mro__
-        merge_owner = next(c for c in mro if "merge" in vars(c))
-        evaluate_owner = next(c for c in mro if "evaluate" in vars(c))
+        merge_owner, evaluate_owner = self._owner("merge"), self._owner("evaluate")
         return merge_owner is not Evaluator and mro.index(merge_owner) <= mro.index(evaluate_owner)
 
     def __call__(self, model: Any, tokenizer: Any, dataset: Any) -> float:
@@ -273,7 +333,17 @@ def get_evaluator(name: str, **kwargs: Any) -> Evaluator:
 
 @contextlib.contextmanager
 def inference_mode(model: Any) -> Iterator[None]:
-    """Eval mode and no autograd for the block; the model's previous mode is restored after."""
+    """Eval mode and no autograd for the block; the model's previous mode is restored after.
+
+    Examples:
+        >>> import torch
+        >>> model = torch.nn.Linear(2, 2).train()
+        >>> with inference_mode(model):
+        ...     print(model.training, torch.is_grad_enabled())
+        False False
+        >>> model.training
+        True
+    """
     import torch
 
     was_training = bool(getattr(model, "training", False))
