@@ -84,7 +84,7 @@ def test_t_interval_and_summarize():
     mean, half = t_interval([0.61, 0.72, 0.83])
     assert (mean, half) == pytest.approx((0.72, stats.t.ppf(0.975, 2) * 0.11 / np.sqrt(3)))
     assert summarize([0.61, 0.72, 0.83]) == f"0.720 ± {half:.3f}" and summarize([0.5]) == "0.500"
-    assert summarize([]) == "-" and summarize([0.4, 0.4]) == "0.400 ± 0.000"
+    assert summarize([]) == "-" and summarize([0.4, 0.4]) == "0.400 (all 2 equal)"
 
 
 def test_paired_retention_and_a_grid_written_with_int_zero():
