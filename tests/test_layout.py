@@ -9,6 +9,8 @@ a function: both run; imports under ``if TYPE_CHECKING:`` do not):
 - the leaves (``precision``, ``replay``, ``tasks``) import none of each other, the trainer or the plug-ins;
 - a private module (``quantcl.precision._lora``) is imported only from inside the package that holds it,
   and a private name (``quantcl._plot._save``) only from the same package as its module;
+- a name imported from a quantcl module is defined there (or named in it, as lazy names are in
+  ``__all__``), not one it hands out only as a moved name with a DeprecationWarning;
 - no star import, and no module over 400 lines.
 """
 
@@ -170,6 +172,40 @@ def private_crossings(modules: dict[str, Path], found: list[Import]) -> list[str
     return out
 
 
+def _offered_names(path: Path) -> set[str]:
+    """What ``from module import name`` may take from the module at ``path``: what it defines or
+    imports at run time, and the strings it names (``__all__``, lazy tables), except those it only
+    forwards as moved (the arguments of ``forward_moved_names``)."""
+    tree = ast.parse(path.read_text())
+    forwarded = {id(n) for call in ast.walk(tree) if isinstance(call, ast.Call)
+                 and getattr(call.func, "id", None) == "forward_moved_names" for n in ast.walk(call)}
+    names = {n.value for n in ast.walk(tree)
+             if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in forwarded}
+
+    def visit(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names.update(t.id for t in targets if isinstance(t, ast.Name))
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names.update((a.asname or a.name).split(".")[0] for a in node.names)
+            elif isinstance(node, ast.If) and not _is_type_checking(node):
+                visit(node.body)
+                visit(node.orelse)
+            elif isinstance(node, ast.Try):
+                visit(node.body)
+
+    visit(tree.body)
+    return names
+
+
+def missing_names(modules: dict[str, Path], found: list[Import]) -> list[str]:
+    return [f"{imp.importer}:{imp.line} imports {imp.name} from {imp.module}, which does not define it"
+            for imp in found if imp.name and imp.name != "*" and imp.name not in _offered_names(modules[imp.module])]
+
+
 @pytest.fixture(scope="module")
 def package() -> tuple[dict[str, Path], list[Import]]:
     return imports()
@@ -198,6 +234,11 @@ def test_no_private_name_is_imported_across_packages(package):
     assert private_crossings(modules, found) == []
 
 
+def test_every_imported_name_is_defined_where_it_is_imported_from(package):
+    modules, found = package
+    assert missing_names(modules, found) == []
+
+
 def test_no_star_import_and_no_long_module(package):
     modules, _ = package
     stars = [m for m, path in modules.items()
@@ -222,12 +263,14 @@ def test_the_checks_find_what_they_guard(tmp_path):
         "__init__.py": "",
         "trainer.py": "from quantcl.tasks import Task\n",
         "tasks/__init__.py": "from quantcl.tasks.task import Task\n",
-        "tasks/task.py": ("def evaluate():\n    from quantcl.evaluators import run\n"
+        "tasks/task.py": ("class Task: ...\ndef evaluate():\n    from quantcl.evaluators import run\n"
                           "if TYPE_CHECKING:\n    from quantcl.trainer import Trainer\n"),
         "evaluators/__init__.py": "from quantcl.evaluators.base import run\n",
-        "evaluators/base.py": "from quantcl.tasks.task import evaluate\nfrom quantcl._plot import _save\n",
+        "evaluators/base.py": "from quantcl.tasks.task import evaluate\nfrom quantcl._plot import _save\ndef run(): ...\n",
         "_plot.py": "def _save(): ...\n",
         "replay/__init__.py": "def f():\n    import quantcl.trainer\n",
+        "recipes.py": ("from quantcl.tasks import Task, moved\n"
+                       "__getattr__ = forward_moved_names(__name__, {'moved': 'quantcl.elsewhere'})\n"),
     })
     modules, found = imports(src)
     assert cycles(module_graph(modules, found)) == [
@@ -235,6 +278,7 @@ def test_the_checks_find_what_they_guard(tmp_path):
     assert cycles(unit_graph(found)) == [["evaluators", "tasks"]]
     assert [imp.module for imp in found if imp.importer == "quantcl.tasks.task"] == ["quantcl.evaluators"]
     assert private_crossings(modules, found) == ["quantcl.evaluators.base:2 imports the private name quantcl._plot._save"]
+    assert missing_names(modules, found) == ["quantcl.recipes:1 imports moved from quantcl.tasks, which does not define it"]
     assert [imp.importer for imp in found if unit(imp.importer) in LEAVES
             and unit(imp.module) in LEAVES_MUST_NOT_IMPORT and unit(imp.module) != unit(imp.importer)] == [
         "quantcl.replay"]

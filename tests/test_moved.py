@@ -25,7 +25,10 @@ def test_an_old_module_path_is_the_new_module_and_warns_at_the_import():
         "assert old is new and old.__spec__.name == 'quantcl.evaluators.code', old.__spec__\n"
         "assert synthetic is quantcl.recipes.synthetic and quantcl.tasks.sandbox is quantcl.sandbox\n"
         "import sys; assert not [m for m in sys.modules if m.startswith('quantcl.tasks.evaluators.') and\n"
-        "                        sys.modules[m] is not sys.modules[m.replace('tasks.', '', 1)]]\n")
+        "                        sys.modules[m] is not sys.modules[m.replace('tasks.', '', 1)]]\n"
+        "import quantcl.tasks.recipes.synthetic, quantcl.tasks.recipes.lessismore\n"
+        "assert callable(quantcl.recipes.synthetic) and callable(quantcl.recipes.lessismore)  # not the modules\n"
+        "assert quantcl.recipes.synthetic(n_train=2, n_eval=2).names == ['nlu', 'math', 'code']\n")
     assert out.returncode == 0, out.stderr
     lines = [line for line in out.stderr.splitlines() if "DeprecationWarning" in line and "quantcl" in line]
     assert lines[0] == ("<string>:1: DeprecationWarning: quantcl.tasks.evaluators moved to quantcl.evaluators; "
@@ -72,3 +75,11 @@ def test_a_class_path_saved_before_the_move_loads_and_resumes_without_a_warning(
         saved = {"tasks": [{"name": "nlu", "evaluator": old}], "seed": 0}
         now = {"tasks": [{"name": "nlu", "evaluator": node}], "seed": 0}
         assert _resume_view(saved) == _resume_view(now) and saved != now
+
+
+def test_a_sweep_compares_class_paths_as_moved():
+    from quantcl.sweep._checks import identity
+
+    node = {"tasks": [{"evaluator": {"_component_": "quantcl.tasks.evaluators.numeric.NumericMatch"}}], "seed": 0}
+    new = {"tasks": [{"evaluator": {"_component_": "quantcl.evaluators.numeric.NumericMatch"}}], "seed": 0}
+    assert identity(node) == identity(new)

@@ -1,8 +1,8 @@
 """Modules and names that moved in the package layout of quantcl 0.2, kept at their old paths for
 one release.
 
-Importing an old module path (``import quantcl.tasks.evaluators``) gives the new module itself,
-and reading a moved name from its old module (``quantcl.recipes.transition_study``) gives the new
+Importing an old module path (``import quantcl.tasks.evaluators.code``) gives the new module itself
+(an old package path, a stand-in that hands out the new package's names), and reading a moved name from its old module (``quantcl.recipes.transition_study``) gives the new
 object; both warn with a ``DeprecationWarning`` that names the new path. A class path saved in a
 run's ``run.json`` before the move (``quantcl.tasks.evaluators.code.CodeExecution``) is read as its
 new path without a warning: files on disk stay valid.
@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["MOVED_MODULES", "current_path", "forward_moved_names", "install"]
+__all__ = ["MOVED_MODULES", "current_path", "current_paths", "forward_moved_names", "install"]
 
 _EVALUATORS = ("base", "code", "multiple_choice", "numeric", "perplexity")
 _RECIPES = ("lessismore", "stdlib", "stdlib_sequence", "synthetic")
@@ -67,26 +67,38 @@ def _warn(message: str) -> None:
 
 
 class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Finds an old module path and loads it as the new module (the same object, not a copy)."""
+    """Finds an old module path and loads it as the new module (the same object, not a copy).
+
+    An old *package* path becomes a stand-in module that hands out the new package's names: the
+    import system sets each submodule imported through it (``quantcl.tasks.recipes.synthetic``) as
+    an attribute of its parent, which must not be the new package, where ``synthetic`` is a function.
+    """
+
+    def __init__(self) -> None:
+        self._specs: dict[str, Any] = {}
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
         if fullname not in MOVED_MODULES:
             return None
-        return importlib.util.spec_from_loader(fullname, self)
-
-    def __init__(self) -> None:
-        self._specs: dict[str, Any] = {}
+        is_package = any(old.startswith(fullname + ".") for old in MOVED_MODULES)
+        return importlib.util.spec_from_loader(fullname, self, is_package=is_package)
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
         new = MOVED_MODULES[spec.name]
         _warn(f"{spec.name} moved to {new}; import it from there (the old path goes in the next release)")
         module = importlib.import_module(new)
+        if spec.submodule_search_locations is not None:
+            stand_in = types.ModuleType(spec.name, module.__doc__)
+            stand_in.__getattr__ = lambda name: getattr(module, name)  # type: ignore[method-assign]
+            stand_in.__all__ = list(getattr(module, "__all__", []))  # type: ignore[attr-defined]
+            return stand_in
         self._specs[module.__name__] = module.__spec__
         return module
 
     def exec_module(self, module: types.ModuleType) -> None:
-        # the import system has just given the module the alias's spec: it keeps its own
-        module.__spec__ = self._specs[module.__name__]
+        # a moved module has just been given the alias's spec: it keeps its own
+        if module.__name__ in self._specs:
+            module.__spec__ = self._specs[module.__name__]
 
 
 def install() -> None:
@@ -94,6 +106,16 @@ def install() -> None:
     otherwise load a second copy of a moved submodule from the new package's directory."""
     if not any(isinstance(finder, _Alias) for finder in sys.meta_path):
         sys.meta_path.insert(0, _Alias())
+
+
+def current_paths(value: Any) -> Any:
+    """A JSON value with every ``_component_`` class path read by :func:`current_path`."""
+    if isinstance(value, dict):
+        return {k: current_path(v) if k == "_component_" and isinstance(v, str) else current_paths(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [current_paths(v) for v in value]
+    return value
 
 
 def forward_moved_names(module: str, moves: Mapping[str, str]) -> Callable[[str], Any]:

@@ -162,7 +162,8 @@ def _evaluator(key: str, spec: Any, allow_code: bool | None) -> Any:
 
 def _tasks(value: Any, base: Path, allow_code: bool | None) -> Callable[[], TaskSequence]:
     """Check the ``tasks`` key now; return what loads the data, called once every cheap key passed."""
-    from quantcl.tasks import Task, TaskSequence, recipes
+    from quantcl import recipes
+    from quantcl.tasks import Task, TaskSequence
 
     if isinstance(value, dict) and COMPONENT_KEY in value:
         check_node(value, "tasks")

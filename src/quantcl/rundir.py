@@ -27,9 +27,8 @@ from typing import Any
 from quantcl._lock import hold_directory
 from quantcl._io import (atomic_replace_dir, atomic_write_json, digest_mismatch, read_json, seal, seal_ok,
                          sha256_file, tree_digests)
-from quantcl._moved import current_path
+from quantcl._moved import current_paths
 from quantcl._runtime import checkpoint_is_complete
-from quantcl.components import COMPONENT_KEY
 from quantcl.errors import ConfigError, StateError
 
 __all__ = ["RunDirectory", "STATE_VERSION"]
@@ -46,20 +45,11 @@ PLACEMENT_KWARGS = frozenset({"device_map", "max_memory"})
 def _resume_view(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` as resume compares it: without the placement keys of ``model_kwargs``, and with
     class paths saved before a module moved read as their new paths."""
-    config = _current_paths(config)
+    config = current_paths(config)
     kwargs = config.get("model_kwargs")
     if not isinstance(kwargs, dict):
         return config
     return {**config, "model_kwargs": {k: v for k, v in kwargs.items() if k not in PLACEMENT_KWARGS}}
-
-
-def _current_paths(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: current_path(v) if k == COMPONENT_KEY and isinstance(v, str) else _current_paths(v)
-                for k, v in value.items()}
-    if isinstance(value, list):
-        return [_current_paths(v) for v in value]
-    return value
 
 
 def plugin_state_dir(stage_dir: Path, index: int, state_key: str) -> Path:

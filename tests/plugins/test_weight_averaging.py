@@ -79,6 +79,17 @@ def test_a_stage_shorter_than_every_keeps_its_last_weights(tiny_model_dir, tmp_p
     assert result.stage_records[0]["weight_averaging"]["averaged"] == 0
 
 
+def test_a_stage_that_adds_nothing_keeps_its_weights_also_when_the_average_carries_over(tiny_model_dir, tmp_path):
+    import dataclasses
+
+    args = dataclasses.replace(ARGS, overrides={"math": {"max_steps": 2}})  # stage 2: no snapshot at every=3
+    result, rec = _fit(tiny_model_dir, tmp_path / "carry", WeightAveraging("lawa", every=3, window=2, per_stage=False),
+                       args=args)
+    _close(rec.final[1], rec.steps[1][2])  # stage 1: its one snapshot (step 3)
+    _close(rec.final[2], rec.steps[2][-1])  # stage 2 keeps its own last weights, not stage 1's average
+    assert [r["weight_averaging"]["averaged"] for r in result.stage_records] == [1, 0]
+
+
 @pytest.mark.parametrize("make", [lambda: LAWA(every=1, window=3), lambda: EMA(decay=0.7)])
 def test_state_round_trip_continues_the_same_average(make):
     g = torch.Generator().manual_seed(0)

@@ -278,8 +278,9 @@ def generate(
 
     Prompts are left-padded into batches of ``batch_size`` (default: all at once; in
     :meth:`Evaluator.score_rows <quantcl.evaluators.Evaluator.score_rows>` the rows are already a
-    batch), run in :func:`~quantcl.evaluators.inference_mode`. Sampling is seeded per batch in a
-    forked RNG: the caller's random state is untouched.
+    batch), run in :func:`~quantcl.evaluators.inference_mode`. Sampling is seeded from ``seed`` in a
+    forked RNG, the caller's random state untouched: calls with the same ``seed`` draw alike, so
+    pass a different one per batch (e.g. its first row's index) where draws must differ.
 
     Examples:
         >>> generate(model, tokenizer, ["2 + 2 =", "The capital of France is"],

@@ -9,8 +9,8 @@ target tokens of the batch::
 where ``z`` are the next-token logits at each target position, the KL is summed over the
 vocabulary and averaged over the target tokens, and ``T`` is the temperature (``T^2`` keeps the
 gradient's scale independent of ``T``, as in Hinton et al.'s distillation). The old logits come
-from the live model with the stage-start weights swapped in (``torch.func.functional_call``): no
-second copy of the model, one extra forward pass per step without gradients.
+from the live model with the stage-start weights swapped in (``torch.func.functional_call``), in
+eval mode: no second copy of the model, one extra forward pass per step without gradients.
 
 On a quantized base (int8, nf4) the old model shares the quantized base, so the term constrains
 only what LoRA changes. Nothing needs saving: a resumed stage starts from the previous stage's
@@ -65,9 +65,10 @@ class LwF(StagePlugin):
         self.alpha = float(require_number(alpha, "LwF(alpha=...)", low=0))
         self.temperature = float(require_number(temperature, "LwF(temperature=...)", low=0, low_open=True))
         self._old: dict[str, Any] = {}
+        self._placed = False
 
     def on_stage_begin(self, trainer: ContinualTrainer, stage: int, task: Task) -> None:
-        self._old = {}
+        self._old, self._placed = {}, False
         if stage > 1 and self.alpha > 0:
             self._old = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
 
@@ -76,9 +77,19 @@ class LwF(StagePlugin):
             return loss
         import torch
 
+        live = trainer.model
+        if not self._placed:  # a resumed run copied the weights before the Trainer placed the model
+            params = dict(live.named_parameters())
+            self._old = {n: t.to(params[n].device) for n, t in self._old.items()}
+            self._placed = True
         batch = {k: v for k, v in inputs.items() if k != "labels"}
-        with torch.no_grad():
-            old = torch.func.functional_call(trainer.model, self._old, args=(), kwargs=batch).logits
+        was_training = live.training
+        live.eval()  # the old model is a fixed teacher: no dropout, no random draws taken from training
+        try:
+            with torch.no_grad():
+                old = torch.func.functional_call(live, self._old, args=(), kwargs=batch).logits
+        finally:
+            live.train(was_training)
         return loss + self.alpha * lwf_term(outputs.logits, old, inputs["labels"], self.temperature)
 
     def on_stage_end(self, trainer: ContinualTrainer, stage: int, task: Task, scores: dict[str, float]) -> None:

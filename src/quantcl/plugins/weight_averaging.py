@@ -85,6 +85,7 @@ class WeightAveraging(StagePlugin):
         self.per_stage = require_bool(per_stage, "WeightAveraging(per_stage=...)")
         self.averager: Any = (EMA(self.decay, self.every) if self.decay is not None
                               else LAWA(self.every, require_int(window, "WeightAveraging(window=...)", minimum=1)))
+        self._stage_updates = 0  # snapshots (LAWA) or updates (EMA) taken in the running stage
         self._stage_averaged = 0
 
     @property
@@ -97,7 +98,7 @@ class WeightAveraging(StagePlugin):
     def on_stage_begin(self, trainer: ContinualTrainer, stage: int, task: Task) -> None:
         if self.per_stage:
             self.averager.reset()
-        self._stage_averaged = 0
+        self._stage_updates = self._stage_averaged = 0
 
     def trainer_callbacks(self, trainer: ContinualTrainer, stage: int, task: Task) -> list[Any]:
         return [_InStage(self)]
@@ -123,22 +124,27 @@ class _InStage(TrainerCallback):
         meta = load_checkpoint_state(args, state, META_FILE)  # a stage resumed from its checkpoint
         if meta is not None:
             _load(checkpoint_dir(args, state), self.plugin.averager, meta)
+            self.plugin._stage_updates = int(meta["stage_updates"])
         return control
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if kwargs.get("model") is not None and state.global_step % self.plugin.every == 0:
+            self.plugin._stage_updates += 1
         self.plugin.averager.on_step_end(args, state, control, **kwargs)
         return control
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         checkpoint = checkpoint_dir(args, state)
         if state.is_world_process_zero and checkpoint.is_dir():
-            save_checkpoint_state(args, state, META_FILE, _save(checkpoint, self.plugin.averager))
+            meta = {**_save(checkpoint, self.plugin.averager), "stage_updates": self.plugin._stage_updates}
+            save_checkpoint_state(args, state, META_FILE, meta)
         return control
 
     def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> Any:
         from quantcl.averaging import load_trainable
 
-        count = self.plugin._count()
+        # only a stage that added to the average takes it (per_stage=False carries older ones along)
+        count = self.plugin._count() if self.plugin._stage_updates > 0 else 0
         self.plugin._stage_averaged = count
         if self.plugin.apply and count > 0 and model is not None:
             load_trainable(model, self.plugin.averager.averaged_state_dict())

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from quantcl._moved import current_paths
 from quantcl._io import read_json, to_jsonable
 from quantcl.results import RESULT_FILE
 from quantcl.rundir import RunDirectory
@@ -32,7 +33,7 @@ NOT_IDENTITY = frozenset({"progress", "allow_code_execution", "_base_dir"})
 def identity(config: Mapping[str, Any]) -> dict[str, Any]:
     """``config`` as JSON would hold it, without the keys that do not change results."""
     body = {k: v for k, v in config.items() if k not in NOT_IDENTITY}
-    return dict(json.loads(json.dumps(to_jsonable(body), sort_keys=True)))
+    return dict(current_paths(json.loads(json.dumps(to_jsonable(body), sort_keys=True))))
 
 
 def _differing(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -60,7 +61,7 @@ def finished_problem(directory: Path, expected: Mapping[str, Any]) -> tuple[Lite
     except (OSError, ValueError) as err:
         return "damaged", f"is unreadable ({err})"
     if saved_point is not None:
-        keys = _differing(saved_point, dict(expected))
+        keys = _differing(current_paths(saved_point), dict(expected))
         if keys:
             return "mismatch", f"ran with other values of {keys} than this sweep's (see its {POINT_FILE})"
     if not isinstance(result, dict):
