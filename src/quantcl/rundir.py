@@ -57,6 +57,23 @@ def plugin_state_dir(stage_dir: Path, index: int, state_key: str) -> Path:
     return stage_dir / "plugins" / f"{index:02d}-{state_key}"
 
 
+def plugin_state_dirs(stage_dir: Path, plugins: Sequence[Any], watchers: Sequence[Any]) -> list[tuple[Any, Path, Path]]:
+    """``(plug-in, its state folder, the folder runs saved before quantcl 0.2 used)`` for each of ``plugins``.
+
+    Folders are numbered among the plug-ins a resume compares first and the watch-only
+    ``watchers`` after them, so that adding or removing a watcher on resume (allowed: it does not
+    change the run) moves no other plug-in's state. Earlier versions numbered them in ``plugins``
+    order, which differs only when a watcher came before a plug-in with state.
+    """
+    def watching(p: Any) -> bool:
+        return any(p is w for w in watchers)
+
+    ordered = [p for p in plugins if not watching(p)] + [p for p in plugins if watching(p)]
+    old = {id(p): i for i, p in enumerate(plugins)}
+    return [(p, plugin_state_dir(stage_dir, i, p.state_key), plugin_state_dir(stage_dir, old[id(p)], p.state_key))
+            for i, p in enumerate(ordered)]
+
+
 class RunDirectory:
     """Paths and state files of one run under ``root``; only the main process writes.
 

@@ -31,7 +31,7 @@ from quantcl.plugins.base import overrides_hook
 from quantcl.precision import PrecisionPolicy
 from quantcl.replay import ReplayBuffer
 from quantcl.results import ContinualResult, collect_versions
-from quantcl.rundir import RunDirectory, plugin_state_dir
+from quantcl.rundir import RunDirectory, plugin_state_dirs
 from quantcl.stage_args import StageArgs
 from quantcl.tasks import Task, TaskSequence, make_collator, tokenize_for_training
 
@@ -269,9 +269,9 @@ class ContinualTrainer:
             matrix[:] = np.array([[np.nan if v is None else v for v in row] for row in state["matrix"]], dtype=float)
         run_dir.remove_leftovers(completed)
         if completed > 0:
-            for i, plugin in enumerate(self.plugins):
+            for plugin, folder, old in plugin_state_dirs(run_dir.stage_dir(completed), self.plugins, self._watchers):
                 if overrides_hook(plugin, "load_state"):
-                    plugin.load_state(plugin_state_dir(run_dir.stage_dir(completed), i, plugin.state_key))
+                    plugin.load_state(folder if folder.exists() or not old.exists() else old)
         self._load_model(completed)
         self._steps_done = sum(int(r.get("steps", 0)) for r in state["stage_records"])
         if self.schedule is not None:
@@ -391,10 +391,9 @@ class ContinualTrainer:
         main = self._procs.is_main
         self.model = self._setup.save(self.model, self.tokenizer, tmp, stage, main)
         if main:
-            for i, plugin in enumerate(self.plugins):
+            for plugin, directory, _ in plugin_state_dirs(tmp, self.plugins, self._watchers):
                 if not overrides_hook(plugin, "save_state"):
                     continue
-                directory = plugin_state_dir(tmp, i, plugin.state_key)
                 directory.mkdir(parents=True, exist_ok=True)
                 plugin.save_state(directory)
         self.run_dir.commit_stage(stage)

@@ -120,3 +120,29 @@ def test_arguments_are_checked_and_saved():
     assert node == {"_component_": "quantcl.plugins.weight_averaging.WeightAveraging", "method": "ema", "every": 3,
                     "window": None, "decay": 0.9, "apply": True, "per_stage": False}
     assert WeightAveraging.from_dict(node).averager.decay == 0.9
+
+
+class CrashAtRow2(qcl.StageCallback):
+    """A watcher that stops the run after stage 1 was saved (at the evaluation of row 2)."""
+
+    def on_evaluate(self, trainer, row, task, result):
+        if row == 2:
+            raise RuntimeError("crash")
+
+
+def test_a_run_resumed_without_its_watcher_finds_the_plugin_state(tiny_model_dir, tmp_path):
+    tasks = qcl.recipes.synthetic(seed=0, n_train=16, n_eval=3, tasks=("nlu", "math"))
+
+    def trainer(out, callbacks):
+        return qcl.ContinualTrainer(model=tiny_model_dir, precision="fp32", tasks=tasks, lora=LORA, args=ARGS,
+                                    output_dir=out, callbacks=callbacks, progress=False,
+                                    plugins=[WeightAveraging("ema", every=1, decay=0.5, per_stage=False)])
+
+    with pytest.raises(RuntimeError, match="crash"):
+        trainer(tmp_path / "run", [CrashAtRow2()]).fit()
+    assert [p.name for p in (tmp_path / "run" / "stages" / "stage-001" / "plugins").iterdir()] == [
+        "00-weight-averaging-ema"]  # numbered before the watcher
+    resumed = trainer(tmp_path / "run", []).fit(resume=True)
+    uninterrupted = trainer(tmp_path / "ref", []).fit()
+    assert (resumed.accuracy_matrix == uninterrupted.accuracy_matrix).all()
+    assert resumed.stage_records[1]["weight_averaging"] == uninterrupted.stage_records[1]["weight_averaging"]
