@@ -27,14 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 from quantcl._checks import require_number
 from quantcl.plugins.base import StagePlugin
+from quantcl.tasks import IGNORE_INDEX
 
 if TYPE_CHECKING:  # pragma: no cover
     from quantcl.tasks import Task
     from quantcl.trainer import ContinualTrainer
 
 __all__ = ["LwF", "lwf_term"]
-
-IGNORE_INDEX = -100  # the label of prompt and padding tokens
 
 
 def lwf_term(new_logits: Any, old_logits: Any, labels: Any, temperature: float) -> Any:
