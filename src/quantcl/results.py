@@ -76,6 +76,9 @@ class ContinualResult:
         stage_records: one JSON-able dict per stage (stage, task, prepare/train/eval/replay/save_seconds,
             train_loss, steps, n_train_rows, n_replay_rows, learning_rate, peak_memory_bytes).
         eval_details: extra evaluator metrics, e.g. ``{"1": {"math": {"acc_norm": 0.4}}}``.
+        items: the item-level outcomes of every evaluation, by matrix row and task, as columns
+            (:meth:`quantcl.evaluators.EvalResult.item_columns`): ``{"1": {"math": {"id": [...],
+            "correct": [...], "well_formed": [...]}}}``; see :meth:`item_outcomes`.
         config: the run's JSON-able configuration (policy, buffer, tasks, args, versions).
 
     Examples:
@@ -89,6 +92,7 @@ class ContinualResult:
     stage_records: list[dict[str, Any]] = field(default_factory=list)
     eval_details: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    items: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.task_names, str) or not all(isinstance(t, str) for t in self.task_names):
@@ -161,6 +165,7 @@ class ContinualResult:
             "stage_records": self.stage_records,
             "eval_details": self.eval_details,
             "config": self.config,
+            "items": self.items,
         })
 
     @classmethod
@@ -183,6 +188,9 @@ class ContinualResult:
             if not isinstance(data.get(key), kind):
                 raise StateError(f"corrupt quantcl result: {key!r} must be a JSON {kind.__name__}, "
                                  f"got {type(data.get(key)).__name__}")
+        items = data.get("items", {})  # absent from results saved before item records existed
+        if not isinstance(items, dict):
+            raise StateError(f"corrupt quantcl result: 'items' must be a JSON dict, got {type(items).__name__}")
         for row in data["accuracy_matrix"]:
             bad = [v for v in row if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)))] \
                 if isinstance(row, list) else [row]
@@ -194,7 +202,7 @@ class ContinualResult:
                 [[math.nan if v is None else v for v in row] for row in data["accuracy_matrix"]], dtype=float
             )
             return cls(matrix, data["task_names"], list(data["stage_records"]),
-                       dict(data["eval_details"]), dict(data["config"]))
+                       dict(data["eval_details"]), dict(data["config"]), dict(items))
         except (TypeError, ValueError) as err:  # ConfigError is a ValueError
             raise StateError(f"corrupt quantcl result: {err}") from err
 
@@ -301,6 +309,27 @@ class ContinualResult:
             index=pandas.Index(self.task_names, name="task"),
         )
         return frame
+
+    def item_outcomes(self, row: int, task: str, key: str = "correct") -> dict[Any, Any]:
+        """One evaluation's item-level outcome ``key`` by item id: after stage ``row`` (0: before
+        training), on ``task``; e.g. ``{"bisect_left": True, ...}``. Pair two runs' outcomes by id.
+
+        Raises:
+            KeyError: that evaluation, or ``key`` in it, was not recorded (results saved before
+                item records existed have none).
+
+        Examples:
+            >>> r = ContinualResult([[0.5]], ["nlu"], items={"0": {"nlu": {"id": [3, 4],
+            ...                                               "correct": [True, False]}}})
+            >>> r.item_outcomes(0, "nlu")
+            {3: True, 4: False}
+        """
+        try:
+            columns = self.items[str(row)][task]
+            return dict(zip(columns["id"], columns[key]))
+        except KeyError as err:
+            raise KeyError(f"no item-level {key!r} recorded for task {task!r} after stage {row} "
+                           f"(recorded: {sorted(self.items)})") from err
 
     def plot(self, path: str | Path) -> Path:
         """Write a PNG (1000 x 380 px): annotated accuracy-matrix heatmap + per-task curves.

@@ -127,7 +127,7 @@ class RunDirectory:
     # ------------------------------------------------------------------ state
     def new_state(self) -> dict[str, Any]:
         return {"version": STATE_VERSION, "completed_stages": 0, "matrix": None,
-                "stage_records": [], "eval_details": {}, "files": {}}
+                "stage_records": [], "eval_details": {}, "items": {}, "files": {}}
 
     def load(self, config: dict[str, Any], resume: bool, task_names: Sequence[str]) -> dict[str, Any] | None:
         """The saved state to continue from, or ``None`` for a new run; refuses a mismatch.

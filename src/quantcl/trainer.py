@@ -224,16 +224,15 @@ class ContinualTrainer:
         stage_dir = self.run_dir.stage_dir(completed) if completed > 0 else None
         self.model, self.tokenizer = self._setup.load(self.model_source, stage_dir, completed)
 
-    def _evaluate_all(self, row: int, matrix: np.ndarray, details: dict[str, Any]) -> None:
+    def _evaluate_all(self, row: int, matrix: np.ndarray, state: dict[str, Any]) -> None:
         # Under torchrun each process scores its share of a shardable evaluator's rows and all
         # get the merged result (quantcl.evaluators.evaluate_rows), so on_evaluate sees the same one everywhere.
         for j, task in enumerate(self.tasks):
-            result = task.evaluate(
-                self.model, self.tokenizer, batch_size=self.args.eval_batch_size, progress=self.progress,
-                group=self._procs,
-            )
+            result = task.evaluate(self.model, self.tokenizer, batch_size=self.args.eval_batch_size,
+                                   progress=self.progress, group=self._procs)
             matrix[row, j] = result.score
-            details.setdefault(str(row), {})[task.name] = dict(result.metrics, score=result.score)
+            state["eval_details"].setdefault(str(row), {})[task.name] = dict(result.metrics, score=result.score)
+            state.setdefault("items", {}).setdefault(str(row), {})[task.name] = result.item_columns()
             self.run_dir.write_eval(row, task.name, {
                 "row": row, "task": task.name, "score": result.score, "metrics": result.metrics,
                 "records": result.records})
@@ -279,12 +278,12 @@ class ContinualTrainer:
 
         if saved is None:
             set_seed(self.seed)
-            self._evaluate_all(0, matrix, state["eval_details"])
+            self._evaluate_all(0, matrix, state)
             state["matrix"] = matrix.tolist()
             run_dir.save(state)
 
         for stage in range(completed + 1, n + 1):
-            record = self._run_stage(stage, matrix, state["eval_details"])
+            record = self._run_stage(stage, matrix, state)
             state["stage_records"].append(record)
             state["completed_stages"] = stage
             state["matrix"] = matrix.tolist()
@@ -298,6 +297,7 @@ class ContinualTrainer:
             task_names=self.tasks.names,
             stage_records=state["stage_records"],
             eval_details=state["eval_details"],
+            items=state.get("items", {}),
             config=self.config(),
         )
         if procs.is_main:
@@ -305,7 +305,7 @@ class ContinualTrainer:
         procs.barrier()
         return result
 
-    def _run_stage(self, stage: int, matrix: np.ndarray, details: dict[str, Any]) -> dict[str, Any]:
+    def _run_stage(self, stage: int, matrix: np.ndarray, state: dict[str, Any]) -> dict[str, Any]:
         task = self.tasks[stage - 1]
         args = self.args.for_stage(stage - 1, task.name)
         record: dict[str, Any] = {"stage": stage, "task": task.name}
@@ -337,7 +337,7 @@ class ContinualTrainer:
             self._steps_done += int(output.global_step)
 
             start = time.perf_counter()
-            self._evaluate_all(stage, matrix, details)
+            self._evaluate_all(stage, matrix, state)
             record["eval_seconds"] = time.perf_counter() - start
             # the new accuracy-matrix row goes to the report_to integrations, at the stage's last step
             hf_trainer.log({f"continual/{t.name}": float(matrix[stage, j]) for j, t in enumerate(self.tasks)}

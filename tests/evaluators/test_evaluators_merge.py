@@ -126,9 +126,11 @@ def test_code_metrics_are_summed_over_rows_in_order_not_averaged_per_share():
 
 def test_counting_metrics_are_counts_over_n():
     ev = NumericMatch()
-    records = [{"correct": c, "prediction": p} for c, p in [(True, 1.0), (False, None), (False, 2.0)]]
+    records = [{"correct": c, "prediction": p, "well_formed": w}
+               for c, p, w in [(True, 1.0, True), (False, None, False), (False, 2.0, True)]]
     merged = ev.merge([_part([2], records[2:]), _part([0, 1], records[:2])])
-    assert merged.metrics == {"acc": 1 / 3, "extracted": 2 / 3} and merged.n == 3
+    assert merged.metrics == {"acc": 1 / 3, "extracted": 2 / 3, "invalid": 1 / 3, "acc_valid": 1 / 2}
+    assert merged.n == 3
     mc = MultipleChoice(normalization="acc_norm")
     recs = [{"correct_acc": a, "correct_acc_norm": b} for a, b in [(True, False), (True, True), (False, False)]]
     assert mc.merge([_part([0, 1, 2], recs)]).metrics == {"acc": 2 / 3, "acc_norm": 1 / 3}

@@ -168,6 +168,18 @@ def test_multiple_choice_scores_the_true_module_1_and_another_0(tasks, char_mode
             assert result.records[0]["generation"] == row["choices"][pick]
 
 
+def test_both_scorings_read_the_same_listed_items_and_every_row_has_a_stable_id(tasks):
+    both = qcl.recipes.stdlib_sequence(n_train=400, n_eval=60, tasks=("nlu", "math"), nlu_scoring="both")
+    nlu = both[0]
+    assert nlu.evaluator.mode == "both" and nlu.evaluator.headline == "generate"
+    assert list(nlu.eval) == list(tasks[0].eval)  # the generate task's rows: options listed
+    assert nlu.eval["id"][:3] == [r["prompt"].split("`")[1] for r in list(nlu.eval)[:3]]  # the name asked about
+    math_ids = both[1].eval["id"]
+    assert len(set(math_ids)) == len(math_ids) and math_ids == tasks[1].eval["id"]
+    again = qcl.recipes.stdlib_sequence(n_train=400, n_eval=60, tasks=("nlu", "math"), nlu_scoring="both")
+    assert again[1].eval["id"] == math_ids and again[0].eval["id"] == nlu.eval["id"]
+
+
 def test_numeric_match_scores_the_true_number_1_and_another_0(tasks, char_model_dir):
     tok = AutoTokenizer.from_pretrained(char_model_dir)
     row = next(r for r in tasks[1].eval if len(set(r["target"].rsplit(" ", 1)[1])) == len(r["target"].rsplit(" ", 1)[1]) > 1)

@@ -22,7 +22,8 @@ from quantcl.evaluators._shared_context import (
     score_shared_context,
     split_group,
 )
-from quantcl.evaluators.base import Shard, inference_mode, model_device, pad_token_id
+from quantcl.evaluators._helpers import model_device, pad_token_id
+from quantcl.evaluators.base import Shard, inference_mode
 
 __all__ = ["encode_pair", "loglikelihoods", "generate_texts", "truncate_at_stop", "batch_seed", "generate",
            "loglikelihood"]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import dataclasses
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from quantcl.components import Component
 from quantcl.errors import ConfigError, UnknownNameError
+from quantcl.evaluators._helpers import positive_int
 
 __all__ = ["EvalResult", "Evaluator", "Shard", "ShardResult", "ordered_records", "register_evaluator",
            "get_evaluator", "evaluator_class", "evaluator_names", "inference_mode"]
@@ -38,6 +40,35 @@ class EvalResult:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict of all fields."""
         return {"score": self.score, "metrics": dict(self.metrics), "records": list(self.records), "n": self.n}
+
+    def with_ids(self, ids: Iterable[Any]) -> EvalResult:
+        """This result with ``id`` first in every record (one id per record, in order); a result
+        without one record per id is returned as it is."""
+        ids = list(ids)
+        if len(ids) != len(self.records):
+            return self
+        return dataclasses.replace(self, records=[{"id": i, **{k: v for k, v in r.items() if k != "id"}}
+                                                  for i, r in zip(ids, self.records)])
+
+    def item_columns(self) -> dict[str, list[Any]]:
+        """The records' item-level outcomes as columns, one entry per row: ``id``, ``correct``,
+        ``well_formed`` and every other ``correct_*`` flag, where the records have them (a key
+        missing from some records is ``None`` there). What a run keeps of every evaluation
+        (:attr:`quantcl.ContinualResult.items`) for item-level statistics.
+
+        Examples:
+            >>> EvalResult(0.5, {}, [{"id": 7, "correct": True, "prompt": "..."},
+            ...                      {"id": 9, "correct": False}], 2).item_columns()
+            {'id': [7, 9], 'correct': [True, False]}
+        """
+        keys = [k for k in ("id", "correct", "well_formed") if any(k in r for r in self.records)]
+        keys += sorted({k for r in self.records for k in r if k.startswith("correct_")})
+        return {k: [_item_value(r.get(k)) for r in self.records] for k in keys}
+
+
+def _item_value(value: Any) -> Any:
+    """A JSON scalar: numpy bools and numbers become Python ones (``n_correct`` may be numpy)."""
+    return value.item() if hasattr(value, "item") else value
 
 
 @dataclass(frozen=True)
@@ -353,33 +384,3 @@ def inference_mode(model: Any) -> Iterator[None]:
             yield
     finally:
         model.train(was_training)
-
-
-def model_device(model: Any) -> Any:
-    """Where inputs go: ``model.device``, else the first parameter's device."""
-    device = getattr(model, "device", None)
-    if device is None:
-        device = next(model.parameters()).device
-    return device
-
-
-def pad_token_id(tokenizer: Any) -> int:
-    """The pad id, falling back to EOS (the tokenizer object is left unchanged)."""
-    for attr in ("pad_token_id", "eos_token_id"):
-        value = getattr(tokenizer, attr, None)
-        if value is not None:
-            return int(value)
-    raise ConfigError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
-
-
-def column(dataset: Any, name: str) -> list[Any]:
-    """A dataset column as a plain list (datasets 5 returns lazy Column objects)."""
-    return list(dataset[name])
-
-
-def positive_int(owner: str, name: str, value: Any, *, allow_none: bool = False) -> None:
-    """Raise ConfigError unless ``value`` is an int >= 1 (or ``None`` when allowed)."""
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{owner}({name}=...) must be an int >= 1, got {value!r}")

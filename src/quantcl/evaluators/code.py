@@ -14,15 +14,14 @@ import numpy as np
 from quantcl._checks import require_bool, require_choice, require_list_of
 from quantcl.errors import ConfigError, UnsafeCodeError
 from quantcl.evaluators._batching import generate_texts
+from quantcl.evaluators._helpers import column, positive_int
 from quantcl.evaluators.base import (
     EvalResult,
     Evaluator,
     Shard,
     ShardResult,
-    column,
     inference_mode,
     ordered_records,
-    positive_int,
     register_evaluator,
 )
 
@@ -301,14 +300,23 @@ class CodeExecution(Evaluator):
         for i, s in zip(rows, samples):
             runs = [next(results) for _ in s]
             c = sum(r.passed for r in runs)
+            errors = [r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "" for r in runs]
             records.append({
-                "prompt": prompts[i], "prediction": s[0], "correct": runs[0].passed, "completions": list(s),
+                "prompt": prompts[i], "prediction": s[0], "correct": runs[0].passed,
+                "well_formed": self._well_formed(s[0], errors[0]), "completions": list(s),
                 "statuses": [r.status for r in runs], "n_correct": c,
                 **{f"pass@{k}": pass_at_k(len(s), c, k) for k in self.k},
                 "isolation": [r.isolation_mode for r in runs],
-                "errors": [r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "" for r in runs],
+                "errors": errors,
             })
         return records
+
+    def _well_formed(self, completion: str, error: str) -> bool:
+        """A reply that holds a program Python could parse: in chat mode a fenced block, and no
+        ``SyntaxError`` (or its subclasses) in the sandbox's output; parsed there, never here."""
+        if self.mode == "chat" and _FENCE.search(completion) is None:
+            return False
+        return not error.startswith(("SyntaxError", "IndentationError", "TabError"))
 
     def _summarize(self, records: list[dict[str, Any]]) -> EvalResult:
         n = len(records)

@@ -8,15 +8,14 @@ from typing import Any, Literal
 
 from quantcl.errors import ConfigError
 from quantcl.evaluators._batching import generate_texts, loglikelihoods
+from quantcl.evaluators._helpers import column, positive_int
 from quantcl.evaluators.base import (
     EvalResult,
     Evaluator,
     Shard,
     ShardResult,
-    column,
     inference_mode,
     ordered_records,
-    positive_int,
     register_evaluator,
 )
 
@@ -69,12 +68,18 @@ class MultipleChoice(Evaluator):
     character of the option) side by side; ``normalization`` picks the headline ``score``.
     ``mode="generate"`` generates greedily and reads the option from the text with ``pattern``
     (the LoRI paper's protocol, e.g. ``"the correct answer is answer3"`` -> option 2).
+    ``mode="both"`` does both on the same prompts, so that an answer-format drift (generated
+    answers no option can be read from: ``invalid``) can be told apart from lost knowledge (the
+    log-likelihood accuracy, and ``acc_valid``, the accuracy among the well-formed answers);
+    ``headline`` picks which of the two accuracies is the ``score``.
 
     Args:
         choices_column: column holding each row's options (list of continuation strings).
         answer_column: column holding the index of the correct option.
         normalization: ``"acc"`` or ``"acc_norm"``: which metric is the headline score.
-        mode: ``"loglikelihood"`` or ``"generate"``.
+        mode: ``"loglikelihood"``, ``"generate"`` or ``"both"``.
+        headline: with ``mode="both"``: ``"generate"`` (default) or ``"loglikelihood"``, the
+            accuracy reported as the score (the other is in ``metrics``).
         pattern: regex for ``mode="generate"`` (see :func:`extract_choice`).
         max_new_tokens: generation budget for ``mode="generate"``.
         max_length: tokens per scored sequence (longer contexts lose their start); ``None``
@@ -102,7 +107,8 @@ class MultipleChoice(Evaluator):
         choices_column: str = "choices",
         answer_column: str = "answer",
         normalization: Literal["acc", "acc_norm"] = "acc",
-        mode: Literal["loglikelihood", "generate"] = "loglikelihood",
+        mode: Literal["loglikelihood", "generate", "both"] = "loglikelihood",
+        headline: Literal["generate", "loglikelihood"] = "generate",
         pattern: str = DEFAULT_CHOICE_PATTERN,
         max_new_tokens: int = 32,
         max_length: int | None = None,
@@ -111,8 +117,10 @@ class MultipleChoice(Evaluator):
     ) -> None:
         if normalization not in ("acc", "acc_norm"):
             raise ConfigError(f"MultipleChoice(normalization={normalization!r}): valid: 'acc', 'acc_norm'")
-        if mode not in ("loglikelihood", "generate"):
-            raise ConfigError(f"MultipleChoice(mode={mode!r}): valid: 'loglikelihood', 'generate'")
+        if mode not in ("loglikelihood", "generate", "both"):
+            raise ConfigError(f"MultipleChoice(mode={mode!r}): valid: 'loglikelihood', 'generate', 'both'")
+        if headline not in ("generate", "loglikelihood"):
+            raise ConfigError(f"MultipleChoice(headline={headline!r}): valid: 'generate', 'loglikelihood'")
         try:
             re.compile(pattern)
         except re.error as exc:
@@ -125,7 +133,7 @@ class MultipleChoice(Evaluator):
         self.share_context = share_context
         self.required_columns = ("prompt", choices_column, answer_column)
         self.choices_column, self.answer_column = choices_column, answer_column
-        self.normalization, self.mode, self.pattern = normalization, mode, pattern
+        self.normalization, self.mode, self.pattern, self.headline = normalization, mode, pattern, headline
         self.max_new_tokens, self.max_length, self.batch_size = max_new_tokens, max_length, batch_size
 
     def check(self, dataset: Any) -> None:
@@ -156,11 +164,15 @@ class MultipleChoice(Evaluator):
         """Score every item; see the class docstring for the two modes.
 
         Returns:
-            ``metrics`` has ``acc`` and ``acc_norm`` (log-likelihood mode) or ``acc`` and
-            ``invalid`` (generate mode: share of answers no option could be read from);
-            each record has ``prompt``, ``prediction`` (option text), ``prediction_index``,
+            ``metrics`` has ``acc`` and ``acc_norm`` (log-likelihood mode) or ``acc``,
+            ``invalid`` (the share of answers no option could be read from) and ``acc_valid``
+            (accuracy among the others; absent if there are none) in generate mode; ``both``
+            has the generate mode's metrics and ``loglikelihood_acc``, ``loglikelihood_acc_norm``.
+            Each record has ``prompt``, ``prediction`` (option text), ``prediction_index``,
             ``answer``, ``correct`` and, per option, ``loglikelihoods``,
-            ``loglikelihoods_norm`` and ``n_tokens`` (or the raw ``generation``).
+            ``loglikelihoods_norm`` and ``n_tokens`` (generate: the raw ``generation`` and
+            ``well_formed``; both: all of these, the log-likelihood pick as
+            ``loglikelihood_index`` and ``correct_loglikelihood``).
         """
         return self._evaluate_as_one_shard(model, tokenizer, dataset, batch_size=batch_size, progress=progress)
 
@@ -176,9 +188,25 @@ class MultipleChoice(Evaluator):
         with inference_mode(model):
             if self.mode == "generate":
                 records = self._generate(model, tokenizer, prompts, choices, answers, size, progress, shard)
-            else:
+            elif self.mode == "loglikelihood":
                 records = self._loglikelihood(model, tokenizer, prompts, choices, answers, size, progress, shard)
+            else:  # both: not shardable (the two passes batch rows differently), so shard is everything
+                generated = self._generate(model, tokenizer, prompts, choices, answers, size, progress, shard)
+                scored = self._loglikelihood(model, tokenizer, prompts, choices, answers, size, progress, shard)
+                records = {i: self._joined(generated[i], scored[i]) for i in sorted(generated)}
         return ShardResult(tuple(records), self._summarize(list(records.values())))
+
+    @property
+    def shardable(self) -> bool:
+        """``mode="both"`` runs whole in every process of a ``torchrun`` job (see ``merge``)."""
+        return self.mode != "both" and super().shardable
+
+    @staticmethod
+    def _joined(generated: dict[str, Any], scored: dict[str, Any]) -> dict[str, Any]:
+        return {**generated, "loglikelihood_index": scored["prediction_index"],
+                "correct_loglikelihood": scored["correct"], "correct_acc": scored["correct_acc"],
+                "correct_acc_norm": scored["correct_acc_norm"], "loglikelihoods": scored["loglikelihoods"],
+                "loglikelihoods_norm": scored["loglikelihoods_norm"], "n_tokens": scored["n_tokens"]}
 
     def merge(self, parts: Sequence[ShardResult]) -> EvalResult:
         """The whole dataset's result: metrics are counts over the records in row order / n."""
@@ -188,12 +216,20 @@ class MultipleChoice(Evaluator):
         n = len(records)
         if n == 0:
             return EvalResult(0.0, {}, [], 0)
+        if self.mode == "loglikelihood":
+            metrics = {name: sum(bool(r[f"correct_{name}"]) for r in records) / n for name in ("acc", "acc_norm")}
+            return EvalResult(metrics[self.normalization], metrics, records, n)
+        correct = sum(bool(r["correct"]) for r in records)
+        valid = sum(bool(r["well_formed"]) for r in records)
+        metrics = {"acc": correct / n, "invalid": (n - valid) / n}
+        if valid:  # (no well-formed answer: no accuracy among them)
+            metrics["acc_valid"] = correct / valid
         if self.mode == "generate":
-            correct = sum(bool(r["correct"]) for r in records)
-            invalid = sum(r["prediction_index"] is None for r in records)
-            return EvalResult(correct / n, {"acc": correct / n, "invalid": invalid / n}, records, n)
-        metrics = {name: sum(bool(r[f"correct_{name}"]) for r in records) / n for name in ("acc", "acc_norm")}
-        return EvalResult(metrics[self.normalization], metrics, records, n)
+            return EvalResult(correct / n, metrics, records, n)
+        for name in ("acc", "acc_norm"):
+            metrics[f"loglikelihood_{name}"] = sum(bool(r[f"correct_{name}"]) for r in records) / n
+        score = metrics["acc"] if self.headline == "generate" else metrics[f"loglikelihood_{self.normalization}"]
+        return EvalResult(score, metrics, records, n)
 
     def _loglikelihood(self, model: Any, tokenizer: Any, prompts: list[str], choices: list[list[str]],
                        answers: list[int], size: int, progress: bool, shard: Shard) -> dict[int, dict[str, Any]]:
@@ -227,6 +263,7 @@ class MultipleChoice(Evaluator):
             pick = extract_choice(text, opts, self.pattern)
             records[i] = {
                 "prompt": prompts[i], "generation": text, "prediction": None if pick is None else opts[pick],
-                "prediction_index": pick, "answer": gold, "correct": pick == gold, "choices": opts,
+                "prediction_index": pick, "answer": gold, "correct": pick == gold, "well_formed": pick is not None,
+                "choices": opts,
             }
         return records

@@ -10,19 +10,18 @@ from typing import Any
 from quantcl._checks import require_list_of, require_number
 from quantcl.errors import ConfigError
 from quantcl.evaluators._batching import generate_texts
+from quantcl.evaluators._helpers import column, positive_int
 from quantcl.evaluators.base import (
     EvalResult,
     Evaluator,
     Shard,
     ShardResult,
-    column,
     inference_mode,
     ordered_records,
-    positive_int,
     register_evaluator,
 )
 
-__all__ = ["NumericMatch", "extract_number", "numbers_match", "answer_complete_pattern", "DEFAULT_NUMERIC_STOP"]
+__all__ = ["NumericMatch", "extract_number", "answer_well_formed", "numbers_match", "answer_complete_pattern", "DEFAULT_NUMERIC_STOP"]
 
 # Models trained on few-shot GSM8K tend to go on with the next question.
 DEFAULT_NUMERIC_STOP = ("Question:", "</s>", "<|im_end|>", "<|eot_id|>", "<|endoftext|>")
@@ -71,6 +70,24 @@ def extract_number(text: str, answer_phrase: str | None = "The final answer is:"
                 return _to_float(match.group(0))
     numbers = _NUMBER_RE.findall(text)
     return _to_float(numbers[-1]) if numbers else None
+
+
+def answer_well_formed(text: str, answer_phrase: str | None = "The final answer is:") -> bool:
+    """Whether ``text`` gives its answer in the asked format: ``answer_phrase`` (case-insensitive)
+    followed by a number on its line (any number at all when ``answer_phrase`` is ``None``).
+
+    :func:`extract_number` falls back to the last number of a reply that drifted from the format;
+    this tells such replies apart.
+
+    Examples:
+        >>> answer_well_formed("3 + 4 = 7. The final answer is: 7"), answer_well_formed("It is 7.")
+        (True, False)
+    """
+    text = text.replace("\u2212", "-")
+    if not answer_phrase:
+        return _NUMBER_RE.search(text) is not None
+    return any(_NUMBER_RE.search(text[found.end():].split("\n", 1)[0])
+               for found in re.finditer(re.escape(answer_phrase), text, flags=re.IGNORECASE))
 
 
 def numbers_match(prediction: float | None, gold: float | None, tolerance: float = 1e-6) -> bool:
@@ -160,9 +177,11 @@ class NumericMatch(Evaluator):
         """Generate, extract and compare.
 
         Returns:
-            ``metrics``: ``acc`` and ``extracted`` (share of generations with a number);
+            ``metrics``: ``acc``, ``extracted`` (share of generations with a number),
+            ``invalid`` (share not in the asked format, :func:`answer_well_formed`) and
+            ``acc_valid`` (accuracy among the well-formed ones; absent if none is);
             records: ``prompt``, ``generation``, ``prediction`` (number or ``None``), ``gold``,
-            ``correct``.
+            ``correct``, ``well_formed``.
         """
         return self._evaluate_as_one_shard(model, tokenizer, dataset, batch_size=batch_size, progress=progress)
 
@@ -186,7 +205,7 @@ class NumericMatch(Evaluator):
             pred = extract_number(text, self.answer_phrase)
             ok = numbers_match(pred, golds[i], self.tolerance)
             records.append({"prompt": prompts[i], "generation": text, "prediction": pred, "gold": golds[i],
-                            "correct": ok})
+                            "correct": ok, "well_formed": answer_well_formed(text, self.answer_phrase)})
         return ShardResult(tuple(texts), self._summarize(records))
 
     def merge(self, parts: Sequence[ShardResult]) -> EvalResult:
@@ -200,4 +219,8 @@ class NumericMatch(Evaluator):
             return EvalResult(0.0, {}, [], 0)
         correct = sum(bool(r["correct"]) for r in records)
         extracted = sum(r["prediction"] is not None for r in records)
-        return EvalResult(correct / n, {"acc": correct / n, "extracted": extracted / n}, records, n)
+        valid = [r for r in records if r.get("well_formed", True)]
+        metrics = {"acc": correct / n, "extracted": extracted / n, "invalid": (n - len(valid)) / n}
+        if valid:
+            metrics["acc_valid"] = sum(bool(r["correct"]) for r in valid) / len(valid)
+        return EvalResult(correct / n, metrics, records, n)

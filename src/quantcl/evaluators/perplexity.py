@@ -7,15 +7,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from quantcl.evaluators._batching import loglikelihoods
+from quantcl.evaluators._helpers import column, positive_int
 from quantcl.evaluators.base import (
     EvalResult,
     Evaluator,
     Shard,
     ShardResult,
-    column,
     inference_mode,
     ordered_records,
-    positive_int,
     register_evaluator,
 )
 

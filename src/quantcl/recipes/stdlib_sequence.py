@@ -36,6 +36,7 @@ Examples:
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import platform
 import random
@@ -60,7 +61,7 @@ from quantcl.tasks.task import Task, TaskSequence
 __all__ = ["stdlib_sequence", "stdlib_sequence_metadata", "STDLIB_SEQUENCE_TASKS"]
 
 STDLIB_SEQUENCE_TASKS = ("nlu", "math", "code")
-NLU_SCORING = ("generate", "loglikelihood")
+NLU_SCORING = ("generate", "loglikelihood", "both")
 NLU_ANSWER_PATTERN = r"^\W*(\w+)"  # the reply's first word ("`bisect`." -> bisect)
 _NAMES = ("Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana", "Ivan", "Jon", "Kemal", "Lena")
 _ITEMS = ("apples", "books", "coins", "pens", "stamps", "marbles", "cards", "shells", "cookies", "stickers")
@@ -88,7 +89,8 @@ def _nlu_rows(facts: list[tuple[str, str]], n: int, rng: random.Random, modules:
         question = f"Which Python standard-library module defines `{name}`?"
         if listed:
             question += f" Answer with one of: {', '.join(choices)}."
-        rows.append({"prompt": question, "target": module, "choices": choices, "answer": choices.index(module)})
+        rows.append({"id": name, "prompt": question, "target": module, "choices": choices,
+                     "answer": choices.index(module)})
     return Dataset.from_list(rows)
 
 
@@ -119,7 +121,8 @@ def _math_rows(n_train: int, n_eval: int, heldout_fraction: float, rng: random.R
         seen.add(question)
         split = held if in_heldout(question, heldout_fraction) else train
         if len(split) < (n_eval if split is held else n_train):
-            split.append({"prompt": question, "target": f"{work} = {answer}. The final answer is: {answer}"})
+            split.append({"id": "math-" + hashlib.sha256(question.encode()).hexdigest()[:12], "prompt": question,
+                          "target": f"{work} = {answer}. The final answer is: {answer}"})
     return Dataset.from_list(train), Dataset.from_list(held)
 
 
@@ -129,7 +132,7 @@ def _code_row(spec: FunctionSpec, example: int) -> dict[str, Any]:
     prompt = (f"Write a Python function `solve({', '.join(spec.params)})` that does what this says: "
               f"\"{spec.description}\" For example, `{call}` returns `{result!r}`.")
     return {"prompt": prompt, "target": f"```python\n{spec.solution()}```", "test": _CODE_TEST.format(cases=list(spec.cases)),
-            "entry_point": "solve", "function": spec.qualname}
+            "entry_point": "solve", "function": spec.qualname, "id": f"{spec.qualname}#{example}"}
 
 
 def _code_rows(specs: list[FunctionSpec], n: int, rng: random.Random) -> Dataset:
@@ -177,7 +180,10 @@ def stdlib_sequence(
             with the right one: a model that drifts from the answer format loses the task, as
             the paper's generated NLU answers do) or ``"loglikelihood"`` (the options are not
             listed; the most likely of the four continuations is the answer, which a format
-            drift hardly moves).
+            drift hardly moves) or ``"both"`` (listed options; the reply is scored by generation
+            for the matrix, and the same items by log-likelihood over the four listed options,
+            as ``loglikelihood_acc`` with the invalid-answer rate and the accuracy among valid
+            answers, :class:`~quantcl.evaluators.MultipleChoice` ``mode="both"``).
 
     Returns:
         A validated :class:`~quantcl.TaskSequence`.
@@ -214,10 +220,11 @@ def stdlib_sequence(
     if "nlu" in names:
         facts = module_facts(modules)
         rng = random.Random(f"stdlib-nlu:{seed}")
-        listed = nlu_scoring == "generate"
+        listed = nlu_scoring != "loglikelihood"
         train = _nlu_rows([f for f in facts if not in_heldout(f[0], fraction)], n_train, rng, modules, listed)
         held = _nlu_rows([f for f in facts if in_heldout(f[0], fraction)], n_eval, rng, modules, listed)
-        scorer = (MultipleChoice(mode="generate", pattern=NLU_ANSWER_PATTERN, max_new_tokens=8) if listed
+        mode: Any = nlu_scoring
+        scorer = (MultipleChoice(mode=mode, pattern=NLU_ANSWER_PATTERN, max_new_tokens=8) if listed
                   else MultipleChoice())
         built["nlu"] = Task("nlu", train, held, scorer, chat=chat)
     if "math" in names:

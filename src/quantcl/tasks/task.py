@@ -20,6 +20,7 @@ Examples:
 
 from __future__ import annotations
 
+
 import functools
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -199,7 +200,8 @@ class Task:
                 or not 0 <= score <= 1):
             raise ConfigError(f"task {self.name!r}: {type(self.evaluator).__name__}.evaluate must return an "
                                   f"EvalResult with a score in [0, 1], got {result!r:.200}")
-        return result
+        # each record gets its row's id (the ``id`` column, else the row number): runs pair by item
+        return result.with_ids(list(self.eval["id"]) if "id" in self.eval.column_names else range(len(self.eval)))
 
     # checks ------------------------------------------------------------------------------
     def validate(self) -> None:
