@@ -24,7 +24,6 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import shutil
 import time
 from pathlib import Path
@@ -33,11 +32,11 @@ from typing import Any
 import quantcl as qcl
 from quantcl._io import atomic_write_bytes
 from quantcl.config import load_config
-from quantcl.studies import lessismore_findings, lessismore_report, metrics_table, plot_mean_matrices
+from quantcl.studies import lessismore_findings, lessismore_report, metrics_table, pages, plot_mean_matrices
 from quantcl.sweep import Sweep
 
 HERE = Path(__file__).resolve().parent
-BEGIN, END = "<!-- stdlib-sequence:begin -->", "<!-- stdlib-sequence:end -->"
+BLOCK = "stdlib-sequence"  # <!-- stdlib-sequence:begin --> ... <!-- stdlib-sequence:end -->
 
 
 def quick(config: dict[str, Any], main: bool) -> dict[str, Any]:
@@ -50,68 +49,8 @@ def quick(config: dict[str, Any], main: bool) -> dict[str, Any]:
     return config
 
 
-def timing(sweeps: dict[str, qcl.Sweep], out: Path, started: float | None = None) -> dict[str, Any]:
-    """Each finished run's wall time (its run.json to its result.json, read once, while the files
-    are the originals: file times do not survive a copy or a git checkout) and the time the
-    machine was busy with runs (the union of those intervals), kept in ``out/timing.json``.
-
-    ``started``: when this invocation began, recorded; a run resumed by a later invocation is
-    timed from that start (the pause between invocations is not run time) and marked
-    ``resumed`` (its time misses the part run before the pause).
-    """
-    path = out / "timing.json"
-    saved = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
-    if started is not None:
-        saved.setdefault("invocations", []).append(started)
-    for key, sweep in sweeps.items():
-        for name, status in sweep.status().items():
-            d = sweep.run_dir(name)
-            if status == "done" and f"{key}/{name}" not in saved["runs"] and (d / "run.json").is_file():
-                start, end = (d / "run.json").stat().st_mtime, (d / "result.json").stat().st_mtime
-                resumed = max((t for t in saved.get("invocations", []) if start < t < end), default=None)
-                saved["runs"][f"{key}/{name}"] = {"start": resumed or start, "seconds": end - (resumed or start),
-                                                  "resumed": resumed is not None}
-    busy, until = 0.0, -math.inf
-    for r in sorted(saved["runs"].values(), key=lambda r: r["start"]):
-        end = r["start"] + r["seconds"]
-        busy += max(0.0, end - max(r["start"], until))
-        until = max(until, end)
-    saved["busy_seconds"] = busy
-    atomic_write_bytes(path, json.dumps(saved, indent=1).encode())
-    return saved
-
-
-def save_results(sweeps: dict[str, qcl.Sweep], out: Path, target: Path) -> None:
-    """Copy what the report is made from (manifests, each run's run.json and result.json, the
-    timings) to ``target``: a few MB instead of the runs' adapters and checkpoints."""
-    for key, sweep in sweeps.items():
-        shutil.copyfile(out / key / "sweep.json", _parent(target / key / "sweep.json"))
-        for name, status in sweep.status().items():
-            if status == "done":
-                for file in ("run.json", "result.json"):
-                    shutil.copyfile(sweep.run_dir(name) / file, _parent(target / key / "runs" / name / file))
-    shutil.copyfile(out / "timing.json", _parent(target / "timing.json"))
-
-
-def machine() -> str:
-    """The CPU (its name, whether bf16 is native), its core count, Python and torch."""
-    import torch
-
-    from quantcl.models import _cpu_name
-    from quantcl.precision._device import cpu_has_native_bf16
-
-    bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16 (emulated)"
-    return (f"{_cpu_name() or platform.machine()} ({bf16}), {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-            f"torch {torch.__version__}")
-
-
 def _done(sweeps: dict[str, qcl.Sweep]) -> int:
     return sum(status == "done" for sweep in sweeps.values() for status in sweep.status().values())
-
-
-def _parent(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def settings(main: qcl.Sweep, times: dict[str, Any]) -> dict[str, str]:
@@ -167,25 +106,9 @@ def _img_dir(docs: Path) -> Path:
     return docs.parent.parent / "img" if docs.parent.name == "reproduce" else docs.parent / "img"
 
 
-def _parts(path: Path) -> tuple[str, str, str]:
-    """``path``'s text before, between and after the markers."""
-    body = path.read_text()
-    if BEGIN not in body or END not in body:
-        raise SystemExit(f"{path} has no {BEGIN} ... {END} block to fill")
-    head, rest = body.split(BEGIN, 1)
-    inside, tail = rest.split(END, 1)
-    return head, inside, tail
-
-
 def block(path: Path) -> str:
-    """The text between the markers in ``path`` (as :func:`splice` wrote it)."""
-    return _parts(path)[1].strip()
-
-
-def splice(path: Path, text: str) -> None:
-    """Replace what lies between the markers in ``path`` with ``text``."""
-    head, _old, tail = _parts(path)
-    atomic_write_bytes(path, f"{head}{BEGIN}\n{text.strip()}\n{END}{tail}".encode())
+    """The text between the markers in ``path`` (as the study wrote it)."""
+    return pages.block(path, BLOCK)
 
 
 def readme_block(report_path: str, findings: list[Any], table: str) -> str:
@@ -228,10 +151,10 @@ def main() -> None:
         for key in ("merged", "main"):  # the short one first: a problem shows in minutes, not hours
             sweeps[key].run()
         ran = _done(sweeps) > before
-    times = timing(sweeps, out, None if args.report_only else started)
+    times = pages.sweep_timing(sweeps, out, None if args.report_only else started)
     if not args.report_only and ran:  # where the runs ran (a report-only rebuild keeps what is saved)
         times.update(workers=args.workers, quick=args.quick, tasks=qcl.recipes.stdlib_sequence_metadata(),
-                     machine=machine())
+                     machine=pages.machine())
         atomic_write_bytes(out / "timing.json", json.dumps(times, indent=1).encode())
     made = texts(out, args.docs, args.readme)
     made["result"].plot(out / "sweep.png")
@@ -245,11 +168,11 @@ def main() -> None:
         img.mkdir(parents=True, exist_ok=True)
         for name in ("matrices.png", "sweep.png"):
             shutil.copyfile(out / name, img / f"stdlib-sequence-{name}")
-        splice(args.docs, made["page"])
+        pages.splice(args.docs, BLOCK, made["page"])
     if args.readme:
-        splice(args.readme, made["readme"])
+        pages.splice(args.readme, BLOCK, made["readme"])
     if args.save_results:
-        save_results(sweeps, out, args.save_results)
+        pages.save_sweep_results(sweeps, out, args.save_results)
     print(made["report"])
 
 

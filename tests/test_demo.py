@@ -145,12 +145,13 @@ def test_the_build_script_makes_the_shipped_demo_model(tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from quantcl.models import SHIPPED_DEMO_MODEL, _cpu_name, build_demo_model
+    from quantcl._runtime import cpu_name
+    from quantcl.models import SHIPPED_DEMO_MODEL, build_demo_model
     from quantcl.recipes.synthetic import pretraining_corpus
 
     built = build_demo_model(tmp_path / "model", progress=False)
     shipped_with = json.loads((SHIPPED_DEMO_MODEL / "quantcl-demo.json").read_text())["built_with"]
-    here = {"torch": torch.__version__, "cpu": _cpu_name(), "threads": torch.get_num_threads()}
+    here = {"torch": torch.__version__, "cpu": cpu_name(), "threads": torch.get_num_threads()}
     ours, theirs = load_file(built / "model.safetensors"), load_file(SHIPPED_DEMO_MODEL / "model.safetensors")
     assert ours.keys() == theirs.keys()
     if all(shipped_with.get(k) == v for k, v in here.items()):

@@ -13,7 +13,7 @@ from typing import Any
 
 from quantcl._io import atomic_write_json, digest_mismatch, fsync_tree, read_json, seal, seal_ok, tree_digests
 
-__all__ = ["Processes", "checkpoint_dir", "datasets_progress_bars_off", "peak_memory_bytes", "no_final_checkpoint", "checkpoint_ledger",
+__all__ = ["Processes", "cpu_name", "checkpoint_dir", "datasets_progress_bars_off", "peak_memory_bytes", "no_final_checkpoint", "checkpoint_ledger",
            "checkpoint_is_complete", "stage_loss", "LEDGER"]
 
 
@@ -113,6 +113,17 @@ def datasets_progress_bars_off() -> Any:
         yield
     finally:
         datasets.enable_progress_bars()
+
+
+def cpu_name() -> str | None:
+    """The CPU's model name from ``/proc/cpuinfo`` (``None`` where there is none, e.g. macOS)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
 
 
 def peak_memory_bytes() -> int:

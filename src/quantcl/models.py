@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from quantcl._io import atomic_write_json
+from quantcl._runtime import cpu_name
 from quantcl.errors import ConfigError
 
 __all__ = ["DEMO_MODEL_ID", "SMOLLM2_MODEL_ID", "SMOLLM2_GGUF", "DEMO_MODEL", "SHIPPED_DEMO_MODEL",
@@ -207,19 +208,9 @@ def build_demo_model(path: str | Path, *, progress: bool = True, **overrides: An
     atomic_write_json(path / MANIFEST, {
         "spec": spec, "files": files,
         "built_with": {"torch": torch.__version__, "transformers": transformers.__version__,
-                       "cpu": _cpu_name() or platform.machine(), "threads": torch.get_num_threads()},
+                       "cpu": cpu_name() or platform.machine(), "threads": torch.get_num_threads()},
     })
     return path
-
-
-def _cpu_name() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 def _pretrain(path: Path, spec: dict[str, Any], *, progress: bool) -> None:

@@ -20,10 +20,12 @@ from quantcl.studies._lessismore_report import lessismore_report, mean_matrices,
 from quantcl.studies._ptq_report import PTQContinualResult, PTQDynamicsResult
 from quantcl.studies._transition_report import TransitionStudyResult
 from quantcl.studies.lessismore_check import Finding, lessismore_findings, welch_interval
+from quantcl.studies.lessismore_confirm import ENDPOINTS, Endpoint, confirmatory_findings, confirmatory_table, replay_dose
 from quantcl.studies.ptq_dynamics import PTQArm, ptq_continual_study, ptq_dynamics_study
 from quantcl.studies.transition import TransitionVariant, transition_study, transition_variants
 
 __all__ = ["transition_study", "transition_variants", "TransitionVariant", "TransitionStudyResult", "HeldOutLoss",
            "loss_spike", "ptq_dynamics_study", "ptq_continual_study", "PTQArm", "PTQDynamicsResult",
            "PTQContinualResult", "Finding", "lessismore_findings", "lessismore_report", "welch_interval",
-           "mean_matrices", "plot_mean_matrices", "metrics_table"]
+           "mean_matrices", "plot_mean_matrices", "metrics_table", "Endpoint", "ENDPOINTS", "confirmatory_findings",
+           "confirmatory_table", "replay_dose"]

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from quantcl.results import ContinualResult
 from quantcl.sweep.grid import value_label
 from quantcl.sweep.stats import QUANTITIES, describe
@@ -76,6 +78,31 @@ class SweepResult:
             if name in self.runs:
                 cell[1].append(name)
         return list(out.values())
+
+    def item_outcomes(self, cell: Mapping[str, Any], row: int, task: str,
+                      key: str = "correct") -> tuple[list[Any], list[Any], np.ndarray]:
+        """The item-level outcome ``key`` of a cell's finished runs after stage ``row`` on ``task``
+        (see :meth:`quantcl.ContinualResult.item_outcomes`): ``(seeds, item ids, values)``, values
+        an array of shape ``(seeds, items)`` in seed order, ``nan`` where an outcome is ``None``.
+
+        ``cell`` holds factor values (numbers match by value: ``0`` is ``0.0``); the
+        input of :func:`quantcl.sweep.stats.crossed_bootstrap`.
+
+        Raises:
+            ValueError: no finished run matches ``cell``, or its runs scored different items.
+            KeyError: a run did not record that outcome.
+        """
+        names = sorted((n for n, point in self.points.items() if n in self.runs
+                        and all(_same(point.get(k), v) for k, v in cell.items())),
+                       key=lambda n: self.points[n].get(self.over, 0))
+        if not names:
+            raise ValueError(f"no finished run in cell {dict(cell)}")
+        outcomes = [self.runs[n].item_outcomes(row, task, key) for n in names]
+        ids = list(outcomes[0])
+        if any(list(o) != ids for o in outcomes[1:]):
+            raise ValueError(f"the runs of cell {dict(cell)} scored different items on {task!r} after stage {row}")
+        values = np.array([[math.nan if o[i] is None else float(o[i]) for i in ids] for o in outcomes])
+        return [self.points[n].get(self.over) for n in names], ids, values.reshape(len(names), len(ids))
 
     # ------------------------------------------------------------------ statistics
     def _quantities(self, result: ContinualResult) -> dict[str, float]:
@@ -183,6 +210,13 @@ class SweepResult:
         from quantcl.sweep._plots import plot_sweep
 
         return plot_sweep(self, Path(path))
+
+
+def _same(value: Any, wanted: Any) -> bool:
+    """Numbers by value (a grid's ``0`` is ``0.0``), anything else by its label."""
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (value, wanted)):
+        return float(value) == float(wanted)
+    return value_label(value) == value_label(wanted)
 
 
 def _short(key: str | None) -> str:

@@ -237,8 +237,8 @@ def crossed_bootstrap(
         paired_seeds: the cells share their seeds (same number, seed ``s`` at index ``s``).
 
     Returns:
-        ``estimate`` (the statistic on the data), ``low``/``high``, ``p_value``, ``seeds`` (per cell),
-        ``items`` and ``method``.
+        ``estimate`` (the statistic on the data), ``low``/``high``, ``se`` (the standard deviation
+        of the resampled statistics), ``p_value``, ``seeds`` (per cell), ``items`` and ``method``.
 
     Examples:
         >>> a = np.array([[1, 0, 1, 1], [1, 1, 0, 1]])      # 2 seeds x 4 items
@@ -278,7 +278,7 @@ def crossed_bootstrap(
     tail = (1 - confidence) / 2
     below, above = int((values <= 0).sum()), int((values >= 0).sum())
     return {"estimate": float(statistic(*arrays)), "low": float(np.quantile(values, tail)),
-            "high": float(np.quantile(values, 1 - tail)),
+            "high": float(np.quantile(values, 1 - tail)), "se": float(values.std(ddof=1)) if n_resamples > 1 else math.nan,
             "p_value": min(1.0, 2 * (min(below, above) + 1) / (n_resamples + 1)),
             "seeds": [a.shape[0] for a in arrays], "items": items,
             "method": "crossed (pigeonhole) bootstrap over seeds and items, percentile interval"}

@@ -1,0 +1,120 @@
+"""What a study script needs to publish a sweep's results: wall times, the machine, a compact copy
+of the results, and generated blocks spliced into docs pages and READMEs.
+
+A page holds the generated text between two markers, ``<!-- NAME:begin -->`` and
+``<!-- NAME:end -->``; :func:`splice` replaces it and :func:`block` reads it back, so a test can
+check that the committed page is what the script makes of the committed results.
+
+Examples:
+    >>> import tempfile, pathlib
+    >>> page = pathlib.Path(tempfile.mkdtemp()) / "page.md"
+    >>> _ = page.write_text("# Study\\n<!-- demo:begin -->\\nold\\n<!-- demo:end -->\\n")
+    >>> splice(page, "demo", "| a | b |")
+    >>> block(page, "demo")
+    '| a | b |'
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from quantcl._io import atomic_write_bytes
+
+__all__ = ["markers", "block", "splice", "machine", "sweep_timing", "save_sweep_results"]
+
+
+def markers(name: str) -> tuple[str, str]:
+    """The begin and end markers of block ``name``."""
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+def _parts(path: Path, name: str) -> tuple[str, str, str]:
+    begin, end = markers(name)
+    body = Path(path).read_text()
+    if begin not in body or end not in body:
+        raise SystemExit(f"{path} has no {begin} ... {end} block to fill")
+    head, rest = body.split(begin, 1)
+    inside, tail = rest.split(end, 1)
+    return head, inside, tail
+
+
+def block(path: str | os.PathLike[str], name: str) -> str:
+    """The text between block ``name``'s markers in ``path``, stripped."""
+    return _parts(Path(path), name)[1].strip()
+
+
+def splice(path: str | os.PathLike[str], name: str, text: str) -> None:
+    """Replace the text between block ``name``'s markers in ``path`` with ``text`` (atomically)."""
+    head, _old, tail = _parts(Path(path), name)
+    begin, end = markers(name)
+    atomic_write_bytes(Path(path), f"{head}{begin}\n{text.strip()}\n{end}{tail}".encode())
+
+
+def machine() -> str:
+    """The CPU (its name, whether bf16 is native), its core count, Python and torch."""
+    import torch
+
+    from quantcl._runtime import cpu_name
+    from quantcl.precision import cpu_has_native_bf16
+
+    bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16 (emulated)"
+    return (f"{cpu_name() or platform.machine()} ({bf16}), {os.cpu_count()} CPUs, "
+            f"Python {platform.python_version()}, torch {torch.__version__}")
+
+
+def sweep_timing(sweeps: Mapping[str, Any], out: Path, started: float | None = None) -> dict[str, Any]:
+    """Each finished run's wall time (its run.json to its result.json, read once, while the files
+    are the originals: file times do not survive a copy or a git checkout) and the time the
+    machine was busy with runs (the union of those intervals), kept in ``out/timing.json``.
+
+    ``sweeps``: :class:`~quantcl.sweep.Sweep` objects by the name of their folder under ``out``.
+    ``started``: when this invocation began, recorded; a run resumed by a later invocation is
+    timed from that start (the pause between invocations is not run time) and marked
+    ``resumed`` (its time misses the part run before the pause).
+    """
+    path = Path(out) / "timing.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
+    if started is not None:
+        saved.setdefault("invocations", []).append(started)
+    for key, sweep in sweeps.items():
+        for name, status in sweep.status().items():
+            d = sweep.run_dir(name)
+            if status == "done" and f"{key}/{name}" not in saved["runs"] and (d / "run.json").is_file():
+                start, end = (d / "run.json").stat().st_mtime, (d / "result.json").stat().st_mtime
+                resumed = max((t for t in saved.get("invocations", []) if start < t < end), default=None)
+                saved["runs"][f"{key}/{name}"] = {"start": resumed or start, "seconds": end - (resumed or start),
+                                                  "resumed": resumed is not None}
+    busy, until = 0.0, -math.inf
+    for r in sorted(saved["runs"].values(), key=lambda r: r["start"]):
+        end = r["start"] + r["seconds"]
+        busy += max(0.0, end - max(r["start"], until))
+        until = max(until, end)
+    saved["busy_seconds"] = busy
+    atomic_write_bytes(path, json.dumps(saved, indent=1).encode())
+    return saved
+
+
+def save_sweep_results(sweeps: Mapping[str, Any], out: Path, target: Path) -> None:
+    """Copy what a report is made from (each sweep's manifest, each finished run's run.json and
+    result.json, the timings) from ``out`` to ``target``: a few MB instead of the runs' adapters
+    and checkpoints."""
+    def parent(path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    out, target = Path(out), Path(target)
+    for key, sweep in sweeps.items():
+        shutil.copyfile(out / key / "sweep.json", parent(target / key / "sweep.json"))
+        for name, status in sweep.status().items():
+            if status == "done":
+                for file in ("run.json", "result.json"):
+                    shutil.copyfile(sweep.run_dir(name) / file, parent(target / key / "runs" / name / file))
+    if (out / "timing.json").is_file():
+        shutil.copyfile(out / "timing.json", parent(target / "timing.json"))
