@@ -76,7 +76,7 @@ def test_bad_probe_arguments(kwargs, match):
 
 
 # ----------------------------------------------------------------------------- plain Trainer
-def _plain(model_dir, out, probe, steps=4):
+def _plain(model_dir, out, probe, steps=4, deprecated=False):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -84,7 +84,7 @@ def _plain(model_dir, out, probe, steps=4):
     args = TrainingArguments(str(out), max_steps=steps, per_device_train_batch_size=4, learning_rate=1e-3,
                              logging_steps=1, report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True)
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"input_ids": ids, "labels": ids}),
-                      processing_class=tok, callbacks=[probe])
+                      processing_class=tok, callbacks=[probe if deprecated else probe.callback])
     probe.attach(trainer)
     trainer.train()
     return trainer
@@ -114,6 +114,19 @@ def test_plain_trainer_probe_records_result_and_logs(tiny_model_dir, tmp_path):
         PTQProbeResult.load(saved)
 
 
+def test_the_probe_itself_as_a_trainer_callback_still_works_with_a_deprecation_warning(tiny_model_dir, tmp_path):
+    """quantcl 0.1: Trainer(callbacks=[probe]); the records equal those of probe.callback's run."""
+    new = PTQProbe(["rtn4"], every=2, texts=TEXTS)
+    _plain(tiny_model_dir, tmp_path / "new", new, steps=4)
+    old = PTQProbe(["rtn4"], every=2, texts=TEXTS)
+    with pytest.warns(DeprecationWarning, match=r"pass probe\.callback"):
+        _plain(tiny_model_dir, tmp_path / "old", old, steps=4, deprecated=True)
+    assert _strip(old.result().records) == _strip(new.result().records) and len(new.records) == 2
+    assert not isinstance(PTQProbe(["rtn4"], texts=TEXTS), TrainerCallback)
+    with pytest.raises(AttributeError, match="no attribute 'on_nothing'"):
+        PTQProbe(["rtn4"], texts=TEXTS).on_nothing
+
+
 def test_plain_trainer_without_texts_fails_before_training(tiny_model_dir, tmp_path):
     class Steps(TrainerCallback):
         n = 0
@@ -128,7 +141,7 @@ def test_plain_trainer_without_texts_fails_before_training(tiny_model_dir, tmp_p
         args = TrainingArguments(str(tmp_path), max_steps=2, report_to="none", use_cpu=True, save_strategy="no")
         ids = [[1, 2, 3, 4]] * 4
         Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"input_ids": ids, "labels": ids}),
-                callbacks=[probe, Steps()]).train()
+                callbacks=[probe.callback, Steps()]).train()
     assert Steps.n == 0
 
 

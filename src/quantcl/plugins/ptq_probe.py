@@ -7,15 +7,17 @@ records ``step`` (over the whole run), ``stage``, ``learning_rate`` (of the step
 ``method``, ``ce_fp``, ``ce_q``, ``relative_gap`` (``ce_q / ce_fp - 1``), ``absolute_gap``,
 ``seconds`` (that method's quantization and evaluation) and ``probe_seconds`` (the whole probe).
 
-It is both a ``transformers.TrainerCallback`` and a :class:`~quantcl.StagePlugin`:
+It is a :class:`~quantcl.StagePlugin` whose part inside the training loop is a
+``transformers.TrainerCallback``, :attr:`PTQProbe.callback`:
 
 - in a :class:`~quantcl.ContinualTrainer` (``plugins=[probe]``), the held-out sample defaults to
   the tasks' evaluation rows (prompt + target, the first ``n_texts`` in turn over the tasks), the
   records of each stage go into its stage record (``result.stage_records[i]["ptq_probe"]``, saved
   and resumed with the run), and they are logged through the stage Trainer's ``report_to``;
-- with a plain ``transformers.Trainer`` (``callbacks=[probe]``, ``texts=`` required),
+- with a plain ``transformers.Trainer`` (``callbacks=[probe.callback]``, ``texts=`` required),
   ``probe.result()`` returns a :class:`PTQProbeResult`; ``probe.attach(trainer)`` adds the
-  ``report_to`` logging.
+  ``report_to`` logging. ``callbacks=[probe]`` (quantcl 0.1) still works for one release, with a
+  ``DeprecationWarning``.
 
 Records written into each Trainer checkpoint (``quantcl-ptq-probe.json``) come back on resume.
 
@@ -28,6 +30,7 @@ Examples:
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +50,7 @@ __all__ = ["PTQProbe", "PTQProbeResult", "CHECKPOINT_FILE"]
 CHECKPOINT_FILE = "quantcl-ptq-probe.json"
 
 
-class PTQProbe(StagePlugin, TrainerCallback):
+class PTQProbe(StagePlugin):
     """Measure the PTQ cross-entropy gap of the model being trained (see the module docstring).
 
     Args:
@@ -100,6 +103,8 @@ class PTQProbe(StagePlugin, TrainerCallback):
         self._log = AfterLossLog()
         self._wait_for_loss = False  # measuring on a step the Trainer logs: send ours after its loss log
         self._continual: Any = None
+        #: the ``transformers.TrainerCallback`` that probes inside the training loop
+        self.callback = _ProbeCallback(self)
 
     # ----------------------------------------------------------------------------- measuring
     def measure_now(self, model: Any, tokenizer: Any, step: int) -> list[dict[str, Any]]:
@@ -127,8 +132,27 @@ class PTQProbe(StagePlugin, TrainerCallback):
         self.trainer = trainer
         return self
 
-    # ----------------------------------------------------------------------------- TrainerCallback
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+    # ----------------------------------------------------------------------------- in the training loop
+    def trainer_callbacks(self, trainer: ContinualTrainer, stage: int, task: Task) -> list[Any]:
+        return [self.callback]
+
+    def __getattr__(self, name: str) -> Any:
+        # quantcl 0.1 passed the probe itself as a TrainerCallback: forward its events, for one release
+        if name.startswith("on_") and hasattr(TrainerCallback, name) and "callback" in self.__dict__:
+            if not self.__dict__.get("_warned"):
+                self.__dict__["_warned"] = True
+                warnings.warn("transformers.Trainer(callbacks=[probe]) is deprecated: pass probe.callback "
+                              "(the PTQProbe is a quantcl plug-in, its TrainerCallback is .callback)",
+                              DeprecationWarning, stacklevel=2)
+            return getattr(self.__dict__["callback"], name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def on_evaluate(self, trainer: Any, row: Any, task: Any, result: Any = None, **kwargs: Any) -> None:
+        """Nothing to do after a quantcl task is evaluated; a ``transformers.Trainer`` that holds
+        the probe itself (the deprecated ``callbacks=[probe]``) calls this after its evaluation
+        with keyword arguments, and nothing is done then either."""
+
+    def _train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         if self._stage is None:  # a plain Trainer run
             if not self._sample:
                 raise ConfigError("PTQProbe with a plain transformers.Trainer needs texts=[...] (a held-out sample); "
@@ -144,37 +168,17 @@ class PTQProbe(StagePlugin, TrainerCallback):
             self.records = [r for r in saved.get("records", []) if r["step"] <= done]
         return control
 
-    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        optimizer = kwargs.get("optimizer")
-        if optimizer is not None:
-            self._lr = float(optimizer.param_groups[0]["lr"])
-        return control
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        if self.every and state.global_step % self.every == 0 and kwargs.get("model") is not None:
+    def _step_end(self, state: Any, control: Any, model: Any) -> None:
+        if self.every and state.global_step % self.every == 0 and model is not None:
             self._wait_for_loss = bool(control.should_log)
-            self.measure_now(kwargs["model"], self._tokenizer, self._offset + int(state.global_step))
+            self.measure_now(model, self._tokenizer, self._offset + int(state.global_step))
             self._wait_for_loss = False
-        return control
 
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        if self._stage is None and self.at_stage_end and kwargs.get("model") is not None:
+    def _train_end(self, state: Any, model: Any) -> None:
+        if self._stage is None and self.at_stage_end and model is not None:
             step = int(state.global_step)
             if not any(r["step"] == step for r in self.records):
-                self.measure_now(kwargs["model"], self._tokenizer, step)
-        return control
-
-    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> Any:
-        self._log.on_log(self._hf_trainer(), logs)
-        return control
-
-    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        save_checkpoint_state(args, state, CHECKPOINT_FILE, {"records": self.records})
-        return control
-
-    def on_evaluate(self, *args: Any, **kwargs: Any) -> None:
-        """Both bases define this hook (a Trainer's evaluation; a quantcl task evaluated): no-op."""
-        return None
+                self.measure_now(model, self._tokenizer, step)
 
     # ----------------------------------------------------------------------------- StagePlugin
     def on_stage_begin(self, trainer: ContinualTrainer, stage: int, task: Task) -> None:
@@ -203,6 +207,38 @@ class PTQProbe(StagePlugin, TrainerCallback):
         if self.trainer is None and self._continual is not None:
             return self._continual.stage_trainer
         return self.trainer
+
+
+class _ProbeCallback(TrainerCallback):
+    """The probe's part in the training loop (:attr:`PTQProbe.callback`)."""
+
+    def __init__(self, probe: PTQProbe) -> None:
+        self.probe = probe
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        return self.probe._train_begin(args, state, control, **kwargs)
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        optimizer = kwargs.get("optimizer")
+        if optimizer is not None:
+            self.probe._lr = float(optimizer.param_groups[0]["lr"])
+        return control
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        self.probe._step_end(state, control, kwargs.get("model"))
+        return control
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        self.probe._train_end(state, kwargs.get("model"))
+        return control
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> Any:
+        self.probe._log.on_log(self.probe._hf_trainer(), logs)
+        return control
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        save_checkpoint_state(args, state, CHECKPOINT_FILE, {"records": self.probe.records})
+        return control
 
 
 def _task_texts(tasks: Any, n: int, tokenizer: Any) -> list[str]:
