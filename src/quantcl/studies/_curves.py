@@ -19,7 +19,9 @@ class HeldOutLoss(StageCallback):
     quantization strength) after every ``every`` optimizer steps and after each step in
     ``extra_steps``; ``curve`` holds ``(steps done, loss)`` pairs. ``offset`` is added to the
     Trainer's step (the steps of earlier stages). Passed in a ContinualTrainer's ``callbacks=``, it
-    is recorded in ``run.json``; with a plain ``transformers.Trainer``, pass ``curve.callback``.
+    is recorded in ``run.json`` and each stage's points go into its stage record
+    (``result.stage_records[i]["held_out_loss"]``, saved and resumed with the run); with a plain
+    ``transformers.Trainer``, pass ``curve.callback``.
 
     Examples:
         >>> probe = HeldOutLoss(task=None, tokenizer=None, every=10, extra_steps=[4, 5])
@@ -33,6 +35,7 @@ class HeldOutLoss(StageCallback):
         self.extra_steps, self.offset = set(extra_steps), offset
         self.curve: list[tuple[int, float]] = []
         self.callback = _Measure(self)
+        self._stage_start = 0
 
     def wants(self, steps_done: int) -> bool:
         """Whether the loss is taken after ``steps_done`` steps."""
@@ -47,6 +50,12 @@ class HeldOutLoss(StageCallback):
 
     def trainer_callbacks(self, trainer: Any, stage: int, task: Any) -> list[Any]:
         return [self.callback]
+
+    def on_stage_begin(self, trainer: Any, stage: int, task: Any) -> None:
+        self._stage_start = len(self.curve)
+
+    def on_stage_end(self, trainer: Any, stage: int, task: Any, scores: dict[str, float]) -> None:
+        trainer.log_stage(held_out_loss=[list(point) for point in self.curve[self._stage_start:]])
 
 
 class _Measure(TrainerCallback):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, is_dataclass
@@ -37,18 +36,20 @@ def check_study_dir(root: Path, settings: dict[str, Any], arms: list[Any]) -> No
 
 def run_once(run_dir: Path, train: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """The record of the run in ``run_dir``: read back (seal checked) if it finished, else
-    ``train()`` from scratch in a clean directory, with ``wall_seconds`` added, sealed and saved."""
+    ``train()``, which resumes what an interrupted invocation left in ``run_dir`` (its
+    ``ContinualTrainer.fit(resume=True)``: finished stages are kept), with ``wall_seconds`` (of
+    this invocation) and ``resumed`` added, sealed and saved."""
     record_path = run_dir / RECORD_FILE
     if record_path.is_file():
         record = read_json(record_path)
         if not seal_ok(record):
             raise StateError(f"{str(record_path)!r} was edited or truncated (its seal does not match)")
         return {k: v for k, v in record.items() if k != "sha256"}
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # an unfinished run of this study: started again from scratch
+    resumed = run_dir.exists()
     start = time.perf_counter()
     record = train()
     record["wall_seconds"] = time.perf_counter() - start
+    record["resumed"] = resumed
     record = json.loads(json.dumps(to_jsonable(record)))  # as a resumed study reads it back
     atomic_write_json(record_path, seal(record))
     return record

@@ -32,6 +32,7 @@ from transformers import TrainerCallback
 
 from quantcl._checks import require_choice, require_int, require_list_of, require_number
 from quantcl.errors import ConfigError
+from quantcl.plugins import StageCallback
 from quantcl.studies._ptq_report import PTQContinualResult, PTQDynamicsResult
 from quantcl.studies._runs import build_model, check_model_size, run_arms
 
@@ -50,17 +51,31 @@ class PTQArm:
         return f"lr{self.peak_lr:g}-{self.averaging}"
 
 
-class _AveragedProbe(TrainerCallback):
-    """Probe the LAWA average (taken by ``lawa``, which runs before this callback) every ``every`` steps."""
+class _AveragedProbe(StageCallback):
+    """Probe the LAWA average (taken by ``lawa``, which runs before this callback) every ``every``
+    steps; the records go into the stage record (``lawa_probe``), so a resumed run keeps them."""
 
     def __init__(self, lawa: Any, probe: Any, tokenizer: Any, every: int) -> None:
         self.lawa, self.probe, self.tokenizer, self.every = lawa, probe, tokenizer, every
         self.records: list[dict[str, Any]] = []
+        self.callback = _AverageEvery(self)
+
+    def trainer_callbacks(self, trainer: Any, stage: int, task: Any) -> list[Any]:
+        return [self.callback]
+
+    def on_stage_end(self, trainer: Any, stage: int, task: Any, scores: dict[str, float]) -> None:
+        trainer.log_stage(lawa_probe=self.records)
+
+
+class _AverageEvery(TrainerCallback):
+    def __init__(self, owner: _AveragedProbe) -> None:
+        self.owner = owner
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> Any:
-        if model is not None and state.global_step % self.every == 0 and self.lawa.snapshots:
-            averaged = self.lawa.apply(model)
-            self.records.extend(self.probe.measure_now(averaged, self.tokenizer, int(state.global_step)))
+        o = self.owner
+        if model is not None and state.global_step % o.every == 0 and o.lawa.snapshots:
+            averaged = o.lawa.apply(model)
+            o.records.extend(o.probe.measure_now(averaged, o.tokenizer, int(state.global_step)))
             del averaged
         return control
 
@@ -144,11 +159,11 @@ def _pretrain(run_dir: Path, arm: PTQArm, seed: int, s: dict[str, Any], progress
                            lr_scheduler_kwargs={"decay_type": s["decay_type"]}, per_device_train_batch_size=s["batch_size"],
                            max_length=s["chunk_chars"] + 8, logging_steps=max(1, s["steps"] // 10), eval_batch_size=32,
                            extra={"report_to": "none"}))
-    result = trainer.fit()
+    result = trainer.fit(resume=True)  # an arm cut off by an earlier invocation goes on
     stage = result.stage_records[0]
     return {"arm": arm.name, **asdict(arm), "seed": seed, "cooldown_start": s["cooldown_start"],
             "final_loss": result.eval_details["1"]["stdlib"]["loss"], "train_loss": stage["train_loss"],
-            "probe": stage["ptq_probe"], "lawa_probe": averaged.records if averaged is not None else None}
+            "probe": stage["ptq_probe"], "lawa_probe": stage["lawa_probe"] if averaged is not None else None}
 
 
 def ptq_continual_study(
@@ -199,7 +214,7 @@ def ptq_continual_study(
             source, fp32, sequence, output_dir=run_dir / "run", seed=seed, plugins=[probe], progress=progress,
             args=qcl.StageArgs(learning_rate=learning_rate, max_steps=max_steps, per_device_train_batch_size=8,
                                lr_scheduler_type="constant", max_length=96, eval_batch_size=40,
-                               extra={"report_to": "none"})).fit()
+                               extra={"report_to": "none"})).fit(resume=True)
         return {"precision": policy.name, "seed": seed, "tasks": result.task_names,
                 "accuracy_matrix": result.accuracy_matrix.tolist(),
                 "probe": [r for stage in result.stage_records for r in stage["ptq_probe"]]}

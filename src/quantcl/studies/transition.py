@@ -19,7 +19,8 @@ time. :class:`~quantcl.studies.TransitionStudyResult` aggregates them over seeds
 Student-t 95% interval), as Markdown and CSV, and plots the curves with the switch marked.
 
 Runs are resumable: a finished run leaves ``study-record.json`` (sealed) in its directory and is
-skipped next time; an unfinished run's directory is its own and is started again from scratch.
+skipped next time; an unfinished run goes on from its last finished stage
+(``ContinualTrainer.fit(resume=True)``; the held-out curve is kept in the stage records).
 
 Examples:
     >>> result = transition_study("runs/transition", seeds=(0, 1, 2), steps=300)  # doctest: +SKIP
@@ -192,12 +193,13 @@ def _train_one(run_dir: Path, arm: TransitionVariant, seed: int, s: dict[str, An
                            lr_scheduler_type="cosine", per_device_train_batch_size=s["batch_size"],
                            max_length=s["chunk_chars"] + 8, logging_steps=max(1, steps // 10),
                            eval_batch_size=32, extra={"report_to": "none"}), callbacks=[curve])
-    result = trainer.fit()
+    result = trainer.fit(resume=True)  # an arm cut off by an earlier invocation goes on
     cloze = qcl.recipes.python_stdlib_cloze(n_train=1, n_eval=s["n_cloze"], seed=seed)[0]
     downstream = cloze.evaluate(trainer.model, trainer.tokenizer, batch_size=32, progress=False)
     final = result.eval_details["1"]["stdlib"]
+    points = [(int(step), float(loss)) for stage in result.stage_records for step, loss in stage.get("held_out_loss", [])]
     return {"variant": arm.name, **asdict(arm), "seed": seed, "switch_step": switch,
             "final_loss": final["loss"], "final_perplexity": final["perplexity"],
-            "spike": loss_spike(curve.curve, switch, s["spike_window"]) if switch else None,
+            "spike": loss_spike(points, switch, s["spike_window"]) if switch else None,
             "cloze_acc": downstream.score, "train_loss": result.stage_records[0]["train_loss"],
-            "curve": curve.curve, "strength": result.stage_records[0].get("precision_schedule", {}).get("strength")}
+            "curve": points, "strength": result.stage_records[0].get("precision_schedule", {}).get("strength")}
