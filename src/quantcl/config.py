@@ -20,8 +20,9 @@ A config mirrors the ``ContinualTrainer`` arguments::
     #     target: " {answer_text}"
     replay: {fraction: 0.01, strategy: reservoir, seed: 0}   # or null
     # replay: {fraction: 0.01, strategy: {_component_: my_pkg.KeepHardest, margin: 0.1}}
-    plugins:                       # any StagePlugin, by dotted path, with its arguments
-      - {_component_: my_pkg.plugins.LwF, alpha: 1.0}
+    plugins:                       # a built-in plug-in by name, or any StagePlugin by dotted path
+      - {type: LwF, alpha: 1.0}    # quantcl.plugins: LwF, PTQProbe, WeightAveraging
+      - {_component_: my_pkg.plugins.MyPlugin, strength: 0.5}
     imports: [my_pkg.evaluators]   # modules to import first (they may register_evaluator/strategy)
     lora: {r: 8, lora_alpha: 16, target_modules: all-linear}
     args: {learning_rate: 2.0e-4, max_steps: 100, overrides: {0: {learning_rate: 2.0e-4}}}
@@ -254,11 +255,22 @@ def _plugins(value: Any) -> list[Any]:
     built = []
     for i, node in enumerate(value):
         key = f"plugins[{i}]"
+        node = _short_plugin_name(node, key)
         cls = check_node(node, key)
         if not (isinstance(cls, type) and issubclass(cls, StagePlugin)):
             raise ConfigError(f"config key '{key}': {node[COMPONENT_KEY]} is not a quantcl StagePlugin subclass")
         built.append(_at(key, lambda: instantiate(node, key)))
     return built
+
+
+def _short_plugin_name(node: Any, key: str) -> Any:
+    """``{type: LwF, ...}`` is ``{_component_: quantcl.plugins.LwF, ...}`` (see ``plugin_path``)."""
+    if not isinstance(node, dict) or "type" not in node or COMPONENT_KEY in node:
+        return node
+    from quantcl.plugins import plugin_path
+
+    path = _at(f"{key}.type", lambda: plugin_path(node["type"]))
+    return {COMPONENT_KEY: path, **{k: v for k, v in node.items() if k != "type"}}
 
 
 def _lora(value: Any) -> Any:

@@ -16,4 +16,26 @@ from quantcl.plugins.replay import ReplayPlugin
 from quantcl.plugins.weight_averaging import WeightAveraging
 
 __all__ = ["StagePlugin", "StageCallback", "TrainerSpec", "ReplayPlugin", "PrecisionSchedule", "PTQProbe",
-           "PTQProbeResult", "LwF", "WeightAveraging", "AfterLossLog", "save_checkpoint_state", "load_checkpoint_state"]
+           "PTQProbeResult", "LwF", "WeightAveraging", "AfterLossLog", "save_checkpoint_state", "load_checkpoint_state",
+           "NAMED_PLUGINS", "plugin_path"]
+
+#: the built-in plug-ins a YAML config names with ``type:`` (replay and a precision schedule have keys of their own)
+NAMED_PLUGINS = ("LwF", "PTQProbe", "WeightAveraging")
+
+
+def plugin_path(name: str) -> str:
+    """The dotted path of the built-in plug-in ``name`` (``{type: LwF}`` in a config's ``plugins:``).
+
+    Raises:
+        UnknownNameError: not one of :data:`NAMED_PLUGINS` (the message lists them).
+
+    Examples:
+        >>> plugin_path("LwF")
+        'quantcl.plugins.LwF'
+    """
+    from quantcl.errors import UnknownNameError
+
+    if name not in NAMED_PLUGINS:
+        raise UnknownNameError(f"{name!r} is not a built-in plug-in; valid: {list(NAMED_PLUGINS)}, or name any "
+                               "StagePlugin with _component_: package.module.Class")
+    return f"quantcl.plugins.{name}"
