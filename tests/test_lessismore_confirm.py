@@ -84,6 +84,20 @@ def test_findings_are_one_family_per_endpoint_with_planned_directions(sweep):
     assert all(b.p_adjusted <= h.p_adjusted + 1e-12 for b, h in zip(bh, findings))
 
 
+def test_accuracy_among_valid_answers_counts_only_well_formed_items(sweep):
+    among = DESCRIPTIVE[-1]
+    assert among.among == "well_formed"
+    seeds, x = endpoint_arrays(sweep, among, {"precision": "bf16", "replay.fraction": 0.0})
+    by_hand = []
+    for s in seeds:
+        items = sweep.runs[f"precision=bf16,replay.fraction=0.0,seed={s}"].items["2"]["nlu"]
+        valid = [c for c, w in zip(items["correct"], items["well_formed"]) if w]
+        by_hand.append(sum(valid) / len(valid))
+    assert among.statistic(x) == pytest.approx(np.mean(by_hand))
+    assert among.statistic(x) > endpoint_arrays(sweep, DESCRIPTIVE[3], {"precision": "bf16", "replay.fraction": 0.0})[
+        1].mean()  # invalid answers are excluded, not counted wrong
+
+
 def test_the_table_and_the_replay_dose(sweep):
     table = confirmatory_table(sweep, (*ENDPOINTS, *DESCRIPTIVE), n_resamples=200)
     lines = table.splitlines()

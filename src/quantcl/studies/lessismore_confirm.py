@@ -71,11 +71,16 @@ class Endpoint:
     claim_replay: str = ""
     replay_two_sided: bool = False
     invert: bool = False  # the share of items *without* the outcome (invalid = not well-formed)
+    among: str | None = None  # the outcome's mean among the items where this one holds (accuracy among valid)
 
     def statistic(self, x: np.ndarray) -> float:
         """The cell's value: the mean over seeds of each seed's value (``x``: seeds x items [x 2])."""
         if self.invert:
             x = 1.0 - x
+        if self.among is not None:  # x[..., 0]: the condition, x[..., 1]: the outcome
+            with np.errstate(divide="ignore", invalid="ignore"):
+                per_seed = np.nansum(x[..., 0] * x[..., 1], axis=1) / np.nansum(x[..., 0], axis=1)
+            return float(np.nanmean(per_seed)) if np.isfinite(per_seed).any() else math.nan
         if self.baseline_row is None:
             return float(np.nanmean(np.nanmean(x, axis=1)))
         before, after = np.nanmean(x[..., 0], axis=1), np.nanmean(x[..., 1], axis=1)
@@ -99,6 +104,8 @@ DESCRIPTIVE = (
     Endpoint("NLU generated-answer accuracy after Math", "descriptive", "nlu", "correct", 2),
     Endpoint("NLU generated-answer retention after Math", "descriptive", "nlu", "correct", 2, 1),
     Endpoint("NLU invalid answers after Math", "descriptive", "nlu", "well_formed", 2, invert=True),
+    Endpoint("NLU generated-answer accuracy among valid answers after Math", "descriptive", "nlu", "correct", 2,
+             among="well_formed"),
 )
 
 
@@ -106,6 +113,9 @@ def endpoint_arrays(result: Any, endpoint: Endpoint, cell: dict[str, Any]) -> tu
     """``(seeds, outcomes)`` of a cell of ``result`` (a :class:`~quantcl.sweep.SweepResult`):
     seeds x items, or seeds x items x 2 (baseline row, row) for a retention."""
     seeds, ids, after = result.item_outcomes(cell, endpoint.row, endpoint.task, endpoint.key)
+    if endpoint.among is not None:
+        _, _, condition = result.item_outcomes(cell, endpoint.row, endpoint.task, endpoint.among)
+        return seeds, np.stack([condition, after], axis=-1)
     if endpoint.baseline_row is None:
         return seeds, after
     seeds_b, ids_b, before = result.item_outcomes(cell, endpoint.baseline_row, endpoint.task, endpoint.key)
