@@ -41,7 +41,7 @@ def test_the_shipped_page_and_readme_blocks_are_the_saved_results_report(study):
     assert text.strip() == pages.block(PAGE, study.BLOCK)
     readme = study.readme_text(SAVED, "docs/reproduce/lessismore-confirmatory.md")
     assert readme.strip() == pages.block(ROOT / "README.md", study.BLOCK)
-    assert "**Pilot**" in text and "Chosen:" in text
+    assert "**Pilot**" in text and "The rule picks" in text and "Run instead:" in text
 
 
 def test_the_confirmatory_config_runs_the_pilots_choice(study):

@@ -158,3 +158,30 @@ def test_a_killed_sweep_continues_without_rerunning_finished_points(finished, tm
     for name in reference.runs:
         got = json.loads((out / "runs" / name / "result.json").read_text())["accuracy_matrix"]
         assert got == json.loads((reference_out / "runs" / name / "result.json").read_text())["accuracy_matrix"]
+
+
+def test_the_axes_order_survives_the_manifest_and_old_manifests_gain_it(finished, tmp_path):
+    """sweep.json is written with sorted keys; a grid whose axes are not in alphabetical order names
+    its points in its own order, and Sweep.load must find them (it found none before)."""
+    import shutil
+
+    out, first = finished
+    copy = tmp_path / "seed-first"
+    shutil.copytree(out, copy)
+    for run in list((copy / "runs").iterdir()):  # the names a seed-first grid gives its points
+        fraction, seed = run.name.split(",")
+        run.rename(run.with_name(f"{seed},{fraction}"))
+    manifest = json.loads((copy / "sweep.json").read_text())
+    assert manifest["axes"] == ["replay.fraction", "seed"]
+    manifest["axes"] = ["seed", "replay.fraction"]
+    (copy / "sweep.json").write_text(json.dumps(manifest))
+    loaded = Sweep.load(copy)
+    assert list(loaded.grid) == ["seed", "replay.fraction"] and set(loaded.status().values()) == {"done"}
+    assert loaded.result().to_csv() == first.to_csv()
+
+    del manifest["axes"]  # a manifest written before the order was kept: the next run adds it
+    (copy / "sweep.json").write_text(json.dumps(manifest))
+    grid = {"seed": GRID["seed"], "replay.fraction": GRID["replay.fraction"]}
+    Sweep(manifest["config"], grid, output_dir=copy).run()  # every point done: nothing trains
+    assert json.loads((copy / "sweep.json").read_text())["axes"] == ["seed", "replay.fraction"]
+    assert len(Sweep.load(copy).result().runs) == 4

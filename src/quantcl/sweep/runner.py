@@ -129,6 +129,8 @@ class Sweep:
         try:
             manifest = read_json(path)
             config, grid, over = manifest["config"], manifest["grid"], manifest.get("over", "seed")
+            # JSON files here are written with sorted keys: the axes' order (which names the points) is kept apart
+            grid = {axis: grid[axis] for axis in manifest.get("axes", grid)}
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise StateError(f"no readable sweep in {directory} ({MANIFEST}: {err})") from err
         return cls(config, grid, output_dir=directory, over=over, **kwargs)
@@ -196,7 +198,7 @@ class Sweep:
 
     def _check_manifest(self) -> None:
         # the whole config is kept (Sweep.load continues with it); only its identity must agree
-        manifest = {"config": self.base_config, "grid": self.grid, "over": self.over}
+        manifest = {"config": self.base_config, "grid": self.grid, "over": self.over, "axes": list(self.grid)}
         path = self.output_dir / MANIFEST
         if path.exists():
             try:
@@ -206,6 +208,10 @@ class Sweep:
             if isinstance(saved, dict) and isinstance(saved.get("config"), dict):
                 saved = {**saved, "config": identity(saved["config"])}
             comparable = json.loads(json.dumps({**manifest, "config": identity(self.base_config)}, default=str))
+            if isinstance(saved, dict) and "axes" not in saved:  # written before the axes' order was kept
+                comparable.pop("axes")
+                if saved == comparable:
+                    atomic_write_json(path, manifest)
             if saved != comparable:
                 keys = sorted(k for k in comparable if saved.get(k) != comparable[k]) if isinstance(saved, dict) else []
                 raise ConfigError(f"{self.output_dir} holds another sweep (its {MANIFEST} differs in {keys}); "
