@@ -202,7 +202,7 @@ def test_phase_in_gives_a_smaller_loss_spike_than_a_step_switch(tiny_model_dir, 
     for phase_in, k in (("step", 0), ("linear", 8)):
         probe = _HeldOutLoss(batch)
         schedule = PrecisionSchedule(switch_step=20, phase_in=phase_in, phase_in_steps=k)
-        _plain_run(tiny_model_dir, tmp_path / phase_in, schedule, steps=28, lr=3e-3, callbacks=[probe.callback])
+        _plain_run(tiny_model_dir, tmp_path / phase_in, schedule, steps=28, lr=3e-3, callbacks=[probe])
         spikes[phase_in] = max(probe.losses[20:28]) - probe.losses[19]
     assert spikes["step"] > 0.1, spikes  # the switch hurts...
     assert spikes["linear"] < spikes["step"] / 2, spikes  # ...and a phase-in softens it
