@@ -133,7 +133,8 @@ def _cmd_sweep(ns: argparse.Namespace) -> int:
             config["allow_code_execution"] = True
         if ns.no_progress:
             config["progress"] = False
-        sweep = Sweep(config, output_dir=ns.output_dir, executor=ns.executor, max_workers=ns.workers)
+        sweep = Sweep(config, output_dir=ns.output_dir, executor=ns.executor, max_workers=ns.workers,
+                      share=not ns.no_share)
         sweep.validate()
     if ns.dry_run:
         print(sweep.describe())
@@ -224,8 +225,11 @@ def _parser() -> argparse.ArgumentParser:
     sw = sub.add_parser("sweep", help="a grid of runs from a YAML config's sweep: section, aggregated over seeds")
     sw.add_argument("config", help="YAML run config with a sweep: section")
     sw.add_argument("--output-dir", default=None, help="overrides the config's output_dir (the sweep's folder)")
-    sw.add_argument("--dry-run", action="store_true", help="check every point, list the grid and what is done; "
-                                                           "run nothing")
+    sw.add_argument("--dry-run", action="store_true", help="check every point, list the grid, what is done and "
+                                                           "what shared prefixes save; run nothing")
+    sw.add_argument("--no-share", action="store_true",
+                    help="run every point from scratch (by default a point starts from an earlier point's finished "
+                         "row 0 or stages where their configs agree; the results are the same)")
     sw.add_argument("--executor", default="sequential", choices=["sequential", "process", "ray"],
                     help="where runs go: this process, a local process pool, or Ray tasks")
     sw.add_argument("--workers", type=int, default=2, help="processes of the process pool")

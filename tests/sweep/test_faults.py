@@ -2,7 +2,8 @@
 worker behind, a killed worker fails only its point, a second sweep on the same folder is refused,
 a finished point is checked before it is skipped or counted, a full disk loses nothing, and a
 point that ran under another config is never averaged into a cell. Every case ends with the files
-of an uninterrupted sweep.
+of an uninterrupted sweep whose points ran alone (``--no-share``), although the faulted sweeps
+start points from shared prefixes (quantcl.sweep.share).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def setup(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("sweep-faults")
     cfg = _write_config(root / "sweep.yaml", tiny_model_dir)
     out = root / "reference"
-    proc = _sweep(cfg, out)
+    proc = _sweep(cfg, out, "--no-share")  # every point alone: the faulted sweeps below share prefixes
     assert proc.returncode == 0, proc.stderr[-3000:]
     return cfg, run_files(out)
 
@@ -122,6 +123,24 @@ def test_a_killed_driver_leaves_no_worker_and_the_sweep_finishes_on_rerun(setup,
 
 
 @needs_proc
+def test_a_sweep_killed_while_a_point_starts_from_a_shared_prefix_ends_with_the_files_of_points_alone(setup, tmp_path):
+    cfg, expected = setup
+    out = tmp_path / "s"
+    receiver = out / "runs" / POINTS[2]  # takes stage 1 of POINTS[0] and rebuilds its replay buffer
+    driver = subprocess.Popen(_sweep_cmd(cfg, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: (receiver / "state.json").exists(), what="the point to adopt its shared stage")
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        driver.kill()
+    assert not (receiver / "result.json").exists() and (out / "shared").is_dir()
+    proc = _sweep(cfg, out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _assert_same(run_files(out), expected)
+
+
+@needs_proc
 def test_a_killed_worker_fails_only_its_point_and_the_rerun_resumes_it(setup, tmp_path):
     cfg, expected = setup
     out = tmp_path / "s"
@@ -149,7 +168,8 @@ def test_a_killed_worker_fails_only_its_point_and_the_rerun_resumes_it(setup, tm
 def test_a_second_sweep_on_the_folder_is_refused_and_a_killed_holder_leaves_no_stale_lock(setup, tmp_path):
     cfg, expected = setup
     out = tmp_path / "s"
-    first = subprocess.Popen(_sweep_cmd(cfg, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # alone, its points take long enough for the second sweep to start while it runs
+    first = subprocess.Popen(_sweep_cmd(cfg, out, "--no-share"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         lock = out / ".quantcl.lock"
         _wait_for(lambda: lock.exists() and lock.read_text() == str(first.pid), what="the first sweep's lock")
@@ -247,9 +267,9 @@ def write_bytes(path, data):
         no_space(path)
     return real_bytes(path, data)
 
-def run_point(config, output_dir, threads=None):
+def run_point(config, output_dir, threads=None, share=None):
     try:
-        return real_point(config, output_dir, threads)
+        return real_point(config, output_dir, threads, share)
     finally:
         state["full"] = False  # the failed point's partial files are gone: space for the others
 

@@ -20,12 +20,14 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from quantcl._io import atomic_write_json
+from quantcl.errors import StateError
 
 __all__ = ["ERROR_FILE", "Job", "run_point", "run_sequential", "run_in_processes", "run_on_executor", "run_on_ray"]
 
@@ -34,11 +36,13 @@ ERROR_FILE = "error.json"
 
 @dataclass(frozen=True)
 class Job:
-    """One point to run: its name, full run config and run directory."""
+    """One point to run: its name, full run config and run directory; ``share``: the shared
+    prefix to start from and the snapshots to leave (see :meth:`quantcl.sweep.Sweep.sharing`)."""
 
     name: str
     config: dict[str, Any]
     directory: str
+    share: dict[str, Any] | None = None
 
 
 def _save_error(directory: str | Path, record: dict[str, Any]) -> dict[str, Any]:
@@ -50,9 +54,37 @@ def _save_error(directory: str | Path, record: dict[str, Any]) -> dict[str, Any]
     return record
 
 
-def run_point(config: dict[str, Any], output_dir: str, threads: int | None = None) -> dict[str, Any]:
+def _start_shared(trainer: Any, share: dict[str, Any]) -> None:
+    """Adopt the snapshot ``share["adopt"]`` names into a fresh run directory (where it is there
+    and checks out; else the point runs alone) and ask for the snapshots others adopt."""
+    from quantcl._prefix import ADOPTING, adopt_snapshot
+    from quantcl.models import resolve_model_alias
+    from quantcl.rundir import plugin_state_dirs
+
+    trainer._snapshot_after = {int(k): Path(v) for k, v in (share.get("snapshots") or {}).items()}
+    adopt = share.get("adopt")
+    run_dir = trainer.run_dir
+    fresh = not run_dir.state_path.exists() or (run_dir.root / ADOPTING).exists()
+    if not adopt or not fresh or not Path(adopt["from"]).is_dir():
+        return
+    trainer.model_source = resolve_model_alias(trainer.model_source, progress=trainer.progress)
+    rebuild = []
+    if adopt.get("rebuild"):
+        rebuild = [folder.name for plugin, folder, _ in plugin_state_dirs(run_dir.stage_dir(1), trainer.plugins,
+                                                                          trainer._watchers)
+                   if plugin is trainer._replay_plugin]
+    try:
+        adopt_snapshot(Path(adopt["from"]), run_dir, trainer.config(), rebuild)
+    except StateError as err:  # a damaged snapshot costs time, never results
+        warnings.warn(f"{run_dir.root.name}: the shared prefix was not used ({err}); running the point alone",
+                      UserWarning, stacklevel=2)
+
+
+def run_point(config: dict[str, Any], output_dir: str, threads: int | None = None,
+              share: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build and fit one grid point's run (``resume=True``); never raises: a failure is written to
-    ``output_dir/error.json`` (where the disk allows) and returned. The unit of work every executor runs."""
+    ``output_dir/error.json`` (where the disk allows) and returned. The unit of work every executor
+    runs; ``share`` (from the sweep's plan) starts it from another point's snapshot."""
     from quantcl.config import build_trainer
 
     start = time.perf_counter()
@@ -62,7 +94,10 @@ def run_point(config: dict[str, Any], output_dir: str, threads: int | None = Non
             import torch
 
             torch.set_num_threads(threads)
-        build_trainer(config, output_dir=output_dir).fit(resume=True)
+        trainer = build_trainer(config, output_dir=output_dir)
+        if share:
+            _start_shared(trainer, share)
+        trainer.fit(resume=True)
         error_path.unlink(missing_ok=True)
         return {"status": "done", "seconds": time.perf_counter() - start}
     except Exception as err:  # the sweep goes on; the error is recorded with the point
@@ -78,7 +113,7 @@ def _died(job: Job, how: str) -> dict[str, Any]:
 
 
 def run_sequential(jobs: Sequence[Job]) -> dict[str, dict[str, Any]]:
-    return {job.name: run_point(job.config, job.directory) for job in jobs}
+    return {job.name: run_point(job.config, job.directory, share=job.share) for job in jobs}
 
 
 # ---------------------------------------------------------------------------- one process per point
@@ -112,7 +147,7 @@ def _exit_with_parent(parent_pid: int) -> None:
 def _worker(conn: Any, job: Job, threads: int | None, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle: it ends the workers
     _exit_with_parent(parent_pid)
-    record = run_point(job.config, job.directory, threads)
+    record = run_point(job.config, job.directory, threads, job.share)
     conn.send(record)
     conn.close()
     sys.stdout.flush()
@@ -189,7 +224,7 @@ def run_in_processes(jobs: Sequence[Job], workers: int, threads: int | None) -> 
 # ---------------------------------------------------------------------------- executors users bring
 def run_on_executor(executor: cf.Executor, jobs: Sequence[Job]) -> dict[str, dict[str, Any]]:
     """Jobs on a ``concurrent.futures`` executor the user built; a broken pool fails the jobs it held."""
-    futures = {job.name: executor.submit(run_point, job.config, job.directory) for job in jobs}
+    futures = {job.name: executor.submit(run_point, job.config, job.directory, None, job.share) for job in jobs}
     outcomes = {}
     for job in jobs:
         try:
@@ -207,7 +242,7 @@ def run_on_ray(jobs: Sequence[Job], resources: dict[str, float]) -> dict[str, di
     if not ray.is_initialized():
         ray.init(ignore_reinit_error=True, log_to_driver=False)
     remote = ray.remote(**resources)(run_point)
-    refs = {job.name: remote.remote(job.config, job.directory) for job in jobs}
+    refs = {job.name: remote.remote(job.config, job.directory, None, job.share) for job in jobs}
     outcomes = {}
     for job in jobs:
         try:

@@ -9,6 +9,8 @@
       runs/<point name>/sweep-point.json  the point's config as the sweep gave it
       runs/<point name>/error.json        why the point failed (the sweep went on)
       runs/<point name>.damaged-N/        a finished point whose files no longer check out, set aside
+      shared/<point name>/after-NNN/      a point's progress after row 0 / stage NNN, for the points
+                                          that start from it (see quantcl.sweep.share)
       summary.md, summary.csv             the aggregated tables, rewritten after every sweep call
 
 A point with ``result.json`` whose files check out is skipped; any other is run with
@@ -16,7 +18,8 @@ A point with ``result.json`` whose files check out is skipped; any other is run 
 again. A finished point is checked before it is skipped or counted: its state's seal and file
 digests (a missing final stage, a hand-edited ``run.json``), and its config against the sweep's
 (``sweep-point.json``). One whose files do not check out is set aside and run again; one that ran
-under another config is reported, never averaged into a cell.
+under another config is reported, never averaged into a cell. Points whose configs agree up to a
+stage start from the first one's finished work (``share=True``; :mod:`quantcl.sweep.share`).
 
 Examples:
     >>> sweep = Sweep.from_yaml("examples/synthetic_sweep.yaml")  # doctest: +SKIP
@@ -35,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from quantcl._checks import require_int
+from quantcl._checks import require_bool, require_int
 from quantcl._io import atomic_write_bytes, atomic_write_json, read_json
 from quantcl._lock import hold_directory
 from quantcl.errors import ConfigError, StateError
@@ -45,6 +48,7 @@ from quantcl.sweep._execute import (ERROR_FILE, Job, run_in_processes, run_on_ex
                                     run_sequential)
 from quantcl.sweep.grid import apply_overrides, expand_grid, parse_grid, point_name
 from quantcl.sweep.result import SweepResult
+from quantcl.sweep.share import SHARED_DIR, Share, fingerprint, plan_sharing, prune, savings, snapshot_dir, waves
 
 __all__ = ["Sweep", "run_point"]
 
@@ -71,6 +75,9 @@ class Sweep:
             ``cpu_count // max_workers`` torch threads.
         ray_resources: ``num_cpus`` / ``num_gpus`` of each Ray task (default ``{"num_cpus": 1}``).
         over: the axis statistics are taken over (default ``"seed"``).
+        share: start points from the finished row 0 or stages of an earlier point whose config
+            agrees up to there (default ``True``; see :mod:`quantcl.sweep.share`). The results are
+            those of points run alone; ``False`` runs every point from scratch.
 
     Raises:
         ConfigError: a bad grid (see :func:`~quantcl.sweep.grid.parse_grid`), two points with the
@@ -81,7 +88,7 @@ class Sweep:
     def __init__(self, config: Mapping[str, Any], grid: Mapping[str, Sequence[Any]] | None = None, *,
                  output_dir: str | os.PathLike[str] | None = None, executor: Any = "sequential",
                  max_workers: int = 2, ray_resources: Mapping[str, float] | None = None,
-                 over: str = "seed") -> None:
+                 over: str = "seed", share: bool = True) -> None:
         if not isinstance(config, Mapping):
             raise ConfigError(f"Sweep(config=...) must be a mapping (a run config), got {type(config).__name__}")
         base = {k: v for k, v in config.items() if k != "sweep"}
@@ -93,6 +100,8 @@ class Sweep:
         self.max_workers = require_int(max_workers, "Sweep(max_workers=...)", minimum=1)
         self.ray_resources = dict(ray_resources or {"num_cpus": 1})
         self.over = over
+        self.share = require_bool(share, "Sweep(share=...)")
+        self._fingerprints: dict[str, dict[str, Any]] | None = None
         out = output_dir if output_dir is not None else base.get("output_dir", "runs/sweep")
         if not isinstance(out, (str, os.PathLike)):
             raise ConfigError(f"the sweep's output_dir must be a path, got {out!r}")
@@ -183,18 +192,43 @@ class Sweep:
         lines = [f"sweep into {self.output_dir}: {len(self.points)} runs ("
                  + ", ".join(f"{n} {s}" for s, n in counts.items() if n or s in STATUSES[:4]) + ")",
                  *(f"  {k}: {v}" for k, v in self.grid.items()), ""]
-        lines += [f"  [{status[n]:>7}] {n}" + (f": {problems[n]}" if n in problems else "") for n in self.points]
+        plan = self.sharing(status)
+        todo = [n for n, st in status.items() if st != "done"]
+        lines[1:1] = ["  " + (savings(plan, self._n_stages(), todo) if self.share else "shared prefixes: off")]
+        lines += [f"  [{status[n]:>7}] {n}" + (f": {problems[n]}" if n in problems else "")
+                  + (_share_text(plan[n]) if n in plan and status[n] != "done" else "") for n in self.points]
         return "\n".join(lines)
+
+    def _n_stages(self) -> int:
+        fps = self._fingerprints or {}
+        return len(next(iter(fps.values()))["stages"]) if fps else 0
+
+    def sharing(self, status: dict[str, Status] | None = None) -> dict[str, Share]:
+        """Which point starts from which earlier point's work (``{}`` with ``share=False``): see
+        :mod:`quantcl.sweep.share`. A donor that finished without leaving the snapshot gives nothing."""
+        if not self.share:
+            return {}
+        if self._fingerprints is None:
+            self.validate()
+        assert self._fingerprints is not None
+        status = status if status is not None else self.status()
+        kept = self.output_dir / SHARED_DIR
+        unavailable = {n for n, st in status.items() if st == "done" and not (kept / n).is_dir()}
+        return plan_sharing(self._fingerprints, unavailable)
 
     def validate(self) -> None:
         """Build every point's trainer (no weights loaded, nothing trained); the first bad one raises."""
         from quantcl.config import build_trainer
 
+        fingerprints = {}
         for name in self.points:
             try:
-                build_trainer(self.point_config(name), build_demo_model=False, output_dir=str(self.run_dir(name)))
+                trainer = build_trainer(self.point_config(name), build_demo_model=False,
+                                        output_dir=str(self.run_dir(name)))
             except ConfigError as err:
                 raise ConfigError(f"sweep point {name}: {err}") from err
+            fingerprints[name] = fingerprint(trainer)
+        self._fingerprints = fingerprints
 
     def _check_manifest(self) -> None:
         # the whole config is kept (Sweep.load continues with it); only its identity must agree
@@ -246,23 +280,43 @@ class Sweep:
                 warnings.warn(f"sweep point {name} {problems[name]}; set aside as {moved.name} and run again",
                               UserWarning, stacklevel=2)
             todo = [n for n, st in status.items() if st != "done"]
-            jobs = [Job(n, self.point_config(n), str(self.run_dir(n))) for n in todo]
-            for job in jobs:
+            plan = self.sharing(status)
+            jobs = {n: Job(n, self.point_config(n), str(self.run_dir(n)), self._share_job(n, plan, status))
+                    for n in todo}
+            for job in jobs.values():
                 Path(job.directory).mkdir(parents=True, exist_ok=True)
                 atomic_write_json(Path(job.directory) / POINT_FILE, self.point_identity(job.name))
-            if self.executor == "sequential":
-                self._outcomes.update(run_sequential(jobs))
-            elif self.executor == "ray":
-                self._outcomes.update(run_on_ray(jobs, self.ray_resources))
-            elif isinstance(self.executor, cf.Executor):
-                self._outcomes.update(run_on_executor(self.executor, jobs))
-            else:
-                threads = max(1, (os.cpu_count() or 1) // self.max_workers)
-                self._outcomes.update(run_in_processes(jobs, self.max_workers, threads))
+            # in grid order a donor comes before the points that take from it; executors that run
+            # points at once get them in waves
+            batches = [todo] if self.executor == "sequential" else waves(plan, todo)
+            for batch in batches:
+                self._run_jobs([jobs[n] for n in batch])
+            prune(self.output_dir, plan, {n for n, st in self.status().items() if st == "done"})
             result = self.result()
             atomic_write_bytes(self.output_dir / "summary.md", (result.to_markdown() + "\n").encode())
             result.to_csv(self.output_dir / "summary.csv")
         return result
+
+    def _share_job(self, name: str, plan: dict[str, Share], status: dict[str, Status]) -> dict[str, Any] | None:
+        """What run_point needs to share: the snapshot to adopt, the snapshots to leave for others."""
+        leave = {s.stages: str(snapshot_dir(self.output_dir, s)) for s in plan.values() if s.donor == name}
+        adopt = plan.get(name)
+        if adopt is None and not leave:
+            return None
+        return {"snapshots": leave,
+                "adopt": None if adopt is None else {"from": str(snapshot_dir(self.output_dir, adopt)),
+                                                     "rebuild": adopt.rebuild}}
+
+    def _run_jobs(self, jobs: list[Job]) -> None:
+        if self.executor == "sequential":
+            self._outcomes.update(run_sequential(jobs))
+        elif self.executor == "ray":
+            self._outcomes.update(run_on_ray(jobs, self.ray_resources))
+        elif isinstance(self.executor, cf.Executor):
+            self._outcomes.update(run_on_executor(self.executor, jobs))
+        else:
+            threads = max(1, (os.cpu_count() or 1) // self.max_workers)
+            self._outcomes.update(run_in_processes(jobs, self.max_workers, threads))
 
     def result(self) -> SweepResult:
         """The :class:`SweepResult` of what is on disk now (finished, failed, not run)."""
@@ -279,3 +333,8 @@ class Sweep:
                 except (OSError, ValueError):
                     failed[name] = str(self._outcomes.get(name, {}).get("error", f"unreadable {ERROR_FILE}"))
         return SweepResult(self.grid, runs, dict(self.points), failed, over=self.over)
+
+
+def _share_text(share: Share) -> str:
+    what = "row 0" if share.stages == 0 else "stage 1" if share.stages == 1 else f"stages 1-{share.stages}"
+    return f" <- {what} of {share.donor}" + (" (replay buffer rebuilt)" if share.rebuild else "")
