@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 from quantcl._io import atomic_replace_dir, atomic_write_json, digest_mismatch, read_json, seal_ok
 from quantcl.errors import StateError
+from quantcl.plugins.base import overrides_hook
 from quantcl.rundir import STATE_VERSION, RunDirectory, plugin_state_dirs
 
 if TYPE_CHECKING:  # pragma: no cover
     from quantcl.trainer import ContinualTrainer
 
-__all__ = ["save_snapshot", "adopt_snapshot", "rebuild_plugins", "ADOPTING"]
+__all__ = ["save_snapshot", "copy_run", "adopt_snapshot", "load_plugin_states", "rebuild_plugins", "ADOPTING"]
 
 ADOPTING = ".quantcl-adopting"  # present while a snapshot is copied in: a kill leaves it, and the copy starts again
 
@@ -37,7 +38,15 @@ def _snapshot_files(state: dict[str, Any]) -> list[str]:
     return sorted(k for k in state["files"] if k != "run.json")
 
 
-def save_snapshot(run_root: Path, dest: Path) -> None:
+def save_snapshot(trainer: ContinualTrainer, completed: int) -> None:
+    """If the sweep asked ``trainer`` for a snapshot after ``completed`` stages (``_snapshot_after``)
+    and it is not there yet, write it (see :func:`copy_run`)."""
+    dest = trainer._snapshot_after.get(completed)
+    if dest is not None and trainer.is_main_process and not Path(dest).exists():
+        copy_run(trainer.run_dir.root, Path(dest))
+
+
+def copy_run(run_root: Path, dest: Path) -> None:
     """Copy the run in ``run_root`` as its ``state.json`` now stands into ``dest`` (replaced atomically)."""
     state = read_json(run_root / "state.json")
     tmp = dest.with_name(dest.name + ".tmp")
@@ -108,6 +117,19 @@ def adopt_snapshot(snapshot: Path, run_dir: RunDirectory, config: dict[str, Any]
     run_dir.save(state)
     marker.unlink()
     return completed
+
+
+def load_plugin_states(trainer: ContinualTrainer, state: dict[str, Any]) -> None:
+    """Restore each plug-in's state saved with the newest finished stage, except those an adopted
+    prefix left to rebuild (``state["rebuild"]``)."""
+    completed = state["completed_stages"]
+    if completed == 0:
+        return
+    rebuild = set(state.get("rebuild") or ())
+    for plugin, folder, old in plugin_state_dirs(trainer.run_dir.stage_dir(completed), trainer.plugins,
+                                                 trainer._watchers):
+        if overrides_hook(plugin, "load_state") and folder.name not in rebuild:
+            plugin.load_state(folder if folder.exists() or not old.exists() else old)
 
 
 def rebuild_plugins(trainer: ContinualTrainer, state: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 from quantcl._checks import require_bool, require_int
 from quantcl._io import to_jsonable
 from quantcl._model_setup import ModelSetup, resolve_training, run_length
-from quantcl._prefix import rebuild_plugins, save_snapshot
+from quantcl._prefix import load_plugin_states, rebuild_plugins, save_snapshot
 from quantcl._runtime import (Processes, checkpoint_ledger, datasets_progress_bars_off, no_final_checkpoint,
                               peak_memory_bytes, stage_loss)
 from quantcl.errors import ConfigError
@@ -215,10 +215,8 @@ class ContinualTrainer:
         )
 
     def check_resume(self, resume: bool = True) -> None:
-        """Raise the error :meth:`fit` would raise on ``output_dir`` before training anything.
-
-        A directory holding another configuration (or, with ``resume=False``, any run) is refused.
-        """
+        """Raise the error :meth:`fit` would raise on ``output_dir`` before training anything: a
+        directory holding another configuration (or, with ``resume=False``, any run) is refused."""
         self.run_dir.load(self.config(), resume, self.tasks.names)
 
     # ----------------------------------------------------------------------------- model
@@ -269,14 +267,9 @@ class ContinualTrainer:
         if saved is not None:
             matrix[:] = np.array([[np.nan if v is None else v for v in row] for row in state["matrix"]], dtype=float)
         run_dir.remove_leftovers(completed)
-        if completed > 0:
-            rebuild = set(state.get("rebuild") or ())  # an adopted prefix's plug-ins to rebuild (quantcl._prefix)
-            for plugin, folder, old in plugin_state_dirs(run_dir.stage_dir(completed), self.plugins, self._watchers):
-                if overrides_hook(plugin, "load_state") and folder.name not in rebuild:
-                    plugin.load_state(folder if folder.exists() or not old.exists() else old)
+        load_plugin_states(self, state)
         self._load_model(completed)
-        if saved is not None:
-            rebuild_plugins(self, state)
+        rebuild_plugins(self, state)
         self._steps_done = sum(int(r.get("steps", 0)) for r in state["stage_records"])
         if self.schedule is not None:
             self._setup.resume_schedule(self.model, state["stage_records"], self._total_steps)
@@ -286,7 +279,7 @@ class ContinualTrainer:
             self._evaluate_all(0, matrix, state)
             state["matrix"] = matrix.tolist()
             run_dir.save(state)
-        self._snapshot(completed)
+        save_snapshot(self, completed)
 
         for stage in range(completed + 1, n + 1):
             record = self._run_stage(stage, matrix, state)
@@ -295,7 +288,7 @@ class ContinualTrainer:
             state["matrix"] = matrix.tolist()
             run_dir.save(state)
             run_dir.finish_stage(stage)
-            self._snapshot(stage)
+            save_snapshot(self, stage)
             procs.barrier()
 
         self._setup.check_schedule_finished(self._steps_done)
@@ -311,11 +304,6 @@ class ContinualTrainer:
             result.save(self.output_dir)
         procs.barrier()
         return result
-
-    def _snapshot(self, completed: int) -> None:
-        dest = self._snapshot_after.get(completed)
-        if dest is not None and self._procs.is_main and not Path(dest).exists():
-            save_snapshot(self.run_dir.root, Path(dest))
 
     def _run_stage(self, stage: int, matrix: np.ndarray, state: dict[str, Any]) -> dict[str, Any]:
         task = self.tasks[stage - 1]

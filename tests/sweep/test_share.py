@@ -153,7 +153,7 @@ def test_a_damaged_snapshot_is_not_used_and_a_killed_copy_starts_again(alone, tm
     snap = tmp_path / "snap"
     shutil.copytree(donor, tmp_path / "donor")
     # a finished run's state is a snapshot after its last stage; use one after stage 2 of the same config
-    prefix.save_snapshot(tmp_path / "donor", snap)
+    prefix.copy_run(tmp_path / "donor", snap)
     target = RunDirectory(tmp_path / "point")
     config = build_trainer(_config(tiny_model_dir, tmp_path / "point"), output_dir=str(tmp_path / "point")).config()
 
