@@ -41,6 +41,10 @@ def resolve_training(policy: PrecisionPolicy, schedule: PrecisionSchedule | None
     if training is None:
         training = "full" if schedule is not None else "lora"
     training = require_choice(training, "training", TRAINING_MODES)
+    if policy.noise_like is not None and (training == "full" or adapter_mode == "merge"):
+        raise ConfigError(f"precision noise_like={policy.noise_like!r} perturbs a frozen base for LoRA: it needs "
+                          f"training='lora' and adapter_mode='continue', got training={training!r}, "
+                          f"adapter_mode={adapter_mode!r}")
     if training == "lora":
         if schedule is not None:
             raise ConfigError("a PrecisionSchedule trains every weight (quantization-aware training): "

@@ -370,7 +370,8 @@ class ContinualTrainer:
                 disable_tqdm=not self.progress, **self.policy.training_arguments(),
             ),
             # the ledger last: what the other callbacks write into a checkpoint is sealed with it
-            callbacks=[*([self.schedule] if self.schedule is not None else []), *self.hf_callbacks,
+            callbacks=[*([self.schedule] if self.schedule is not None else []),
+                       *self.policy.trainer_callbacks(self.model, stage), *self.hf_callbacks,
                        *(c for p in self.plugins for c in p.trainer_callbacks(self, stage, task)),
                        no_final_checkpoint(), ledger],
             trainer_class=Trainer,

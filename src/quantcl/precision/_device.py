@@ -62,3 +62,18 @@ def cpu_has_native_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # private torch API: assume the best when it is gone
         return True
+
+
+def bytes_by_module_class(model: Any) -> dict[str, int]:
+    """Bytes of parameters and buffers per owning module class, largest first; shared (tied)
+    tensors counted once (see ``PrecisionPolicy.memory_breakdown``)."""
+    totals: dict[str, int] = {}
+    seen: set[int] = set()
+    for module in model.modules():
+        for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+            if id(tensor) in seen:
+                continue
+            seen.add(id(tensor))
+            kind = type(module).__name__
+            totals[kind] = totals.get(kind, 0) + tensor.nelement() * tensor.element_size()
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))

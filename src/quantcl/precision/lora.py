@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -95,3 +98,13 @@ def save_adapter(model: Any, directory: str | Path) -> None:
             if isinstance(saved.get(key), list):
                 saved[key] = sorted(saved[key], key=str)
         atomic_write_bytes(path, json.dumps(saved, indent=2, sort_keys=True).encode())  # peft's layout
+
+
+@contextlib.contextmanager
+def quiet_peft_alias_warning() -> Iterator[None]:
+    """peft reads ``model.is_gradient_checkpointing``, deprecated in transformers 5: hide that
+    FutureWarning, which users can do nothing about, and keep every other warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                category=FutureWarning)
+        yield

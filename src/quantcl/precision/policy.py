@@ -22,21 +22,19 @@ Examples:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from quantcl._checks import require_bool, require_list_of, require_mapping, require_number
 from quantcl._hub import reaching_hub
 from quantcl.errors import ConfigError, StateError, UnknownNameError
 from quantcl.precision import bnb as _bnb
-from quantcl.precision._device import cpu_has_native_bf16, ensure_pad_token, target_devices
-from quantcl.precision.lora import check_target_modules, prepare_base_for_lora
+from quantcl.precision._device import bytes_by_module_class, cpu_has_native_bf16, ensure_pad_token, target_devices
+from quantcl.precision.lora import check_target_modules, prepare_base_for_lora, quiet_peft_alias_warning
 from quantcl.precision.gguf import gguf_to_checkpoint, is_gguf_source
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -100,6 +98,14 @@ class PrecisionPolicy:
         double_quant: 4-bit only: quantize the quantization constants too (QLoRA's trick).
         skip_modules: modules kept in full (compute) precision by the 4/8-bit and ternary presets.
         int8_threshold: ``int8`` only: the LLM.int8 outlier threshold (``llm_int8_threshold``).
+        noise_like: float presets only: perturb the base the way this bitsandbytes preset
+            (``int8``, ``nf4``, ``fp4``) would, computed without its kernels (a matched-noise
+            control; see :mod:`quantcl.precision.noise` for the formulas).
+        noise: with ``noise_like``: ``"rounded"`` (the exact round trip), ``"fixed"`` (Gaussian
+            noise of the same per-row / per-block spread, drawn once) or ``"per_step"`` (drawn
+            again before every optimizer step).
+        noise_seed: seeds the ``fixed`` and ``per_step`` draws (with the module name, and the
+            stage and step).
 
     Examples:
         >>> p = PrecisionPolicy("nf4", double_quant=False)
@@ -114,6 +120,9 @@ class PrecisionPolicy:
     double_quant: bool = True
     skip_modules: tuple[str, ...] = ("lm_head",)
     int8_threshold: float = 6.0
+    noise_like: str | None = None
+    noise: str | None = None
+    noise_seed: int = 0
 
     def __post_init__(self) -> None:
         name = str(self.name).lower()
@@ -133,6 +142,16 @@ class PrecisionPolicy:
         object.__setattr__(self, "double_quant", require_bool(self.double_quant, "PrecisionPolicy(double_quant=...)"))
         object.__setattr__(self, "skip_modules", tuple(skip))
         object.__setattr__(self, "int8_threshold", threshold)
+        if self.noise_like is not None or self.noise is not None or self.noise_seed != 0:
+            from quantcl.precision.noise import check_noise
+
+            for key, value in check_noise(self, preset.kind).items():
+                object.__setattr__(self, key, value)
+
+
+    def __repr__(self) -> str:  # the matched-noise fields only where set
+        shown = [f.name for f in dataclasses.fields(self) if self.noise_like is not None or not f.name.startswith("noise")]
+        return f"PrecisionPolicy({', '.join(f'{k}={getattr(self, k)!r}' for k in shown)})"
 
     # ------------------------------------------------------------------ description
     @staticmethod
@@ -166,6 +185,8 @@ class PrecisionPolicy:
         """A JSON-able dict; ``PrecisionPolicy.from_dict(p.to_dict()) == p``."""
         data = dataclasses.asdict(self)
         data["skip_modules"] = list(self.skip_modules)
+        if self.noise_like is None:  # as saved before the matched-noise controls: old runs resume
+            data = {k: v for k, v in data.items() if not k.startswith("noise")}
         return data
 
     @classmethod
@@ -282,7 +303,20 @@ class PrecisionPolicy:
             from quantcl.precision.ternary import ternarize_
 
             ternarize_(model, self.skip_modules)
+        if self.noise_like is not None:
+            from quantcl.precision.noise import apply_noise
+
+            apply_noise(model, self)
         return model, tokenizer
+
+    def trainer_callbacks(self, model: Any, stage: int) -> list[Any]:
+        """``TrainerCallback`` objects a stage's Trainer needs at this precision: the ``per_step``
+        noise draws (see :mod:`quantcl.precision.noise`), else none."""
+        if self.noise != "per_step":
+            return []
+        from quantcl.precision.noise import PerStepNoise
+
+        return [PerStepNoise(model, self.noise_seed, stage)]
 
     # ------------------------------------------------------------------ LoRA
     def attach_lora(self, model: PreTrainedModel, lora_config: PeftConfig) -> PeftModel:
@@ -305,7 +339,7 @@ class PrecisionPolicy:
         self._check_base(model)
         check_target_modules(model, getattr(lora_config, "target_modules", None))
         prepare_base_for_lora(model)
-        with _quiet_peft_alias_warning():
+        with quiet_peft_alias_warning():
             return get_peft_model(model, lora_config)
 
     def load_adapter(
@@ -328,7 +362,7 @@ class PrecisionPolicy:
             raise StateError(f"no peft adapter in {str(adapter_dir)!r} (adapter_config.json is missing)")
         self._check_base(model)
         prepare_base_for_lora(model)
-        with _quiet_peft_alias_warning():
+        with quiet_peft_alias_warning():
             return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)
 
     def _check_base(self, model: Any) -> None:
@@ -357,23 +391,4 @@ class PrecisionPolicy:
     def memory_breakdown(self, model: torch.nn.Module) -> dict[str, int]:
         """Bytes of parameters and buffers per owning module class (e.g. ``Linear4bit``),
         largest first; shared (tied) tensors are counted once."""
-        totals: dict[str, int] = {}
-        seen: set[int] = set()
-        for module in model.modules():
-            for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
-                if id(tensor) in seen:
-                    continue
-                seen.add(id(tensor))
-                kind = type(module).__name__
-                totals[kind] = totals.get(kind, 0) + tensor.nelement() * tensor.element_size()
-        return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
-
-
-@contextlib.contextmanager
-def _quiet_peft_alias_warning() -> Iterator[None]:
-    """peft reads ``model.is_gradient_checkpointing``, deprecated in transformers 5: hide that
-    FutureWarning, which users can do nothing about, and keep every other warning."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
-                                category=FutureWarning)
-        yield
+        return bytes_by_module_class(model)
