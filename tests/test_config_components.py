@@ -101,17 +101,18 @@ def test_a_registered_evaluator_is_named_by_type(tmp_path, tiny_model_dir, user_
 
 def test_built_in_plugins_are_named_by_type_and_saved_by_path(tmp_path, tiny_model_dir, user_module):
     plugins = [{"type": "LwF", "alpha": 0.5}, {"type": "WeightAveraging", "method": "ema", "decay": 0.9},
-               {"type": "PTQProbe", "methods": ["rtn4"], "texts": ["x = 1"]}]
+               {"type": "PTQProbe", "methods": ["rtn4"], "texts": ["x = 1"]}, {"type": "GradientSimilarity", "every": 5}]
     trainer = build_trainer(load_config(_write(tmp_path, tiny_model_dir, plugins=plugins)))
     built = trainer.plugins[1:]  # after the replay plug-in
-    assert [type(p).__name__ for p in built] == ["LwF", "WeightAveraging", "PTQProbe"]
-    assert built[0].alpha == 0.5 and built[1].method == "ema" and built[2].methods == ["rtn4"]
-    saved = trainer.config()["plugins"]
+    assert [type(p).__name__ for p in built] == ["LwF", "WeightAveraging", "PTQProbe", "GradientSimilarity"]
+    assert built[0].alpha == 0.5 and built[1].method == "ema" and built[2].methods == ["rtn4"] and built[3].every == 5
+    saved = trainer.config()["plugins"] + trainer.config()["callbacks"]  # a watch-only plug-in is a callback
     assert [node["_component_"] for node in saved] == [
         "quantcl.plugins.lwf.LwF", "quantcl.plugins.weight_averaging.WeightAveraging",
-        "quantcl.plugins.ptq_probe.PTQProbe"]
+        "quantcl.plugins.ptq_probe.PTQProbe", "quantcl.plugins.gradients.GradientSimilarity"]
     with pytest.raises(UnknownNameError, match=r"config key 'plugins\[0\].type': 'LWF' is not a built-in "
-                                                r"plug-in; valid: \['LwF', 'PTQProbe', 'WeightAveraging'\]"):
+                                                r"plug-in; valid: \['LwF', 'PTQProbe', 'WeightAveraging', "
+                                                r"'GradientSimilarity'\]"):
         build_trainer(load_config(_write(tmp_path, tiny_model_dir, plugins=[{"type": "LWF"}])))
 
 

@@ -57,6 +57,7 @@ _LAZY: dict[str, str] = {
     "ReplayPlugin": "quantcl.plugins",
     "PrecisionSchedule": "quantcl.plugins",
     "PTQProbe": "quantcl.plugins",
+    "GradientSimilarity": "quantcl.plugins",
     "PTQProbeResult": "quantcl.plugins",
     "ContinualResult": "quantcl.results",
     "compute_metrics": "quantcl.metrics",
@@ -100,8 +101,8 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from quantcl.components import Component
     from quantcl.metrics import compute_metrics
-    from quantcl.plugins import (PrecisionSchedule, PTQProbe, PTQProbeResult, ReplayPlugin, StageCallback, StagePlugin,
-                                 TrainerSpec)
+    from quantcl.plugins import (GradientSimilarity, PrecisionSchedule, PTQProbe, PTQProbeResult, ReplayPlugin,
+                                 StageCallback, StagePlugin, TrainerSpec)
     from quantcl.precision import PrecisionPolicy
     from quantcl.replay import ReplayBuffer, ReplayScorer, ReplayStrategy, register_strategy, strategy_names
     from quantcl.results import ContinualResult
