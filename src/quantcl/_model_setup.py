@@ -41,8 +41,10 @@ def resolve_training(policy: PrecisionPolicy, schedule: PrecisionSchedule | None
     if training is None:
         training = "full" if schedule is not None else "lora"
     training = require_choice(training, "training", TRAINING_MODES)
-    if policy.noise_like is not None and (training == "full" or adapter_mode == "merge"):
-        raise ConfigError(f"precision noise_like={policy.noise_like!r} perturbs a frozen base for LoRA: it needs "
+    option = ("noise_like" if policy.noise_like is not None else
+              "per_module" if any(p in ("int8", "nf4", "fp4") for _, p in policy.per_module) else None)
+    if option is not None and (training == "full" or adapter_mode == "merge"):
+        raise ConfigError(f"precision {option}={getattr(policy, option)!r} makes a frozen base for LoRA: it needs "
                           f"training='lora' and adapter_mode='continue', got training={training!r}, "
                           f"adapter_mode={adapter_mode!r}")
     if training == "lora":

@@ -128,7 +128,7 @@ def test_bad_noise_settings_are_refused_before_loading(kwargs, match):
 def test_noise_needs_lora_on_a_frozen_base_and_old_policies_save_as_before(tiny_model_dir, tmp_path):
     noisy = PrecisionPolicy("bf16", noise_like="nf4", noise="per_step")
     for kwargs in ({"training": "full"}, {"adapter_mode": "merge"}):
-        with pytest.raises(ConfigError, match="perturbs a frozen base for LoRA"):
+        with pytest.raises(ConfigError, match="noise_like=.nf4. makes a frozen base for LoRA"):
             ContinualTrainer(model=str(tiny_model_dir), precision=noisy, output_dir=tmp_path,
                              tasks=qcl.recipes.synthetic(n_train=4, n_eval=2, tasks=("nlu",)), **kwargs)
     assert "noise_like" not in PrecisionPolicy("bf16").to_dict()  # runs saved before resume

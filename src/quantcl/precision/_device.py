@@ -77,3 +77,36 @@ def bytes_by_module_class(model: Any) -> dict[str, int]:
             kind = type(module).__name__
             totals[kind] = totals.get(kind, 0) + tensor.nelement() * tensor.element_size()
     return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
+class SlowOnCPUWarning(UserWarning):
+    """The chosen compute dtype has no fast matmul on this CPU (it works, tens of times slower)."""
+
+
+class FP16OnCPUWarning(SlowOnCPUWarning):
+    """fp16 was chosen for a CPU: it works, but fp16 matmuls there are ~50x slower than bf16."""
+
+
+def check_policy_device(policy: Any, device_map: Any = None) -> None:
+    """``PrecisionPolicy.check_device``'s checks (see there)."""
+    from quantcl.precision.bnb import check_device_supported
+
+    devices = target_devices(device_map)
+    if policy.is_quantized:
+        check_device_supported(devices, policy.name)
+    if policy.compute_dtype == "fp16" and "cpu" in devices:
+        warnings.warn(
+            f"precision {policy.name!r} on CPU: fp16 matmuls there are tens of times slower "
+            "than bf16 (~50x measured); use 'bf16' on CPU",
+            FP16OnCPUWarning,
+            stacklevel=4,
+        )
+    if policy.compute_dtype == "bf16" and "cpu" in devices and not cpu_has_native_bf16():
+        hint = (f"PrecisionPolicy({policy.name!r}, compute_dtype='fp32')" if policy.kind != "float"
+                else "the 'fp32' preset")
+        warnings.warn(
+            f"precision {policy.name!r} computes in bf16, but this CPU has no native bf16 "
+            f"(AVX512-BF16/AMX): bf16 matmuls are emulated, tens of times slower than fp32; use {hint}",
+            SlowOnCPUWarning,
+            stacklevel=4,
+        )

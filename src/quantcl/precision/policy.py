@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +32,9 @@ from quantcl._checks import require_bool, require_list_of, require_mapping, requ
 from quantcl._hub import reaching_hub
 from quantcl.errors import ConfigError, StateError, UnknownNameError
 from quantcl.precision import bnb as _bnb
-from quantcl.precision._device import bytes_by_module_class, cpu_has_native_bf16, ensure_pad_token, target_devices
+from quantcl.precision._device import (FP16OnCPUWarning, SlowOnCPUWarning, bytes_by_module_class, check_policy_device,
+                                       ensure_pad_token)
+from quantcl.precision.per_module import assign_for, convert_modules
 from quantcl.precision.lora import check_target_modules, prepare_base_for_lora, quiet_peft_alias_warning
 from quantcl.precision.gguf import gguf_to_checkpoint, is_gguf_source
 
@@ -43,14 +44,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = ["PrecisionPolicy", "SlowOnCPUWarning", "FP16OnCPUWarning", "PRESETS"]
-
-
-class SlowOnCPUWarning(UserWarning):
-    """The chosen compute dtype has no fast matmul on this CPU (it works, tens of times slower)."""
-
-
-class FP16OnCPUWarning(SlowOnCPUWarning):
-    """fp16 was chosen for a CPU: it works, but fp16 matmuls there are ~50x slower than bf16."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +99,8 @@ class PrecisionPolicy:
             again before every optimizer step).
         noise_seed: seeds the ``fixed`` and ``per_step`` draws (with the module name, and the
             stage and step).
+        per_module: float presets only: ``{module-name pattern: preset}`` putting the matched
+            linear layers at ``int8``/``nf4``/``fp4`` (see :mod:`quantcl.precision.per_module`).
 
     Examples:
         >>> p = PrecisionPolicy("nf4", double_quant=False)
@@ -123,6 +118,7 @@ class PrecisionPolicy:
     noise_like: str | None = None
     noise: str | None = None
     noise_seed: int = 0
+    per_module: Any = ()  # Mapping[str, str] given; kept as sorted (pattern, preset) pairs
 
     def __post_init__(self) -> None:
         name = str(self.name).lower()
@@ -147,11 +143,16 @@ class PrecisionPolicy:
 
             for key, value in check_noise(self, preset.kind).items():
                 object.__setattr__(self, key, value)
+        if self.per_module:
+            from quantcl.precision.per_module import check_per_module
+
+            object.__setattr__(self, "per_module", check_per_module(self.per_module, name, preset.kind))
+            if self.noise_like is not None:
+                raise ConfigError("PrecisionPolicy: per_module and noise_like do not combine; use one of them")
 
 
-    def __repr__(self) -> str:  # the matched-noise fields only where set
-        shown = [f.name for f in dataclasses.fields(self) if self.noise_like is not None or not f.name.startswith("noise")]
-        return f"PrecisionPolicy({', '.join(f'{k}={getattr(self, k)!r}' for k in shown)})"
+    def __repr__(self) -> str:  # the matched-noise and per-module fields only where set
+        return f"PrecisionPolicy({', '.join(f'{k}={getattr(self, k)!r}' for k in self.to_dict())})"
 
     # ------------------------------------------------------------------ description
     @staticmethod
@@ -185,9 +186,10 @@ class PrecisionPolicy:
         """A JSON-able dict; ``PrecisionPolicy.from_dict(p.to_dict()) == p``."""
         data = dataclasses.asdict(self)
         data["skip_modules"] = list(self.skip_modules)
-        if self.noise_like is None:  # as saved before the matched-noise controls: old runs resume
-            data = {k: v for k, v in data.items() if not k.startswith("noise")}
-        return data
+        data["per_module"] = dict(self.per_module)
+        # options left unset are not written, as before they existed: older runs resume
+        return {k: v for k, v in data.items() if not (k.startswith("noise") and self.noise_like is None)
+                and not (k == "per_module" and not v)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PrecisionPolicy:
@@ -231,25 +233,7 @@ class PrecisionPolicy:
             FP16OnCPUWarning: ``fp16`` compute on CPU.
             SlowOnCPUWarning: ``bf16`` compute on a CPU without native bf16 (no AVX512-BF16/AMX).
         """
-        devices = target_devices(device_map)
-        if self.is_quantized:
-            _bnb.check_device_supported(devices, self.name)
-        if self.compute_dtype == "fp16" and "cpu" in devices:
-            warnings.warn(
-                f"precision {self.name!r} on CPU: fp16 matmuls there are tens of times slower "
-                "than bf16 (~50x measured); use 'bf16' on CPU",
-                FP16OnCPUWarning,
-                stacklevel=3,
-            )
-        if self.compute_dtype == "bf16" and "cpu" in devices and not cpu_has_native_bf16():
-            hint = (f"PrecisionPolicy({self.name!r}, compute_dtype='fp32')" if self.kind != "float"
-                    else "the 'fp32' preset")
-            warnings.warn(
-                f"precision {self.name!r} computes in bf16, but this CPU has no native bf16 "
-                f"(AVX512-BF16/AMX): bf16 matmuls are emulated, tens of times slower than fp32; use {hint}",
-                SlowOnCPUWarning,
-                stacklevel=3,
-            )
+        check_policy_device(self, device_map)
 
     def load_model(
         self, source: str | os.PathLike[str], **kwargs: Any
@@ -286,11 +270,12 @@ class PrecisionPolicy:
         if is_gguf_source(path):
             path = str(gguf_to_checkpoint(path))
         trust = require_bool(kwargs.pop("trust_remote_code", False), "trust_remote_code")
+        tok_kwargs = {k: kwargs[k] for k in _TOKENIZER_KWARGS if k in kwargs}
+        assignment = assign_for(self, path, trust, tok_kwargs) if self.per_module else {}
         if self.is_quantized:
             kwargs["quantization_config"] = self.bnb_config()
             if self.bits == 8:
                 _bnb.log_int8_cast_once()
-        tok_kwargs = {k: kwargs[k] for k in _TOKENIZER_KWARGS if k in kwargs}
         with reaching_hub("model", path, local="give a local checkpoint directory (or a .gguf file) as the model, "
                                                 "e.g. one saved with `hf download` elsewhere"):
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust, **tok_kwargs)
@@ -307,6 +292,8 @@ class PrecisionPolicy:
             from quantcl.precision.noise import apply_noise
 
             apply_noise(model, self)
+        if assignment:
+            convert_modules(model, assignment, self)
         return model, tokenizer
 
     def trainer_callbacks(self, model: Any, stage: int) -> list[Any]:
