@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from quantcl.results import ContinualResult
-from quantcl.sweep.grid import value_label
+from quantcl.sweep.grid import same_value, value_label
 from quantcl.sweep.stats import adjust, detectable_difference, t_half_width
 
 __all__ = ["Finding", "welch_interval", "t_interval", "lessismore_findings", "cell_values", "summarize",
@@ -165,17 +165,9 @@ def cell_values(result: Any, metric: Metric, **where: Any) -> list[float]:
 def _seeded(result: Any, metric: Metric, where: dict[str, Any]) -> list[tuple[Any, float]]:
     """``(seed, metric)`` of the finished runs whose point matches ``where``, in seed order."""
     names = [n for n, point in result.points.items() if n in result.runs
-             and all(_matches(point.get(k), v) for k, v in where.items())]
+             and all(same_value(point.get(k), v) for k, v in where.items())]
     names.sort(key=lambda n: result.points[n].get(result.over, 0))
     return [(result.points[n].get(result.over), float(metric(result.runs[n]))) for n in names]
-
-
-def _matches(value: Any, wanted: Any) -> bool:
-    """Numbers by value (a grid's ``0`` is ``0.0``), anything else by its label."""
-    numbers = (int, float)
-    if isinstance(value, numbers) and isinstance(wanted, numbers) and not isinstance(value, bool):
-        return float(value) == float(wanted)
-    return value_label(value) == value_label(wanted)
 
 
 def _entry(result: ContinualResult, row: int, task: int) -> float:

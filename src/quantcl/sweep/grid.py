@@ -31,7 +31,7 @@ from typing import Any
 from quantcl._checks import did_you_mean
 from quantcl.errors import ConfigError
 
-__all__ = ["parse_grid", "expand_grid", "point_name", "apply_overrides", "value_label", "SWEEPABLE"]
+__all__ = ["parse_grid", "expand_grid", "point_name", "apply_overrides", "value_label", "same_value", "SWEEPABLE"]
 
 # the run config's top-level keys a grid may set (output_dir is the sweep's; imports load code)
 SWEEPABLE = ("model", "precision", "tasks", "replay", "lora", "args", "seed", "adapter_mode", "training", "model_kwargs",
@@ -97,6 +97,19 @@ def value_label(value: Any) -> str:
         head = [value_label(value["name"])] if "name" in value else []
         return "+".join(head + [f"{k}-{value_label(v)}" for k, v in sorted(value.items()) if k != "name"])
     return _canonical(value)
+
+
+def same_value(value: Any, wanted: Any) -> bool:
+    """Whether a grid value is ``wanted``: numbers by value (a grid's ``0`` is ``0.0``), anything
+    else by its :func:`value_label`.
+
+    Examples:
+        >>> same_value(0, 0.0), same_value({"name": "nf4"}, "nf4"), same_value(True, 1)
+        (True, True, False)
+    """
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (value, wanted)):
+        return float(value) == float(wanted)
+    return value_label(value) == value_label(wanted)
 
 
 def _value_text(value: Any) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from quantcl.results import ContinualResult
-from quantcl.sweep.grid import value_label
+from quantcl.sweep.grid import same_value, value_label
 from quantcl.sweep.stats import QUANTITIES, describe
 
 __all__ = ["SweepResult"]
@@ -93,7 +93,7 @@ class SweepResult:
             KeyError: a run did not record that outcome.
         """
         names = sorted((n for n, point in self.points.items() if n in self.runs
-                        and all(_same(point.get(k), v) for k, v in cell.items())),
+                        and all(same_value(point.get(k), v) for k, v in cell.items())),
                        key=lambda n: self.points[n].get(self.over, 0))
         if not names:
             raise ValueError(f"no finished run in cell {dict(cell)}")
@@ -210,13 +210,6 @@ class SweepResult:
         from quantcl.sweep._plots import plot_sweep
 
         return plot_sweep(self, Path(path))
-
-
-def _same(value: Any, wanted: Any) -> bool:
-    """Numbers by value (a grid's ``0`` is ``0.0``), anything else by its label."""
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (value, wanted)):
-        return float(value) == float(wanted)
-    return value_label(value) == value_label(wanted)
 
 
 def _short(key: str | None) -> str:
