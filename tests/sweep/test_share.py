@@ -52,8 +52,10 @@ def test_which_points_share_what(tmp_path, tiny_model_dir):
     assert shared_prefix(a, _fp(base, tmp_path, args={**base["args"], "eval_batch_size": 4, "max_steps": 3})) is None
     lwf = {"plugins": [{"type": "LwF", "alpha": 0.5}]}
     with_lwf = _fp(base, tmp_path, **lwf)
-    assert shared_prefix(with_lwf, _fp(base, tmp_path, **lwf, seed=1)) is None  # LwF sees row 0
+    assert shared_prefix(with_lwf, _fp(base, tmp_path, **lwf, seed=1)) == (0, False)  # LwF does not see row 0
     assert shared_prefix(with_lwf, _fp(base, tmp_path, **lwf, args=override)) == (2, False)
+    probe = {"plugins": [{"type": "PTQProbe", "methods": ["rtn4"], "texts": ["x = 1"]}]}
+    assert shared_prefix(_fp(base, tmp_path, **probe), _fp(base, tmp_path, **probe, seed=1)) is None  # it does
     # LoRA that does not start at zero changes row 0 with the seed
     gauss = {**base["lora"], "init_lora_weights": "gaussian"}
     assert shared_prefix(_fp(base, tmp_path, lora=gauss), _fp(base, tmp_path, lora=gauss, seed=1)) is None

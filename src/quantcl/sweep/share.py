@@ -21,7 +21,7 @@ What two points must agree on, from their full run configs (``ContinualTrainer.c
 - **row 0 only**: the same model, precision, tasks, LoRA settings and evaluation batch size,
   any seed or training arguments, when the evaluators are quantcl's own (their sampling is seeded
   by the evaluator, not the run), LoRA starts at zero (peft's default init: the untouched model's
-  outputs), and no plug-in besides replay watches evaluations.
+  outputs), and no plug-in has an ``on_evaluate`` hook (it would not see the adopted row 0).
 
 Nothing else is shared: another seed, learning rate of stage 1 or precision starts from scratch.
 A donor that finished before the snapshot was asked for has none; its adopters then run alone.
@@ -69,7 +69,9 @@ def fingerprint(trainer: Any) -> dict[str, Any]:
     lora = config.get("lora") or {}
     zero_init = trainer.training == "full" or lora.get("init_lora_weights", True) is True
     evaluators = all(type(t.evaluator).__module__.startswith("quantcl.") for t in trainer.tasks)
-    watched = bool(config.get("plugins")) or bool(config.get("callbacks"))
+    from quantcl.plugins.base import overrides_hook
+
+    watched = any(overrides_hook(p, "on_evaluate") for p in trainer.plugins)
     replay = config.get("replay")
     return {
         "base": {k: v for k, v in config.items() if k not in ("seed", "replay", "args")},
