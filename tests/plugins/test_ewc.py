@@ -8,26 +8,13 @@ import torch
 from peft import LoraConfig
 
 import quantcl as qcl
-from quantcl import EWC, ConfigError, ContinualTrainer, PrecisionPolicy, StageArgs, StageCallback
+from quantcl import EWC, ConfigError, ContinualTrainer, StageArgs, StageCallback
 from quantcl.plugins.ewc import empirical_fisher, ewc_penalty
 from quantcl.tasks import make_collator, tokenize_for_training
 
 
 def _tasks():
     return qcl.recipes.synthetic(n_train=12, n_eval=4, tasks=("nlu", "math"))
-
-
-@pytest.fixture
-def lora_model(tiny_model_dir):
-    model, tok = PrecisionPolicy("fp32").load_model(tiny_model_dir)
-    torch.manual_seed(0)
-    model = PrecisionPolicy("fp32").attach_lora(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"],
-                                                                  lora_dropout=0.0))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
-    return model, tok
 
 
 def test_the_fisher_is_the_mean_squared_gradient_of_each_rows_log_likelihood(lora_model):

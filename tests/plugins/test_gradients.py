@@ -12,7 +12,7 @@ from peft import LoraConfig
 from transformers import TrainerCallback
 
 import quantcl as qcl
-from quantcl import ConfigError, ContinualTrainer, GradientSimilarity, PrecisionPolicy, StageArgs
+from quantcl import ConfigError, ContinualTrainer, GradientSimilarity, StageArgs
 from quantcl.plugins.gradients import _batch, _loss
 
 
@@ -27,19 +27,6 @@ def _trainer(model_dir, out, callbacks=(), **args):
         args=StageArgs(learning_rate=5e-3, max_steps=4, per_device_train_batch_size=4, max_length=48,
                        lr_scheduler_type="constant", **args),
         callbacks=list(callbacks))
-
-
-@pytest.fixture
-def lora_model(tiny_model_dir):
-    model, tok = PrecisionPolicy("fp32").load_model(tiny_model_dir)
-    torch.manual_seed(0)
-    model = PrecisionPolicy("fp32").attach_lora(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"],
-                                                                  lora_dropout=0.0))
-    with torch.no_grad():  # B away from zero, so the gradients of A and B are both non-zero
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
-    return model, tok
 
 
 def test_the_cosine_is_plus_or_minus_one_against_the_reference_itself_and_leaves_the_gradients(lora_model):
