@@ -165,10 +165,14 @@ def results_section(result: SweepResult, times: dict[str, Any]) -> str:
 
 def _timing_lines(times: dict[str, Any]) -> list[str]:
     runs = [r for key, r in times.get("runs", {}).items() if key.startswith("main/")]
-    seconds = [r["seconds"] for r in runs if not r.get("resumed")]
+    alone = [r["seconds"] for r in runs if not r.get("resumed") and not r.get("shared")]
+    shared = [r["seconds"] for r in runs if not r.get("resumed") and r.get("shared")]
     return ["", f"Machine: {times.get('machine', '-')}; {len(runs)} confirmatory runs timed"
-                + (f", {min(seconds):.0f}-{max(seconds):.0f} s per run not resumed" if seconds else "")
-                + f" ({times.get('workers', 1)} at a time)."]
+                + (f", {min(alone):.0f}-{max(alone):.0f} s per run not resumed" if alone else "")
+                + (f", {min(shared):.0f}-{max(shared):.0f} s per run that started from a shared prefix "
+                   f"({len(shared)} runs; quantcl.sweep.share)" if shared else "")
+                + f" ({times.get('workers', 1)} at a time)."
+                + (f" Note: {times['note']}." if times.get("note") else "")]
 
 
 def report(out: Path) -> str:

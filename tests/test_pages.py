@@ -22,10 +22,10 @@ def test_splice_replaces_only_the_named_block(tmp_path):
 
 
 class _FakeSweep:
-    """What sweep_timing reads of a Sweep: status() and run_dir(name)."""
+    """What sweep_timing reads of a Sweep: status(), run_dir(name) and output_dir."""
 
     def __init__(self, root, names):
-        self.root, self.names = root, names
+        self.root, self.names, self.output_dir = root, names, root
 
     def status(self):
         return {n: "done" if (self.root / n / "result.json").exists() else "pending" for n in self.names}
@@ -55,5 +55,10 @@ def test_sweep_timing_times_each_run_once_and_counts_overlaps_once(tmp_path):
     assert again["runs"]["main/a"]["seconds"] == 100.0 and again["invocations"] == [1500.0]
     _run(root, "c2", 1400.0, 1700.0)  # began before this invocation started: resumed, timed from it
     third = pages.sweep_timing({"main": _FakeSweep(root, ["a", "b", "c2"])}, tmp_path)
-    assert third["runs"]["main/c2"] == {"start": 1500.0, "seconds": 200.0, "resumed": True}
+    assert third["runs"]["main/c2"] == {"start": 1500.0, "seconds": 200.0, "resumed": True, "shared": False}
     assert json.loads((tmp_path / "timing.json").read_text()) == third
+    _run(root, "d", 1800.0, 1900.0)  # started from another run's shared prefix (the sweep logged it)
+    (root / "shared" / "adopted").mkdir(parents=True)
+    (root / "shared" / "adopted" / "d.json").write_text("{}")
+    fourth = pages.sweep_timing({"main": _FakeSweep(root, ["a", "b", "c2", "d"])}, tmp_path)
+    assert fourth["runs"]["main/d"]["shared"] is True and fourth["runs"]["main/b"].get("shared") is False

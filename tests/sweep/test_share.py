@@ -3,6 +3,7 @@ the files of the same point run alone (timings aside), with fewer trainings and 
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -123,7 +124,11 @@ def test_a_shared_sweep_ends_with_the_files_of_points_run_alone(alone, tmp_path,
     # alone: 4 points x 3 rows x 2 tasks; shared: one point whole, one from row 0, two from stage 1
     assert calls["evaluate"] == 6 + 4 + 2 + 2
     assert run_files(out / "runs", skip=SKIP) == run_files(alone / "runs", skip=SKIP)
-    assert not (out / "shared").exists()  # every snapshot's adopters are done
+    assert sorted(p.name for p in (out / "shared").iterdir()) == ["adopted"]  # every snapshot's adopters are done
+    log = {p.stem: json.loads(p.read_text()) for p in (out / "shared" / "adopted").iterdir()}
+    assert {n: (r["stages"], r["rebuilt"]) for n, r in log.items()} == {
+        "replay.fraction=0.0,seed=1": (0, []), "replay.fraction=0.5,seed=0": (1, ["00-replay"]),
+        "replay.fraction=0.5,seed=1": (1, ["00-replay"])}
     records = result.runs["replay.fraction=0.5,seed=1"].stage_records
     assert records[1]["n_replay_rows"] == 4  # the rebuilt buffer replays its own half of nlu
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from quantcl._io import atomic_write_bytes
+from quantcl.sweep.share import adopted_record
 
 __all__ = ["markers", "block", "splice", "machine", "sweep_timing", "save_sweep_results"]
 
@@ -77,7 +78,8 @@ def sweep_timing(sweeps: Mapping[str, Any], out: Path, started: float | None = N
     ``sweeps``: :class:`~quantcl.sweep.Sweep` objects by the name of their folder under ``out``.
     ``started``: when this invocation began, recorded; a run resumed by a later invocation is
     timed from that start (the pause between invocations is not run time) and marked
-    ``resumed`` (its time misses the part run before the pause).
+    ``resumed`` (its time misses the part run before the pause); a run that started from another
+    run's shared prefix (:mod:`quantcl.sweep.share`) is marked ``shared``.
     """
     path = Path(out) / "timing.json"
     saved = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
@@ -90,7 +92,8 @@ def sweep_timing(sweeps: Mapping[str, Any], out: Path, started: float | None = N
                 start, end = (d / "run.json").stat().st_mtime, (d / "result.json").stat().st_mtime
                 resumed = max((t for t in saved.get("invocations", []) if start < t < end), default=None)
                 saved["runs"][f"{key}/{name}"] = {"start": resumed or start, "seconds": end - (resumed or start),
-                                                  "resumed": resumed is not None}
+                                                  "resumed": resumed is not None,
+                                                  "shared": adopted_record(sweep.output_dir, name).is_file()}
     busy, until = 0.0, -math.inf
     for r in sorted(saved["runs"].values(), key=lambda r: r["start"]):
         end = r["start"] + r["seconds"]

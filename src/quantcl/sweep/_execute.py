@@ -74,10 +74,14 @@ def _start_shared(trainer: Any, share: dict[str, Any]) -> None:
                                                                           trainer._watchers)
                    if plugin is trainer._replay_plugin]
     try:
-        adopt_snapshot(Path(adopt["from"]), run_dir, trainer.config(), rebuild)
+        stages = adopt_snapshot(Path(adopt["from"]), run_dir, trainer.config(), rebuild)
     except StateError as err:  # a damaged snapshot costs time, never results
         warnings.warn(f"{run_dir.root.name}: the shared prefix was not used ({err}); running the point alone",
                       UserWarning, stacklevel=2)
+        return
+    if adopt.get("record"):  # the sweep's log of what was shared (timings of shared points are shorter)
+        atomic_write_json(Path(adopt["record"]), {"from": adopt["from"], "stages": stages,
+                                                  "rebuilt": rebuild})
 
 
 def run_point(config: dict[str, Any], output_dir: str, threads: int | None = None,

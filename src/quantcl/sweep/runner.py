@@ -11,6 +11,7 @@
       runs/<point name>.damaged-N/        a finished point whose files no longer check out, set aside
       shared/<point name>/after-NNN/      a point's progress after row 0 / stage NNN, for the points
                                           that start from it (see quantcl.sweep.share)
+      shared/adopted/<point name>.json    what a point started from (its wall time is shorter)
       summary.md, summary.csv             the aggregated tables, rewritten after every sweep call
 
 A point with ``result.json`` whose files check out is skipped; any other is run with
@@ -48,7 +49,8 @@ from quantcl.sweep._execute import (ERROR_FILE, Job, run_in_processes, run_on_ex
                                     run_sequential)
 from quantcl.sweep.grid import apply_overrides, expand_grid, parse_grid, point_name
 from quantcl.sweep.result import SweepResult
-from quantcl.sweep.share import SHARED_DIR, Share, fingerprint, plan_sharing, prune, savings, snapshot_dir, waves
+from quantcl.sweep.share import (SHARED_DIR, Share, adopted_record, fingerprint, plan_sharing, prune, savings,
+                                 snapshot_dir, waves)
 
 __all__ = ["Sweep", "run_point"]
 
@@ -284,6 +286,8 @@ class Sweep:
             jobs = {n: Job(n, self.point_config(n), str(self.run_dir(n)), self._share_job(n, plan, status))
                     for n in todo}
             for job in jobs.values():
+                if status[job.name] == "pending":  # what a set-aside or never-started point once adopted
+                    adopted_record(self.output_dir, job.name).unlink(missing_ok=True)
                 Path(job.directory).mkdir(parents=True, exist_ok=True)
                 atomic_write_json(Path(job.directory) / POINT_FILE, self.point_identity(job.name))
             # in grid order a donor comes before the points that take from it; executors that run
@@ -305,7 +309,8 @@ class Sweep:
             return None
         return {"snapshots": leave,
                 "adopt": None if adopt is None else {"from": str(snapshot_dir(self.output_dir, adopt)),
-                                                     "rebuild": adopt.rebuild}}
+                                                     "rebuild": adopt.rebuild,
+                                                     "record": str(adopted_record(self.output_dir, name))}}
 
     def _run_jobs(self, jobs: list[Job]) -> None:
         if self.executor == "sequential":

@@ -25,7 +25,9 @@ What two points must agree on, from their full run configs (``ContinualTrainer.c
 
 Nothing else is shared: another seed, learning rate of stage 1 or precision starts from scratch.
 A donor that finished before the snapshot was asked for has none; its adopters then run alone.
-Snapshots live in ``output_dir/shared/<donor>/after-NNN/`` until every point adopting them is done.
+Snapshots live in ``output_dir/shared/<donor>/after-NNN/`` until every point adopting them is done;
+``output_dir/shared/adopted/<point>.json`` logs what each point started from (its wall time is
+shorter than a run alone's).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Share", "fingerprint", "shared_prefix", "plan_sharing", "snapshot_dir", "SHARED_DIR"]
+__all__ = ["Share", "fingerprint", "shared_prefix", "plan_sharing", "snapshot_dir", "adopted_record", "SHARED_DIR"]
 
 SHARED_DIR = "shared"
 # replay-buffer settings that change only what the buffer keeps, not stage 1's data order
@@ -138,6 +140,11 @@ def plan_sharing(fingerprints: Mapping[str, Mapping[str, Any]],
 def snapshot_dir(output_dir: Path, share: Share) -> Path:
     """Where ``share.donor`` saves its snapshot after ``share.stages`` stages."""
     return Path(output_dir) / SHARED_DIR / share.donor / f"after-{share.stages:03d}"
+
+
+def adopted_record(output_dir: Path, name: str) -> Path:
+    """Where the sweep logs what point ``name`` started from (``{"from", "stages", "rebuilt"}``)."""
+    return Path(output_dir) / SHARED_DIR / "adopted" / f"{name}.json"
 
 
 def waves(plan: Mapping[str, Share], names: list[str]) -> list[list[str]]:
