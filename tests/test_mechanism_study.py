@@ -10,7 +10,7 @@ from quantcl.studies.mechanism import ARMS, COMPARISONS, MARGIN, gradient_rows, 
 from quantcl.sweep import SweepResult
 from quantcl.sweep.grid import point_name
 
-ITEMS = 1500
+ITEMS = 1000
 
 
 def _run(keep: float, rng: np.random.Generator, seed: int) -> ContinualResult:
@@ -48,7 +48,7 @@ def _verdicts(findings, role="primary"):
 
 def test_a_fixed_base_effect_is_read_as_a_different_base():
     result = _sweep({"bf16": 0.5, "nf4": 0.8, "rounded": 0.8, "fixed": 0.8, "per_step": 0.5})
-    findings = mechanism_findings(result, n_resamples=1000)
+    findings = mechanism_findings(result, n_resamples=500)
     assert len(findings) == 2 * len(COMPARISONS) and all(f.family == len(COMPARISONS) for f in findings)
     v = _verdicts(findings)
     assert v["nf4 - bf16"] == "differs" and v["per_step - nf4"] == "differs" and v["per_step - bf16"] == "matches"
@@ -62,17 +62,17 @@ def test_a_fixed_base_effect_is_read_as_a_different_base():
 
 def test_noise_during_training_and_no_effect_are_read_as_such():
     noise = mechanism_findings(_sweep({"bf16": 0.5, "nf4": 0.8, "rounded": 0.5, "fixed": 0.5, "per_step": 0.8}),
-                               n_resamples=1000)
+                               n_resamples=500)
     assert reading(noise)[0].startswith("per_step matches nf4 and fixed does not: this supports regularization")
     none = mechanism_findings(_sweep({"bf16": 0.7, "nf4": 0.7, "rounded": 0.7, "fixed": 0.7, "per_step": 0.7}),
-                              n_resamples=1000)
+                              n_resamples=500)
     assert _verdicts(none)["nf4 - bf16"] != "differs"
     assert reading(none)[0].startswith("nf4 and bf16 do not differ clearly")
 
 
 def test_a_match_needs_the_whole_interval_inside_the_margin():
     few = mechanism_findings(_sweep({"bf16": 0.5, "nf4": 0.8, "rounded": 0.8, "fixed": 0.8, "per_step": 0.5},
-                                    seeds=2), n_resamples=1000)
+                                    seeds=2), n_resamples=500)
     for f in few:
         if f.verdict == "matches":
             assert -MARGIN < f.low and f.high < MARGIN

@@ -59,6 +59,7 @@ _LAZY: dict[str, str] = {
     "PTQProbe": "quantcl.plugins",
     "GradientSimilarity": "quantcl.plugins",
     "EWC": "quantcl.plugins",
+    "AGEM": "quantcl.plugins",
     "JointTraining": "quantcl.plugins",
     "PTQProbeResult": "quantcl.plugins",
     "ContinualResult": "quantcl.results",
@@ -103,8 +104,8 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from quantcl.components import Component
     from quantcl.metrics import compute_metrics
-    from quantcl.plugins import (EWC, GradientSimilarity, JointTraining, PrecisionSchedule, PTQProbe, PTQProbeResult, ReplayPlugin,
-                                 StageCallback, StagePlugin, TrainerSpec)
+    from quantcl.plugins import (AGEM, EWC, GradientSimilarity, JointTraining, PrecisionSchedule, PTQProbe,
+                                 PTQProbeResult, ReplayPlugin, StageCallback, StagePlugin, TrainerSpec)
     from quantcl.precision import PrecisionPolicy
     from quantcl.replay import ReplayBuffer, ReplayScorer, ReplayStrategy, register_strategy, strategy_names
     from quantcl.results import ContinualResult

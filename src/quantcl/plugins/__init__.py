@@ -9,6 +9,7 @@ Examples:
 
 from quantcl.plugins.base import (AfterLossLog, StageCallback, StagePlugin, TrainerSpec, load_checkpoint_state,
                                   save_checkpoint_state)
+from quantcl.plugins.agem import AGEM
 from quantcl.plugins.ewc import EWC
 from quantcl.plugins.gradients import GradientSimilarity
 from quantcl.plugins.joint import JointTraining
@@ -19,11 +20,11 @@ from quantcl.plugins.replay import ReplayPlugin
 from quantcl.plugins.weight_averaging import WeightAveraging
 
 __all__ = ["StagePlugin", "StageCallback", "TrainerSpec", "ReplayPlugin", "PrecisionSchedule", "PTQProbe",
-           "PTQProbeResult", "LwF", "WeightAveraging", "GradientSimilarity", "EWC", "JointTraining", "AfterLossLog", "save_checkpoint_state", "load_checkpoint_state",
+           "PTQProbeResult", "LwF", "WeightAveraging", "GradientSimilarity", "EWC", "AGEM", "JointTraining", "AfterLossLog", "save_checkpoint_state", "load_checkpoint_state",
            "NAMED_PLUGINS", "plugin_path"]
 
 #: the built-in plug-ins a YAML config names with ``type:`` (replay and a precision schedule have keys of their own)
-NAMED_PLUGINS = ("LwF", "EWC", "JointTraining", "PTQProbe", "WeightAveraging", "GradientSimilarity")
+NAMED_PLUGINS = ("LwF", "EWC", "AGEM", "JointTraining", "PTQProbe", "WeightAveraging", "GradientSimilarity")
 
 
 def plugin_path(name: str) -> str:

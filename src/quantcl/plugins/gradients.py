@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from quantcl.tasks import Task
     from quantcl.trainer import ContinualTrainer
 
-__all__ = ["GradientSimilarity"]
+__all__ = ["GradientSimilarity", "held_and_reference_gradients"]
 
 CHECKPOINT_FILE = "quantcl-gradient-similarity.json"
 
@@ -164,23 +164,31 @@ class GradientSimilarity(StageCallback):
     def cosine(self, model: Any) -> float:
         """The cosine between the gradients now held by the trainable parameters and the
         gradient of the first task's held-out sample; the held gradients are left as they were."""
-        import torch
-
         assert self._reference is not None
-        params = [p for p in model.parameters() if p.requires_grad]
-        held = [None if p.grad is None else p.grad.detach().clone() for p in params]
-        g_batch = torch.cat([(torch.zeros_like(p) if g is None else g).float().flatten() for p, g in zip(params, held)])
-        try:
-            for p in params:
-                p.grad = None
-            with torch.random.fork_rng(devices=[]), torch.enable_grad():
-                _loss(model, self._reference).backward()
-            g_ref = torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).float().flatten() for p in params])
-        finally:
-            for p, g in zip(params, held):
-                p.grad = g
+        g_batch, g_ref = held_and_reference_gradients(model, self._reference)
         denominator = float(g_batch.norm() * g_ref.norm())
         return float(g_batch @ g_ref) / denominator if denominator > 0 else 0.0
+
+
+def held_and_reference_gradients(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(g_held, g_ref)`` over the trainable parameters, flat, fp32: the gradients they hold now, and
+    the gradient of ``batch``'s loss (one forward and backward pass under a forked torch RNG); the
+    held gradients are put back."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    held = [None if p.grad is None else p.grad.detach().clone() for p in params]
+    g_held = torch.cat([(torch.zeros_like(p) if g is None else g).float().flatten() for p, g in zip(params, held)])
+    try:
+        for p in params:
+            p.grad = None
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+            _loss(model, batch).backward()
+        g_ref = torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).float().flatten() for p in params])
+    finally:
+        for p, g in zip(params, held):
+            p.grad = g
+    return g_held, g_ref
 
 
 def _callback_base() -> type:
