@@ -291,6 +291,8 @@ CASES = [
     ('ContinualTrainer(precision=PrecisionPolicy("bf16", noise_like="nf4", noise="fixed"), training="full", ...)',
      lambda c: _trainer(c, precision=qcl.PrecisionPolicy("bf16", noise_like="nf4", noise="fixed"), training="full"),
      r"noise_like='nf4' makes a frozen base for LoRA: it needs training='lora'"),
+    ("ContinualTrainer(plugins=[AGEM()], replay=None, ...)", lambda c: _trainer(c, plugins=[qcl.AGEM()]),
+     r"AGEM uses the replay buffer as its episodic memory"),
     ('ContinualTrainer(precision="int8", training="full", ...)',
      lambda c: _trainer(c, precision="int8", training="full"), r"training='full' cannot train the int8 preset"),
     ('ContinualTrainer(training="partial", ...)', lambda c: _trainer(c, training="partial"),

@@ -122,10 +122,8 @@ class ContinualTrainer:
         self.lora = copy.deepcopy(lora)  # peft writes into the config it is given
         self.args = require_instance(args or StageArgs(), "args", StageArgs, "a quantcl.StageArgs")
         if adapter_mode == "merge" and self.policy.kind != "float":
-            raise ConfigError(
-                f"adapter_mode='merge' would merge LoRA into the {self.policy.name} base, "
-                "re-quantizing it (lossy); use adapter_mode='continue' or a float precision"
-            )
+            raise ConfigError(f"adapter_mode='merge' would merge LoRA into the {self.policy.name} base, "
+                              "re-quantizing it (lossy); use adapter_mode='continue' or a float precision")
         self.adapter_mode = adapter_mode
         self.args.check_tasks(self.tasks.names)
         self._total_steps = run_length(self.schedule, self.args, self.tasks.names)
@@ -160,6 +158,8 @@ class ContinualTrainer:
         self._record: dict[str, Any] | None = None
         self._snapshot_after: dict[int, Path] = {}  # a sweep's shared prefixes: completed stages -> folder
         self.config()  # a plug-in whose arguments cannot be saved fails here, before any work
+        for plugin in self.plugins:
+            plugin.check(self)
 
     @property
     def is_main_process(self) -> bool:
@@ -169,8 +169,7 @@ class ContinualTrainer:
     @property
     def stage_callbacks(self) -> list[StagePlugin]:
         """Deprecated: the plug-ins and callbacks given (:attr:`plugins` less the replay plug-in)."""
-        warnings.warn("ContinualTrainer.stage_callbacks is deprecated; use .plugins", DeprecationWarning,
-                      stacklevel=2)
+        warnings.warn("ContinualTrainer.stage_callbacks is deprecated; use .plugins", DeprecationWarning, stacklevel=2)
         return [p for p in self.plugins if p is not self._replay_plugin]
 
     @property

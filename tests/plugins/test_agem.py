@@ -71,8 +71,9 @@ def test_each_step_never_goes_against_the_memory_and_the_memory_is_not_trained_o
 
 
 def test_agem_needs_a_replay_buffer_and_refuses_bad_arguments(tiny_model_dir, tmp_path):
-    with pytest.raises(ConfigError, match="replay buffer as its episodic memory"):
-        _trainer(tiny_model_dir, tmp_path, [AGEM()], replay=None).fit()
+    for replay in (None, 0.0):  # refused when the trainer is built, before any model is loaded
+        with pytest.raises(ConfigError, match="replay buffer as its episodic memory"):
+            _trainer(tiny_model_dir, tmp_path, [AGEM()], replay=replay)
     with pytest.raises(ConfigError, match="reference_rows"):
         AGEM(reference_rows=0)
     with pytest.raises(ConfigError, match="train_on_memory"):

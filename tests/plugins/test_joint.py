@@ -40,7 +40,6 @@ def test_stage_k_trains_on_the_union_of_tasks_1_to_k_shuffled_by_the_seed(tiny_m
     assert again.rows == seen.rows  # the same order for the same seed
 
 
-def test_joint_training_with_replay_is_refused_before_any_training(tiny_model_dir, tmp_path):
-    trainer = _trainer(tiny_model_dir, tmp_path, [JointTraining()], replay=qcl.ReplayBuffer(fraction=0.5, seed=0))
+def test_joint_training_with_replay_is_refused_when_the_trainer_is_built(tiny_model_dir, tmp_path):
     with pytest.raises(ConfigError, match="run it without replay"):
-        trainer.fit()
+        _trainer(tiny_model_dir, tmp_path, [JointTraining()], replay=qcl.ReplayBuffer(fraction=0.5, seed=0))

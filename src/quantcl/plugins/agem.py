@@ -77,16 +77,19 @@ class AGEM(StagePlugin):
         self._collate: Any = None
         self._stage = 0
 
+    def check(self, trainer: ContinualTrainer) -> None:
+        replay = trainer.replay
+        if replay is None or not (replay.capacity or replay.fraction):
+            raise ConfigError("AGEM uses the replay buffer as its episodic memory: give the run a replay buffer "
+                              "that keeps rows (replay: {fraction: ...} with a fraction > 0, or a capacity)")
+
     def on_stage_begin(self, trainer: ContinualTrainer, stage: int, task: Task) -> None:
         from quantcl.replay.mixing import without_source
         from quantcl.tasks import make_collator, tokenize_for_training
 
-        if trainer.replay is None:
-            raise ConfigError("AGEM uses the replay buffer as its episodic memory: give the run a replay buffer "
-                              "(replay: {fraction: ...})")
         self.counts = {"agem_steps": 0, "agem_projected": 0}
         self._stage, self._collate = stage, make_collator(trainer.tokenizer)
-        memory = without_source(trainer.replay.sample()) if trainer.replay.tasks else None
+        memory = without_source(trainer.replay.sample()) if trainer.replay is not None and trainer.replay.tasks else None
         if memory is None or len(memory) == 0:
             self._memory, self._pairs = [], set()
             return

@@ -104,6 +104,11 @@ class StagePlugin(Component):
         2.0
     """
 
+    def check(self, trainer: ContinualTrainer) -> None:
+        """Raise :class:`~quantcl.ConfigError` if this plug-in cannot work in the run ``trainer``
+        describes (e.g. A-GEM without a replay buffer); called when the trainer is built, before
+        any model is loaded."""
+
     def on_stage_begin(self, trainer: ContinualTrainer, stage: int, task: Task) -> None:
         """Before stage ``stage`` (1-based) trains ``task``."""
 

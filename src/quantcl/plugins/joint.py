@@ -8,7 +8,7 @@ joint training on every task. The stage's length is its ``StageArgs`` as usual (
 counts steps over the union; give the later stages more steps to see each row as often).
 
 Use it without replay (the earlier tasks' rows are all there already): with a replay buffer that
-keeps rows, the run is refused when its first stage begins, before any training.
+keeps rows, the trainer is refused when it is built.
 
 Examples:
     >>> JointTraining().to_dict()["_component_"]
@@ -32,8 +32,8 @@ __all__ = ["JointTraining"]
 class JointTraining(StagePlugin):
     """Stage ``k`` trains on tasks ``1..k`` together (see the module documentation)."""
 
-    def on_stage_begin(self, trainer: ContinualTrainer, stage: int, task: Task) -> None:
-        replay = getattr(trainer, "replay", None)
+    def check(self, trainer: ContinualTrainer) -> None:
+        replay = trainer.replay
         if replay is not None and (replay.capacity or replay.fraction):
             raise ConfigError("JointTraining trains on every earlier task's rows already: run it without replay "
                               "(replay: null, or a fraction of 0)")
