@@ -30,6 +30,8 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, Any
 
+from transformers import TrainerCallback
+
 from quantcl._checks import require_bool, require_int
 from quantcl.errors import ConfigError
 from quantcl.plugins.base import StagePlugin, load_checkpoint_state, save_checkpoint_state
@@ -140,13 +142,7 @@ class AGEM(StagePlugin):
         return projected
 
 
-def _callback_base() -> type:
-    from transformers import TrainerCallback
-
-    return TrainerCallback
-
-
-class _Project(_callback_base()):  # type: ignore[misc]
+class _Project(TrainerCallback):
     """A-GEM's part inside the ``transformers.Trainer``."""
 
     def __init__(self, agem: AGEM) -> None:

@@ -32,6 +32,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from transformers import TrainerCallback
+
 from quantcl._checks import require_int, require_number
 from quantcl.plugins.base import StageCallback, load_checkpoint_state, save_checkpoint_state
 
@@ -191,13 +193,7 @@ def held_and_reference_gradients(model: Any, batch: dict[str, torch.Tensor]) -> 
     return g_held, g_ref
 
 
-def _callback_base() -> type:
-    from transformers import TrainerCallback
-
-    return TrainerCallback
-
-
-class _Cosines(_callback_base()):  # type: ignore[misc]
+class _Cosines(TrainerCallback):
     """The plug-in's part inside the ``transformers.Trainer``: a cosine before chosen optimizer
     steps, kept across mid-stage checkpoints."""
 

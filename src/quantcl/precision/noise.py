@@ -36,6 +36,8 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, Any
 
+from transformers import TrainerCallback
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -183,13 +185,7 @@ def restore_clean(model: Any) -> None:
             module.weight.data.copy_(getattr(module, _CLEAN)[0])
 
 
-def _callback_base() -> type:
-    from transformers import TrainerCallback
-
-    return TrainerCallback
-
-
-class PerStepNoise(_callback_base()):  # type: ignore[misc]
+class PerStepNoise(TrainerCallback):
     """A ``TrainerCallback`` that draws the ``per_step`` noise before every optimizer step of one
     stage and restores the clean weights when the stage's training ends."""
 
