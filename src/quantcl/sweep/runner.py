@@ -295,8 +295,8 @@ class Sweep:
             batches = [todo] if self.executor == "sequential" else waves(plan, todo)
             for batch in batches:
                 self._run_jobs([jobs[n] for n in batch])
-            prune(self.output_dir, plan, {n for n, st in self.status().items() if st == "done"})
             result = self.result()
+            prune(self.output_dir, plan, set(result.runs))  # result.runs: the points done (one survey)
             atomic_write_bytes(self.output_dir / "summary.md", (result.to_markdown() + "\n").encode())
             result.to_csv(self.output_dir / "summary.csv")
         return result
