@@ -45,6 +45,7 @@ _LAZY: dict[str, str] = {
     "strategy_names": "quantcl.replay",
     "Task": "quantcl.tasks",
     "TaskSequence": "quantcl.tasks",
+    "Probe": "quantcl.tasks",
     "EvalResult": "quantcl.evaluators",
     "Evaluator": "quantcl.evaluators",
     "register_evaluator": "quantcl.evaluators",
@@ -112,5 +113,5 @@ if TYPE_CHECKING:  # pragma: no cover
     from quantcl.stage_args import StageArgs
     from quantcl.sweep import Sweep, SweepResult
     from quantcl.evaluators import EvalResult, Evaluator, register_evaluator
-    from quantcl.tasks import Task, TaskSequence
+    from quantcl.tasks import Probe, Task, TaskSequence
     from quantcl.trainer import ContinualTrainer

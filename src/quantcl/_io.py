@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_replace_dir", "fsync_dir", "fsync_tree", "read_json",
-           "to_jsonable", "sha256_file", "tree_digests", "digest_mismatch", "seal", "seal_ok", "SEAL_KEY"]
+           "cache_dir", "to_jsonable", "sha256_file", "tree_digests", "digest_mismatch", "seal", "seal_ok", "SEAL_KEY"]
 
 SEAL_KEY = "sha256"
 
@@ -167,3 +167,11 @@ def seal_ok(obj: Any) -> bool:
     """Whether ``obj`` (read back from JSON) carries the digest :func:`seal` gave it."""
     return (isinstance(obj, dict) and isinstance(obj.get(SEAL_KEY), str)
             and hashlib.sha256(_canonical(obj)).hexdigest() == obj[SEAL_KEY])
+
+
+def cache_dir() -> Path:
+    """``$QUANTCL_CACHE``, else ``$XDG_CACHE_HOME/quantcl``, else ``~/.cache/quantcl``."""
+    if os.environ.get("QUANTCL_CACHE"):
+        return Path(os.environ["QUANTCL_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "quantcl"

@@ -39,14 +39,15 @@ def require_extra(module: str, extra: str) -> ModuleType:
 
 
 def plot_result(result: ContinualResult, path: str | Path) -> Path:
-    """Write a PNG: the annotated accuracy-matrix heatmap and per-task scores across stages."""
+    """Write a PNG: the annotated accuracy-matrix heatmap and per-task (and per-probe, dashed)
+    scores across stages."""
     require_extra("matplotlib", "plot")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     R = result.accuracy_matrix
     labels = result.row_labels
-    vmin, vmax = _value_range(R)
+    vmin, vmax = _value_range(np.concatenate([R, result.probe_matrix], axis=1))
 
     fig = Figure(figsize=FIGSIZE, dpi=DPI)
     FigureCanvasAgg(fig)
@@ -59,6 +60,8 @@ def plot_result(result: ContinualResult, path: str | Path) -> Path:
         # a hollow ring marks the stage that trained this task
         curves.plot([j + 1], [R[j + 1, j]], marker="o", markersize=11, fillstyle="none",
                     color=line.get_color(), linestyle="none")
+    for k, name in enumerate(result.probe_names):  # probes: never trained on, dashed
+        curves.plot(stages, result.probe_matrix[:, k], marker="s", linestyle="--", label=f"probe {name}")
     curves.set_xticks(stages, labels, rotation=30, ha="right", fontsize=8)
     curves.set_xlabel("stage")
     curves.set_ylabel("score")

@@ -46,23 +46,20 @@ file's directory; ``output_dir`` against the working directory.
 
 from __future__ import annotations
 
-import functools
-import inspect
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quantcl._checks import (
     at_key,
-    did_you_mean,
     require_bool,
     require_choice,
     require_directory,
     require_int,
     require_list_of,
-    require_path,
     require_str,
 )
+from quantcl._config_tasks import check_signature as _check_signature, config_kwargs as _kwargs
+from quantcl._config_tasks import probes_node, tasks_node
 from quantcl._validate_model import check_lora_config, check_model_source, looks_local
 from quantcl.components import COMPONENT_KEY, check_node, instantiate
 from quantcl.errors import ConfigError
@@ -72,15 +69,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from quantcl.plugins.precision_schedule import PrecisionSchedule
     from quantcl.precision import PrecisionPolicy
     from quantcl.stage_args import StageArgs
-    from quantcl.tasks import TaskSequence
     from quantcl.trainer import ContinualTrainer
 
 __all__ = ["load_config", "build_trainer", "validate_config", "check_model_and_lora"]
 
-RECIPES = ["synthetic", "lessismore", "stdlib_sequence", "python_stdlib", "python_stdlib_cloze"]
 _TOP_KEYS = {
     "model", "precision", "tasks", "replay", "lora", "args", "output_dir", "seed",
     "adapter_mode", "allow_code_execution", "model_kwargs", "progress", "plugins", "imports", "training",
+    "probes",
 }
 
 
@@ -108,24 +104,6 @@ def load_config(path: str | Path) -> dict[str, Any]:
 _at = at_key  # run a builder; its error names the config key path (quantcl._checks.at_key)
 
 
-def _kwargs(key: str, value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"config key '{key}' must be a mapping, got {value!r} ({type(value).__name__})")
-    return value
-
-
-def _check_signature(key: str, fn: Callable, kwargs: dict[str, Any]) -> None:
-    params = inspect.signature(fn).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return
-    bad = sorted(set(kwargs) - set(params), key=str)
-    if bad:
-        valid = sorted(k for k in params if k != "self")
-        raise ConfigError(f"config key '{key}': unknown option(s) {bad}{did_you_mean(bad[0], valid)}; valid: {valid}")
-
-
 def _precision(value: Any) -> PrecisionPolicy | PrecisionSchedule:
     from quantcl.precision import PrecisionPolicy
 
@@ -141,83 +119,6 @@ def _precision(value: Any) -> PrecisionPolicy | PrecisionSchedule:
                               "expected a PrecisionPolicy or a PrecisionSchedule")
         return built
     return _at("precision", lambda: PrecisionPolicy.from_dict(data))
-
-
-def _evaluator(key: str, spec: Any, allow_code: bool | None) -> Any:
-    from quantcl.evaluators import Evaluator, evaluator_class
-
-    spec = dict(_kwargs(key, spec))
-    if COMPONENT_KEY in spec:
-        cls = check_node(spec, key)
-        build = lambda: instantiate(spec, key)  # noqa: E731
-        if not (isinstance(cls, type) and issubclass(cls, Evaluator)):
-            raise ConfigError(f"config key '{key}': {spec[COMPONENT_KEY]} is not a quantcl Evaluator subclass")
-    else:
-        cls = _at(f"{key}.type", lambda: evaluator_class(spec.pop("type", None)))
-        _check_signature(key, cls.__init__, spec)
-        build = lambda: cls(**spec)  # noqa: E731
-    if cls.unsafe and "allow_code_execution" in inspect.signature(cls.__init__).parameters:
-        spec.setdefault("allow_code_execution", allow_code is True)
-    return _at(key, build)
-
-
-def _tasks(value: Any, base: Path, allow_code: bool | None) -> Callable[[], TaskSequence]:
-    """Check the ``tasks`` key now; return what loads the data, called once every cheap key passed."""
-    from quantcl import recipes
-    from quantcl.tasks import Task, TaskSequence
-
-    if isinstance(value, dict) and COMPONENT_KEY in value:
-        check_node(value, "tasks")
-
-        def component() -> TaskSequence:
-            built = _at("tasks", lambda: instantiate(value, "tasks"))
-            return _at("tasks", lambda: built if isinstance(built, TaskSequence) else TaskSequence(list(built)))
-
-        return component
-    if isinstance(value, dict):
-        value = dict(value)
-        recipe = value.pop("recipe", None)
-        kwargs = dict(_kwargs("tasks.kwargs", value.pop("kwargs", None)))
-        if value:
-            raise ConfigError(f"config key 'tasks': unknown key(s) {sorted(value)}; valid: ['kwargs', 'recipe']")
-        _at("tasks.recipe", lambda: require_choice(recipe, "tasks.recipe", RECIPES))
-        fn = getattr(recipes, recipe)
-        if "allow_code_execution" in inspect.signature(fn).parameters:
-            # synthetic's programs are the library's own: it opts in unless the config says no
-            default = allow_code if allow_code is not None else recipe == "synthetic"
-            kwargs.setdefault("allow_code_execution", default)
-        if "data_dir" in kwargs and kwargs["data_dir"] is not None:
-            kwargs["data_dir"] = str(base / _at("tasks.kwargs.data_dir", lambda: require_path(
-                kwargs["data_dir"], "tasks.kwargs.data_dir")))
-        _check_signature("tasks.kwargs", fn, kwargs)
-        return lambda: _at("tasks.kwargs", lambda: fn(**kwargs))
-    if not isinstance(value, list) or not value:
-        raise ConfigError("config key 'tasks' must be a recipe mapping or a non-empty list of tasks")
-    builders: list[Callable[[], Any]] = []
-    for i, spec in enumerate(value):
-        key = f"tasks[{i}]"
-        spec = dict(_kwargs(key, spec))
-        if COMPONENT_KEY in spec:
-            check_node(spec, key)
-            builders.append(functools.partial(_at, key, functools.partial(instantiate, spec, key)))
-            continue
-        evaluator = _evaluator(f"{key}.evaluator", spec.pop("evaluator", None), allow_code)
-        for split in ("train", "eval"):
-            if split not in spec:
-                raise ConfigError(f"config key '{key}.{split}' is missing (a json/jsonl/parquet/csv file)")
-            spec[split] = _files(f"{key}.{split}", spec[split], base)
-        name = spec.pop("name", None)
-        builders.append(functools.partial(_at, key, functools.partial(Task.from_files, name, evaluator=evaluator,
-                                                                      **spec)))
-    return lambda: _at("tasks", lambda: TaskSequence([build() for build in builders]))
-
-
-def _files(key: str, value: Any, base: Path) -> str | list[str]:
-    """A data file path, or a list of them, resolved against the config's directory."""
-    if isinstance(value, list):
-        paths = _at(key, lambda: require_list_of(value, key, str, items="file paths", nonempty=True))
-        return [str(base / p) for p in paths]
-    return str(base / _at(key, lambda: require_str(value, f"{key} (a file path or a list of them)")))
 
 
 def _replay(value: Any) -> Any:
@@ -317,7 +218,7 @@ def build_trainer(config: dict[str, Any], *, build_demo_model: bool = True, **ov
                                                               "adapter_mode", ["continue", "merge"]))
     # every cheap check first, then the data, then the demo model: a typo fails before either
     precision = _precision(config.get("precision", "bf16"))
-    load_tasks = _tasks(config.get("tasks"), base, allow_code)
+    load_tasks = tasks_node(config.get("tasks"), base, allow_code)
     replay = _replay(config.get("replay"))
     args = _args(config.get("args"))
     seed = _at("seed", lambda: require_int(config.get("seed", 0), "seed", minimum=0))
@@ -339,6 +240,7 @@ def build_trainer(config: dict[str, Any], *, build_demo_model: bool = True, **ov
     plugins = _plugins(config.get("plugins"))
     tasks = load_tasks()
     _at("args.overrides", lambda: args.check_tasks(tasks.names))
+    probes = probes_node(config.get("probes"), base, allow_code, tasks.names)
     if model == DEMO_MODEL_ID:
         model = resolve_model_alias(model, progress=progress, build=build_demo_model)
     from quantcl.trainer import ContinualTrainer
@@ -357,6 +259,7 @@ def build_trainer(config: dict[str, Any], *, build_demo_model: bool = True, **ov
         model_kwargs=model_kwargs,
         progress=progress,
         training=training,
+        probes=probes,
     )
 
 

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from quantcl._io import atomic_write_json
+from quantcl._io import atomic_write_json, cache_dir
 from quantcl._runtime import cpu_name
 from quantcl.errors import ConfigError
 
@@ -95,14 +95,6 @@ DEMO_MODEL: dict[str, Any] = {
 # The pretrained demo model as shipped in the package (built by scripts/build_demo_model.py).
 SHIPPED_DEMO_MODEL = Path(__file__).parent / "demo_model"
 MANIFEST = "quantcl-demo.json"
-
-
-def cache_dir() -> Path:
-    """``$QUANTCL_CACHE``, else ``$XDG_CACHE_HOME/quantcl``, else ``~/.cache/quantcl``."""
-    if os.environ.get("QUANTCL_CACHE"):
-        return Path(os.environ["QUANTCL_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "quantcl"
 
 
 def demo_model_location(*, root: str | Path | None = None, **overrides: Any) -> Path:

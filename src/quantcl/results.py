@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from quantcl._io import atomic_write_json, to_jsonable
+from quantcl._markdown import compare_markdown, fmt, markdown_table
+from quantcl._probes import check_probe_matrix, probe_rows, probe_summary, read_probes
 from quantcl._plot import plot_result, require_extra
 from quantcl.errors import ConfigError, StateError
 from quantcl.metrics import compute_metrics
@@ -80,6 +82,9 @@ class ContinualResult:
             (:meth:`quantcl.evaluators.EvalResult.item_columns`): ``{"1": {"math": {"id": [...],
             "correct": [...], "well_formed": [...]}}}``; see :meth:`item_outcomes`.
         config: the run's JSON-able configuration (policy, buffer, tasks, args, versions).
+        probe_matrix: ``(T+1, P)`` scores of the run's probes (:class:`~quantcl.Probe`: evaluated at
+            every row, never trained on), ``nan`` = not measured; see :attr:`probe_change`.
+        probe_names: the P probe names (distinct from the task names).
 
     Examples:
         >>> r = ContinualResult([[0.3, 0.1], [0.9, 0.2]], ["nlu", "math"])  # stage 2 not run yet
@@ -93,6 +98,8 @@ class ContinualResult:
     eval_details: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     items: dict[str, Any] = field(default_factory=dict)
+    probe_matrix: Any = None
+    probe_names: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if isinstance(self.task_names, str) or not all(isinstance(t, str) for t in self.task_names):
@@ -120,6 +127,8 @@ class ContinualResult:
         padded = np.full((T + 1, T), np.nan)
         padded[: matrix.shape[0]] = matrix
         self.accuracy_matrix = padded
+        self.probe_matrix, self.probe_names = check_probe_matrix(self.probe_matrix, self.probe_names, T,
+                                                                 self.task_names)
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -129,6 +138,19 @@ class ContinualResult:
         Recomputed from ``accuracy_matrix`` on each access, so it is never stale.
         """
         return compute_metrics(self.accuracy_matrix, self.task_names)
+
+    @property
+    def probe_change(self) -> np.ndarray:
+        """Each probe's score minus its score before training, per row: ``P[i, k] - P[0, k]``
+        (negative = general ability lost).
+
+        Examples:
+            >>> r = ContinualResult([[0.3], [0.9]], ["nlu"], probe_matrix=[[0.5], [0.4]], probe_names=["arc"])
+            >>> r.probe_change[1].round(2).tolist()
+            [-0.1]
+        """
+        P = self.probe_matrix
+        return P - P[:1] if P.shape[0] else P.copy()
 
     @property
     def row_labels(self) -> list[str]:
@@ -151,7 +173,7 @@ class ContinualResult:
     def __repr__(self) -> str:
         acc = self.metrics["average_accuracy"]
         return (f"ContinualResult(tasks={self.task_names}, stages={self.completed_stages}/"
-                f"{len(self.task_names)}, average_accuracy={_fmt(acc, 3)})")
+                f"{len(self.task_names)}, average_accuracy={fmt(acc, 3)})")
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:
@@ -166,6 +188,7 @@ class ContinualResult:
             "eval_details": self.eval_details,
             "config": self.config,
             "items": self.items,
+            **({"probe_names": self.probe_names, "probe_matrix": self.probe_matrix} if self.probe_names else {}),
         })
 
     @classmethod
@@ -201,8 +224,9 @@ class ContinualResult:
             matrix = np.array(
                 [[math.nan if v is None else v for v in row] for row in data["accuracy_matrix"]], dtype=float
             )
+            probes, names = read_probes(data)
             return cls(matrix, data["task_names"], list(data["stage_records"]),
-                       dict(data["eval_details"]), dict(data["config"]), dict(items))
+                       dict(data["eval_details"]), dict(data["config"]), dict(items), probes, names)
         except (TypeError, ValueError) as err:  # ConfigError is a ValueError
             raise StateError(f"corrupt quantcl result: {err}") from err
 
@@ -239,7 +263,8 @@ class ContinualResult:
 
     # ------------------------------------------------------------------ views
     def to_markdown(self, digits: int = 3) -> str:
-        """The accuracy matrix, the summary metrics and the per-task metrics as Markdown tables.
+        """The accuracy matrix, the summary metrics, the per-task metrics and (with probes) the
+        probe matrix with each probe's change from before training, as Markdown tables.
 
         Unmeasured values print as ``-``.
 
@@ -255,21 +280,23 @@ class ContinualResult:
         """
         R = self.accuracy_matrix.tolist()
         m = self.metrics
-        matrix = _markdown_table(["stage", *self.task_names],
+        matrix = markdown_table(["stage", *self.task_names],
                                  [[label, *row] for label, row in zip(self.row_labels, R)], digits)
-        summary = _markdown_table(list(SUMMARY_KEYS), [[m[k] for k in SUMMARY_KEYS]], digits)
-        per_task = _markdown_table(
+        summary = markdown_table(list(SUMMARY_KEYS), [[m[k] for k in SUMMARY_KEYS]], digits)
+        per_task = markdown_table(
             ["task", *_PER_TASK_KEYS],
             [[t, *(m[f"{k}_per_task"].get(t) for k in _PER_TASK_KEYS)] for t in self.task_names],
             digits,
         )
-        return f"{matrix}\n\n{summary}\n\n{per_task}"
+        probes = probe_rows(self, digits)
+        return f"{matrix}\n\n{summary}\n\n{per_task}" + (f"\n\n{probes}" if probes else "")
 
     def summary_row(self) -> dict[str, Any]:
         """A flat dict of key metrics and final scores, for tables that compare runs.
 
-        Keys: the summary metrics, ``final <task>`` per task, and ``train_seconds`` (the sum over
-        stage records) when the records carry it.
+        Keys: the summary metrics, ``final <task>`` per task, ``probe <name>`` and ``probe <name>
+        change`` per probe, and ``train_seconds`` (the sum over stage records) when the records
+        carry it.
 
         Examples:
             >>> r = ContinualResult([[0.3, 0.1], [0.9, 0.2], [0.6, 0.8]], ["nlu", "math"])
@@ -280,6 +307,7 @@ class ContinualResult:
         row: dict[str, Any] = {k: m[k] for k in SUMMARY_KEYS}
         for name, value in zip(self.task_names, self.accuracy_matrix[-1].tolist()):
             row[f"final {name}"] = value
+        row.update(probe_summary(self))
         seconds = [s["train_seconds"] for s in self.stage_records
                    if isinstance(s, Mapping) and isinstance(s.get("train_seconds"), (int, float))]
         if seconds:
@@ -343,38 +371,3 @@ class ContinualResult:
             ConfigError: matplotlib is not installed (``pip install 'quantcl[plot]'``).
         """
         return plot_result(self, path)
-
-
-def compare_markdown(results: Mapping[str, ContinualResult], digits: int = 3) -> str:
-    """Several runs' :meth:`~ContinualResult.summary_row` side by side, one row per run.
-
-    Columns are ``run`` then the union of the rows' keys in first-seen order; a run without a
-    column (e.g. other task names) shows ``-``.
-
-    Examples:
-        >>> a = ContinualResult([[0.3, 0.1], [0.9, 0.2], [0.6, 0.8]], ["nlu", "math"])
-        >>> compare_markdown({"fp16": a}).splitlines()[0]
-        '| run | average_accuracy | bwt | fwt | forgetting | retention | plasticity | final nlu | final math |'
-    """
-    if not results:
-        return ""
-    rows = {name: r.summary_row() for name, r in results.items()}
-    keys: list[str] = []
-    for row in rows.values():
-        keys += [k for k in row if k not in keys]
-    table = [[name, *(row.get(k) for k in keys)] for name, row in rows.items()]
-    return _markdown_table(["run", *keys], table, digits)
-
-
-def _fmt(value: Any, digits: int) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value).replace("|", "\\|")
-
-
-def _markdown_table(header: Sequence[Any], rows: Sequence[Sequence[Any]], digits: int) -> str:
-    lines = ["| " + " | ".join(_fmt(h, digits) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(v, digits) for v in row) + " |" for row in rows]
-    return "\n".join(lines)

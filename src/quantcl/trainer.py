@@ -20,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 
 from quantcl._checks import require_bool, require_int
+from quantcl._evaluation import evaluate_row, probe_matrix, row_log
 from quantcl._io import to_jsonable
 from quantcl._model_setup import ModelSetup, resolve_training, run_length
 from quantcl._prefix import load_plugin_states, rebuild_plugins, save_snapshot
@@ -34,7 +35,8 @@ from quantcl.replay import ReplayBuffer
 from quantcl.results import ContinualResult, collect_versions
 from quantcl.rundir import RunDirectory, plugin_state_dirs
 from quantcl.stage_args import StageArgs
-from quantcl.tasks import Task, TaskSequence, make_collator, tokenize_for_training
+from quantcl.tasks import Probe, Task, TaskSequence, make_collator, tokenize_for_training
+from quantcl.tasks.probe import check_probes
 
 __all__ = ["ContinualTrainer", "StageArgs", "StageCallback", "StagePlugin"]
 
@@ -70,6 +72,8 @@ class ContinualTrainer:
         training: ``"lora"`` (adapters on a frozen base; the default) or ``"full"`` (every
             weight: continued pre-training, full fine-tuning, ternary QAT; the default with a
             PrecisionSchedule). Refused for the bitsandbytes presets. See :mod:`quantcl._model_setup`.
+        probes: :class:`~quantcl.Probe` objects scored at every row of the matrix and never trained
+            on (general abilities: ``LMEvalHarness`` tasks, held-out sets) into ``result.probe_matrix``.
 
     Examples:
         >>> trainer = ContinualTrainer(model="HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -95,6 +99,7 @@ class ContinualTrainer:
         model_kwargs: dict[str, Any] | None = None,
         progress: bool = True,
         training: Literal["lora", "full"] | None = None,
+        probes: Sequence[Probe] = (),
     ) -> None:
         from peft import LoraConfig
         from transformers import TrainerCallback
@@ -126,6 +131,7 @@ class ContinualTrainer:
                               "re-quantizing it (lossy); use adapter_mode='continue' or a float precision")
         self.adapter_mode = adapter_mode
         self.args.check_tasks(self.tasks.names)
+        self.probes = check_probes(probes, self.tasks.names)
         self._total_steps = run_length(self.schedule, self.args, self.tasks.names)
         self.output_dir = Path(require_directory(output_dir, "output_dir"))
         self.seed = require_int(seed, "ContinualTrainer(seed=...)", minimum=0)
@@ -194,7 +200,9 @@ class ContinualTrainer:
     def config(self) -> dict[str, Any]:
         """The run's full configuration, JSON-able (versions included)."""
         extra = [p for p in self.plugins if p is not self._replay_plugin and not any(p is w for w in self._watchers)]
-        extra_keys = {"training": self.training} if self.training != "lora" else {}  # older runs resume
+        extra_keys: dict[str, Any] = {"training": self.training} if self.training != "lora" else {}  # older runs resume
+        if self.probes:
+            extra_keys["probes"] = [p.to_dict() for p in self.probes]
         return to_jsonable(
             {
                 **extra_keys,
@@ -222,21 +230,6 @@ class ContinualTrainer:
     def _load_model(self, completed: int) -> None:
         stage_dir = self.run_dir.stage_dir(completed) if completed > 0 else None
         self.model, self.tokenizer = self._setup.load(self.model_source, stage_dir, completed)
-
-    def _evaluate_all(self, row: int, matrix: np.ndarray, state: dict[str, Any]) -> None:
-        # Under torchrun each process scores its share of a shardable evaluator's rows and all
-        # get the merged result (quantcl.evaluators.evaluate_rows), so on_evaluate sees the same one everywhere.
-        for j, task in enumerate(self.tasks):
-            result = task.evaluate(self.model, self.tokenizer, batch_size=self.args.eval_batch_size,
-                                   progress=self.progress, group=self._procs)
-            matrix[row, j] = result.score
-            state["eval_details"].setdefault(str(row), {})[task.name] = dict(result.metrics, score=result.score)
-            state.setdefault("items", {}).setdefault(str(row), {})[task.name] = result.item_columns()
-            self.run_dir.write_eval(row, task.name, {
-                "row": row, "task": task.name, "score": result.score, "metrics": result.metrics,
-                "records": result.records})
-            for plugin in self.plugins:
-                plugin.on_evaluate(self, row, task, result)
 
     # ----------------------------------------------------------------------------- fit
     def fit(self, resume: bool = False) -> ContinualResult:
@@ -275,7 +268,7 @@ class ContinualTrainer:
 
         if saved is None:
             set_seed(self.seed)
-            self._evaluate_all(0, matrix, state)
+            evaluate_row(self, 0, matrix, state)
             state["matrix"] = matrix.tolist()
             run_dir.save(state)
         save_snapshot(self, completed)
@@ -298,6 +291,8 @@ class ContinualTrainer:
             eval_details=state["eval_details"],
             items=state.get("items", {}),
             config=self.config(),
+            probe_matrix=probe_matrix(state, n, len(self.probes)),
+            probe_names=[p.name for p in self.probes],
         )
         if procs.is_main:
             result.save(self.output_dir)
@@ -336,11 +331,10 @@ class ContinualTrainer:
             self._steps_done += int(output.global_step)
 
             start = time.perf_counter()
-            self._evaluate_all(stage, matrix, state)
+            evaluate_row(self, stage, matrix, state)
             record["eval_seconds"] = time.perf_counter() - start
             # the new accuracy-matrix row goes to the report_to integrations, at the stage's last step
-            hf_trainer.log({f"continual/{t.name}": float(matrix[stage, j]) for j, t in enumerate(self.tasks)}
-                           | {"continual/stage": float(stage)})
+            hf_trainer.log(row_log(self, stage, matrix, state))
             scores = {t.name: float(matrix[stage, j]) for j, t in enumerate(self.tasks)}
             for plugin in self.plugins:  # after evaluation: e.g. replay selects with the trained model
                 plugin.on_stage_end(self, stage, task, scores)

@@ -7,6 +7,7 @@ evaluator            what it measures                                          h
 ``NumericMatch``     number in a greedy generation equals the gold number      ``acc``
 ``CodeExecution``    generated code passes its tests in the sandbox            ``pass@k``
 ``Perplexity``       token cross-entropy of the target given the prompt        ``1/perplexity``
+``LMEvalHarness``    lm-evaluation-harness tasks on the in-memory model        the task's metric
 ===================  =======================================================  ===============
 
 Examples:
@@ -31,6 +32,7 @@ from quantcl.evaluators.base import (
     ordered_records,
     register_evaluator,
 )
+from quantcl.evaluators.harness import HEADLINE_METRICS, LMEvalHarness
 from quantcl.evaluators.code import (
     ALLOW_CODE_ENV,
     CODE_MODES,
@@ -64,6 +66,8 @@ __all__ = [
     "NumericMatch",
     "CodeExecution",
     "Perplexity",
+    "LMEvalHarness",
+    "HEADLINE_METRICS",
     "pass_at_k",
     "extract_code",
     "code_prelude",

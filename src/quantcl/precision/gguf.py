@@ -25,6 +25,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from quantcl._io import cache_dir
 from quantcl.errors import ConfigError
 
 __all__ = ["is_gguf_source", "gguf_cache_root", "gguf_to_checkpoint"]
@@ -37,8 +38,7 @@ def is_gguf_source(source: str | os.PathLike[str]) -> bool:
 
 def gguf_cache_root() -> Path:
     """The directory holding converted GGUF checkpoints."""
-    root = os.environ.get("QUANTCL_CACHE") or Path.home() / ".cache" / "quantcl"
-    return Path(root).expanduser() / "gguf"
+    return cache_dir() / "gguf"
 
 
 def _cache_key(path: Path) -> str:

@@ -114,6 +114,11 @@ class SweepResult:
         for i in range(R.shape[0]):
             for j, t in enumerate(tasks):
                 values[f"R[{i},{t}]"] = float(R[i, j])
+        for k, p in enumerate(result.probe_names):
+            values[f"probe/{p}"] = float(result.probe_matrix[-1, k])
+            values[f"probe_change/{p}"] = float(result.probe_change[-1, k])
+            for i in range(R.shape[0]):
+                values[f"P[{i},{p}]"] = float(result.probe_matrix[i, k])
         return {k: (float("nan") if v is None else float(v)) for k, v in values.items()}
 
     def summary(self) -> list[dict[str, Any]]:
@@ -122,7 +127,9 @@ class SweepResult:
 
         Quantities: the summary metrics (``average_accuracy``, ``bwt``, ``fwt``, ``forgetting``,
         ``retention``, ``plasticity``), ``final/<task>`` (accuracy after the last stage),
-        ``retention/<task>``, and every accuracy-matrix cell ``R[<row>,<task>]``.
+        ``retention/<task>``, and every accuracy-matrix cell ``R[<row>,<task>]``; with probes,
+        ``probe/<probe>`` (after the last stage), ``probe_change/<probe>`` (its change from before
+        training) and every probe-matrix cell ``P[<row>,<probe>]``.
         """
         rows = []
         for factors, names in self.cells():

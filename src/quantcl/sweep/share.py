@@ -70,7 +70,8 @@ def fingerprint(trainer: Any) -> dict[str, Any]:
     config.pop("versions", None)
     lora = config.get("lora") or {}
     zero_init = trainer.training == "full" or lora.get("init_lora_weights", True) is True
-    evaluators = all(type(t.evaluator).__module__.startswith("quantcl.") for t in trainer.tasks)
+    evaluators = all(type(t.evaluator).__module__.startswith("quantcl.")
+                     for t in [*trainer.tasks, *getattr(trainer, "probes", ())])
     from quantcl.plugins.base import overrides_hook
 
     watched = any(overrides_hook(p, "on_evaluate") for p in trainer.plugins)

@@ -10,12 +10,14 @@ Examples:
 from __future__ import annotations
 
 from quantcl._moved import forward_moved_names
+from quantcl.tasks.probe import Probe
 from quantcl.tasks.task import Task, TaskSequence, Template
 from quantcl.tasks.tokenize import IGNORE_INDEX, make_collator, tokenize_for_training
 
 __all__ = [
     "Task",
     "TaskSequence",
+    "Probe",
     "Template",
     "IGNORE_INDEX",
     "tokenize_for_training",
