@@ -24,7 +24,7 @@ import quantcl as qcl
 from quantcl.cli import main
 from quantcl.config import load_config, validate_config
 from quantcl.errors import QuantCLError
-from quantcl.evaluators import CodeExecution, MultipleChoice, NumericMatch
+from quantcl.evaluators import CodeExecution, LMEvalHarness, MultipleChoice, NumericMatch
 from quantcl.replay.strategies import ReservoirStrategy
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad-inputs.md"
@@ -222,6 +222,20 @@ CASES = [
      lambda c: _trainer(c, adapter_mode="merge", precision="nf4"), r"merge.*nf4.*lossy"),
     ("ContinualTrainer(model_kwargs=[1], ...)", lambda c: _trainer(c, model_kwargs=[1]), r"model_kwargs .* must be a dict"),
     ('ContinualTrainer(progress="no", ...)', lambda c: _trainer(c, progress="no"), r"progress=...\) must be True or False"),
+    ("ContinualTrainer(probes=[task], ...) (a Task: it has training data)",
+     lambda c: _trainer(c, probes=[_task(name="p")]), r"probes\[0\] is a Task \('p'\) with 1 training rows; a probe is "
+     r"never trained on: use quantcl.Probe.from_task\(task\)"),
+    ('ContinualTrainer(probes=[Probe("math", ...)], ...)',
+     lambda c: _trainer(c, probes=[qcl.Probe("math", NumericMatch(), DS)]), r"the name 'math' is already a task"),
+    ('ContinualTrainer(probes=[Probe("p", LMEvalHarness(tasks=["arc_easyy"]))], ...)',
+     lambda c: _trainer(c, probes=[qcl.Probe("p", LMEvalHarness(tasks=["arc_easyy"]))]),
+     r"probe 'p': LMEvalHarness: unknown lm-eval task\(s\) \['arc_easyy'\] \(did you mean 'arc_easy'\?\); looked in "
+     r"lm-eval .*own tasks"),
+    ('Probe("p", MultipleChoice())', lambda c: qcl.Probe("p", MultipleChoice()), r"scores rows; give eval=..."),
+    ('LMEvalHarness(tasks="arc_easy")', lambda c: LMEvalHarness(tasks="arc_easy"),
+     r"tasks=...\) must be a non-empty list of lm-eval task names"),
+    ('LMEvalHarness(tasks=["arc_easy"], limit=0)', lambda c: LMEvalHarness(tasks=["arc_easy"], limit=0),
+     r"limit=...\) must be an int >= 1 \(documents per task\), a float in \(0, 1\)"),
     # ---- Task and TaskSequence (a Task's data is checked when a TaskSequence takes it)
     ('Task("", ...)', lambda c: _task(name=""), r"a task name must be a non-empty string"),
     ("TaskSequence([Task(train=5, ...)])", lambda c: qcl.TaskSequence([_task(train=5)]),
@@ -313,6 +327,12 @@ def _with(i, **evaluator):
 # "DROP" removes the key, "<file>" / "<vit>" stand for a file / a non-causal-LM checkpoint
 CONFIG_CASES = [
     ("(no model: key)", {"model": "DROP"}, r"config key 'model' is missing"),
+    ("probes: [{name: p, train: t.jsonl, eval: t.jsonl, ...}]",
+     {"probes": [{"name": "p", "train": "t.jsonl", "eval": "t.jsonl", "evaluator": {"type": "NumericMatch"}}]},
+     r"config key 'probes\[0\].train': a probe is never trained on"),
+    ("probes: [{name: p, evaluator: {type: lm_eval, tasks: [no_such_task]}}]",
+     {"probes": [{"name": "p", "evaluator": {"type": "lm_eval", "tasks": ["no_such_task"]}}]},
+     r"config key 'probes': probe 'p': LMEvalHarness: unknown lm-eval task\(s\) \['no_such_task'\]"),
     ("model: 123", {"model": 123}, r"config key 'model': model \(a Hub id.*\) must be a non-empty string, got 123"),
     ("model: ./nope", {"model": "./nope"}, r"config key 'model': model path '.*nope' does not exist"),
     ("model: <a checkpoint that is not a causal LM>", {"model": "<vit>"},
@@ -452,6 +472,7 @@ MACHINE = """## The machine and other processes
 | a second `quantcl run` or `quantcl sweep` on a folder in use | refused at once, one line naming the holder's pid, exit 2; a killed holder leaves no stale lock | `tests/sweep/test_faults.py` |
 | the disk fills while a stage or a point is saved | the point fails (one line in the summary), what was saved stays intact, the other points are attempted, the rerun resumes; a command that cannot write at all prints `no space left on the device writing ...`, exit 1 | `tests/sweep/test_faults.py` |
 | a sweep's driver or one of its workers is killed | no worker outlives the driver; a dead worker fails its own point only, naming it; the rerun finishes with the files of an uninterrupted sweep | `tests/sweep/test_faults.py` |
+| lm-evaluation-harness is not installed and a probe uses `LMEvalHarness` | refused when the trainer is built, before any model is loaded: `lm_eval is not installed, and this feature needs it; install it with pip install 'quantcl[lmeval]'` | `tests/evaluators/test_lm_eval_harness.py` |
 | a finished point's files were damaged or edited, or it ran under another config | not counted (`quantcl report`), set aside and rerun (damaged), or refused naming the keys (another config) | `tests/sweep/test_faults.py` |
 """
 

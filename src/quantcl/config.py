@@ -23,6 +23,9 @@ A config mirrors the ``ContinualTrainer`` arguments::
     plugins:                       # a built-in plug-in by name, or any StagePlugin by dotted path
       - {type: LwF, alpha: 1.0}    # quantcl.plugins: LwF, PTQProbe, WeightAveraging
       - {_component_: my_pkg.plugins.MyPlugin, strength: 0.5}
+    probes:                        # scored at every row, never trained on (result.probe_matrix)
+      - {name: arc, evaluator: {type: lm_eval, tasks: [arc_easy], limit: 200}}
+      - {name: heldout, eval: data/heldout.jsonl, evaluator: {type: MultipleChoice}}
     imports: [my_pkg.evaluators]   # modules to import first (they may register_evaluator/strategy)
     lora: {r: 8, lora_alpha: 16, target_modules: all-linear}
     args: {learning_rate: 2.0e-4, max_steps: 100, overrides: {0: {learning_rate: 2.0e-4}}}

@@ -32,7 +32,7 @@ from quantcl.evaluators.base import (
     ordered_records,
     register_evaluator,
 )
-from quantcl.evaluators.harness import HEADLINE_METRICS, LMEvalHarness
+from quantcl.evaluators.harness import LMEvalHarness
 from quantcl.evaluators.code import (
     ALLOW_CODE_ENV,
     CODE_MODES,
@@ -67,7 +67,6 @@ __all__ = [
     "CodeExecution",
     "Perplexity",
     "LMEvalHarness",
-    "HEADLINE_METRICS",
     "pass_at_k",
     "extract_code",
     "code_prelude",

@@ -109,7 +109,8 @@ def stdlib_cloze_probe(
             ``quantcl_stdlib_cloze``; needs ``quantcl[lmeval]``) or, ``False``, with quantcl's
             ``MultipleChoice`` (same items, same log-likelihoods, faster).
         name: the probe's name (its column in ``result.probe_matrix``).
-        context_chars, seed: as in :func:`~quantcl.recipes.python_stdlib_cloze`.
+        context_chars: characters of source before each line (as in :func:`~quantcl.recipes.python_stdlib_cloze`).
+        seed: which items are drawn (as there).
         limit: with ``harness``, lm-eval's ``limit`` (the first ``limit`` items).
         batch_size: with ``harness``, requests per forward pass.
         folder: where the lm-eval task is written (default: ``$QUANTCL_CACHE/probes/<digest>``; the

@@ -43,8 +43,11 @@ class Probe:
         eval: the rows it scores (a ``datasets.Dataset``, a list of dicts, a dict of lists, or a
             ``.json``/``.jsonl``/``.parquet``/``.csv`` path), or ``None`` for an evaluator that brings
             its own data (``LMEvalHarness``).
-        prompt, target, chat, system: rendering of the rows, as in :class:`~quantcl.Task` (rows
-            without a ``target`` column need none: nothing is trained on).
+        prompt: the rows' prompt template, as in :class:`~quantcl.Task`.
+        target: the gold continuation's template (rows without a ``target`` column need none:
+            nothing is trained on).
+        chat: render the prompt with the tokenizer's chat template.
+        system: optional system message for chat rendering.
 
     Examples:
         >>> Probe.from_task(heldout_task)  # its eval split; its training split is not used  # doctest: +SKIP
