@@ -15,6 +15,12 @@ new runs); ``report`` writes ``report.md`` from whatever has finished and, with 
 ``--readme``, fills the ``lessismore-confirmatory`` blocks of those files (no number typed by
 hand). The endpoints, the comparisons and the pilot's rule are fixed in
 :mod:`quantcl.studies.lessismore_confirm` and :data:`PILOT_RULE`, before the runs.
+
+``probe`` scores a general-capability probe (:func:`quantcl.recipes.stdlib_cloze_probe`, through
+lm-evaluation-harness on the in-memory model) on the finished runs' saved models, before training
+and after the last stage (``ContinualTrainer.probe_saved``), into ``--out``/probes.json, resuming;
+with ``--docs`` it fills the page's ``lessismore-confirmatory-probe`` block. The probe was added
+after the endpoints were fixed: it is descriptive, not one of the study's comparisons.
 """
 
 from __future__ import annotations
@@ -29,13 +35,15 @@ from typing import Any
 
 import quantcl as qcl
 from quantcl._io import atomic_write_bytes
-from quantcl.config import load_config
+from quantcl.config import build_trainer, load_config
 from quantcl.studies import ENDPOINTS, confirmatory_findings, confirmatory_table, pages, replay_dose
 from quantcl.studies.lessismore_confirm import DESCRIPTIVE, endpoint_arrays
 from quantcl.sweep import Sweep, SweepResult
 
 HERE = Path(__file__).resolve().parent
 BLOCK = "lessismore-confirmatory"
+PROBE_BLOCK = "lessismore-confirmatory-probe"
+PROBE_ITEMS = 100
 CONFIGS = {"pilot": HERE / "severity_pilot.yaml", "main": HERE / "lessismore_confirmatory.yaml"}
 LR, STEPS = "args.overrides.math.learning_rate", "args.overrides.math.max_steps"
 PILOT_TARGET = 0.6
@@ -214,9 +222,50 @@ def readme_text(out: Path, page: str) -> str:
     return "\n".join(lines)
 
 
+def probe_runs(out: Path) -> dict[str, Any]:
+    """Score the probe on every finished run of the main sweep not scored yet; save as it goes."""
+    from quantcl.recipes import stdlib_cloze_probe
+
+    path = out / "probes.json"
+    data = json.loads(path.read_text()) if path.is_file() else {
+        "probe": f"stdlib_cloze_probe({PROBE_ITEMS}) through lm-evaluation-harness (next source line among four, "
+                 "held-out standard-library files; chance 0.25)", "before": {}, "runs": {}}
+    sweep = Sweep.load(out / "main")
+    probe = stdlib_cloze_probe(PROBE_ITEMS, name="stdlib-cloze", batch_size=24)
+    for name, status in sorted(sweep.status().items()):
+        if status != "done" or name in data["runs"]:
+            continue
+        config = {**sweep.point_config(name), "progress": False, "output_dir": str(sweep.run_dir(name))}
+        trainer = build_trainer(config)
+        precision = str(config["precision"])
+        start = time.perf_counter()
+        rows = None if precision not in data["before"] else [len(trainer.tasks)]
+        result = trainer.probe_saved([probe], rows=rows)
+        if rows is None:  # row 0 is the untouched model: one per precision, whatever the seed
+            data["before"][precision] = float(result.probe_matrix[0, 0])
+        data["runs"][name] = {"precision": precision, "replay": float(config["replay"]["fraction"]),
+                              "seed": int(config["seed"]), "after": float(result.probe_matrix[-1, 0]),
+                              "seconds": round(time.perf_counter() - start, 1)}
+        atomic_write_bytes(path, json.dumps(data, indent=1, sort_keys=True).encode())
+        print(f"{name}: {data['runs'][name]}", flush=True)
+    return data
+
+
+def probe_section(data: dict[str, Any]) -> str:
+    """The page's probe block: per finished run the probe before training and after Math, and its change."""
+    lines = [f"Probe: {data['probe']}; scored after the runs on their saved models, one row per finished run. "
+             "Descriptive: not one of the study's fixed comparisons.", "",
+             "| precision | replay fraction | seed | probe before | probe after Math | change |", "|---|---|---|---|---|---|"]
+    for name, run in sorted(data["runs"].items(), key=lambda kv: (kv[1]["precision"], kv[1]["replay"], kv[1]["seed"])):
+        before = data["before"][run["precision"]]
+        lines.append(f"| {run['precision']} | {run['replay']:.4f} | {run['seed']} | {before:.3f} | {run['after']:.3f} | "
+                     f"{run['after'] - before:+.3f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("pilot", "run", "report"))
+    parser.add_argument("command", choices=("pilot", "run", "report", "probe"))
     parser.add_argument("--out", type=Path, default=Path("runs/lessismore-confirmatory"))
     parser.add_argument("--workers", type=int, default=1, help="runs at a time (a local process pool when > 1)")
     parser.add_argument("--docs", type=Path, help="a Markdown page whose marked block gets the report")
@@ -225,6 +274,12 @@ def main() -> None:
     args = parser.parse_args()
     out: Path = args.out
 
+    if args.command == "probe":
+        text = probe_section(probe_runs(out))
+        if args.docs:
+            pages.splice(args.docs, PROBE_BLOCK, text)
+        print(text)
+        return
     if args.command in ("pilot", "run"):
         key = "pilot" if args.command == "pilot" else "main"
         executor = "process" if args.workers > 1 else "sequential"

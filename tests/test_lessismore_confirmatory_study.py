@@ -62,3 +62,12 @@ def test_every_number_the_pages_prose_quotes_is_in_the_generated_block(study):
     quoted = set(re.findall(r"\d\.\d{3}", prose))
     generated = pages.block(PAGE, study.BLOCK)
     assert len(quoted) >= 10 and not sorted(q for q in quoted if q not in generated)
+
+
+def test_the_probe_block_is_the_saved_probe_scores(study):
+    import json
+
+    data = json.loads((SAVED / "probes.json").read_text())
+    assert pages.block(PAGE, study.PROBE_BLOCK) == study.probe_section(data).strip()
+    finished = {p.parent.name for p in (SAVED / "main" / "runs").glob("*/result.json")}
+    assert set(data["runs"]) <= finished and set(data["before"]) == {r["precision"] for r in data["runs"].values()}

@@ -13,9 +13,10 @@ import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
     from quantcl.evaluators import EvalResult
+    from quantcl.results import ContinualResult
     from quantcl.trainer import ContinualTrainer
 
-__all__ = ["evaluate_row", "probe_matrix", "row_log"]
+__all__ = ["evaluate_row", "probe_matrix", "row_log", "probe_saved_rows"]
 
 
 def probe_matrix(state: dict[str, Any], n_tasks: int, n_probes: int) -> np.ndarray:
@@ -61,3 +62,42 @@ def row_log(trainer: ContinualTrainer, row: int, matrix: np.ndarray, state: dict
         probes = probe_matrix(state, len(trainer.tasks), len(trainer.probes))
         values |= {f"continual/probe/{p.name}": float(probes[row, k]) for k, p in enumerate(trainer.probes)}
     return values | {"continual/stage": float(row)}
+
+
+def probe_saved_rows(trainer: ContinualTrainer, probes: Any, rows: Any = None) -> ContinualResult:
+    """Score ``probes`` on the models a run saved (see :meth:`ContinualTrainer.probe_saved`); the
+    run directory is only read."""
+    from quantcl._checks import require_list_of
+    from quantcl._runtime import datasets_progress_bars_off
+    from quantcl.errors import ConfigError, StateError
+    from quantcl.models import resolve_model_alias
+    from quantcl.results import ContinualResult  # noqa: F811  (at run time)
+    from quantcl.tasks.probe import check_probes
+
+    probes = check_probes(probes, trainer.tasks.names)
+    if not probes:
+        raise ConfigError("probe_saved needs at least one Probe")
+    state = trainer.run_dir.load(trainer.config(), True, trainer.tasks.names)
+    if state is None:
+        raise StateError(f"{trainer.output_dir} holds no run of this configuration to probe")
+    completed = int(state["completed_stages"])
+    saved = sorted({0, completed})  # a run keeps only its newest stage's model
+    wanted = saved if rows is None else require_list_of(rows, "probe_saved(rows=...)", int, items="matrix rows")
+    missing = [r for r in wanted if r not in saved]
+    if missing:
+        raise ConfigError(f"probe_saved(rows={list(wanted)}): rows {missing} have no saved model; this run keeps "
+                          f"rows {saved} (the untouched model and its newest stage); to probe every row, give "
+                          "probes= to the run")
+    n = len(trainer.tasks)
+    P = np.full((n + 1, len(probes)), np.nan)
+    trainer.model_source = resolve_model_alias(trainer.model_source, progress=trainer.progress)
+    with datasets_progress_bars_off():
+        for row in wanted:
+            trainer._load_model(row)
+            for k, probe in enumerate(probes):
+                P[row, k] = probe.evaluate(trainer.model, trainer.tokenizer, batch_size=trainer.args.eval_batch_size,
+                                           progress=trainer.progress, group=trainer._procs).score
+    matrix = [[np.nan if v is None else v for v in r] for r in state["matrix"]]
+    return ContinualResult(np.array(matrix, dtype=float), trainer.tasks.names, state["stage_records"],
+                           state["eval_details"], trainer.config(), state.get("items", {}), P,
+                           [p.name for p in probes])

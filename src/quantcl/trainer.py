@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 
 from quantcl._checks import require_bool, require_int
-from quantcl._evaluation import evaluate_row, probe_matrix, row_log
+from quantcl._evaluation import evaluate_row, probe_matrix, probe_saved_rows, row_log
 from quantcl._io import to_jsonable
 from quantcl._model_setup import ModelSetup, resolve_training, run_length
 from quantcl._prefix import load_plugin_states, rebuild_plugins, save_snapshot
@@ -230,6 +230,12 @@ class ContinualTrainer:
     def _load_model(self, completed: int) -> None:
         stage_dir = self.run_dir.stage_dir(completed) if completed > 0 else None
         self.model, self.tokenizer = self._setup.load(self.model_source, stage_dir, completed)
+
+    def probe_saved(self, probes: Sequence[Probe], rows: Sequence[int] | None = None) -> ContinualResult:
+        """The run's result with ``probes`` scored on the models it saved (training and writing
+        nothing): row 0 and the newest finished stage, the only weights a run keeps (``nan`` at
+        other rows; give ``probes=`` to the run to probe every row)."""
+        return probe_saved_rows(self, probes, rows)
 
     # ----------------------------------------------------------------------------- fit
     def fit(self, resume: bool = False) -> ContinualResult:

@@ -185,3 +185,22 @@ def test_result_with_probes_is_checked():
     r = ContinualResult(R, ["a", "b"], probe_matrix=[[0.5], [0.25]], probe_names=["p"])
     assert r.probe_matrix.shape == (3, 1) and np.isnan(r.probe_matrix[2, 0])  # padded like the matrix
     assert ContinualResult.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+
+
+def test_probe_saved_scores_the_saved_models_and_writes_nothing(tiny_model_dir, tmp_path, include):
+    """A finished run probed afterwards gives what probing during the run gave, at the rows whose
+    weights a run keeps (0 and the last); its files are left as they were."""
+    _, during = _run(tiny_model_dir, tmp_path / "during", _probes(include))
+    trainer, plain = _run(tiny_model_dir, tmp_path / "plain")
+    before = {p: p.read_bytes() for p in (tmp_path / "plain").rglob("*") if p.is_file()}
+    after = trainer.probe_saved(_probes(include))
+    assert after.probe_names == ["general", "heldout"]
+    np.testing.assert_allclose(after.probe_matrix[[0, 2]], during.probe_matrix[[0, 2]], atol=1e-9)
+    assert np.isnan(after.probe_matrix[1]).all()
+    np.testing.assert_array_equal(after.accuracy_matrix, plain.accuracy_matrix)
+    assert {p: p.read_bytes() for p in (tmp_path / "plain").rglob("*") if p.is_file()} == before
+    with pytest.raises(ConfigError, match=r"rows \[1\] have no saved model; this run keeps rows \[0, 2\]"):
+        trainer.probe_saved(_probes(include), rows=[0, 1])
+    with pytest.raises(qcl.StateError, match="holds no run"):
+        ContinualTrainer(tiny_model_dir, "fp32", _tasks(), lora=LORA, args=ARGS, output_dir=tmp_path / "none",
+                         progress=False).probe_saved(_probes(include))

@@ -106,7 +106,7 @@ def sweep_timing(sweeps: Mapping[str, Any], out: Path, started: float | None = N
 
 def save_sweep_results(sweeps: Mapping[str, Any], out: Path, target: Path) -> None:
     """Copy what a report is made from (each sweep's manifest, each finished run's run.json and
-    result.json, the timings) from ``out`` to ``target``: a few MB instead of the runs' adapters
+    result.json, the timings, the probes' scores) from ``out`` to ``target``: a few MB instead of the runs' adapters
     and checkpoints."""
     def parent(path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,5 +119,6 @@ def save_sweep_results(sweeps: Mapping[str, Any], out: Path, target: Path) -> No
             if status == "done":
                 for file in ("run.json", "result.json"):
                     shutil.copyfile(sweep.run_dir(name) / file, parent(target / key / "runs" / name / file))
-    if (out / "timing.json").is_file():
-        shutil.copyfile(out / "timing.json", parent(target / "timing.json"))
+    for extra in ("timing.json", "probes.json"):  # wall times; probes scored after the runs
+        if (out / extra).is_file():
+            shutil.copyfile(out / extra, parent(target / extra))
