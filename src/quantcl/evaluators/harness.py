@@ -92,6 +92,21 @@ def _untouched(model: Any, tokenizer: Any) -> Iterator[None]:
                 setattr(tokenizer, key, value)
 
 
+@contextlib.contextmanager
+def _local_rank_zero() -> Iterator[None]:
+    """lm-eval returns results only where ``LOCAL_RANK`` is 0 (its tensor-parallel convention);
+    under torchrun each process holds the whole in-memory model and scores every document."""
+    saved = os.environ.get("LOCAL_RANK")
+    os.environ["LOCAL_RANK"] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("LOCAL_RANK", None)
+        else:
+            os.environ["LOCAL_RANK"] = saved
+
+
 @register_evaluator("lm_eval")
 class LMEvalHarness(Evaluator):
     """lm-evaluation-harness tasks on the in-memory model, as a quantcl evaluator.
@@ -199,7 +214,7 @@ class LMEvalHarness(Evaluator):
         from lm_eval.models.huggingface import HFLM
 
         manager = _manager_for(self.tasks, self.include_path)
-        with _untouched(model, tokenizer):
+        with _untouched(model, tokenizer), _local_rank_zero():
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size or self.batch_size,
                       max_length=self.max_length)
             out = lm_eval.simple_evaluate(
