@@ -114,3 +114,26 @@ def test_plot_writes_a_png(sweep_result, tmp_path):
     pytest.importorskip("matplotlib")
     path = sweep_result.plot(tmp_path / "sweep.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_probe_quantities_are_summarized_and_tabled():
+    """Runs with probes: probe/<name>, probe_change/<name> and P[<row>,<name>] per cell, over seeds."""
+    runs, points = {}, {}
+    for seed, (before, after) in enumerate([(0.5, 0.4), (0.5, 0.3), (0.6, 0.5)]):
+        name = f"seed={seed}"
+        points[name] = {"seed": seed}
+        runs[name] = ContinualResult(np.array([[0.2, 0.1], [0.9, 0.2], [0.5, 0.8]]), ["nlu", "math"],
+                                     probe_matrix=[[before], [0.45], [after]], probe_names=["mmlu"])
+    summary = SweepResult({"seed": [0, 1, 2]}, runs, points, {}).summary()
+    by = {r["quantity"]: r for r in summary}
+    assert by["probe/mmlu"]["mean"] == pytest.approx(0.4)
+    assert by["probe_change/mmlu"]["mean"] == pytest.approx((-0.1 - 0.2 - 0.1) / 3) and by["probe_change/mmlu"]["n"] == 3
+    assert by["P[1,mmlu]"]["mean"] == pytest.approx(0.45) and by["P[0,mmlu]"]["std"] == pytest.approx(np.std([0.5, 0.5, 0.6], ddof=1))
+
+
+def test_a_result_with_probes_plots_them(tmp_path):
+    pytest.importorskip("matplotlib")
+    r = ContinualResult(np.array([[0.2, 0.1], [0.9, 0.2], [0.5, 0.8]]), ["nlu", "math"],
+                        probe_matrix=[[0.5], [0.45], [0.4]], probe_names=["mmlu"])
+    path = r.plot(tmp_path / "r.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"

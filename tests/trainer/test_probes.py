@@ -113,11 +113,13 @@ def test_resume_gives_the_uninterrupted_probe_matrix(tiny_model_dir, tmp_path, i
         assert (tmp_path / "cut" / "evals" / name).read_bytes() == (tmp_path / "whole" / "evals" / name).read_bytes()
 
 
-def test_probes_at_nf4(small_model_dir, tmp_path, include):
-    """lm-eval scores LoRA on a bitsandbytes 4-bit base in memory, as quantcl's MultipleChoice does."""
+@pytest.mark.parametrize("precision", ["bf16", "int8", "nf4", "ternary"])
+def test_probes_at_every_precision(small_model_dir, tmp_path, include, precision):
+    """lm-eval scores LoRA on a bf16 / bitsandbytes int8, nf4 / ternary base in memory, as quantcl's
+    MultipleChoice does on the same items."""
     args = StageArgs(learning_rate=1e-3, max_steps=1, per_device_train_batch_size=4, max_length=64)
     tasks = qcl.recipes.synthetic(seed=0, n_train=4, n_eval=2, tasks=("nlu",))
-    result = ContinualTrainer(small_model_dir, "nf4", tasks, lora=LORA, args=args, output_dir=tmp_path / "o",
+    result = ContinualTrainer(small_model_dir, precision, tasks, lora=LORA, args=args, output_dir=tmp_path / "o",
                               progress=False, probes=_probes(include)).fit()
     assert not np.isnan(result.probe_matrix).any()
     np.testing.assert_allclose(result.probe_matrix[:, 0], result.probe_matrix[:, 1], atol=1e-9)
