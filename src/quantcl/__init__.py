@@ -62,6 +62,7 @@ _LAZY: dict[str, str] = {
     "EWC": "quantcl.plugins",
     "AGEM": "quantcl.plugins",
     "JointTraining": "quantcl.plugins",
+    "OLoRA": "quantcl.plugins",
     "PTQProbeResult": "quantcl.plugins",
     "ContinualResult": "quantcl.results",
     "compute_metrics": "quantcl.metrics",
@@ -105,7 +106,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from quantcl.components import Component
     from quantcl.metrics import compute_metrics
-    from quantcl.plugins import (AGEM, EWC, GradientSimilarity, JointTraining, PrecisionSchedule, PTQProbe,
+    from quantcl.plugins import (AGEM, EWC, GradientSimilarity, JointTraining, OLoRA, PrecisionSchedule, PTQProbe,
                                  PTQProbeResult, ReplayPlugin, StageCallback, StagePlugin, TrainerSpec)
     from quantcl.precision import PrecisionPolicy
     from quantcl.replay import ReplayBuffer, ReplayScorer, ReplayStrategy, register_strategy, strategy_names

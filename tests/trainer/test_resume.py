@@ -85,7 +85,9 @@ SCRIPT = textwrap.dedent(
         args=qcl.StageArgs(learning_rate=5e-3, max_steps=6, save_steps=2, per_device_train_batch_size=4,
                            lr_scheduler_type="constant", max_length=64, logging_steps=1),
         output_dir=out, seed=3, progress=False, callbacks=[Killer()],
-        plugins=[qcl.plugins.LwF(alpha=1.0), qcl.plugins.WeightAveraging("lawa", every=2, window=2)])
+        plugins=[qcl.plugins.LwF(alpha=1.0), qcl.plugins.WeightAveraging("lawa", every=2, window=2)]
+        if not os.environ.get("METHODS") else  # the continual-learning baselines of issue 29
+        [qcl.EWC(ewc_lambda=10.0, fisher_rows=4), qcl.AGEM(), qcl.OLoRA(orthogonal_lambda=0.5)])
     trainer.fit(resume=True)
     """
 )
@@ -114,9 +116,9 @@ TIMING = ("prepare_seconds", "train_seconds", "eval_seconds", "save_seconds", "r
           "peak_memory_bytes")
 
 
-def _run(script: Path, out: Path, model: Path, kill_at: str = "", hash_seed: str = "0") -> int:
+def _run(script: Path, out: Path, model: Path, kill_at: str = "", hash_seed: str = "0", methods: bool = False) -> int:
     # each process its own string-hash seed, as separate processes have: set order must not leak into files
-    env = {**os.environ, "PYTHONHASHSEED": hash_seed, "KILL_AT": kill_at}
+    env = {**os.environ, "PYTHONHASHSEED": hash_seed, "KILL_AT": kill_at, "METHODS": "1" if methods else ""}
     proc = subprocess.run([sys.executable, str(script), str(out), str(model)], env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
     if kill_at:
@@ -129,7 +131,8 @@ def _run(script: Path, out: Path, model: Path, kill_at: str = "", hash_seed: str
 def _outcome(out: Path) -> dict:
     result = json.loads((out / "result.json").read_text())
     state = json.loads((out / "state.json").read_text())
-    strip = lambda records: [{k: v for k, v in r.items() if k not in TIMING} for r in records]  # noqa: E731
+    strip = lambda records: [{k: v for k, v in r.items() if k not in TIMING and not k.endswith("_seconds")}  # noqa: E731
+                             for r in records]
     final = out / "stages" / "stage-003"
     files = {p.relative_to(out).as_posix(): p.read_bytes()  # adapter weights and config, replay, evals, run.json
              for p in sorted([*final.rglob("*"), *(out / "evals").glob("*.json"), out / "run.json"]) if p.is_file()}
@@ -148,14 +151,43 @@ def reference(tmp_path_factory, tiny_model_dir):
     return script, _outcome(out)
 
 
+@pytest.fixture(scope="module")
+def methods_reference(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("resume-methods")
+    script = root / "fit.py"
+    script.write_text(SCRIPT)
+    out = root / "uninterrupted"
+    _run(script, out, tiny_model_dir, methods=True)
+    return script, _outcome(out)
+
+
+# EWC (Fisher and anchors), A-GEM and O-LoRA (one adapter per stage, in sub-folders) at the points
+# where their state is in flight: mid-stage checkpoints, the stage save, the state write
+METHOD_POINTS = ["inside-training-stage-2", "at-checkpoint-stage-2", "before-commit-stage-1",
+                 "between-state-and-cleanup-stage-2", "just-after-checkpoint-stage-3"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", METHOD_POINTS)
+def test_sigkill_with_ewc_agem_olora_then_resume_gives_the_uninterrupted_files(methods_reference, tiny_model_dir,
+                                                                               tmp_path, point):
+    script, expected = methods_reference
+    assert any("/olora_003/" in name for name in expected["files"])  # O-LoRA's adapters are among the files
+    _check_kill_and_resume(script, expected, tiny_model_dir, tmp_path, point, methods=True)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("point", list(KILL_POINTS))
 def test_sigkill_then_resume_gives_the_uninterrupted_files(reference, tiny_model_dir, tmp_path, point):
     script, expected = reference
+    _check_kill_and_resume(script, expected, tiny_model_dir, tmp_path, point)
+
+
+def _check_kill_and_resume(script, expected, tiny_model_dir, tmp_path, point, methods=False):
     out = tmp_path / "killed"
-    _run(script, out, tiny_model_dir, kill_at=KILL_POINTS[point], hash_seed="1")
+    _run(script, out, tiny_model_dir, kill_at=KILL_POINTS[point], hash_seed="1", methods=methods)
     assert not (out / "result.json").exists() or point == "before-result"
-    _run(script, out, tiny_model_dir, hash_seed="2")
+    _run(script, out, tiny_model_dir, hash_seed="2", methods=methods)
     got = _outcome(out)
     assert got["matrix"] == expected["matrix"]
     assert got["records"] == expected["records"]  # steps, train_loss, n_train_rows, n_replay_rows...

@@ -26,6 +26,7 @@ Examples:
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,11 +73,13 @@ def empirical_fisher(model: Any, rows: list[dict[str, Any]], collate: Any) -> di
 
 def ewc_penalty(params: dict[str, torch.Tensor], terms: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]],
                 ewc_lambda: float) -> torch.Tensor:
-    """``ewc_lambda / 2 * sum over (F, theta*) in terms of sum_i F_i (theta_i - theta*_i)^2``."""
+    """``ewc_lambda / 2 * sum over (F, theta*) in terms of sum_i F_i (theta_i - theta*_i)^2``, over the
+    parameters in ``params`` (the trainable ones)."""
     total: Any = 0.0
     for fisher, anchor in terms:
         for n, f in fisher.items():
-            total = total + (f * (params[n].float() - anchor[n]) ** 2).sum()
+            if n in params:
+                total = total + (f * (params[n].float() - anchor[n]) ** 2).sum()
     return ewc_lambda / 2 * total
 
 
@@ -110,12 +113,13 @@ class EWC(StagePlugin):
     def loss(self, trainer: ContinualTrainer, model: Any, inputs: dict[str, Any], outputs: Any, loss: Any) -> Any:
         if not self.terms or self.ewc_lambda == 0:
             return loss
-        params = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
+        every = dict(trainer.model.named_parameters())
         if not self._placed:  # restored or computed before the Trainer placed the model
-            self.terms = [({n: t.to(params[n].device) for n, t in f.items()},
-                           {n: t.to(params[n].device) for n, t in a.items()}) for f, a in self.terms]
+            self.terms = [({n: t.to(every[n].device) for n, t in f.items()},
+                           {n: t.to(every[n].device) for n, t in a.items()}) for f, a in self.terms]
             self._placed = True
-        return loss + ewc_penalty(params, self.terms, self.ewc_lambda)
+        # a parameter frozen since (O-LoRA freezes each finished task's adapter) cannot move: no term
+        return loss + ewc_penalty({n: p for n, p in every.items() if p.requires_grad}, self.terms, self.ewc_lambda)
 
     def on_stage_end(self, trainer: ContinualTrainer, stage: int, task: Task, scores: dict[str, float]) -> None:
         from quantcl.tasks import make_collator, tokenize_for_training
@@ -147,7 +151,9 @@ class EWC(StagePlugin):
                    for k, (fisher, anchor) in enumerate(self.terms)
                    for kind, part in (("fisher", fisher), ("anchor", anchor)) for n, t in part.items()}
         tmp = Path(directory) / (STATE_FILE + ".tmp")
-        save_file(tensors, str(tmp), metadata={"terms": str(len(self.terms)), "mode": self.mode})
+        # one metadata key: safetensors writes a metadata map in a per-process random order
+        save_file(tensors, str(tmp), metadata={"quantcl.ewc": json.dumps({"mode": self.mode, "terms": len(self.terms)},
+                                                                         sort_keys=True)})
         atomic_write_bytes(Path(directory) / STATE_FILE, tmp.read_bytes())
         tmp.unlink()
 
@@ -158,7 +164,8 @@ class EWC(StagePlugin):
         if not path.is_file():
             raise StateError(f"{path} is missing: the EWC state of the finished stage cannot be restored")
         with safe_open(str(path), framework="pt") as f:
-            n_terms = int((f.metadata() or {}).get("terms", "0"))
+            meta = f.metadata() or {}
+            n_terms = int(json.loads(meta["quantcl.ewc"])["terms"] if "quantcl.ewc" in meta else meta.get("terms", "0"))
             terms: list[tuple[dict[str, Any], dict[str, Any]]] = [({}, {}) for _ in range(n_terms)]
             for key in f.keys():
                 k, kind, name = key.split(".", 2)

@@ -16,7 +16,8 @@ from quantcl.precision.bnb import disable_cpu_inference_repack
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["prepare_base_for_lora", "check_target_modules", "lora_candidate_names", "save_adapter"]
+__all__ = ["prepare_base_for_lora", "check_target_modules", "lora_candidate_names", "save_adapter",
+           "load_extra_adapters", "activate_adapters"]
 
 
 def _lora_layer_types() -> tuple[type, ...]:
@@ -108,3 +109,27 @@ def quiet_peft_alias_warning() -> Iterator[None]:
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
                                 category=FutureWarning)
         yield
+
+
+def activate_adapters(model: Any, names: list[str], trainable: str | None) -> None:
+    """Make ``names`` the active LoRA adapters, summed in this order in every layer's forward, and
+    only ``trainable`` (or none) trainable. peft's ``set_adapter`` marks every active adapter
+    trainable, so the others are frozen again here."""
+    model.base_model.set_adapter(names)
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            param.requires_grad_(trainable is not None and f".{trainable}." in name)
+
+
+def load_extra_adapters(model: Any, directory: str | Path) -> list[str]:
+    """Load the adapters peft saved in sub-folders of ``directory`` (every adapter but ``default``,
+    e.g. O-LoRA's per-task ones) onto ``model`` (a PeftModel holding ``default``), frozen, and make
+    them all active, newest first (the order the run that saved them used); returns the names."""
+    subfolders = sorted(p.parent.name for p in Path(directory).glob("*/adapter_config.json"))
+    if not subfolders:
+        return []
+    for name in subfolders:
+        model.load_adapter(str(Path(directory) / name), adapter_name=name, is_trainable=False)
+    names = [subfolders[-1], "default", *subfolders[:-1]]
+    activate_adapters(model, names, None)
+    return names

@@ -35,7 +35,8 @@ from quantcl.precision import bnb as _bnb
 from quantcl.precision._device import (FP16OnCPUWarning, SlowOnCPUWarning, bytes_by_module_class, check_policy_device,
                                        ensure_pad_token)
 from quantcl.precision.per_module import assign_for, convert_modules
-from quantcl.precision.lora import check_target_modules, prepare_base_for_lora, quiet_peft_alias_warning
+from quantcl.precision.lora import (check_target_modules, load_extra_adapters, prepare_base_for_lora,
+                                   quiet_peft_alias_warning)
 from quantcl.precision.gguf import gguf_to_checkpoint, is_gguf_source
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -350,7 +351,9 @@ class PrecisionPolicy:
         self._check_base(model)
         prepare_base_for_lora(model)
         with quiet_peft_alias_warning():
-            return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)
+            peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)
+        load_extra_adapters(peft_model, adapter_dir)  # per-task adapters (O-LoRA) in sub-folders
+        return peft_model
 
     def _check_base(self, model: Any) -> None:
         from peft import PeftModel
