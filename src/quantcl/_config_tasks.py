@@ -121,7 +121,8 @@ def _files(key: str, value: Any, base: Path) -> str | list[str]:
 def probes_node(value: Any, base: Path, allow_code: bool | None, task_names: list[str]) -> list[Probe]:
     """``probes:``: a list of ``{name, evaluator, eval?, prompt?, target?, chat?, system?}`` (an
     lm-eval evaluator brings its own data and takes no ``eval``) or ``_component_`` nodes building a
-    Probe. A ``train`` key is refused: a probe is never trained on."""
+    Probe. ``eval`` files and an evaluator's ``include_path`` resolve against the config's folder. A
+    ``train`` key is refused: a probe is never trained on."""
     from quantcl.tasks import Probe
     from quantcl.tasks.probe import check_probes
 
@@ -140,7 +141,10 @@ def probes_node(value: Any, base: Path, allow_code: bool | None, task_names: lis
             raise ConfigError(f"config key '{key}.train': a probe is never trained on; remove 'train' (a probe "
                               "is scored at every row from 'eval', or from its lm-eval tasks)")
         check_signature(key, Probe.__init__, {k: v for k, v in spec.items() if k != "evaluator"})
-        evaluator = evaluator_node(f"{key}.evaluator", spec.pop("evaluator", None), allow_code)
+        node = spec.pop("evaluator", None)
+        if isinstance(node, dict) and isinstance(node.get("include_path"), str):  # lm-eval task folders, like data
+            node = {**node, "include_path": str(base / node["include_path"])}
+        evaluator = evaluator_node(f"{key}.evaluator", node, allow_code)
         if "eval" in spec:
             spec["eval"] = _files(f"{key}.eval", spec["eval"], base)
         probes.append(_at(key, functools.partial(Probe, evaluator=evaluator, **spec)))

@@ -6,13 +6,14 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 __all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_replace_dir", "fsync_dir", "fsync_tree", "read_json",
-           "cache_dir", "to_jsonable", "sha256_file", "tree_digests", "digest_mismatch", "seal", "seal_ok", "SEAL_KEY"]
+           "cache_dir", "file_safe_name", "to_jsonable", "sha256_file", "tree_digests", "digest_mismatch", "seal", "seal_ok", "SEAL_KEY"]
 
 SEAL_KEY = "sha256"
 
@@ -175,3 +176,14 @@ def cache_dir() -> Path:
         return Path(os.environ["QUANTCL_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "quantcl"
+
+
+def file_safe_name(name: str) -> str:
+    """``name`` as a file-name part: every run of other characters than letters, digits, ``_.-``
+    becomes ``_`` (``"arc/easy"`` -> ``"arc_easy"``).
+
+    Examples:
+        >>> file_safe_name("arc easy/v2")
+        'arc_easy_v2'
+    """
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from quantcl._lock import hold_directory
-from quantcl._io import (atomic_replace_dir, atomic_write_json, digest_mismatch, read_json, seal, seal_ok,
+from quantcl._io import (file_safe_name, atomic_replace_dir, atomic_write_json, digest_mismatch, read_json, seal, seal_ok,
                          sha256_file, tree_digests)
 from quantcl._moved import current_paths
 from quantcl._runtime import checkpoint_is_complete
@@ -122,7 +122,7 @@ class RunDirectory:
         return self.root / "checkpoints" / f"stage-{stage:03d}"
 
     def eval_path(self, row: int, task: str) -> Path:
-        return self.root / "evals" / f"row-{row:03d}-{_safe(task)}.json"
+        return self.root / "evals" / f"row-{row:03d}-{file_safe_name(task)}.json"
 
     # ------------------------------------------------------------------ state
     def new_state(self) -> dict[str, Any]:
@@ -366,6 +366,3 @@ def _state_problem(state: dict[str, Any], n_tasks: int) -> str | None:
         return f"stage_records must be one record per finished stage (1..{completed})"
     return None
 
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)

@@ -143,3 +143,50 @@ def test_registered_for_yaml_and_saved_with_the_run():
     assert qcl.evaluators.get_evaluator("lm_eval", tasks=["arc_easy"]).tasks == ["arc_easy"]
     node = LMEvalHarness(tasks=["arc_easy"], limit=10).to_dict()
     assert LMEvalHarness.from_dict(node).to_dict() == node
+
+
+def test_a_missing_pad_token_and_local_rank_are_restored(nopad_model_dir, include, monkeypatch):
+    model = AutoModelForCausalLM.from_pretrained(nopad_model_dir, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(nopad_model_dir)
+    assert tok.pad_token is None
+    monkeypatch.setenv("LOCAL_RANK", "1")  # as in the second process of a torchrun job
+    result = LMEvalHarness(tasks=["qcl_test_mc"], include_path=include, limit=3).evaluate(model, tok)
+    assert result.n == 3  # lm-eval returned its results although LOCAL_RANK is not 0
+    assert tok.pad_token is None and __import__("os").environ["LOCAL_RANK"] == "1"
+
+
+def test_sampled_answers_do_not_depend_on_the_runs_random_state(tmp_path, model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    folder = write_lm_eval_task(tmp_path, "qcl_sampled", [{"context": f"Say {w}:", "answer": f" {w}"} for w in WORDS],
+                                output_type="generate_until", doc_to_choice=None, doc_to_target="answer",
+                                metric="exact_match",
+                                generation_kwargs={"until": ["\n"], "max_gen_toks": 8, "do_sample": True,
+                                                   "temperature": 1.0})
+    harness = LMEvalHarness(tasks=["qcl_sampled"], include_path=str(folder))
+    runs = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        runs.append([r["prediction"] for r in harness.evaluate(model, tok).records])
+    assert runs[0] == runs[1] and len(set(runs[0])) > 1
+
+
+def test_acc_norm_records_pick_by_length_normalised_log_likelihood(tmp_path, model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    folder = write_lm_eval_task(tmp_path, "qcl_norm", _mc_rows(), target_delimiter="", metric=["acc", "acc_norm"])
+    result = LMEvalHarness(tasks=["qcl_norm"], include_path=str(folder), metric="acc_norm").evaluate(model, tok)
+    assert result.metrics["qcl_norm/acc_norm"] == result.score and "qcl_norm/acc" in result.metrics
+    rows = _mc_rows()
+    for record in result.records:
+        choices = rows[int(record["id"].split("/")[1])]["choices"]
+        normed = [ll / len(c) for ll, c in zip(record["loglikelihoods"], choices)]
+        assert record["prediction"] == int(np.argmax(normed))
+        assert record["correct"] == (record["prediction"] == int(record["target"]))
+
+
+def test_tags_are_refused_before_any_work(tmp_path):
+    folder = write_lm_eval_task(tmp_path, "qcl_tagged", [{"context": "x", "choices": [" a", " b"], "label": 0}])
+    yaml_path = folder / "qcl_tagged.yaml"
+    yaml_path.write_text(yaml_path.read_text() + "tag: [qcl_a_tag]\n")
+    with pytest.raises(ConfigError, match=r"\['qcl_a_tag'\] name lm-eval tags"):
+        LMEvalHarness(tasks=["qcl_a_tag"], include_path=str(folder)).check_ready()

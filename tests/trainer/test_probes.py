@@ -121,6 +121,9 @@ def test_probes_at_every_precision(small_model_dir, tmp_path, include, precision
     tasks = qcl.recipes.synthetic(seed=0, n_train=4, n_eval=2, tasks=("nlu",))
     result = ContinualTrainer(small_model_dir, precision, tasks, lora=LORA, args=args, output_dir=tmp_path / "o",
                               progress=False, probes=_probes(include)).fit()
+    plain = ContinualTrainer(small_model_dir, precision, tasks, lora=LORA, args=args, output_dir=tmp_path / "p",
+                             progress=False).fit()
+    np.testing.assert_array_equal(result.accuracy_matrix, plain.accuracy_matrix)  # probing changed nothing
     assert not np.isnan(result.probe_matrix).any()
     np.testing.assert_allclose(result.probe_matrix[:, 0], result.probe_matrix[:, 1], atol=1e-9)
 
@@ -133,6 +136,11 @@ def test_bad_probes_fail_before_training(tiny_model_dir, tmp_path, include):
         build([task])
     with pytest.raises(ConfigError, match="already a task or probe"):
         build([Probe.from_task(task)])  # named like the run's own task
+    for clash in ("NLU", "math"):  # the same evaluation file on a case-blind file system, or at all
+        with pytest.raises(ConfigError, match="already a task or probe"):
+            build([Probe.from_task(task, clash)])
+    with pytest.raises(ConfigError, match="already a task or probe"):
+        build([Probe.from_task(task, "a b"), Probe.from_task(task, "a/b")])  # both write row-NNN-a_b.json
     with pytest.raises(ConfigError, match="already a task or probe"):
         build([Probe.from_task(task, "a"), Probe.from_task(task, "a")])
     with pytest.raises(ConfigError, match="list of quantcl.Probe"):
@@ -165,6 +173,12 @@ def test_yaml_probes(tiny_model_dir, tmp_path, include):
     path.write_text(yaml.safe_dump(cfg))
     trainer = build_trainer(load_config(path))
     assert [p.name for p in trainer.probes] == ["general", "heldout"] and len(trainer.probes[1].eval) == 6
+    import os
+
+    relative = {**cfg["probes"][0], "evaluator": {**cfg["probes"][0]["evaluator"],
+                                                 "include_path": os.path.relpath(include, tmp_path)}}
+    path.write_text(yaml.safe_dump({**cfg, "probes": [relative]}))  # resolved against the config's folder
+    assert build_trainer(load_config(path)).probes[0].evaluator.include_path == str(tmp_path / relative["evaluator"]["include_path"])
     for bad, match in (({"name": "p", "train": "x.jsonl", "eval": "heldout.jsonl", "evaluator": {"type": "MultipleChoice"}},
                         r"config key 'probes\[0\].train': a probe is never trained on"),
                        ({"name": "p", "evaluator": {"type": "lm_eval", "tasks": ["nope_task"], "include_path": include}},

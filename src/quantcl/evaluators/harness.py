@@ -1,11 +1,12 @@
 """lm-evaluation-harness tasks scored on the run's in-memory model: :class:`LMEvalHarness`.
 
 The model the run already holds (LoRA on a bf16, int8, nf4 or ternary base) goes to lm-eval's
-``HFLM`` as an object: no copy, no reload, no second process. lm-eval's ``simple_evaluate`` reseeds
-Python's, NumPy's and torch's global generators unless its seed arguments are ``None`` and still
-draws from ``random`` while it builds requests; this evaluator passes ``None`` and restores all
-three generators afterwards, with the model's train/eval mode and the tokenizer's padding, so a
-run with lm-eval probes trains exactly like one without. The batch size goes to ``HFLM`` itself,
+``HFLM`` as an object: no copy, no reload, no second process. lm-eval's ``simple_evaluate`` seeds
+Python's, NumPy's and torch's *global* generators (unless its seed arguments are ``None``, and
+then it still draws from ``random``); this evaluator gives it fixed seeds, so a task that samples
+answers the same whatever state the run left, and restores all three generators afterwards, with
+the model's train/eval mode and the tokenizer's padding, so a run with lm-eval probes trains
+exactly like one without. The batch size goes to ``HFLM`` itself,
 not to ``simple_evaluate`` (which would be slow on an in-memory model: lm-evaluation-harness#3207).
 
 The evaluator reads no rows of a task: lm-eval's task definitions bring their own data. Use it as a
@@ -191,6 +192,10 @@ class LMEvalHarness(Evaluator):
             raise ConfigError(f"LMEvalHarness(include_path=...): {self.include_path!r} is not a folder "
                               "(a folder of lm-eval task YAML files)")
         manager = _manager_for(self.tasks, self.include_path)
+        tags = [t for t in self.tasks if t in manager.all_tags]
+        if tags:  # a tag has no metric of its own: its score could not be read after the evaluation
+            raise ConfigError(f"LMEvalHarness: {tags} name lm-eval tags, which report no score of their own; name "
+                              "their tasks, or a group that aggregates them")
         unknown = [t for t in self.tasks if t not in manager.all_tasks]
         if unknown:
             where = [f"lm-eval {getattr(lm_eval, '__version__', '')}'s own tasks "
@@ -220,7 +225,8 @@ class LMEvalHarness(Evaluator):
             out = lm_eval.simple_evaluate(
                 model=lm, tasks=list(self.tasks), num_fewshot=self.num_fewshot, limit=self.limit,
                 task_manager=manager, log_samples=True, bootstrap_iters=0,
-                random_seed=None, numpy_random_seed=None, torch_random_seed=None,
+                # fixed: a sampling task answers alike whatever state the run left; restored after
+                random_seed=0, numpy_random_seed=1234, torch_random_seed=1234,
                 fewshot_random_seed=self.fewshot_seed, apply_chat_template=self.apply_chat_template,
             )
         return self._result(out)
@@ -265,9 +271,13 @@ class LMEvalHarness(Evaluator):
         prompt = first[0] if isinstance(first, (list, tuple)) and first else str(first)
         responses = sample.get("filtered_resps")
         if isinstance(responses, list) and responses and all(isinstance(r, (list, tuple)) for r in responses):
-            # multiple choice: one (log-likelihood, is-greedy) pair per option
+            # multiple choice: one (log-likelihood, is-greedy) pair per option; acc_norm divides by
+            # the option's length in characters, as lm-eval's does
             lls = [float(r[0]) for r in responses]
-            prediction: Any = max(range(len(lls)), key=lls.__getitem__)
+            scores = lls
+            if metric == "acc_norm" and len(args) == len(lls):
+                scores = [ll / max(len(str(a[1])), 1) for ll, a in zip(lls, args)]
+            prediction: Any = max(range(len(scores)), key=scores.__getitem__)
             extra: dict[str, Any] = {"loglikelihoods": lls}
         else:
             prediction = responses[0] if isinstance(responses, list) and len(responses) == 1 else responses

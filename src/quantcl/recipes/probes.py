@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ def write_lm_eval_task(
     doc_to_choice: str | None = "choices",
     doc_to_target: str = "label",
     target_delimiter: str = " ",
-    metric: str = "acc",
+    metric: str | Sequence[str] = "acc",
     generation_kwargs: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``rows`` as ``<task>.jsonl`` and an lm-eval task ``<task>.yaml`` reading it, into ``folder``.
@@ -54,7 +54,7 @@ def write_lm_eval_task(
     ``doc_to_text`` / ``doc_to_choice`` / ``doc_to_target`` are lm-eval's fields: a column name or
     a Jinja template. ``output_type`` is ``"multiple_choice"`` (scored by log-likelihood) or
     ``"generate_until"`` (then ``doc_to_choice=None``, and ``metric`` is usually
-    ``"exact_match"``). Files are written atomically; the folder is returned (``include_path``).
+    ``"exact_match"``); ``metric`` may list several (``["acc", "acc_norm"]``). Files are written atomically; the folder is returned (``include_path``).
 
     Examples:
         >>> import tempfile
@@ -80,7 +80,8 @@ def write_lm_eval_task(
         "dataset_kwargs": {"data_files": {"test": str((folder / f"{task}.jsonl").resolve())}},
         "test_split": "test", "output_type": output_type, "doc_to_text": doc_to_text,
         "doc_to_target": doc_to_target, "target_delimiter": target_delimiter,
-        "metric_list": [{"metric": metric, "aggregation": "mean", "higher_is_better": True}],
+        "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True}
+                        for m in ([metric] if isinstance(metric, str) else metric)],
     }
     if doc_to_choice is not None:
         config["doc_to_choice"] = doc_to_choice

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from datasets import Dataset
 
+from quantcl._io import file_safe_name
 from quantcl.errors import ConfigError
 from quantcl.tasks._format import Template
 from quantcl.tasks.load import load_file, to_dataset
@@ -154,17 +155,22 @@ def check_probes(probes: Any, task_names: Sequence[str]) -> list[Probe]:
     has training data), names distinct from each other and from the run's tasks, each validated."""
     if isinstance(probes, (str, bytes, Probe, Task)) or not isinstance(probes, Sequence):
         raise ConfigError(f"probes must be a list of quantcl.Probe (possibly empty), got {probes!r:.200}")
-    seen = set(task_names)
+    def key(name: str) -> str:  # evaluation records are files named after it (case-blind file systems too)
+        return file_safe_name(name).lower()
+
+    seen = {key(t) for t in task_names}
     for i, probe in enumerate(probes):
         if isinstance(probe, Task):
             raise ConfigError(f"probes[{i}] is a Task ({probe.name!r}) with {len(probe.train)} training rows; a probe "
                               "is never trained on: use quantcl.Probe.from_task(task) to score its eval split only")
         if not isinstance(probe, Probe):
             raise ConfigError(f"probes[{i}] is a {type(probe).__name__}, expected a quantcl.Probe")
-        if probe.name in seen:
-            raise ConfigError(f"probes[{i}]: the name {probe.name!r} is already a task or probe of this run; "
-                              "probe names must differ from every task name and from each other")
-        seen.add(probe.name)
+        if key(probe.name) in seen:
+            raise ConfigError(f"probes[{i}]: the name {probe.name!r} is already a task or probe of this run (names "
+                              "are compared as their evaluation files are named: case and characters other than "
+                              "letters, digits and _.- aside); probe names must differ from every task name and "
+                              "from each other")
+        seen.add(key(probe.name))
     for probe in probes:
         probe.validate()
     return list(probes)
