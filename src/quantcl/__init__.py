@@ -63,6 +63,7 @@ _LAZY: dict[str, str] = {
     "AGEM": "quantcl.plugins",
     "JointTraining": "quantcl.plugins",
     "OLoRA": "quantcl.plugins",
+    "AdapterMerging": "quantcl.plugins",
     "PTQProbeResult": "quantcl.plugins",
     "ContinualResult": "quantcl.results",
     "compute_metrics": "quantcl.metrics",
@@ -106,7 +107,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from quantcl.components import Component
     from quantcl.metrics import compute_metrics
-    from quantcl.plugins import (AGEM, EWC, GradientSimilarity, JointTraining, OLoRA, PrecisionSchedule, PTQProbe,
+    from quantcl.plugins import (AGEM, EWC, AdapterMerging, GradientSimilarity, JointTraining, OLoRA, PrecisionSchedule, PTQProbe,
                                  PTQProbeResult, ReplayPlugin, StageCallback, StagePlugin, TrainerSpec)
     from quantcl.precision import PrecisionPolicy
     from quantcl.replay import ReplayBuffer, ReplayScorer, ReplayStrategy, register_strategy, strategy_names

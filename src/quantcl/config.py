@@ -21,7 +21,7 @@ A config mirrors the ``ContinualTrainer`` arguments::
     replay: {fraction: 0.01, strategy: reservoir, seed: 0}   # or null
     # replay: {fraction: 0.01, strategy: {_component_: my_pkg.KeepHardest, margin: 0.1}}
     plugins:                       # a built-in plug-in by name, or any StagePlugin by dotted path
-      - {type: LwF, alpha: 1.0}    # quantcl.plugins: LwF, PTQProbe, WeightAveraging
+      - {type: LwF, alpha: 1.0}    # quantcl.plugins.NAMED_PLUGINS: LwF, EWC, AGEM, OLoRA, ...
       - {_component_: my_pkg.plugins.MyPlugin, strength: 0.5}
     probes:                        # scored at every row, never trained on (result.probe_matrix)
       - {name: arc, evaluator: {type: lm_eval, tasks: [arc_easy], limit: 200}}

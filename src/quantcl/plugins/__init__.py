@@ -14,6 +14,7 @@ from quantcl.plugins.ewc import EWC
 from quantcl.plugins.gradients import GradientSimilarity
 from quantcl.plugins.joint import JointTraining
 from quantcl.plugins.lwf import LwF
+from quantcl.plugins.merging import AdapterMerging
 from quantcl.plugins.olora import OLoRA
 from quantcl.plugins.precision_schedule import PrecisionSchedule
 from quantcl.plugins.ptq_probe import PTQProbe, PTQProbeResult
@@ -21,11 +22,11 @@ from quantcl.plugins.replay import ReplayPlugin
 from quantcl.plugins.weight_averaging import WeightAveraging
 
 __all__ = ["StagePlugin", "StageCallback", "TrainerSpec", "ReplayPlugin", "PrecisionSchedule", "PTQProbe",
-           "PTQProbeResult", "LwF", "WeightAveraging", "GradientSimilarity", "EWC", "AGEM", "JointTraining", "OLoRA", "AfterLossLog", "save_checkpoint_state", "load_checkpoint_state",
+           "PTQProbeResult", "LwF", "WeightAveraging", "GradientSimilarity", "EWC", "AGEM", "JointTraining", "OLoRA", "AdapterMerging", "AfterLossLog", "save_checkpoint_state", "load_checkpoint_state",
            "NAMED_PLUGINS", "plugin_path"]
 
 #: the built-in plug-ins a YAML config names with ``type:`` (replay and a precision schedule have keys of their own)
-NAMED_PLUGINS = ("LwF", "EWC", "AGEM", "OLoRA", "JointTraining", "PTQProbe", "WeightAveraging", "GradientSimilarity")
+NAMED_PLUGINS = ("LwF", "EWC", "AGEM", "OLoRA", "AdapterMerging", "JointTraining", "PTQProbe", "WeightAveraging", "GradientSimilarity")
 
 
 def plugin_path(name: str) -> str:

@@ -124,12 +124,17 @@ def activate_adapters(model: Any, names: list[str], trainable: str | None) -> No
 def load_extra_adapters(model: Any, directory: str | Path) -> list[str]:
     """Load the adapters peft saved in sub-folders of ``directory`` (every adapter but ``default``,
     e.g. O-LoRA's per-task ones) onto ``model`` (a PeftModel holding ``default``), frozen, and make
-    them all active, newest first (the order the run that saved them used); returns the names."""
+    them all active, newest first (the order the run that saved them used), or, when one is named
+    ``merged`` (adapter merging), that one alone; returns the active names."""
     subfolders = sorted(p.parent.name for p in Path(directory).glob("*/adapter_config.json"))
     if not subfolders:
         return []
     for name in subfolders:
         model.load_adapter(str(Path(directory) / name), adapter_name=name, is_trainable=False)
-    names = [subfolders[-1], "default", *subfolders[:-1]]
+    if "merged" in subfolders:  # quantcl.plugins.AdapterMerging: the run evaluated the merge alone
+        names = ["merged"]
+    else:
+        tasks = [n for n in subfolders if n != "merged"]
+        names = [tasks[-1], "default", *tasks[:-1]]
     activate_adapters(model, names, None)
     return names
