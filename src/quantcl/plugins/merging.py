@@ -26,12 +26,12 @@ Examples:
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from quantcl._checks import require_choice, require_number
 from quantcl.errors import ConfigError
+from quantcl.plugins._adapters import add_task_adapter, require_adapters_apart
 from quantcl.plugins.base import StagePlugin
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -96,10 +96,7 @@ class AdapterMerging(StagePlugin):
     def check(self, trainer: ContinualTrainer) -> None:
         from quantcl.plugins.olora import OLoRA
 
-        if trainer.training != "lora" or trainer.adapter_mode != "continue":
-            raise ConfigError(f"AdapterMerging keeps one LoRA adapter per task: it needs training='lora' and "
-                              f"adapter_mode='continue', got training={trainer.training!r}, "
-                              f"adapter_mode={trainer.adapter_mode!r}")
+        require_adapters_apart(trainer, "AdapterMerging", "")
         if any(isinstance(p, OLoRA) for p in trainer.plugins):
             raise ConfigError("AdapterMerging and OLoRA both manage the per-task adapters: use one of them")
         if isinstance(self.weights, list) and len(self.weights) != len(trainer.tasks):
@@ -110,16 +107,10 @@ class AdapterMerging(StagePlugin):
         return list(self.weights[:n]) if isinstance(self.weights, list) else [self.weights] * n
 
     def on_stage_begin(self, trainer: ContinualTrainer, stage: int, task: Task) -> None:
-        import torch
-
         from quantcl.precision.lora import activate_adapters
 
-        model, name = trainer.model, task_adapter(stage)
-        if name not in model.peft_config:
-            with torch.random.fork_rng(devices=[]):  # the same init on resume, the run's RNG untouched
-                torch.manual_seed(trainer.seed + stage)
-                model.add_adapter(name, copy.deepcopy(trainer.lora))
-        activate_adapters(model, [name], name)
+        model = add_task_adapter(trainer, task_adapter(stage), stage)
+        activate_adapters(model, [task_adapter(stage)], task_adapter(stage))
 
     def trainer_callbacks(self, trainer: ContinualTrainer, stage: int, task: Task) -> list[Any]:
         from transformers import TrainerCallback

@@ -25,11 +25,10 @@ Examples:
 
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING, Any
 
 from quantcl._checks import require_number
-from quantcl.errors import ConfigError
+from quantcl.plugins._adapters import add_task_adapter, require_adapters_apart
 from quantcl.plugins.base import StagePlugin
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -78,27 +77,18 @@ class OLoRA(StagePlugin):
         return "olora"
 
     def check(self, trainer: ContinualTrainer) -> None:
-        if trainer.training != "lora" or trainer.adapter_mode != "continue":
-            raise ConfigError(f"OLoRA keeps one LoRA adapter per task apart from the base: it needs training='lora' "
-                              f"and adapter_mode='continue', got training={trainer.training!r}, "
-                              f"adapter_mode={trainer.adapter_mode!r} (merging would fold the adapters into the base)")
+        require_adapters_apart(trainer, "OLoRA", " apart from the base (merging would fold them into it)")
 
     def order(self, stage: int) -> list[str]:
         """The active adapters at ``stage``, newest first (the summation order in every layer)."""
         return [adapter_name(stage)] + [adapter_name(s) for s in range(1, stage)]
 
     def on_stage_begin(self, trainer: ContinualTrainer, stage: int, task: Task) -> None:
-        import torch
-
         from quantcl.precision.lora import activate_adapters
 
         self._stage = stage
-        model, name = trainer.model, adapter_name(stage)
-        if name not in model.peft_config:
-            with torch.random.fork_rng(devices=[]):  # the same init on resume, the run's RNG untouched
-                torch.manual_seed(trainer.seed + stage)
-                model.add_adapter(name, copy.deepcopy(trainer.lora))
-        activate_adapters(model, self.order(stage), name)
+        model = add_task_adapter(trainer, adapter_name(stage), stage)
+        activate_adapters(model, self.order(stage), adapter_name(stage))
 
     def trainer_callbacks(self, trainer: ContinualTrainer, stage: int, task: Task) -> list[Any]:
         from transformers import TrainerCallback
