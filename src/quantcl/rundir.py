@@ -170,7 +170,8 @@ class RunDirectory:
     def finished_problem(self, result: dict[str, Any]) -> str | None:
         """Why this directory is not the finished run its ``result.json`` (read as ``result``)
         says it is, or ``None``: the state's seal and version, every file digest it keeps (a
-        missing final stage, an edited ``run.json``), all stages complete, the same matrix.
+        missing final stage, an edited ``run.json``), all stages complete, the same accuracy and
+        probe matrices.
 
         A copy of the results alone (``run.json`` and ``result.json``, no ``state.json`` and no
         stages, as shipped for reports) has nothing more to check and passes.
@@ -188,6 +189,8 @@ class RunDirectory:
             return f"{self.state_path.name} records {state['completed_stages']} of {n_tasks} stages as complete"
         if state["matrix"] != result.get("accuracy_matrix"):
             return f"result.json's accuracy matrix differs from {self.state_path.name}'s"
+        if state.get("probe_matrix") != result.get("probe_matrix"):
+            return f"result.json's probe matrix differs from {self.state_path.name}'s"
         return None
 
     def _read_state(self, n_tasks: int) -> dict[str, Any]:

@@ -220,3 +220,11 @@ def test_probe_saved_scores_the_saved_models_and_writes_nothing(tiny_model_dir, 
     with pytest.raises(qcl.StateError, match="holds no run"):
         ContinualTrainer(tiny_model_dir, "fp32", _tasks(), lora=LORA, args=ARGS, output_dir=tmp_path / "none",
                          progress=False).probe_saved(_probes(include))
+
+
+def test_a_result_whose_probe_matrix_was_edited_is_not_a_finished_run(tiny_model_dir, tmp_path, include):
+    trainer, _ = _run(tiny_model_dir, tmp_path / "o", _probes(include))
+    saved = json.loads((tmp_path / "o" / "result.json").read_text())
+    assert trainer.run_dir.finished_problem(saved) is None
+    saved["probe_matrix"][2][0] = 1.0 - saved["probe_matrix"][2][0]
+    assert "probe matrix differs" in trainer.run_dir.finished_problem(saved)
