@@ -11,9 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from quantcl._checks import require_list_of
+from quantcl._runtime import datasets_progress_bars_off
+from quantcl.errors import ConfigError, StateError
+from quantcl.models import resolve_model_alias
+from quantcl.results import ContinualResult
+from quantcl.tasks.probe import check_probes
+
 if TYPE_CHECKING:  # pragma: no cover
     from quantcl.evaluators import EvalResult
-    from quantcl.results import ContinualResult
     from quantcl.trainer import ContinualTrainer
 
 __all__ = ["evaluate_row", "probe_matrix", "row_log", "probe_saved_rows"]
@@ -67,13 +73,6 @@ def row_log(trainer: ContinualTrainer, row: int, matrix: np.ndarray, state: dict
 def probe_saved_rows(trainer: ContinualTrainer, probes: Any, rows: Any = None) -> ContinualResult:
     """Score ``probes`` on the models a run saved (see :meth:`ContinualTrainer.probe_saved`); the
     run directory is only read."""
-    from quantcl._checks import require_list_of
-    from quantcl._runtime import datasets_progress_bars_off
-    from quantcl.errors import ConfigError, StateError
-    from quantcl.models import resolve_model_alias
-    from quantcl.results import ContinualResult  # noqa: F811  (at run time)
-    from quantcl.tasks.probe import check_probes
-
     probes = check_probes(probes, trainer.tasks.names)
     if not probes:
         raise ConfigError("probe_saved needs at least one Probe")
