@@ -91,7 +91,9 @@ def test_fork_bomb_that_escapes_its_session_is_contained(iso):
 
 
 def test_memory_bomb_fails_within_the_memory_limit(iso):
-    result = run_sandboxed("chunks = []\nwhile True:\n    chunks.append(bytearray(10**7))", **FAST, **iso)
+    # the memory limit, not the clock, must stop it: a loaded machine may take more than FAST's 1.5 s
+    result = run_sandboxed("chunks = []\nwhile True:\n    chunks.append(bytearray(10**7))", timeout=20,
+                           memory_mb=FAST["memory_mb"], **iso)
     assert result.status == "failed"
     assert "MemoryError" in result.stderr
 
