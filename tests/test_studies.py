@@ -14,6 +14,16 @@ from quantcl.studies._transition_report import TransitionStudyResult
 def test_variants_and_spike():
     names = [v.name for v in transition_variants()]
     assert len(names) == 14 and names[:2] == ["float", "ternary"] and "switch@0.8/reset/linear" in names
+    grid = transition_variants((0.5,), ("keep", "reset"), ("step",), rewarms=(False, True), learning_rates=(1e-3, 3e-3))
+    assert [v.name for v in grid[:6]] == [
+        "float lr=0.001", "ternary lr=0.001", "switch@0.5/keep/step lr=0.001", "switch@0.5/keep+rewarm/step lr=0.001",
+        "switch@0.5/reset/step lr=0.001", "switch@0.5/reset+rewarm/step lr=0.001"]
+    assert len(grid) == 12 and {v.arm for v in grid[6:]} == {v.arm for v in grid[:6]}
+    assert all(v.learning_rate == 3e-3 for v in grid[6:])
+    for kwargs, match in (({"rewarms": ("yes",)}, "rewarms"), ({"learning_rates": (0.0,)}, "learning_rates"),
+                          ({"learning_rates": ()}, "at least one learning rate")):
+        with pytest.raises(ConfigError, match=match):
+            transition_variants(**kwargs)
     with pytest.raises(ConfigError, match="switch at 1.0 is after the end"):
         transition_variants((1.0,))
     with pytest.raises(ConfigError, match="phase_ins"):
@@ -34,8 +44,9 @@ def test_bad_study_settings_fail_before_anything_is_written(tmp_path, kwargs, ma
 
 
 STUDY = {"steps": 20, "hidden_size": 32, "num_layers": 1, "n_eval": 8, "n_cloze": 12, "eval_every": 5,
-         "phase_in_steps": 4, "chunk_chars": 64}
-ARMS = [TransitionVariant(None), TransitionVariant(0.0), TransitionVariant(0.5, "reset", "linear")]
+         "phase_in_steps": 4, "chunk_chars": 64, "rewarm_steps": 4}
+ARMS = [TransitionVariant(None), TransitionVariant(0.0), TransitionVariant(0.5, "reset", "linear"),
+        TransitionVariant(0.5, "keep", "step", rewarm=True, learning_rate=1e-2)]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +58,7 @@ def study(tmp_path_factory):
 def test_transition_study_runs_every_arm_and_seed(study):
     out, result = study
     assert [(r["variant"], r["seed"]) for r in result.records] == [
-        (a.name, s) for a in ARMS for s in (0, 1)]
+        (a.name, s) for s in (0, 1) for a in ARMS]  # seed by seed: a study cut off has whole seeds
     switch = next(r for r in result.records if r["variant"] == "switch@0.5/reset/linear")
     assert switch["switch_step"] == 10 and switch["strength"] == [0.0] * 10 + [0.25, 0.5, 0.75] + [1.0] * 7
     assert [s for s, _ in switch["curve"]] == [0, 5, 10, 11, 12, 13, 14, 15, 20]
@@ -60,6 +71,12 @@ def test_transition_study_runs_every_arm_and_seed(study):
         assert 0 < record["final_loss"] < dict(record["curve"])[0]  # it learned something
         assert record["final_perplexity"] == pytest.approx(2.718281828 ** record["final_loss"], rel=1e-6)
         assert 0 <= record["cloze_acc"] <= 1 and record["wall_seconds"] > 0
+    own = json.loads((out / "switch-at-0.5-keep-plus-rewarm-step-lr-0.01" / "seed-0" / "run" / "run.json").read_text())
+    assert own["args"]["learning_rate"] == 1e-2 and run_json["args"]["learning_rate"] == 3e-3  # the study's default
+    assert (own["precision"]["optimizer"], own["precision"]["rewarm_steps"]) == ("keep", 4)
+    assert (run_json["precision"]["optimizer"], run_json["precision"]["rewarm_steps"]) == ("reset", 0)
+    rewarmed = next(r for r in result.records if r["variant"] == "switch@0.5/keep+rewarm/step lr=0.01")
+    assert (rewarmed["arm"], rewarmed["learning_rate"], rewarmed["rewarm"]) == ("switch@0.5/keep+rewarm/step", 0.01, True)
     floats = [r for r in result.records if r["variant"] == "float"]
     assert floats[0]["final_loss"] != floats[1]["final_loss"]  # seeds differ
     assert all(r["spike"] is None and r["strength"] is None for r in floats)
@@ -78,6 +95,45 @@ def test_report_table_csv_and_plot(study, tmp_path):
     assert csv_text[0].startswith("variant,n,final_loss_mean,final_loss_std") and len(csv_text) == 1 + len(ARMS)
     png = result.plot(tmp_path / "curves.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_records_load_back_from_the_study_and_from_a_copy(study, tmp_path):
+    from quantcl.studies._runs import save_study_records
+
+    out, result = study
+    def key(r):
+        return (r["seed"], r["variant"])
+    loaded = TransitionStudyResult.load(out)
+    assert sorted(loaded.records, key=key) == sorted(result.records, key=key)
+    assert [r["variant"] for r in loaded.records[:4]] == [  # float, ternary, then keep before reset
+        "float", "ternary", "switch@0.5/keep+rewarm/step lr=0.01", "switch@0.5/reset/linear"]
+    assert loaded.settings["rewarm_steps"] == 4 and loaded.seeds == [0, 1]
+    assert save_study_records(out, tmp_path / "copy") == 8
+    assert not list((tmp_path / "copy").rglob("*.safetensors"))  # the records, not the weights
+    copied = TransitionStudyResult.load(tmp_path / "copy")
+    assert copied.records == loaded.records and copied.to_markdown() == loaded.to_markdown()
+    record = next((tmp_path / "copy").rglob("study-record.json"))
+    record.write_text(record.read_text().replace('"seed": ', '"seed": 1'))
+    with pytest.raises(StateError, match="edited or truncated"):
+        TransitionStudyResult.load(tmp_path / "copy")
+    with pytest.raises(StateError, match="no study.json"):
+        TransitionStudyResult.load(tmp_path)
+
+
+def test_contrasts_pair_seeds_at_each_arms_best_learning_rate(study):
+    _, result = study
+    assert result.best_learning_rates() == {"float": 3e-3, "ternary": 3e-3, "switch@0.5/reset/linear": 3e-3,
+                                            "switch@0.5/keep+rewarm/step": 1e-2}
+    [c] = result.contrasts()  # of the family, only ternary - float has both arms here
+    loss = {(r["variant"], r["seed"]): r["final_loss"] for r in result.records}
+    diffs = [loss[("ternary", s)] - loss[("float", s)] for s in (0, 1)]
+    assert c.contrast.a == "ternary" and c.n == 2 and c.difference == pytest.approx(sum(diffs) / 2)
+    assert c.label in ("reproduced", "consistent with", "contradicted", "cannot tell")
+    assert "| 16-bit ends below 1.58-bit from scratch | ternary - float (final_loss) | 2 |" in result.contrasts_markdown()
+    two_rates = TransitionStudyResult([{**r, "learning_rate": lr, "variant": f"{r['variant']} {lr}",
+                                        "final_loss": r["final_loss"] + (0.5 if lr == 1e-3 and r["variant"] == "float" else 0)}
+                                       for r in result.records for lr in (1e-3, 3e-3)], result.settings)
+    assert two_rates.best_learning_rates()["float"] == 3e-3 and two_rates.best_learning_rates()["ternary"] == 1e-3  # tie: smaller
 
 
 def test_an_arm_cut_off_before_its_record_resumes_instead_of_starting_again(study):

@@ -44,7 +44,9 @@ def test_fraction_and_rewarm():
     s.total_steps = 30
     assert s.resolved_switch_step() == 15
     assert [s.lr_factor_at(t) for t in (14, 15, 16, 18, 19)] == [1.0, 0.25, 0.5, 1.0, 1.0]
-    assert PrecisionSchedule(switch_step=3).lr_factor_at(3) == 1.0  # keep: no re-warm
+    assert PrecisionSchedule(switch_step=3, optimizer="reset").lr_factor_at(3) == 1.0  # no re-warm asked
+    kept = PrecisionSchedule(switch_step=3, rewarm_steps=2)  # the re-warm alone, optimizer kept
+    assert [kept.lr_factor_at(t) for t in (2, 3, 4, 5)] == [1.0, 0.5, 1.0, 1.0]
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
@@ -56,7 +58,7 @@ def test_fraction_and_rewarm():
     ({"switch_stage": 0}, "switch_stage"),
     ({"switch_step": 1, "phase_in": "cosine"}, "phase_in"),
     ({"switch_step": 1, "optimizer": "zero"}, "optimizer"),
-    ({"switch_step": 1, "rewarm_steps": 5}, "applies to optimizer='reset'"),
+    ({"switch_step": 1, "rewarm_steps": -1}, "rewarm_steps"),
     ({"switch_step": 1, "activation_bits": 1}, "activation_bits"),
     ({"switch_step": 1, "start": "nf4"}, "float preset"),
     ({"switch_step": 1, "start": "fp8"}, "unknown precision"),
@@ -331,16 +333,22 @@ def test_a_schedule_that_never_finishes_is_reported(tiny_model_dir, tmp_path):
         run(PrecisionSchedule(switch_step=0, phase_in="linear", phase_in_steps=10), "b")
 
 
-def test_rewarm_scales_each_step_once_even_when_the_scheduler_does_not_step():
+@pytest.mark.parametrize("kept", ["keep", "reset"])
+def test_rewarm_scales_each_step_once_even_when_the_scheduler_does_not_step(kept):
     from types import SimpleNamespace
 
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    schedule = PrecisionSchedule(switch_step=0, optimizer="reset", rewarm_steps=4)
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=1.0, momentum=0.9)
+    param.grad = torch.ones(1)
+    optimizer.step()  # some momentum state before the switch
+    schedule = PrecisionSchedule(switch_step=1, optimizer=kept, rewarm_steps=4)
     args, seen = SimpleNamespace(output_dir="unused", logging_steps=1), []
-    for step in range(6):  # no lr_scheduler.step() in between, as with ReduceLROnPlateau
-        state = SimpleNamespace(global_step=step, max_steps=6)
+    for step in range(1, 7):  # no lr_scheduler.step() in between, as with ReduceLROnPlateau
+        state = SimpleNamespace(global_step=step, max_steps=7)
         schedule.on_step_begin(args, state, None, optimizer=optimizer)
         seen.append(optimizer.param_groups[0]["lr"])
+        if step == 1:  # the re-warm is its own option: the state goes only with a reset
+            assert bool(optimizer.state) == (kept == "keep")
         schedule.on_optimizer_step(args, state, None, optimizer=optimizer)
     assert seen == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0] and optimizer.param_groups[0]["lr"] == 1.0
 

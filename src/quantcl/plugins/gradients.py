@@ -9,6 +9,15 @@ Three measurements for the mechanism behind "Less is more" (issue 27), into each
   gradient the optimizer is about to use (read in ``on_pre_optimizer_step``; clipping only scales
   it, leaving the cosine as it is); ``g_ref`` costs one extra forward and backward pass over the sample, after which
   the batch gradient is put back. Negative values mean the step moves against the first task.
+- ``grad_cos_replay_new``: in a stage that mixes replayed rows into its data, every
+  ``replay_every`` optimizer steps, ``[step, cos, n_replay, n_new]``: the cosine between the
+  gradient of the step's replayed rows and that of its new task's rows, both of the *same* batch
+  (every micro-batch of the step), each the gradient of the mean loss over its own target tokens:
+  ``cos = <g_replay, g_new> / (|g_replay| |g_new|)``. The rows are told apart by the replay
+  buffer's ``source_task`` column, carried to the batch as a ``quantcl_replay`` flag that a
+  forward pre-hook takes off before the model sees it. It costs one extra forward and backward
+  pass over the step's rows (split in two); a step whose batch holds only one kind of row is
+  skipped. Negative values mean the new task's rows pull against the replayed ones.
 - ``lora_update_norm`` and ``lora_delta_norm``: at the stage's end, ``|theta_end - theta_begin|``
   over the trainable parameters, and ``sqrt(sum over layers |scale (B A)_end - scale (B A)_begin|_F^2)``,
   the change of the weight LoRA adds to the base.
@@ -30,12 +39,16 @@ Examples:
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
 from quantcl._checks import require_int, require_number
-from quantcl.plugins.base import StageCallback, load_checkpoint_state, save_checkpoint_state
+from quantcl.plugins.base import StageCallback, TrainerSpec, load_checkpoint_state, save_checkpoint_state
+from quantcl.replay.mixing import SOURCE
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -43,9 +56,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from quantcl.tasks import Task
     from quantcl.trainer import ContinualTrainer
 
-__all__ = ["GradientSimilarity", "held_and_reference_gradients"]
+__all__ = ["GradientSimilarity", "held_and_reference_gradients", "replay_new_gradients"]
 
 CHECKPOINT_FILE = "quantcl-gradient-similarity.json"
+#: the batch key (and dataset column) flagging replayed rows; taken off before the model's forward
+REPLAY_FLAG = "quantcl_replay"
 
 
 def _batch(task: Task, tokenizer: Any, rows: int, max_length: int) -> dict[str, torch.Tensor]:
@@ -85,7 +100,9 @@ class GradientSimilarity(StageCallback):
     """Gradient cosines against the first task, LoRA update norms and a sharpness probe per stage.
 
     Args:
-        every: optimizer steps between gradient cosines (the first at step 1).
+        every: optimizer steps between gradient cosines against the first task (the first at step 1).
+        replay_every: optimizer steps between replay-vs-new cosines in stages with replay (the
+            first at step 1; 0: none).
         held_out_rows: evaluation rows of the first task (for the cosine) and of each stage's task
             (for sharpness) used as the fixed samples.
         sharpness_draws: random directions averaged by the sharpness probe (0: no probe).
@@ -97,8 +114,9 @@ class GradientSimilarity(StageCallback):
     """
 
     def __init__(self, every: int = 10, held_out_rows: int = 16, sharpness_draws: int = 4,
-                 sharpness_radius: float = 0.05, max_length: int = 256, seed: int = 0) -> None:
+                 sharpness_radius: float = 0.05, max_length: int = 256, seed: int = 0, replay_every: int = 1) -> None:
         self.every = require_int(every, "GradientSimilarity(every=...)", minimum=1)
+        self.replay_every = require_int(replay_every, "GradientSimilarity(replay_every=...)", minimum=0)
         self.held_out_rows = require_int(held_out_rows, "GradientSimilarity(held_out_rows=...)", minimum=1)
         self.sharpness_draws = require_int(sharpness_draws, "GradientSimilarity(sharpness_draws=...)", minimum=0)
         self.sharpness_radius = float(require_number(sharpness_radius, "GradientSimilarity(sharpness_radius=...)",
@@ -106,15 +124,38 @@ class GradientSimilarity(StageCallback):
         self.max_length = require_int(max_length, "GradientSimilarity(max_length=...)", minimum=8)
         self.seed = require_int(seed, "GradientSimilarity(seed=...)", minimum=0)
         self.cosines: list[list[float]] = []
+        self.replay_cosines: list[list[float]] = []
+        self._flags: list[bool] | None = None  # per training row of the stage: replayed?
+        self._micro: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []  # this step's tagged micro-batches
         self._reference: dict[str, torch.Tensor] | None = None
         self._begin: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
 
     # ------------------------------------------------------------------ stage hooks
     def on_stage_begin(self, trainer: ContinualTrainer, stage: int, task: Task) -> None:
-        self.cosines = []
+        self.cosines, self.replay_cosines, self._flags, self._micro = [], [], None, []
         self._reference = _batch(trainer.tasks[0], trainer.tokenizer, self.held_out_rows, self.max_length)
         model = trainer.model
         self._begin = (_flat([p for p in model.parameters() if p.requires_grad]), _lora_deltas(model))
+
+    def adapt_data(self, trainer: ContinualTrainer, stage: int, task: Task, dataset: Any) -> Any:
+        """Note which rows were replayed (the replay plug-in's ``source_task``); the data is unchanged."""
+        if self.replay_every and SOURCE in dataset.column_names:
+            flags = [source != task.name for source in dataset[SOURCE]]
+            self._flags = flags if any(flags) and not all(flags) else None
+        return dataset
+
+    def configure_trainer(self, trainer: ContinualTrainer, stage: int, task: Task, spec: TrainerSpec) -> None:
+        """Carry the replay flags into the batches (a column and a collator around the stage's)."""
+        data = spec.kwargs.get("train_dataset")
+        if self._flags is None or data is None:
+            return
+        if len(data) != len(self._flags):  # a later plug-in changed the rows: no flags to trust
+            warnings.warn(f"GradientSimilarity: stage {stage}'s training data changed after replay was mixed in "
+                          f"({len(self._flags)} -> {len(data)} rows); no replay-vs-new cosines this stage", stacklevel=2)
+            self._flags = None
+            return
+        spec.kwargs["train_dataset"] = data.add_column(REPLAY_FLAG, self._flags)
+        spec.kwargs["data_collator"] = _FlaggedCollator(spec.kwargs["data_collator"])
 
     def trainer_callbacks(self, trainer: ContinualTrainer, stage: int, task: Task) -> list[Any]:
         return [_Cosines(self)]
@@ -123,6 +164,8 @@ class GradientSimilarity(StageCallback):
         model = trainer.model
         params = [p for p in model.parameters() if p.requires_grad]
         record: dict[str, Any] = {"grad_cos_first_task": [list(c) for c in self.cosines]}
+        if self._flags is not None:
+            record["grad_cos_replay_new"] = [list(c) for c in self.replay_cosines]
         if self._begin is not None:
             start, deltas = self._begin
             record["lora_update_norm"] = float((_flat(params) - start).norm())
@@ -134,6 +177,7 @@ class GradientSimilarity(StageCallback):
             record["sharpness"] = self.sharpness(model, batch, stage)
         trainer.log_stage(**record)
         self._begin = self._reference = None
+        self._flags, self._micro = None, []
 
     # ------------------------------------------------------------------ measurements
     def sharpness(self, model: Any, batch: dict[str, torch.Tensor], stage: int) -> float:
@@ -172,6 +216,42 @@ class GradientSimilarity(StageCallback):
         return float(g_batch @ g_ref) / denominator if denominator > 0 else 0.0
 
 
+def _target_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """The tokens a causal LM's loss averages over: labels after the one-token shift, not -100."""
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
+def replay_new_gradients(model: Any, micro: list[tuple[torch.Tensor, dict[str, torch.Tensor]]]
+                         ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """``(g_replay, g_new, n_replay, n_new)`` over the trainable parameters, flat, fp32: the
+    gradient of the mean loss over the target tokens of the replayed rows of ``micro`` (the
+    step's micro-batches with their per-row replay flags), the same of the new rows, and the row
+    counts. One forward and backward pass per micro-batch and kind, under a forked torch RNG; the
+    gradients the parameters held are put back."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    held = [None if p.grad is None else p.grad.detach().clone() for p in params]
+    out, counts = [], []
+    try:
+        for want in (True, False):
+            parts = [{k: v[flags == want] for k, v in batch.items()} for flags, batch in micro]
+            parts = [b for b in parts if b["labels"].shape[0] and _target_tokens(b)]
+            total = sum(_target_tokens(b) for b in parts)
+            counts.append(sum(int(b["labels"].shape[0]) for b in parts))
+            for p in params:
+                p.grad = None
+            with torch.random.fork_rng(devices=[]), torch.enable_grad():
+                for b in parts:  # the token-weighted mean over all of the step's rows of this kind
+                    (model(**b).loss * (_target_tokens(b) / total)).backward()
+            out.append(torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).float().flatten()
+                                  for p in params]))
+    finally:
+        for p, g in zip(params, held):
+            p.grad = g
+    return out[0], out[1], counts[0], counts[1]
+
+
 def held_and_reference_gradients(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(g_held, g_ref)`` over the trainable parameters, flat, fp32: the gradients they hold now, and
     the gradient of ``batch``'s loss (one forward and backward pass under a forked torch RNG); the
@@ -193,22 +273,65 @@ def held_and_reference_gradients(model: Any, batch: dict[str, torch.Tensor]) -> 
     return g_held, g_ref
 
 
+@dataclass(frozen=True)
+class _FlaggedCollator:
+    """The stage's collator, plus each row's replay flag as a bool tensor (a module-level
+    dataclass so DataLoader workers can pickle it)."""
+
+    inner: Callable[[list[dict[str, Any]]], dict[str, Any]]
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        flags = [bool(f[REPLAY_FLAG]) for f in features]
+        batch = self.inner([{k: v for k, v in f.items() if k != REPLAY_FLAG} for f in features])
+        batch[REPLAY_FLAG] = torch.tensor(flags, dtype=torch.bool)
+        return batch
+
+
 class _Cosines(TrainerCallback):
-    """The plug-in's part inside the ``transformers.Trainer``: a cosine before chosen optimizer
-    steps, kept across mid-stage checkpoints."""
+    """The plug-in's part inside the ``transformers.Trainer``: cosines before chosen optimizer
+    steps, kept across mid-stage checkpoints; the forward pre-hook that takes the replay flags
+    off the training batches (and keeps the step's micro-batches for the replay-vs-new cosine)."""
 
     def __init__(self, probe: GradientSimilarity) -> None:
         self.probe = probe
+        self._hook: Any = None
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def _take_flags(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        flags = kwargs.pop(REPLAY_FLAG, None)
+        if flags is not None:
+            self.probe._micro.append((flags, {k: kwargs[k].detach() for k in ("input_ids", "attention_mask", "labels")
+                                              if k in kwargs}))
+        return args, kwargs
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         saved = load_checkpoint_state(args, state, CHECKPOINT_FILE)
         if saved is not None:
             self.probe.cosines = [list(c) for c in saved.get("cosines", [])]
+            self.probe.replay_cosines = [list(c) for c in saved.get("replay_cosines", [])]
+        if self._hook is not None:
+            self._hook.remove()
+        self._hook = None
+        if model is not None and self.probe._flags is not None:
+            self._hook = model.register_forward_pre_hook(self._take_flags, with_kwargs=True)
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         step = int(state.global_step) + 1  # the step about to be taken
         if model is not None and (step - 1) % self.probe.every == 0:
             self.probe.cosines.append([step, self.probe.cosine(model)])
+        micro, self.probe._micro = self.probe._micro, []
+        if model is not None and micro and (step - 1) % max(1, self.probe.replay_every) == 0:
+            g_replay, g_new, n_replay, n_new = replay_new_gradients(model, micro)
+            denominator = float(g_replay.norm() * g_new.norm())
+            if n_replay and n_new and denominator > 0:
+                self.probe.replay_cosines.append([step, float(g_replay @ g_new) / denominator, n_replay, n_new])
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        save_checkpoint_state(args, state, CHECKPOINT_FILE, {"cosines": self.probe.cosines})
+        save_checkpoint_state(args, state, CHECKPOINT_FILE, {"cosines": self.probe.cosines,
+                                                             "replay_cosines": self.probe.replay_cosines})

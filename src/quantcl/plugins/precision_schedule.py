@@ -19,8 +19,9 @@ earlier ContinualTrainer stages included). With switch step ``s``, phase-in leng
 
 so ``lambda`` reaches 1 at step ``s + K - 1`` (``K = phase_in_steps``; ``K <= 1`` is a step).
 With ``optimizer="reset"`` the optimizer state (Adam moments and step counts) is cleared at the
-start of step ``s`` and the learning rate is multiplied by ``min(1, (t - s + 1) / R)`` for
-``R = rewarm_steps`` steps after it.
+start of step ``s``. With ``rewarm_steps=R > 0`` (with either optimizer choice) the learning rate
+is multiplied by ``min(1, (t - s + 1) / R)`` for ``R`` steps from ``s``: a re-warm, its own
+option so that a study can tell the reset's effect from the re-warm's.
 
 The switch is given by exactly one of ``switch_step`` (an optimizer step), ``switch_fraction``
 (of the run's steps) or ``switch_stage`` (the first step of that 1-based ContinualTrainer stage).
@@ -73,7 +74,7 @@ class PrecisionSchedule(Component, TrainerCallback):
         phase_in: ``"step"``, ``"linear"`` or ``"tanh"``.
         phase_in_steps: ``K``, the steps over which ``lambda`` goes from 0 to 1.
         optimizer: ``"keep"`` or ``"reset"`` the optimizer state at the switch.
-        rewarm_steps: with ``optimizer="reset"``, steps over which the learning rate re-warms.
+        rewarm_steps: steps from the switch over which the learning rate re-warms (0: none).
         tanh_sharpness: ``a`` of the ``tanh`` phase-in.
         skip_modules: modules kept float (embeddings are never swapped; ``lm_head`` by default).
         weight_scale: BitLinear's weight scale (see :class:`~quantcl.precision.BitLinear`).
@@ -121,8 +122,6 @@ class PrecisionSchedule(Component, TrainerCallback):
         self.phase_in_steps = require_int(phase_in_steps, "PrecisionSchedule(phase_in_steps=...)", minimum=0)
         self.optimizer = require_choice(optimizer, "PrecisionSchedule(optimizer=...)", ("keep", "reset"))
         self.rewarm_steps = require_int(rewarm_steps, "PrecisionSchedule(rewarm_steps=...)", minimum=0)
-        if self.rewarm_steps and self.optimizer == "keep":
-            raise ConfigError("PrecisionSchedule(rewarm_steps=...) applies to optimizer='reset'")
         self.tanh_sharpness = require_number(tanh_sharpness, "PrecisionSchedule(tanh_sharpness=...)", low=0,
                                              low_open=True)
         self.skip_modules = tuple(require_list_of(skip_modules, "PrecisionSchedule(skip_modules=...)", str,
@@ -170,7 +169,7 @@ class PrecisionSchedule(Component, TrainerCallback):
     def lr_factor_at(self, step: int) -> float:
         """The re-warm factor of the learning rate at ``step`` (1 outside the re-warm window)."""
         s = self.resolved_switch_step()
-        if self.optimizer != "reset" or not self.rewarm_steps or s is None or step < s:
+        if not self.rewarm_steps or s is None or step < s:
             return 1.0
         return min(1.0, (step - s + 1) / self.rewarm_steps)
 

@@ -2,7 +2,9 @@
 
 ``ContinualTrainer(replay=buffer)`` wraps the buffer in a :class:`ReplayPlugin`; it uses only the
 public hooks, so a user's own replay (another mixing rule, a generative replay, ...) is written
-the same way.
+the same way. The mixed rows keep a ``source_task`` column naming the task each came from, so
+that the plug-ins after it can tell replayed rows from new ones (``GradientSimilarity`` does);
+tokenizing for training drops it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from quantcl.components import COMPONENT_KEY, component_path
 from quantcl.errors import ConfigError, StateError
 from quantcl.plugins.base import StagePlugin
 from quantcl.replay import ReplayBuffer
-from quantcl.replay.mixing import without_source
 
 if TYPE_CHECKING:  # pragma: no cover
     from quantcl.tasks import Task
@@ -69,7 +70,7 @@ class ReplayPlugin(StagePlugin):
         self._rows = dataset
         mixed = self.buffer.mix(dataset, task_name=task.name)
         trainer.log_stage(n_replay_rows=len(mixed) - len(dataset))
-        return without_source(mixed)
+        return mixed  # with its source_task column: the task each row came from (tokenizing drops it)
 
     def on_stage_end(self, trainer: ContinualTrainer, stage: int, task: Task, scores: dict[str, float]) -> None:
         from quantcl.scoring import ModelScorer

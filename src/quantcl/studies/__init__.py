@@ -6,6 +6,9 @@ every arm over seeds and returns a result with tables and plots.
   findings checked on a precision x replay x seed sweep's saved results, with verdicts.
 - :func:`ptq_dynamics_study`, :func:`ptq_continual_study`: training dynamics and PTQ robustness
   (arXiv 2510.06213), in pre-training and along a continual LoRA sequence.
+- :func:`paired_contrasts`: a study's family of per-seed paired contrasts, adjusted for
+  multiplicity, each labelled by a rule (``reproduced``, ``consistent with``, ``contradicted``,
+  ``cannot tell``).
 
 Examples:
     >>> from quantcl.studies import transition_variants
@@ -18,7 +21,8 @@ from __future__ import annotations
 from quantcl.studies._curves import HeldOutLoss, loss_spike
 from quantcl.studies._lessismore_report import lessismore_report, mean_matrices, metrics_table, plot_mean_matrices
 from quantcl.studies._ptq_report import PTQContinualResult, PTQDynamicsResult
-from quantcl.studies._transition_report import TransitionStudyResult
+from quantcl.studies._transition_report import TransitionStudyResult, transition_contrasts
+from quantcl.studies.contrasts import LABEL_RULES, Contrast, ContrastResult, contrast_label, paired_contrasts
 from quantcl.studies.lessismore_check import Finding, lessismore_findings, welch_interval
 from quantcl.studies.lessismore_confirm import ENDPOINTS, Endpoint, confirmatory_findings, confirmatory_table, replay_dose
 from quantcl.studies.ptq_dynamics import PTQArm, ptq_continual_study, ptq_dynamics_study
@@ -28,4 +32,5 @@ __all__ = ["transition_study", "transition_variants", "TransitionVariant", "Tran
            "loss_spike", "ptq_dynamics_study", "ptq_continual_study", "PTQArm", "PTQDynamicsResult",
            "PTQContinualResult", "Finding", "lessismore_findings", "lessismore_report", "welch_interval",
            "mean_matrices", "plot_mean_matrices", "metrics_table", "Endpoint", "ENDPOINTS", "confirmatory_findings",
-           "confirmatory_table", "replay_dose"]
+           "confirmatory_table", "replay_dose", "transition_contrasts", "Contrast", "ContrastResult", "paired_contrasts",
+           "contrast_label", "LABEL_RULES"]

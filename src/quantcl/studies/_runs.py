@@ -14,7 +14,8 @@ from quantcl._checks import require_int
 from quantcl._io import atomic_write_json, read_json, seal, seal_ok, to_jsonable
 from quantcl.errors import ConfigError, StateError
 
-__all__ = ["RECORD_FILE", "check_study_dir", "run_once", "run_arms", "check_model_size"]
+__all__ = ["RECORD_FILE", "check_study_dir", "run_once", "run_arms", "check_model_size", "load_study",
+           "save_study_records"]
 
 RECORD_FILE = "study-record.json"
 
@@ -57,15 +58,53 @@ def run_once(run_dir: Path, train: Callable[[], dict[str, Any]]) -> dict[str, An
 
 def run_arms(root: Path, settings: dict[str, Any], arms: Sequence[Any], seeds: Sequence[int],
              folder: Callable[[Any], str], train: Callable[[Path, Any, int], dict[str, Any]]) -> list[dict[str, Any]]:
-    """Check the study directory, then the record of every arm x seed (``run_once`` in
-    ``root/folder(arm)/seed-N``), in that order."""
+    """Check the study directory, then the record of every seed x arm (``run_once`` in
+    ``root/folder(arm)/seed-N``), seed by seed: a study stopped part-way has whole seeds (every arm)
+    to report, and more seeds are added by running it again."""
     check_study_dir(root, settings, [asdict(a) if is_dataclass(a) and not isinstance(a, type) else a for a in arms])
     records = []
-    for arm in arms:
-        for seed in seeds:
+    for seed in seeds:
+        for arm in arms:
             run_dir = root / folder(arm) / f"seed-{seed}"
             records.append(run_once(run_dir, functools.partial(train, run_dir, arm, seed)))
     return records
+
+
+def load_study(root: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``(study, records)`` of a study directory (or a copy made by :func:`save_study_records`):
+    its ``study.json`` (``settings`` and ``variants``) and every ``*/seed-N/study-record.json``,
+    seals checked, in seed then folder order."""
+    path = root / "study.json"
+    if not path.is_file():
+        raise StateError(f"{str(root)!r} holds no study.json: not a study directory")
+    saved = read_json(path)
+    if not seal_ok(saved):
+        raise StateError(f"{str(path)!r} was edited or truncated (its seal does not match)")
+    found = sorted(root.glob(f"*/seed-*/{RECORD_FILE}"), key=lambda p: (int(p.parent.name[5:]), p.parent.parent.name))
+    records = []
+    for record_path in found:
+        record = read_json(record_path)
+        if not seal_ok(record):
+            raise StateError(f"{str(record_path)!r} was edited or truncated (its seal does not match)")
+        records.append({k: v for k, v in record.items() if k != "sha256"})
+    return {k: v for k, v in saved.items() if k != "sha256"}, records
+
+
+def save_study_records(root: Path, target: Path) -> int:
+    """Copy what a study's report is made from (``study.json`` and every finished run's sealed
+    record: no weights) from ``root`` to ``target``; returns the number of records copied."""
+    import shutil
+
+    records = sorted(root.glob(f"*/seed-*/{RECORD_FILE}"))
+    if not (root / "study.json").is_file():
+        raise StateError(f"{str(root)!r} holds no study.json: not a study directory")
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(root / "study.json", target / "study.json")
+    for path in records:
+        dest = target / path.relative_to(root)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, dest)
+    return len(records)
 
 
 def check_model_size(hidden_size: int, num_layers: int, batch_size: int, chunk_chars: int) -> None:

@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TransitionStudyResult", "METRICS"]
+from quantcl.studies.contrasts import Contrast, ContrastResult, contrasts_markdown, paired_contrasts
+
+__all__ = ["TransitionStudyResult", "METRICS", "transition_contrasts"]
 
 #: (record key, column label, lower is better)
 METRICS = (("final_loss", "final loss", True), ("final_perplexity", "perplexity", True),
@@ -31,6 +33,55 @@ class TransitionStudyResult:
 
     def __init__(self, records: Sequence[dict[str, Any]], settings: dict[str, Any]) -> None:
         self.records, self.settings = list(records), dict(settings)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> TransitionStudyResult:
+        """The records of a study directory (or a copy of its ``study.json`` and records), each
+        seal checked, in seed then arm order."""
+        from quantcl.studies._runs import load_study
+
+        study, records = load_study(Path(directory))
+        records.sort(key=lambda r: (r["seed"], _arm_order(r)))
+        return cls(records, study["settings"])
+
+    @property
+    def seeds(self) -> list[int]:
+        """The seeds of which every variant has a record (what the contrasts use)."""
+        found = [{r["seed"] for r in self.records if r["variant"] == v} for v in self.variants]
+        return sorted(set.intersection(*found)) if found else []
+
+    def best_learning_rates(self, metric: str = "final_loss") -> dict[str, float]:
+        """Per arm, the learning rate with the lowest mean ``metric`` over :attr:`seeds`.
+
+        The selection uses the same seeds as the contrasts (each arm gets the same advantage of
+        being picked at its best); a tie goes to the smaller rate."""
+        means: dict[str, dict[float, float]] = {}
+        for r in self.records:
+            if r["seed"] in self.seeds and r.get(metric) is not None:
+                lr = float(r.get("learning_rate", self.settings.get("learning_rate", math.nan)))
+                means.setdefault(_arm(r), {}).setdefault(lr, 0.0)
+                means[_arm(r)][lr] += float(r[metric]) / len(self.seeds)
+        return {arm: min(by, key=lambda lr: (by[lr], lr)) for arm, by in means.items()}
+
+    def at_best_learning_rate(self) -> list[dict[str, Any]]:
+        """The records of :attr:`seeds` at each arm's :meth:`best_learning_rates`."""
+        best = self.best_learning_rates()
+        return [{**r, "arm": _arm(r)} for r in self.records if r["seed"] in self.seeds
+                and float(r.get("learning_rate", self.settings.get("learning_rate", math.nan))) == best.get(_arm(r))]
+
+    def contrasts(self, contrasts: Sequence[Contrast] | None = None, adjustment: str = "holm") -> list[ContrastResult]:
+        """The paired per-seed contrasts (default :func:`transition_contrasts` of the arms run),
+        each arm at its best learning rate, adjusted as one family."""
+        records = self.at_best_learning_rate()
+        family = list(contrasts) if contrasts is not None else transition_contrasts({r["arm"] for r in records})
+        return paired_contrasts(records, family, adjustment=adjustment)
+
+    def contrasts_markdown(self, adjustment: str = "holm") -> str:
+        """:meth:`contrasts` as a Markdown table, after the learning rate each arm was compared at."""
+        best = self.best_learning_rates()
+        lrs = ", ".join(f"{arm} {lr:g}" for arm, lr in best.items())
+        return (f"Each arm at its best peak learning rate (lowest mean final loss over seeds {self.seeds}): "
+                f"{lrs}.\n\n" + contrasts_markdown(self.contrasts(adjustment=adjustment)))
 
     @property
     def variants(self) -> list[str]:
@@ -111,6 +162,52 @@ class TransitionStudyResult:
             ax.legend(fontsize=6)
         axes[0][0].set_ylabel("held-out loss (nats/token)")
         return save_figure(fig, path)
+
+
+def _arm_order(r: dict[str, Any]) -> tuple[Any, ...]:
+    """float, ternary, then the switches by point, optimizer, re-warm and phase-in; then the rate."""
+    fraction = r.get("switch_fraction")
+    phase = ("step", "linear", "tanh").index(r["phase_in"]) if r.get("phase_in") in ("step", "linear", "tanh") else 3
+    return (-1.0 if fraction is None else float(fraction), r.get("optimizer") != "keep", bool(r.get("rewarm")), phase,
+            float(r.get("learning_rate") or 0.0))
+
+
+def _arm(record: dict[str, Any]) -> str:
+    return str(record.get("arm", record["variant"]))
+
+
+def transition_contrasts(arms: set[str] | Sequence[str]) -> list[Contrast]:
+    """The transition study's family of contrasts, fixed before its runs, for the arms present.
+
+    From the paper's claims (arXiv 2502.11895): 16-bit beats 1.58-bit from scratch; a switch from
+    16 to 1.58 bit ends below 1.58 from scratch (at each switch point, the plain switch: kept
+    optimizer, no phase-in); a phase-in of the quantization strength shrinks the loss spike at
+    each switch point; keeping the optimizer state shrinks it (at 50%, without re-warm); and
+    two contrasts with no claimed direction: the re-warm's effect on the spike after a reset,
+    and whether the phase-in changes the final loss at 50% ("further training makes up for it").
+
+    Examples:
+        >>> [c.claim for c in transition_contrasts(["float", "ternary", "switch@0.5/keep/step"])]
+        ['16-bit ends below 1.58-bit from scratch', '16 -> 1.58 at 0.5 ends below 1.58 from scratch']
+    """
+    have = set(arms)
+    fractions = sorted({float(a.split("@")[1].split("/")[0]) for a in have if a.startswith("switch@")})
+    wanted = [Contrast("16-bit ends below 1.58-bit from scratch", "ternary", "float", "final_loss")]
+    for f in fractions:
+        wanted.append(Contrast(f"16 -> 1.58 at {f:g} ends below 1.58 from scratch", "ternary",
+                               f"switch@{f:g}/keep/step", "final_loss"))
+    for f in fractions:
+        wanted.append(Contrast(f"phase-in shrinks the spike at {f:g}", f"switch@{f:g}/keep/step",
+                               f"switch@{f:g}/keep/linear", "spike"))
+    wanted += [
+        Contrast("keeping the optimizer shrinks the spike", "switch@0.5/reset/step", "switch@0.5/keep/step", "spike"),
+        Contrast("re-warm after a reset changes the spike", "switch@0.5/reset+rewarm/step", "switch@0.5/reset/step",
+                 "spike", direction=0),
+        Contrast("re-warm with the optimizer kept changes the spike", "switch@0.5/keep+rewarm/step",
+                 "switch@0.5/keep/step", "spike", direction=0),
+        Contrast("phase-in changes the final loss at 0.5", "switch@0.5/keep/step", "switch@0.5/keep/linear",
+                 "final_loss", direction=0)]
+    return [c for c in wanted if c.a in have and c.b in have]
 
 
 def _cell(stats: dict[str, Any] | None, key: str) -> str:

@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from quantcl._checks import require_choice, require_int, require_list_of, require_number
+from quantcl._checks import require_bool, require_choice, require_int, require_list_of, require_number
 from quantcl.errors import ConfigError
 from quantcl.studies._curves import HeldOutLoss, loss_spike
 from quantcl.studies._runs import RECORD_FILE, build_model, check_model_size, run_arms
@@ -47,29 +47,57 @@ __all__ = ["TransitionVariant", "transition_variants", "transition_study", "RECO
 @dataclass(frozen=True)
 class TransitionVariant:
     """One arm of the study: ``switch_fraction`` ``None`` trains float only, ``0.0`` ternary
-    from scratch, else float then ternary from that fraction of the steps."""
+    from scratch, else float then ternary from that fraction of the steps.
+
+    ``optimizer`` keeps or resets the optimizer state at the switch; ``rewarm`` re-warms the
+    learning rate over the study's ``rewarm_steps`` after it (with either optimizer choice, so the
+    re-warm is an arm of its own rather than part of the reset); ``learning_rate`` is this arm's
+    peak learning rate (``None``: the study's), so that each precision can get its own grid.
+
+    Examples:
+        >>> TransitionVariant(0.5, "reset", "step", rewarm=True, learning_rate=1e-3).name
+        'switch@0.5/reset+rewarm/step lr=0.001'
+        >>> TransitionVariant(0.5, "reset", "step", rewarm=True, learning_rate=1e-3).arm
+        'switch@0.5/reset+rewarm/step'
+    """
 
     switch_fraction: float | None
     optimizer: str = "keep"
     phase_in: str = "step"
+    rewarm: bool = False
+    learning_rate: float | None = None
 
     @property
-    def name(self) -> str:
+    def arm(self) -> str:
+        """The name without the learning rate: what is compared across learning rates."""
         if self.switch_fraction is None:
             return "float"
         if self.switch_fraction == 0.0:
             return "ternary"
-        return f"switch@{self.switch_fraction:g}/{self.optimizer}/{self.phase_in}"
+        rewarm = "+rewarm" if self.rewarm else ""
+        return f"switch@{self.switch_fraction:g}/{self.optimizer}{rewarm}/{self.phase_in}"
+
+    @property
+    def name(self) -> str:
+        return self.arm if self.learning_rate is None else f"{self.arm} lr={self.learning_rate:g}"
 
 
 def transition_variants(switch_fractions: Sequence[float] = (0.2, 0.5, 0.8),
                         optimizers: Sequence[str] = ("keep", "reset"),
-                        phase_ins: Sequence[str] = ("step", "linear")) -> list[TransitionVariant]:
-    """The float and from-scratch baselines, then every switch x optimizer x phase-in.
+                        phase_ins: Sequence[str] = ("step", "linear"), *,
+                        rewarms: Sequence[bool] = (False,),
+                        learning_rates: Sequence[float] | None = None,
+                        baselines: bool = True) -> list[TransitionVariant]:
+    """The float and from-scratch baselines (unless ``baselines=False``), then every switch x
+    optimizer x re-warm x phase-in, each at every one of ``learning_rates`` (``None``: the
+    study's one learning rate).
 
     Examples:
         >>> [v.name for v in transition_variants((0.5,), ("keep",), ("step", "tanh"))]
         ['float', 'ternary', 'switch@0.5/keep/step', 'switch@0.5/keep/tanh']
+        >>> [v.name for v in transition_variants((0.5,), ("reset",), ("step",), rewarms=(False, True),
+        ...                                      learning_rates=(1e-3,), baselines=False)]
+        ['switch@0.5/reset/step lr=0.001', 'switch@0.5/reset+rewarm/step lr=0.001']
     """
     for f in switch_fractions:
         if require_number(f, "switch_fractions[i]", low=0.0, high=1.0, low_open=True) == 1.0:
@@ -78,8 +106,16 @@ def transition_variants(switch_fractions: Sequence[float] = (0.2, 0.5, 0.8),
         require_choice(o, "optimizers[i]", ("keep", "reset"))
     for p in phase_ins:
         require_choice(p, "phase_ins[i]", ("step", "linear", "tanh"))
-    arms = [TransitionVariant(None), TransitionVariant(0.0)]
-    return arms + [TransitionVariant(float(f), o, p) for f in switch_fractions for o in optimizers for p in phase_ins]
+    for r in rewarms:
+        require_bool(r, "rewarms[i]")
+    lrs: list[float | None] = [None] if learning_rates is None else [
+        float(require_number(lr, "learning_rates[i]", low=0, low_open=True)) for lr in learning_rates]
+    if not lrs:
+        raise ConfigError("learning_rates must hold at least one learning rate (or be None: the study's)")
+    arms = [TransitionVariant(None), TransitionVariant(0.0)] if baselines else []
+    arms += [TransitionVariant(float(f), o, p, r) for f in switch_fractions for o in optimizers for r in rewarms
+             for p in phase_ins]
+    return [replace(a, learning_rate=lr) for lr in lrs for a in arms]
 
 
 def transition_study(
@@ -110,10 +146,10 @@ def transition_study(
         variants: the arms (default :func:`transition_variants`).
         steps: optimizer steps per run (cosine schedule, 5% warm-up).
         phase_in_steps: ``K`` of the phase-in arms (default ``steps // 10``).
-        rewarm_steps: learning-rate re-warm after an optimizer reset (default ``steps // 20``).
+        rewarm_steps: the learning-rate re-warm of the arms with ``rewarm`` (default ``steps // 20``).
         spike_window: steps after the switch over which the spike is measured (default ``K``).
         eval_every: held-out loss every this many steps (and every step in the spike window).
-        learning_rate: the Trainer's.
+        learning_rate: the Trainer's peak learning rate, for the arms without their own.
         batch_size: the Trainer's.
         chunk_chars: characters per training and held-out chunk.
         n_eval: held-out chunks in the loss.
@@ -150,7 +186,8 @@ def _check_inputs(arms: list[TransitionVariant], learning_rate: float, batch_siz
     if not arms or not all(isinstance(a, TransitionVariant) for a in arms):
         raise ConfigError(f"variants must be a non-empty list of TransitionVariant, got {arms!r}")
     transition_variants([a.switch_fraction for a in arms if a.switch_fraction], [a.optimizer for a in arms],
-                        [a.phase_in for a in arms])  # checks each field
+                        [a.phase_in for a in arms], rewarms=[a.rewarm for a in arms],
+                        learning_rates=[a.learning_rate for a in arms if a.learning_rate is not None] or None)
     if len({a.name for a in arms}) != len(arms):
         raise ConfigError("variants must be distinct")
     require_number(learning_rate, "learning_rate", low=0, low_open=True)
@@ -161,7 +198,7 @@ def _check_inputs(arms: list[TransitionVariant], learning_rate: float, batch_siz
 
 
 def _folder(arm: TransitionVariant) -> str:
-    return arm.name.replace("/", "-").replace("@", "-at-")
+    return arm.name.replace("/", "-").replace("@", "-at-").replace("+", "-plus-").replace(" lr=", "-lr-")
 
 
 def _train_one(run_dir: Path, arm: TransitionVariant, seed: int, s: dict[str, Any], progress: bool) -> dict[str, Any]:
@@ -182,14 +219,15 @@ def _train_one(run_dir: Path, arm: TransitionVariant, seed: int, s: dict[str, An
         switch = math.floor(arm.switch_fraction * steps)
         precision = qcl.PrecisionSchedule(
             "fp32", switch_step=switch, phase_in=arm.phase_in, phase_in_steps=k if arm.phase_in != "step" else 0,
-            optimizer=arm.optimizer, rewarm_steps=s["rewarm_steps"] if arm.optimizer == "reset" else 0,
+            optimizer=arm.optimizer, rewarm_steps=s["rewarm_steps"] if arm.rewarm else 0,
             activation_bits=s["activation_bits"])
+    lr = s["learning_rate"] if arm.learning_rate is None else arm.learning_rate
     extra = list(range(switch, switch + s["spike_window"] + 1)) if switch else []
     curve = HeldOutLoss(tasks[0], AutoTokenizer.from_pretrained(model_dir), every=s["eval_every"], extra_steps=extra)
     trainer = qcl.ContinualTrainer(
         model=str(model_dir), precision=precision, tasks=tasks, training="full", seed=seed, progress=progress,
         output_dir=run_dir / "run",
-        args=qcl.StageArgs(max_steps=steps, learning_rate=s["learning_rate"], warmup_steps=0.05,
+        args=qcl.StageArgs(max_steps=steps, learning_rate=lr, warmup_steps=0.05,
                            lr_scheduler_type="cosine", per_device_train_batch_size=s["batch_size"],
                            max_length=s["chunk_chars"] + 8, logging_steps=max(1, steps // 10),
                            eval_batch_size=32, extra={"report_to": "none"}), callbacks=[curve])
@@ -198,7 +236,7 @@ def _train_one(run_dir: Path, arm: TransitionVariant, seed: int, s: dict[str, An
     downstream = cloze.evaluate(trainer.model, trainer.tokenizer, batch_size=32, progress=False)
     final = result.eval_details["1"]["stdlib"]
     points = [(int(step), float(loss)) for stage in result.stage_records for step, loss in stage.get("held_out_loss", [])]
-    return {"variant": arm.name, **asdict(arm), "seed": seed, "switch_step": switch,
+    return {"variant": arm.name, "arm": arm.arm, **asdict(arm), "learning_rate": lr, "seed": seed, "switch_step": switch,
             "final_loss": final["loss"], "final_perplexity": final["perplexity"],
             "spike": loss_spike(points, switch, s["spike_window"]) if switch else None,
             "cloze_acc": downstream.score, "train_loss": result.stage_records[0]["train_loss"],
