@@ -25,6 +25,7 @@ def _run(keep: float, rng: np.random.Generator, seed: int) -> ContinualResult:
     items = {"1": {"nlu": nlu(learned), "math": {"id": [f"q{i}" for i in range(ITEMS)], "correct": [False] * ITEMS}},
              "2": {"nlu": nlu(after), "math": {"id": [f"q{i}" for i in range(ITEMS)], "correct": [bool(v) for v in maths]}}}
     records = [{"stage": 1}, {"stage": 2, "grad_cos_first_task": [[1, -0.1 * keep], [21, -0.2 * keep]],
+                              "grad_cos_replay_new": [[1, keep - seed / 10, 2, 6], [2, keep, 1, 7]],
                               "lora_delta_norm": 1.0 + seed, "sharpness": keep}]
     return ContinualResult([[0.2, 0.1], [learned.mean(), 0.1], [after.mean(), maths.mean()]], ["nlu", "math"],
                            records, {}, {}, items=items)
@@ -83,6 +84,23 @@ def test_gradient_rows_summarize_each_arm():
     assert [r["arm"] for r in rows] == ["bf16", "nf4"] and rows[0]["seeds"] == 6
     assert rows[1]["grad_cos_first_task"]["mean"] == pytest.approx(-0.15 * 0.8)
     assert rows[0]["lora_delta_norm"]["mean"] == pytest.approx(3.5) and rows[1]["sharpness"]["mean"] == pytest.approx(0.8)
+    # per seed the mean of (keep - seed/10, keep), then the mean over seeds 0..5
+    assert rows[0]["grad_cos_replay_new"]["mean"] == pytest.approx(0.5 - 0.25 / 2)
+
+
+def test_gradient_curves_average_each_step_over_seeds_per_precision_and_plot(tmp_path):
+    from quantcl.studies.mechanism import gradient_curves, plot_gradients
+
+    result = _sweep({"bf16": 0.5, "nf4": 0.8})
+    curves = gradient_curves(result)
+    assert list(curves) == ["bf16", "nf4"]
+    assert curves["nf4"]["grad_cos_first_task"] == [(1, pytest.approx(-0.08), 6), (21, pytest.approx(-0.16), 6)]
+    assert curves["bf16"]["grad_cos_replay_new"] == [(1, pytest.approx(0.5 - 0.25), 6), (2, pytest.approx(0.5), 6)]
+    assert gradient_curves(result, stage=1) == {}
+    png = plot_gradients(result, tmp_path / "g.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(Exception, match="no run of the sweep recorded"):
+        plot_gradients(result, tmp_path / "none.png", stage=1)
 
 
 def test_the_shipped_config_runs_every_arm_with_the_gradient_measurements():

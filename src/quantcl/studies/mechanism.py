@@ -27,11 +27,14 @@ import numpy as np
 
 from quantcl.studies.lessismore_check import Finding
 from quantcl.studies.lessismore_confirm import ENDPOINTS, Endpoint, _compare
-from quantcl.sweep.grid import same_value
+from quantcl.sweep.grid import same_value, value_label
 from quantcl.sweep.stats import adjust, describe
 
 __all__ = ["ARMS", "COMPARISONS", "MARGIN", "ENDPOINTS", "arm_cell", "mechanism_findings", "reading",
-           "gradient_rows"]
+           "gradient_rows", "gradient_curves", "plot_gradients", "CURVES"]
+
+#: the per-step measurements of :class:`~quantcl.GradientSimilarity` that :func:`plot_gradients` draws
+CURVES = ("grad_cos_first_task", "grad_cos_replay_new")
 
 ARMS: dict[str, Any] = {
     "bf16": "bf16",
@@ -98,7 +101,8 @@ def reading(findings: Sequence[Finding]) -> list[str]:
 
 def gradient_rows(result: Any, *, stage: int = 2) -> list[dict[str, Any]]:
     """Per arm: the mean over seeds (with a t interval) of stage ``stage``'s mean gradient cosine
-    against the first task, its LoRA delta norm and its sharpness (records of
+    against the first task, its mean replay-vs-new cosine (when replay was on), its LoRA delta norm
+    and its sharpness (records of
     :class:`~quantcl.GradientSimilarity`; arms or runs without them are left out)."""
     rows = []
     for arm in ARMS:
@@ -106,7 +110,8 @@ def gradient_rows(result: Any, *, stage: int = 2) -> list[dict[str, Any]]:
             cell = arm_cell(result, arm)
         except KeyError:
             continue
-        values: dict[str, list[float]] = {"grad_cos_first_task": [], "lora_delta_norm": [], "sharpness": []}
+        values: dict[str, list[float]] = {"grad_cos_first_task": [], "grad_cos_replay_new": [], "lora_delta_norm": [],
+                                          "sharpness": []}
         for name, run in result.runs.items():
             point = result.points.get(name, {})
             if not same_value(point.get("precision"), cell["precision"]) or len(run.stage_records) < stage:
@@ -115,9 +120,63 @@ def gradient_rows(result: Any, *, stage: int = 2) -> list[dict[str, Any]]:
             if "grad_cos_first_task" not in record:
                 continue
             values["grad_cos_first_task"].append(float(np.mean([c for _, c in record["grad_cos_first_task"]])))
+            if record.get("grad_cos_replay_new"):
+                values["grad_cos_replay_new"].append(float(np.mean([c[1] for c in record["grad_cos_replay_new"]])))
             values["lora_delta_norm"].append(float(record["lora_delta_norm"]))
             values["sharpness"].append(float(record["sharpness"]))
         if values["sharpness"]:
             rows.append({"arm": arm, "seeds": len(values["sharpness"]),
-                         **{k: describe(v) for k, v in values.items()}})
+                         **{k: describe(v) for k, v in values.items() if v}})
     return rows
+
+
+def gradient_curves(result: Any, *, stage: int = 2) -> dict[str, dict[str, list[tuple[int, float, int]]]]:
+    """Per precision of ``result`` (a sweep over ``precision``; each labelled as the sweep labels
+    it) and per measurement of :data:`CURVES` that its runs recorded in stage ``stage``:
+    ``(step, mean over seeds, seeds)`` at every step measured."""
+    out: dict[str, dict[str, list[tuple[int, float, int]]]] = {}
+    for value in result.grid.get("precision", []):
+        by_step: dict[str, dict[int, list[float]]] = {}
+        for name, run in result.runs.items():
+            if not same_value(result.points.get(name, {}).get("precision"), value) or len(run.stage_records) < stage:
+                continue
+            record = run.stage_records[stage - 1]
+            for key in CURVES:
+                for entry in record.get(key, []):
+                    by_step.setdefault(key, {}).setdefault(int(entry[0]), []).append(float(entry[1]))
+        if by_step:
+            out[value_label(value)] = {key: [(step, float(np.mean(v)), len(v)) for step, v in sorted(steps.items())]
+                                       for key, steps in by_step.items()}
+    return out
+
+
+def plot_gradients(result: Any, path: Any, *, stage: int = 2) -> Any:
+    """:func:`gradient_curves` drawn: one panel per measurement, one line per precision (the mean
+    over seeds against the optimizer step of stage ``stage``); returns the PNG's path."""
+    from quantcl._plot import require_extra, save_figure
+    from quantcl.errors import ConfigError
+
+    require_extra("matplotlib", "plot")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    curves = gradient_curves(result, stage=stage)
+    keys = [k for k in CURVES if any(k in c for c in curves.values())]
+    if not keys:
+        raise ConfigError(f"plot_gradients: no run of the sweep recorded {' or '.join(CURVES)} in stage {stage} "
+                          "(run it with the GradientSimilarity plug-in; the replay cosine needs replay)")
+    titles = {"grad_cos_first_task": "cos(batch gradient, first task's held-out gradient)",
+              "grad_cos_replay_new": "cos(replayed rows' gradient, new rows' gradient)"}
+    fig = Figure(figsize=(5.5 * len(keys), 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(keys), squeeze=False)[0]
+    for ax, key in zip(axes, keys):
+        for label, measured in curves.items():
+            if key in measured:
+                ax.plot([s for s, _, _ in measured[key]], [v for _, v, _ in measured[key]], marker=".", label=label)
+        ax.axhline(0.0, color="grey", linewidth=0.6)
+        ax.set_title(titles[key], fontsize=9)
+        ax.set_xlabel(f"optimizer step of stage {stage}")
+        ax.set_ylabel("cosine (mean over seeds)")
+        ax.legend(fontsize=7)
+    return save_figure(fig, path)
