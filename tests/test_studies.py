@@ -197,8 +197,9 @@ def test_ptq_dynamics_study_small(tmp_path):
     after = rows[("lr0.003-lawa", "rtn8")]["gap_after"]["mean"]
     assert after == next(p["relative_gap"] for p in lawa["lawa_probe"] if p["step"] == 20 and p["method"] == "rtn8")
     table = result.to_markdown()
-    assert len(table.splitlines()) == 2 + 4 and "| 0.003 | lawa | rtn8 | 1 |" in table
-    assert result.to_csv(tmp_path / "p.csv").read_text().startswith("peak_lr,averaging,method,n,gap_before_mean")
+    assert len(table.splitlines()) == 2 + 4 and "| 0.003 | wsd | 20 | lawa | rtn8 | 1 |" in table
+    assert result.to_csv(tmp_path / "p.csv").read_text().startswith(
+        "peak_lr,schedule,steps,averaging,method,n,gap_before_mean")
     assert result.plot(tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
     assert ptq_dynamics_study(tmp_path / "p", **kwargs).records == result.records  # resumed, not retrained
     with pytest.raises(ConfigError, match="no probe before the cooldown"):
@@ -207,6 +208,51 @@ def test_ptq_dynamics_study_small(tmp_path):
         ptq_dynamics_study(tmp_path / "q", **{**kwargs, "averaging": ("swa",)})
     with pytest.raises(ConfigError, match="valid"):
         ptq_dynamics_study(tmp_path / "q", **{**kwargs, "methods": ("awq4",)})
+    assert not (tmp_path / "q").exists()
+
+
+def test_ptq_constant_control_and_run_lengths(tmp_path):
+    """The constant-LR control runs the WSD arm's warm-up and then a flat rate over the same steps;
+    a second run length has its own cooldown; the family pairs each WSD arm with its control."""
+    import json
+
+    from quantcl.studies import ptq_dynamics_study
+    from quantcl.studies._ptq_report import PTQDynamicsResult
+    from quantcl.studies._runs import save_study_records
+
+    kwargs = {"seeds": (0, 1), "peak_lrs": (3e-3,), "averaging": ("none",), "schedules": ("wsd", "constant"),
+              "run_lengths": (20, 40), "steps": 20, "probe_every": 5, "methods": ("rtn4",), "n_texts": 4,
+              "hidden_size": 32, "num_layers": 1, "chunk_chars": 64}
+    result = ptq_dynamics_study(tmp_path / "p", **kwargs)
+    arms = {r["arm"]: r for r in result.records if r["seed"] == 0}
+    assert sorted(arms) == ["lr0.003-none", "lr0.003-none-40steps", "lr0.003-none-constant",
+                            "lr0.003-none-constant-40steps"]
+    assert (arms["lr0.003-none-40steps"]["cooldown_start"], arms["lr0.003-none"]["cooldown_start"]) == (32, 16)
+    assert [r["step"] for r in arms["lr0.003-none-constant-40steps"]["probe"]] == [5, 10, 15, 20, 25, 30, 35, 40]
+    stage_args = json.loads((tmp_path / "p" / "lr0.003-none-constant" / "seed-0" / "run" / "run.json").read_text())["args"]
+    assert stage_args["lr_scheduler_type"] == "constant_with_warmup" and stage_args["max_steps"] == 20
+    wsd_args = json.loads((tmp_path / "p" / "lr0.003-none-40steps" / "seed-0" / "run" / "run.json").read_text())["args"]
+    assert wsd_args["lr_scheduler_type"] == "warmup_stable_decay" and wsd_args["max_steps"] == 40
+    family = result.labelled_contrasts()
+    assert [c.contrast.claim for c in family] == [
+        "the gap grows in the cooldown beyond the constant-LR control, lr 0.003, 20 steps",
+        "the gap grows in the cooldown beyond the constant-LR control, lr 0.003, 40 steps",
+        "the cooldown's gap growth changes with the run length, lr 0.003"]
+    values = {(v["arm"], v["seed"]): v for v in result.run_values()}
+    wsd, const = values[("lr0.003-none", 1)], values[("lr0.003-none-constant", 1)]
+    gap = {p["step"]: p["relative_gap"] for p in arms["lr0.003-none"]["probe"]}
+    assert values[("lr0.003-none", 0)]["cooldown_change"] == pytest.approx(gap[20] - gap[15])
+    diffs = [values[(a, s)]["cooldown_change"] - values[(b, s)]["cooldown_change"] for s in (0, 1)
+             for a, b in [("lr0.003-none", "lr0.003-none-constant")]]
+    assert family[0].n == 2 and family[0].difference == pytest.approx(sum(diffs) / 2) and family[0].family == 3
+    assert wsd["gap_after"] is not None and const["gap_after"] is not None
+    assert "| the gap grows in the cooldown beyond the constant-LR control" in result.labelled_contrasts_markdown()
+    save_study_records(tmp_path / "p", tmp_path / "copy")
+    assert PTQDynamicsResult.load(tmp_path / "copy").to_markdown() == PTQDynamicsResult.load(tmp_path / "p").to_markdown()
+    with pytest.raises(ConfigError, match="schedules"):
+        ptq_dynamics_study(tmp_path / "q", **{**kwargs, "schedules": ("cosine",)})
+    with pytest.raises(ConfigError, match="no probe before the cooldown of a 24-step run"):
+        ptq_dynamics_study(tmp_path / "q", **{**kwargs, "steps": 40, "run_lengths": (40, 24), "probe_every": 20})
     assert not (tmp_path / "q").exists()
 
 

@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PTQDynamicsResult", "PTQContinualResult"]
+from quantcl.studies.contrasts import Contrast, ContrastResult, contrasts_markdown, paired_contrasts
+
+__all__ = ["PTQDynamicsResult", "PTQContinualResult", "ptq_contrasts"]
 
 
 def _stats(values: list[float]) -> dict[str, Any]:
@@ -35,6 +37,43 @@ class PTQDynamicsResult:
     def __init__(self, records: Sequence[dict[str, Any]], settings: dict[str, Any]) -> None:
         self.records, self.settings = list(records), dict(settings)
 
+    @classmethod
+    def load(cls, directory: str | Path) -> PTQDynamicsResult:
+        """The records of a study directory (or a copy of its ``study.json`` and records), each
+        seal checked, in seed then arm order."""
+        from quantcl.studies._runs import load_study
+
+        study, records = load_study(Path(directory))
+        return cls(records, study["settings"])
+
+    def run_values(self, method: str | None = None) -> list[dict[str, Any]]:
+        """Per run: the arm, the seed and, for ``method`` (default: the first), ``gap_before`` and
+        ``gap_after`` the cooldown, ``cooldown_change`` (after - before), ``ce_before`` /
+        ``ce_after`` (the float model's held-out loss there) and the final loss."""
+        method = method or self.settings["methods"][0]
+        out = []
+        for rec in self.records:
+            before, after = self._points(rec, method)
+            row: dict[str, Any] = {"arm": rec["arm"], "seed": rec["seed"], "final_loss": rec.get("final_loss")}
+            for when, point in (("before", before), ("after", after)):
+                row[f"gap_{when}"] = None if point is None else float(point["relative_gap"])
+                row[f"ce_{when}"] = None if point is None else float(point["ce_fp"])
+            row["cooldown_change"] = (None if row["gap_before"] is None or row["gap_after"] is None
+                                      else row["gap_after"] - row["gap_before"])
+            out.append(row)
+        return out
+
+    def labelled_contrasts(self, method: str | None = None, contrasts: Sequence[Contrast] | None = None,
+                           adjustment: str = "holm") -> list[ContrastResult]:
+        """The paired per-seed contrasts of ``method``'s gap (default :func:`ptq_contrasts` of the
+        arms run), adjusted as one family and labelled (:mod:`quantcl.studies.contrasts`)."""
+        family = list(contrasts) if contrasts is not None else ptq_contrasts(self.records)
+        return paired_contrasts(self.run_values(method), family, adjustment=adjustment)
+
+    def labelled_contrasts_markdown(self, method: str | None = None) -> str:
+        """:meth:`labelled_contrasts` as a Markdown table."""
+        return contrasts_markdown(self.labelled_contrasts(method), digits=4)
+
     @staticmethod
     def probes(record: dict[str, Any]) -> list[dict[str, Any]]:
         """The probe records that count for this run (LAWA's for an averaged arm)."""
@@ -53,6 +92,8 @@ class PTQDynamicsResult:
             for method in self.settings["methods"]:
                 points = [self._points(r, method) for r in runs]
                 row: dict[str, Any] = {"arm": arm, "peak_lr": runs[0]["peak_lr"], "averaging": runs[0]["averaging"],
+                                       "schedule": runs[0].get("schedule", "wsd"),
+                                       "steps": runs[0].get("steps") or self.settings.get("steps"),
                                        "method": method, "n": len(runs)}
                 for when, i in (("before", 0), ("after", 1)):
                     found = [p for p in (pair[i] for pair in points) if p is not None]
@@ -63,10 +104,11 @@ class PTQDynamicsResult:
 
     def to_markdown(self) -> str:
         """Relative gap before and after the cooldown, mean ± std over seeds, per arm and method."""
-        lines = ["| peak lr | averaging | method | seeds | gap before cooldown | gap after cooldown | "
-                 "CE before | CE after |", "|---:|---|---|---:|---:|---:|---:|---:|"]
+        lines = ["| peak lr | schedule | steps | averaging | method | seeds | gap before cooldown | "
+                 "gap after cooldown | CE before | CE after |", "|---:|---|---:|---|---|---:|---:|---:|---:|---:|"]
         for row in self.summary():
-            lines.append(f"| {row['peak_lr']:g} | {row['averaging']} | {row['method']} | {row['n']} | "
+            lines.append(f"| {row['peak_lr']:g} | {row['schedule']} | {row['steps']} | {row['averaging']} | "
+                         f"{row['method']} | {row['n']} | "
                          f"{_fmt(row['gap_before'])} | {_fmt(row['gap_after'])} | "
                          f"{_fmt(row['ce_before'], 3, False)} | {_fmt(row['ce_after'], 3, False)} |")
         return "\n".join(lines) + "\n"
@@ -115,9 +157,10 @@ class PTQDynamicsResult:
         keys = ("gap_before", "gap_after", "ce_before", "ce_after")
         with path.open("w", newline="") as fh:
             writer = csv.writer(fh)
-            writer.writerow(["peak_lr", "averaging", "method", "n"] + [f"{k}_{s}" for k in keys for s in ("mean", "std")])
+            writer.writerow(["peak_lr", "schedule", "steps", "averaging", "method", "n"]
+                            + [f"{k}_{s}" for k in keys for s in ("mean", "std")])
             for row in self.summary():
-                writer.writerow([row["peak_lr"], row["averaging"], row["method"], row["n"]]
+                writer.writerow([row["peak_lr"], row["schedule"], row["steps"], row["averaging"], row["method"], row["n"]]
                                 + [("" if row[k] is None else row[k][s]) for k in keys for s in ("mean", "std")])
         return path
 
@@ -144,6 +187,53 @@ class PTQDynamicsResult:
         ax.set_ylabel(f"relative CE gap, {method}")
         ax.legend(fontsize=7)
         return save_figure(fig, Path(path))
+
+
+def ptq_contrasts(records: Sequence[dict[str, Any]]) -> list[Contrast]:
+    """The PTQ study's family of contrasts, fixed before its runs, for the arms in ``records``.
+
+    From the paper's claims (arXiv 2510.06213): the gap grows when the learning rate decays
+    (each WSD arm's change over the cooldown minus that of its constant-learning-rate control
+    over the same steps: the decay's own effect, paired by seed); LAWA shrinks the gap after the
+    cooldown (per peak LR); a higher peak LR ends with a smaller gap (each higher LR against the
+    lowest, WSD without averaging); and, with no direction claimed, whether the cooldown's gap
+    growth changes with the run length (the longest against the shortest, per peak LR).
+
+    Examples:
+        >>> recs = [{"arm": a, "peak_lr": 1e-3, "averaging": "none", "schedule": s, "steps": 400}
+        ...         for a, s in (("lr0.001-none", "wsd"), ("lr0.001-none-constant", "constant"))]
+        >>> [c.claim for c in ptq_contrasts(recs)]
+        ['the gap grows in the cooldown beyond the constant-LR control, lr 0.001']
+    """
+    arms: dict[tuple[float, str, str, int], str] = {}
+    for r in records:
+        arms[(float(r["peak_lr"]), r["averaging"], r.get("schedule", "wsd"), int(r.get("steps") or 0))] = r["arm"]
+    lrs = sorted({k[0] for k in arms})
+    lengths = sorted({k[3] for k in arms})
+    shortest = lengths[0] if lengths else 0
+    out = []
+    for (lr, avg, sched, n), arm in arms.items():
+        control = arms.get((lr, avg, "constant", n))
+        if sched == "wsd" and avg == "none" and control:
+            length = f", {n} steps" if len(lengths) > 1 else ""
+            out.append(Contrast(f"the gap grows in the cooldown beyond the constant-LR control, lr {lr:g}{length}",
+                                arm, control, "cooldown_change"))
+    for lr in lrs:
+        lawa, none = arms.get((lr, "lawa", "wsd", shortest)), arms.get((lr, "none", "wsd", shortest))
+        if lawa and none:
+            out.append(Contrast(f"LAWA shrinks the gap after the cooldown, lr {lr:g}", lawa, none, "gap_after", -1))
+    low = arms.get((lrs[0], "none", "wsd", shortest)) if lrs else None
+    for lr in lrs[1:]:
+        high = arms.get((lr, "none", "wsd", shortest))
+        if high and low:
+            out.append(Contrast(f"a higher peak LR ends with a smaller gap, lr {lr:g} vs {lrs[0]:g}", high, low,
+                                "gap_after", -1))
+    for lr in lrs:
+        long, short = arms.get((lr, "none", "wsd", lengths[-1])), arms.get((lr, "none", "wsd", shortest))
+        if len(lengths) > 1 and long and short:
+            out.append(Contrast(f"the cooldown's gap growth changes with the run length, lr {lr:g}", long, short,
+                                "cooldown_change", direction=0))
+    return out
 
 
 class PTQContinualResult:

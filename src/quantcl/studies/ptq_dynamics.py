@@ -41,14 +41,25 @@ __all__ = ["PTQArm", "ptq_dynamics_study", "ptq_continual_study"]
 
 @dataclass(frozen=True)
 class PTQArm:
-    """One arm: a peak learning rate, with (``"lawa"``) or without (``"none"``) averaging."""
+    """One arm: a peak learning rate, with (``"lawa"``) or without (``"none"``) averaging, under a
+    WSD schedule (``"wsd"``) or its constant-learning-rate control (``"constant"``: the same
+    warm-up, no cooldown), for ``steps`` optimizer steps (``None``: the study's).
+
+    Examples:
+        >>> PTQArm(1e-3).name, PTQArm(1e-3, "lawa", "constant", 1600).name
+        ('lr0.001-none', 'lr0.001-lawa-constant-1600steps')
+    """
 
     peak_lr: float
     averaging: str = "none"
+    schedule: str = "wsd"
+    steps: int | None = None
 
     @property
     def name(self) -> str:
-        return f"lr{self.peak_lr:g}-{self.averaging}"
+        constant = "-constant" if self.schedule == "constant" else ""
+        length = f"-{self.steps}steps" if self.steps is not None else ""
+        return f"lr{self.peak_lr:g}-{self.averaging}{constant}{length}"
 
 
 class _AveragedProbe(StageCallback):
@@ -86,6 +97,9 @@ def ptq_dynamics_study(
     seeds: Sequence[int] = (0, 1, 2),
     peak_lrs: Sequence[float] = (1e-3, 3e-3, 1e-2),
     averaging: Sequence[str] = ("none", "lawa"),
+    schedules: Sequence[str] = ("wsd",),
+    run_lengths: Sequence[int] | None = None,
+    arms: Sequence[PTQArm] | None = None,
     steps: int = 400,
     warmup_fraction: float = 0.05,
     cooldown_fraction: float = 0.2,
@@ -101,16 +115,38 @@ def ptq_dynamics_study(
     chunk_chars: int = 256,
     progress: bool = False,
 ) -> PTQDynamicsResult:
-    """Run (or resume) the pre-training study under ``output_dir``; see the module docstring."""
+    """Run (or resume) the pre-training study under ``output_dir``; see the module docstring.
+
+    ``schedules``: ``"wsd"`` and/or ``"constant"`` (the control: the same warm-up, a constant
+    learning rate to the end; its "cooldown" is the same span of steps, without a decay).
+    ``run_lengths``: optimizer steps of each arm (``None``: ``steps`` only); the cooldown is the
+    last ``cooldown_fraction`` of each. ``arms``: an explicit list of :class:`PTQArm` instead of
+    the product of ``peak_lrs`` x ``averaging`` x ``schedules`` x ``run_lengths``.
+    """
     from quantcl.precision.ptq import parse_method
 
     seeds = [require_int(s, "seeds[i]", minimum=0) for s in require_list_of(seeds, "seeds", int, items="ints",
                                                                             nonempty=True)]
-    arms = [PTQArm(require_number(lr, "peak_lrs[i]", low=0, low_open=True), require_choice(a, "averaging[i]",
-                                                                                         ("none", "lawa")))
-            for lr in require_list_of(peak_lrs, "peak_lrs", (int, float), items="numbers", nonempty=True)
-            for a in require_list_of(averaging, "averaging", str, items="'none' / 'lawa'", nonempty=True)]
     steps = require_int(steps, "steps", minimum=20)
+    lengths: list[int | None] = [None] if run_lengths is None else [
+        require_int(n, "run_lengths[i]", minimum=20) for n in require_list_of(run_lengths, "run_lengths", int,
+                                                                               items="ints", nonempty=True)]
+    if arms is not None:
+        given = require_list_of(arms, "arms", PTQArm, items="PTQArm", nonempty=True)
+        lengths = [None, *sorted({require_int(a.steps, "arms[i].steps", minimum=20) for a in given
+                                  if a.steps is not None})]
+        arms = [PTQArm(a.peak_lr, a.averaging, a.schedule, None if a.steps == steps else a.steps) for a in given]
+    else:
+        arms = [PTQArm(lr, a, sched, None if n == steps else n) for n in lengths
+                for lr in require_list_of(peak_lrs, "peak_lrs", (int, float), items="numbers", nonempty=True)
+                for a in require_list_of(averaging, "averaging", str, items="'none' / 'lawa'", nonempty=True)
+                for sched in require_list_of(schedules, "schedules", str, items="'wsd' / 'constant'", nonempty=True)]
+    for arm in arms:
+        require_number(arm.peak_lr, "peak_lrs[i]", low=0, low_open=True)
+        require_choice(arm.averaging, "averaging[i]", ("none", "lawa"))
+        require_choice(arm.schedule, "schedules[i]", ("wsd", "constant"))
+    if len({a.name for a in arms}) != len(arms):
+        raise ConfigError(f"the arms must be distinct, got {[a.name for a in arms]}")
     require_number(warmup_fraction, "warmup_fraction", low=0, high=0.5)
     if not 0 < require_number(cooldown_fraction, "cooldown_fraction", low=0, high=1) < 1:
         raise ConfigError(f"cooldown_fraction must be in (0, 1), got {cooldown_fraction}")
@@ -121,9 +157,11 @@ def ptq_dynamics_study(
     require_int(lawa_window, "lawa_window", minimum=1)
     require_int(n_texts, "n_texts", minimum=1)
     check_model_size(hidden_size, num_layers, batch_size, chunk_chars)
-    cooldown_start = steps - round(cooldown_fraction * steps)
-    if cooldown_start < every:
-        raise ConfigError(f"no probe before the cooldown (starts at step {cooldown_start}, probe_every={every})")
+    cooldown_start = _cooldown_start(steps, cooldown_fraction)
+    for n in [steps] + [n for n in lengths if n is not None]:
+        if _cooldown_start(n, cooldown_fraction) < every:
+            raise ConfigError(f"no probe before the cooldown of a {n}-step run (it starts at step "
+                              f"{_cooldown_start(n, cooldown_fraction)}, probe_every={every})")
     settings = {"seeds": seeds, "steps": steps, "warmup_fraction": warmup_fraction, "cooldown_fraction": cooldown_fraction,
                 "cooldown_start": cooldown_start, "decay_type": decay_type, "probe_every": every, "methods": names,
                 "lawa_every": lawa_every, "lawa_window": lawa_window, "n_texts": n_texts, "hidden_size": hidden_size,
@@ -133,14 +171,19 @@ def ptq_dynamics_study(
     return PTQDynamicsResult(records, settings)
 
 
+def _cooldown_start(steps: int, cooldown_fraction: float) -> int:
+    return steps - round(cooldown_fraction * steps)
+
+
 def _pretrain(run_dir: Path, arm: PTQArm, seed: int, s: dict[str, Any], progress: bool) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     import quantcl as qcl
     from quantcl.averaging import LAWA
 
+    steps = arm.steps or s["steps"]
     model_dir = build_model(run_dir, s["hidden_size"], s["num_layers"], s["chunk_chars"], seed)
-    tasks = qcl.recipes.python_stdlib(n_train=s["steps"] * s["batch_size"], n_eval=s["n_texts"],
+    tasks = qcl.recipes.python_stdlib(n_train=steps * s["batch_size"], n_eval=s["n_texts"],
                                       chunk_chars=s["chunk_chars"], seed=seed)
     texts = [p + t for p, t in zip(tasks[0].eval["prompt"], tasks[0].eval["target"])]
     probe = qcl.PTQProbe(s["methods"], every=s["probe_every"], texts=texts, max_length=s["chunk_chars"] + 8)
@@ -151,17 +194,21 @@ def _pretrain(run_dir: Path, arm: PTQArm, seed: int, s: dict[str, Any], progress
         averaged = _AveragedProbe(lawa, qcl.PTQProbe(s["methods"], texts=texts, max_length=s["chunk_chars"] + 8),
                                   AutoTokenizer.from_pretrained(model_dir), s["probe_every"])
         callbacks = [lawa, averaged]
+    schedule: dict[str, Any] = {"lr_scheduler_type": "constant_with_warmup"}
+    if arm.schedule == "wsd":
+        schedule = {"lr_scheduler_type": "warmup_stable_decay", "cooldown_fraction": s["cooldown_fraction"],
+                    "lr_scheduler_kwargs": {"decay_type": s["decay_type"]}}
     trainer = qcl.ContinualTrainer(
         model=str(model_dir), precision="fp32", tasks=tasks, training="full", seed=seed, progress=progress,
         output_dir=run_dir / "run", plugins=[probe], callbacks=callbacks,
-        args=qcl.StageArgs(max_steps=s["steps"], learning_rate=arm.peak_lr, warmup_steps=s["warmup_fraction"],
-                           lr_scheduler_type="warmup_stable_decay", cooldown_fraction=s["cooldown_fraction"],
-                           lr_scheduler_kwargs={"decay_type": s["decay_type"]}, per_device_train_batch_size=s["batch_size"],
-                           max_length=s["chunk_chars"] + 8, logging_steps=max(1, s["steps"] // 10), eval_batch_size=32,
+        args=qcl.StageArgs(max_steps=steps, learning_rate=arm.peak_lr, warmup_steps=s["warmup_fraction"],
+                           per_device_train_batch_size=s["batch_size"], **schedule,
+                           max_length=s["chunk_chars"] + 8, logging_steps=max(1, steps // 10), eval_batch_size=32,
                            extra={"report_to": "none"}))
     result = trainer.fit(resume=True)  # an arm cut off by an earlier invocation goes on
     stage = result.stage_records[0]
-    return {"arm": arm.name, **asdict(arm), "seed": seed, "cooldown_start": s["cooldown_start"],
+    return {"arm": arm.name, **asdict(arm), "steps": steps, "seed": seed,
+            "cooldown_start": _cooldown_start(steps, s["cooldown_fraction"]),
             "final_loss": result.eval_details["1"]["stdlib"]["loss"], "train_loss": stage["train_loss"],
             "probe": stage["ptq_probe"], "lawa_probe": stage["lawa_probe"] if averaged is not None else None}
 
