@@ -23,8 +23,14 @@ import os
 import time
 from pathlib import Path
 
-from quantcl.studies import LABEL_RULES, TransitionStudyResult, pages, transition_study, transition_variants
-from quantcl.studies._runs import save_study_records
+from quantcl.studies import (
+    LABEL_RULES,
+    TransitionStudyResult,
+    pages,
+    save_study_records,
+    transition_study,
+    transition_variants,
+)
 
 BLOCK = "transition-study"
 SEEDS = "0,1,2,3,4"
@@ -57,7 +63,7 @@ def report(out: Path) -> str:
     return (f"{settings}\n\nMean ± std [95% t-interval] over seeds:\n\n{result.to_markdown()}\n"
             f"**Contrasts** (paired by seed: the arms share each seed's initialisation and data order; one family, "
             f"Holm-adjusted p, Bonferroni simultaneous 95% intervals). {LABEL_RULES}\n\n"
-            f"{result.contrasts_markdown()}")
+            f"{result.labelled_contrasts_markdown()}")
 
 
 def main() -> None:
@@ -77,6 +83,7 @@ def main() -> None:
     rep.add_argument("--out", type=Path, default=Path("runs/transition-study"))
     rep.add_argument("--docs", type=Path, default=None, help="a page with a transition-study block to fill")
     rep.add_argument("--save-results", type=Path, default=None, help="copy the per-run records here")
+    rep.add_argument("--plot", type=Path, default=None, help="also write the curves here (the docs' image)")
     args = parser.parse_args()
 
     if args.command == "run":
@@ -94,6 +101,8 @@ def main() -> None:
     (args.out / "summary.md").write_text(text)
     result.to_csv(os.path.join(args.out, "summary.csv"))
     result.plot(os.path.join(args.out, "curves.png"))
+    if args.command == "report" and args.plot:
+        result.plot(args.plot)
     if args.command == "report" and args.docs:
         pages.splice(args.docs, BLOCK, text)
     if args.command == "report" and args.save_results:

@@ -124,12 +124,12 @@ def test_contrasts_pair_seeds_at_each_arms_best_learning_rate(study):
     _, result = study
     assert result.best_learning_rates() == {"float": 3e-3, "ternary": 3e-3, "switch@0.5/reset/linear": 3e-3,
                                             "switch@0.5/keep+rewarm/step": 1e-2}
-    [c] = result.contrasts()  # of the family, only ternary - float has both arms here
+    [c] = result.labelled_contrasts()  # of the family, only ternary - float has both arms here
     loss = {(r["variant"], r["seed"]): r["final_loss"] for r in result.records}
     diffs = [loss[("ternary", s)] - loss[("float", s)] for s in (0, 1)]
     assert c.contrast.a == "ternary" and c.n == 2 and c.difference == pytest.approx(sum(diffs) / 2)
     assert c.label in ("reproduced", "consistent with", "contradicted", "cannot tell")
-    assert "| 16-bit ends below 1.58-bit from scratch | ternary - float (final_loss) | 2 |" in result.contrasts_markdown()
+    assert "| 16-bit ends below 1.58-bit from scratch | ternary - float (final_loss) | 2 |" in result.labelled_contrasts_markdown()
     two_rates = TransitionStudyResult([{**r, "learning_rate": lr, "variant": f"{r['variant']} {lr}",
                                         "final_loss": r["final_loss"] + (0.5 if lr == 1e-3 and r["variant"] == "float" else 0)}
                                        for r in result.records for lr in (1e-3, 3e-3)], result.settings)

@@ -64,6 +64,7 @@ _LAZY: dict[str, str] = {
     "JointTraining": "quantcl.plugins",
     "OLoRA": "quantcl.plugins",
     "AdapterMerging": "quantcl.plugins",
+    "LwF": "quantcl.plugins",
     "PTQProbeResult": "quantcl.plugins",
     "ContinualResult": "quantcl.results",
     "compute_metrics": "quantcl.metrics",
@@ -107,7 +108,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from quantcl.components import Component
     from quantcl.metrics import compute_metrics
-    from quantcl.plugins import (AGEM, EWC, AdapterMerging, GradientSimilarity, JointTraining, OLoRA, PrecisionSchedule, PTQProbe,
+    from quantcl.plugins import (AGEM, EWC, AdapterMerging, GradientSimilarity, JointTraining, LwF, OLoRA, PrecisionSchedule, PTQProbe,
                                  PTQProbeResult, ReplayPlugin, StageCallback, StagePlugin, TrainerSpec)
     from quantcl.precision import PrecisionPolicy
     from quantcl.replay import ReplayBuffer, ReplayScorer, ReplayStrategy, register_strategy, strategy_names

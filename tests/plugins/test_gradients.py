@@ -152,6 +152,29 @@ def test_replay_vs_new_cosines_in_a_replay_stage_without_changing_the_run(tiny_m
     assert "grad_cos_replay_new" not in off.stage_records[1]
 
 
+def test_the_replay_flag_reaches_no_loss_hook_and_lwf_composes(tiny_model_dir, tmp_path):
+    """LwF runs its own forward passes over the batch (a teacher without grad, functional_call):
+    the flag is taken off for them too, the loss hooks never see it, and each step's rows are
+    counted once."""
+    seen = []
+
+    class Keys(qcl.StagePlugin):
+        def loss(self, trainer, model, inputs, outputs, loss):
+            seen.append(sorted(inputs))
+            return loss
+
+    result = ContinualTrainer(
+        model=str(tiny_model_dir), precision="fp32", tasks=_tasks(), output_dir=tmp_path / "r", progress=False,
+        replay=qcl.ReplayBuffer(fraction=0.5, seed=0),
+        lora=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+        args=StageArgs(learning_rate=5e-3, max_steps=3, per_device_train_batch_size=4, max_length=48),
+        plugins=[qcl.LwF(alpha=1.0), Keys()],
+        callbacks=[GradientSimilarity(every=5, max_length=48, sharpness_draws=0)]).fit()
+    assert seen and all(keys == ["attention_mask", "input_ids", "labels"] for keys in seen)
+    cosines = result.stage_records[1]["grad_cos_replay_new"]
+    assert cosines and all(n_replay + n_new == 4 for _, _, n_replay, n_new in cosines)
+
+
 class _Stop(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == 3:

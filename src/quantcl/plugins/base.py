@@ -38,6 +38,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from quantcl.tasks import Task
     from quantcl.trainer import ContinualTrainer
 
+#: the batch key flagging replayed rows, added by GradientSimilarity when it measures replay; a
+#: forward pre-hook takes it off before the model sees the batch, and plug-ins' loss hooks never see it
+REPLAY_FLAG = "quantcl_replay"
+
 __all__ = ["StagePlugin", "StageCallback", "TrainerSpec", "AfterLossLog", "checkpoint_dir", "save_checkpoint_state",
            "load_checkpoint_state", "compose_trainer_class", "count_parameters_once", "overrides_hook"]
 
@@ -280,6 +284,8 @@ def compose_trainer_class(base: type, plugins: list[StagePlugin], trainer: Conti
             # a copy: transformers pops "labels" from what it gets (label smoothing, compute_loss_func)
             loss, outputs = super().compute_loss(model, dict(inputs), return_outputs=True,
                                                  num_items_in_batch=num_items_in_batch)
+            if REPLAY_FLAG in inputs:
+                inputs = {k: v for k, v in inputs.items() if k != REPLAY_FLAG}
             for plugin in hooks:
                 loss = plugin.loss(trainer, model, inputs, outputs, loss)
             return (loss, outputs) if return_outputs else loss

@@ -47,7 +47,13 @@ from typing import TYPE_CHECKING, Any
 from transformers import TrainerCallback
 
 from quantcl._checks import require_int, require_number
-from quantcl.plugins.base import StageCallback, TrainerSpec, load_checkpoint_state, save_checkpoint_state
+from quantcl.plugins.base import (
+    REPLAY_FLAG,
+    StageCallback,
+    TrainerSpec,
+    load_checkpoint_state,
+    save_checkpoint_state,
+)
 from quantcl.replay.mixing import SOURCE
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -59,8 +65,6 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["GradientSimilarity", "held_and_reference_gradients", "replay_new_gradients"]
 
 CHECKPOINT_FILE = "quantcl-gradient-similarity.json"
-#: the batch key (and dataset column) flagging replayed rows; taken off before the model's forward
-REPLAY_FLAG = "quantcl_replay"
 
 
 def _batch(task: Task, tokenizer: Any, rows: int, max_length: int) -> dict[str, torch.Tensor]:
@@ -70,6 +74,13 @@ def _batch(task: Task, tokenizer: Any, rows: int, max_length: int) -> dict[str, 
     data = data.select(range(min(rows, len(data))))
     tokenized = tokenize_for_training(data, tokenizer, max_length=max_length)
     return make_collator(tokenizer)([dict(r) for r in tokenized])
+
+
+def _rng_devices(model: Any) -> list[Any]:
+    """The devices whose RNG a measurement forks: the model's CUDA device (dropout there draws from
+    it), none on CPU."""
+    device = next((p.device for p in model.parameters()), None)
+    return [device] if getattr(device, "type", "cpu") == "cuda" else []
 
 
 def _loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -192,7 +203,7 @@ class GradientSimilarity(StageCallback):
         model.eval()
         rises = []
         try:
-            with torch.random.fork_rng(devices=[]), torch.no_grad():
+            with torch.random.fork_rng(devices=_rng_devices(model)), torch.no_grad():
                 base = float(_loss(model, batch))
                 for _ in range(self.sharpness_draws):
                     noise = [torch.randn(p.shape, generator=generator) for p in params]
@@ -241,7 +252,7 @@ def replay_new_gradients(model: Any, micro: list[tuple[torch.Tensor, dict[str, t
             counts.append(sum(int(b["labels"].shape[0]) for b in parts))
             for p in params:
                 p.grad = None
-            with torch.random.fork_rng(devices=[]), torch.enable_grad():
+            with torch.random.fork_rng(devices=_rng_devices(model)), torch.enable_grad():
                 for b in parts:  # the token-weighted mean over all of the step's rows of this kind
                     (model(**b).loss * (_target_tokens(b) / total)).backward()
             out.append(torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).float().flatten()
@@ -264,7 +275,7 @@ def held_and_reference_gradients(model: Any, batch: dict[str, torch.Tensor]) -> 
     try:
         for p in params:
             p.grad = None
-        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+        with torch.random.fork_rng(devices=_rng_devices(model)), torch.enable_grad():
             _loss(model, batch).backward()
         g_ref = torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).float().flatten() for p in params])
     finally:
@@ -283,7 +294,9 @@ class _FlaggedCollator:
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
-        flags = [bool(f[REPLAY_FLAG]) for f in features]
+        if not any(REPLAY_FLAG in f for f in features):  # rows without flags (none of this stage's training rows)
+            return self.inner(features)
+        flags = [bool(f.get(REPLAY_FLAG, False)) for f in features]
         batch = self.inner([{k: v for k, v in f.items() if k != REPLAY_FLAG} for f in features])
         batch[REPLAY_FLAG] = torch.tensor(flags, dtype=torch.bool)
         return batch
@@ -299,9 +312,14 @@ class _Cosines(TrainerCallback):
         self._hook: Any = None
 
     def _take_flags(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        import torch
+
         flags = kwargs.pop(REPLAY_FLAG, None)
-        if flags is not None:
-            self.probe._micro.append((flags, {k: kwargs[k].detach() for k in ("input_ids", "attention_mask", "labels")
+        # the training forward only: not a plug-in's teacher pass (no grad) or a second pass over
+        # the same batch tensors (LwF's functional_call), which would count the rows twice
+        if (flags is not None and module.training and torch.is_grad_enabled() and "labels" in kwargs
+                and not any(batch["input_ids"] is kwargs.get("input_ids") for _, batch in self.probe._micro)):
+            self.probe._micro.append((flags, {k: kwargs[k] for k in ("input_ids", "attention_mask", "labels")
                                               if k in kwargs}))
         return args, kwargs
 

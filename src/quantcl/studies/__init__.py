@@ -21,6 +21,8 @@ from __future__ import annotations
 from quantcl.studies._curves import HeldOutLoss, loss_spike
 from quantcl.studies._lessismore_report import lessismore_report, mean_matrices, metrics_table, plot_mean_matrices
 from quantcl.studies._ptq_report import PTQContinualResult, PTQDynamicsResult
+from quantcl.studies._ptq_report import ptq_contrasts
+from quantcl.studies._runs import load_study, save_study_records
 from quantcl.studies._transition_report import TransitionStudyResult, transition_contrasts
 from quantcl.studies.contrasts import LABEL_RULES, Contrast, ContrastResult, contrast_label, paired_contrasts
 from quantcl.studies.lessismore_check import Finding, lessismore_findings, welch_interval
@@ -33,4 +35,4 @@ __all__ = ["transition_study", "transition_variants", "TransitionVariant", "Tran
            "PTQContinualResult", "Finding", "lessismore_findings", "lessismore_report", "welch_interval",
            "mean_matrices", "plot_mean_matrices", "metrics_table", "Endpoint", "ENDPOINTS", "confirmatory_findings",
            "confirmatory_table", "replay_dose", "transition_contrasts", "Contrast", "ContrastResult", "paired_contrasts",
-           "contrast_label", "LABEL_RULES"]
+           "contrast_label", "LABEL_RULES", "ptq_contrasts", "load_study", "save_study_records"]

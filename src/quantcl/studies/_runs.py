@@ -92,13 +92,18 @@ def load_study(root: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 def save_study_records(root: Path, target: Path) -> int:
     """Copy what a study's report is made from (``study.json`` and every finished run's sealed
-    record: no weights) from ``root`` to ``target``; returns the number of records copied."""
+    record: no weights) from ``root`` to ``target`` (removing the records of an earlier copy that
+    ``root`` no longer has); returns the number of records copied."""
     import shutil
 
     records = sorted(root.glob(f"*/seed-*/{RECORD_FILE}"))
     if not (root / "study.json").is_file():
         raise StateError(f"{str(root)!r} holds no study.json: not a study directory")
     target.mkdir(parents=True, exist_ok=True)
+    keep = {path.relative_to(root) for path in records}
+    for stale in target.glob(f"*/seed-*/{RECORD_FILE}"):  # an earlier copy's runs that are gone now
+        if stale.relative_to(target) not in keep:
+            stale.unlink()
     shutil.copyfile(root / "study.json", target / "study.json")
     for path in records:
         dest = target / path.relative_to(root)

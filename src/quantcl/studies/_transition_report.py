@@ -51,37 +51,58 @@ class TransitionStudyResult:
         return sorted(set.intersection(*found)) if found else []
 
     def best_learning_rates(self, metric: str = "final_loss") -> dict[str, float]:
-        """Per arm, the learning rate with the lowest mean ``metric`` over :attr:`seeds`.
+        """Per arm, the learning rate with the lowest mean ``metric`` over :attr:`seeds` (a rate
+        with a missing or non-finite value at any of them counts as the worst; a tie goes to the
+        smaller rate).
 
-        The selection uses the same seeds as the contrasts (each arm gets the same advantage of
-        being picked at its best); a tie goes to the smaller rate."""
-        means: dict[str, dict[float, float]] = {}
+        The selection uses the same seeds and outcome as the contrasts, which biases each arm's
+        final loss down a little (most for an arm whose rates are close); :meth:`labelled_contrasts_markdown`
+        shows the contrasts at every fixed rate too, as the check on it."""
+        seeds = self.seeds
+        values: dict[str, dict[float, list[float]]] = {}
         for r in self.records:
-            if r["seed"] in self.seeds and r.get(metric) is not None:
-                lr = float(r.get("learning_rate", self.settings.get("learning_rate", math.nan)))
-                means.setdefault(_arm(r), {}).setdefault(lr, 0.0)
-                means[_arm(r)][lr] += float(r[metric]) / len(self.seeds)
+            if r["seed"] in seeds:
+                value = r.get(metric)
+                values.setdefault(_arm(r), {}).setdefault(self._lr(r), []).append(
+                    float(value) if value is not None and math.isfinite(float(value)) else math.inf)
+        means = {arm: {lr: (sum(v) / len(v) if len(v) == len(seeds) else math.inf) for lr, v in by.items()}
+                 for arm, by in values.items()}
         return {arm: min(by, key=lambda lr: (by[lr], lr)) for arm, by in means.items()}
+
+    def _lr(self, record: dict[str, Any]) -> float:
+        return float(record.get("learning_rate", self.settings.get("learning_rate", math.nan)))
 
     def at_best_learning_rate(self) -> list[dict[str, Any]]:
         """The records of :attr:`seeds` at each arm's :meth:`best_learning_rates`."""
         best = self.best_learning_rates()
-        return [{**r, "arm": _arm(r)} for r in self.records if r["seed"] in self.seeds
-                and float(r.get("learning_rate", self.settings.get("learning_rate", math.nan))) == best.get(_arm(r))]
+        return [{**r, "arm": _arm(r)} for r in self.records if r["seed"] in self.seeds and self._lr(r) == best.get(_arm(r))]
 
-    def contrasts(self, contrasts: Sequence[Contrast] | None = None, adjustment: str = "holm") -> list[ContrastResult]:
+    def at_learning_rate(self, learning_rate: float) -> list[dict[str, Any]]:
+        """The records of :attr:`seeds` at ``learning_rate`` (every arm at that one rate)."""
+        return [{**r, "arm": _arm(r)} for r in self.records if r["seed"] in self.seeds and self._lr(r) == learning_rate]
+
+    def labelled_contrasts(self, contrasts: Sequence[Contrast] | None = None, adjustment: str = "holm",
+                           learning_rate: float | None = None) -> list[ContrastResult]:
         """The paired per-seed contrasts (default :func:`transition_contrasts` of the arms run),
-        each arm at its best learning rate, adjusted as one family."""
-        records = self.at_best_learning_rate()
+        each arm at its best learning rate (or every arm at ``learning_rate``), adjusted as one
+        family and labelled (:mod:`quantcl.studies.contrasts`)."""
+        records = self.at_best_learning_rate() if learning_rate is None else self.at_learning_rate(learning_rate)
         family = list(contrasts) if contrasts is not None else transition_contrasts({r["arm"] for r in records})
         return paired_contrasts(records, family, adjustment=adjustment)
 
-    def contrasts_markdown(self, adjustment: str = "holm") -> str:
-        """:meth:`contrasts` as a Markdown table, after the learning rate each arm was compared at."""
+    def labelled_contrasts_markdown(self, adjustment: str = "holm") -> str:
+        """:meth:`labelled_contrasts` as Markdown: each arm at its best rate, then, as the check
+        on that selection, the same family with every arm at each fixed rate."""
         best = self.best_learning_rates()
         lrs = ", ".join(f"{arm} {lr:g}" for arm, lr in best.items())
-        return (f"Each arm at its best peak learning rate (lowest mean final loss over seeds {self.seeds}): "
-                f"{lrs}.\n\n" + contrasts_markdown(self.contrasts(adjustment=adjustment)))
+        text = (f"Each arm at its best peak learning rate (lowest mean final loss over seeds {self.seeds}): "
+                f"{lrs}.\n\n" + contrasts_markdown(self.labelled_contrasts(adjustment=adjustment)))
+        rates = sorted({self._lr(r) for r in self.records})
+        if len(rates) > 1:
+            for lr in rates:
+                text += (f"\nEvery arm at peak learning rate {lr:g}:\n\n"
+                         + contrasts_markdown(self.labelled_contrasts(adjustment=adjustment, learning_rate=lr)))
+        return text
 
     @property
     def variants(self) -> list[str]:
@@ -133,20 +154,23 @@ class TransitionStudyResult:
         return [(s, sum(c[s] for c in curves) / len(curves)) for s in shared]
 
     def plot(self, path: str | Path) -> Path:
-        """Held-out loss curves (mean over seeds), one panel per switch point, switch marked."""
+        """Held-out loss curves (mean over seeds), one panel per switch point, switch marked; with
+        several learning rates, each arm at its :meth:`best_learning_rates` only."""
         from quantcl._plot import save_figure, require_extra
 
         require_extra("matplotlib", "plot")
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        runs = {r["variant"]: r for r in self.records}
-        fractions = sorted({r["switch_fraction"] for r in self.records if r.get("switch_fraction")})
+        several = len({r.get("learning_rate") for r in self.records}) > 1
+        shown = self.at_best_learning_rate() if several else self.records
+        runs = {r["variant"]: r for r in shown}
+        fractions = sorted({r["switch_fraction"] for r in shown if r.get("switch_fraction")})
         fig = Figure(figsize=(5 * max(1, len(fractions)), 4), layout="constrained")
         FigureCanvasAgg(fig)
         axes = fig.subplots(1, max(1, len(fractions)), squeeze=False, sharey=True)
         for ax, fraction in zip(axes[0], fractions or [None]):
-            for name in self.variants:
+            for name in runs:
                 arm = runs[name]
                 if arm.get("switch_fraction") not in (None, 0.0, fraction):
                     continue
@@ -154,7 +178,7 @@ class TransitionStudyResult:
                 steps, losses = ([s for s, _ in curve], [v for _, v in curve])
                 style = "-" if arm.get("switch_fraction") == fraction else ":"
                 ax.plot(steps, losses, style, label=name, linewidth=1.2)
-            switch = next((r["switch_step"] for r in self.records if r.get("switch_fraction") == fraction), None)
+            switch = next((r["switch_step"] for r in shown if r.get("switch_fraction") == fraction), None)
             if switch:
                 ax.axvline(switch, color="grey", linestyle="--", linewidth=0.8)
             ax.set_title(f"switch at {fraction:g} of the steps" if fraction else "baselines")

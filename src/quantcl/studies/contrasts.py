@@ -8,16 +8,15 @@ before its runs; :func:`paired_contrasts` computes, for each, the mean of the pe
 differences, its 95% t-interval, the two-sided one-sample t-test's p-value raw and adjusted for
 the family (Holm's by default, :func:`quantcl.sweep.stats.adjust`), the *simultaneous* interval
 (Bonferroni: each at confidence ``1 - alpha / m`` for a family of ``m``, so that all ``m`` cover
-together with probability ``1 - alpha``) and the smallest difference the design detects with 80%
+together with probability ``1 - alpha``; ``m`` counts the contrasts that have an interval, as
+Holm's does) and the smallest difference the design detects with 80%
 power at ``alpha / m``. The label is read off the simultaneous interval (the stricter of the
 two corrections: whatever it excludes, Holm's test rejects too):
 
-=================  ===================================================================
-``reproduced``     the paper's sign, the simultaneous interval excluding 0
-``consistent with`` the paper's sign, the interval including 0
-``contradicted``   the simultaneous interval excluding 0 on the other side
-``cannot tell``    the other sign with the interval including 0, or no interval
-=================  ===================================================================
+- ``reproduced``: the paper's sign, the simultaneous interval excluding 0;
+- ``consistent with``: the paper's sign, the interval including 0;
+- ``contradicted``: the simultaneous interval excluding 0 on the other side;
+- ``cannot tell``: the other sign with the interval including 0, or no interval.
 
 A contrast with no claimed direction (``direction=0``) is labelled ``differs`` or
 ``no clear difference``; one without an interval (fewer than 2 seeds, or the same difference at
@@ -50,8 +49,8 @@ __all__ = ["Contrast", "ContrastResult", "paired_contrasts", "contrast_label", "
 LABEL_RULES = ("*reproduced*: the paper's sign, the simultaneous interval excluding 0; *consistent with*: the "
                "paper's sign, the interval including 0; *contradicted*: the simultaneous interval excluding 0 on "
                "the other side; *cannot tell*: the other sign with the interval including 0 (the detectable "
-               "difference says what the design could have found). Without a claimed direction: *differs* or "
-               "*no clear difference*.")
+               "difference says what the design could have found), or no interval (fewer than 2 seeds, or the "
+               "same difference at every seed). Without a claimed direction: *differs* or *no clear difference*.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +82,8 @@ class Contrast:
 @dataclasses.dataclass(frozen=True)
 class ContrastResult:
     """One contrast's numbers (see the module docstring); ``nan`` where fewer than 2 seeds pair
-    up or every difference is the same."""
+    up or every difference is the same. ``family``: the contrasts of the family that have an
+    interval (the ``m`` of both corrections)."""
 
     contrast: Contrast
     n: int
@@ -123,7 +123,7 @@ def _by_arm_seed(records: Sequence[Mapping[str, Any]], arm: str, seed: str, metr
     out: dict[str, dict[Any, float]] = {}
     for r in records:
         value = r.get(metric)
-        if value is None:
+        if value is None or not math.isfinite(float(value)):  # a missing or diverged run pairs with nothing
             continue
         seen = out.setdefault(r[arm], {})
         if r[seed] in seen:
@@ -162,6 +162,7 @@ def paired_contrasts(records: Sequence[Mapping[str, Any]], contrasts: Sequence[C
         rows.append((c, d))
     p_raw = [_p_value(d) for _, d in rows]
     p_adj = adjust(p_raw, method=adjustment) if m else []
+    m = max(1, sum(not math.isnan(p) for p in p_raw))  # the tests in the family, as Holm counts them
     out = []
     for (c, d), p, q in zip(rows, p_raw, p_adj):
         diff = float(d.mean()) if d.size else math.nan

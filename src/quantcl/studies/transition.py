@@ -169,7 +169,11 @@ def transition_study(
     arms = list(variants) if variants is not None else transition_variants()
     _check_inputs(arms, learning_rate, batch_size, chunk_chars, n_eval, n_cloze, hidden_size, num_layers,
                   activation_bits)
-    settings = {"seeds": seeds, "steps": steps, "phase_in_steps": k, "rewarm_steps": rewarm, "spike_window": window,
+    if rewarm == 0 and any(a.rewarm for a in arms):
+        raise ConfigError("an arm with rewarm=True needs rewarm_steps >= 1 (0 would run it without a re-warm)")
+    # design 2: the re-warm became its own arm (a "reset" arm of design 1 also re-warmed), so a
+    # study directory of design 1 is refused rather than read back under the new names
+    settings = {"design": 2, "seeds": seeds, "steps": steps, "phase_in_steps": k, "rewarm_steps": rewarm, "spike_window": window,
                 "eval_every": require_int(eval_every, "eval_every", minimum=1), "learning_rate": learning_rate,
                 "batch_size": batch_size, "chunk_chars": chunk_chars, "n_eval": n_eval, "n_cloze": n_cloze,
                 "hidden_size": hidden_size, "num_layers": num_layers, "activation_bits": activation_bits}
