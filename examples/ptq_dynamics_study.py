@@ -1,55 +1,144 @@
 """The training-dynamics / PTQ-robustness studies (arXiv 2510.06213) on this machine, offline.
 
-    python examples/ptq_dynamics_study.py --out runs/ptq-study                 # pre-training part
-    python examples/ptq_dynamics_study.py --continual --out runs/ptq-continual  # continual LoRA part
-    python examples/ptq_dynamics_study.py --steps 100 --seeds 0 --peak-lrs 3e-3  # a quick look
+    python examples/ptq_dynamics_study.py run --out runs/ptq-dynamics          # the design below, seeds 0-2
+    python examples/ptq_dynamics_study.py report --out runs/ptq-dynamics --docs docs/ptq.md \\
+        --save-results examples/results/ptq-dynamics --plot docs/img/ptq-dynamics-gap-rtn3.png
+    python examples/ptq_dynamics_study.py continual --out runs/ptq-continual   # the continual LoRA part
+    python examples/ptq_dynamics_study.py run --out /tmp/p --seeds 0 --steps 60 --long-steps 120 \\
+        --hidden-size 64 --probe-every 10                                      # a quick look
 
-Writes ``summary.md`` (and for the pre-training part ``summary.csv`` and ``gap.png``) into
-``--out`` and prints the table. Re-running resumes: finished runs are read back.
+``run`` pre-trains a random-init Llama on the standard library's source with the arms fixed
+below, seed by seed (a study stopped part-way has whole seeds to report; running it again resumes
+and adds seeds), probing the PTQ gap along training:
+
+- at ``--steps`` (400): peak LRs 3e-4, 1e-3 and 3e-3, each under WSD and under its constant-LR
+  control (the same warm-up, no decay), and LAWA beside WSD at 3e-4 and 1e-3;
+- at ``--long-steps`` (1600): 3e-4 and 1e-3, WSD and constant (the "independent of the number of
+  tokens" claim).
+
+The peak LRs the contrasts use are read off the runs by the rule stated on the page
+(:meth:`~quantcl.studies.PTQDynamicsResult.stable_peak_lrs`: every rate up to the highest whose
+mean final loss is within 5% of the best one's): the first sitting's grid (1e-3, 3e-3, 1e-2)
+ended at losses 1.72, 1.96 and 2.52, so this grid reaches down instead of up.
+
+``report`` writes ``summary.md``, ``summary.csv`` and ``gap.png`` into ``--out``; with ``--docs``
+it fills the page's ``ptq-dynamics-study`` block (every number of it from the records), with
+``--save-results`` it copies the per-run records (no weights) there.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
+import json
 import time
+from pathlib import Path
 
-import quantcl as qcl
+from quantcl.studies import (
+    LABEL_RULES,
+    PTQArm,
+    PTQDynamicsResult,
+    pages,
+    ptq_continual_study,
+    ptq_dynamics_study,
+)
+
+BLOCK = "ptq-dynamics-study"
+SEEDS = "0,1,2"
+METHODS = "rtn3,rtn4,nf4"
+LEARNING_RATES = (3e-4, 1e-3, 3e-3)
+LAWA_LEARNING_RATES = (3e-4, 1e-3)
+LONG_LEARNING_RATES = (3e-4, 1e-3)
+
+
+def arms(steps: int, long_steps: int) -> list[PTQArm]:
+    """The design (see the module docstring); the study's own length is ``steps``."""
+    out = [PTQArm(lr, "none", schedule) for lr in LEARNING_RATES for schedule in ("wsd", "constant")]
+    out += [PTQArm(lr, "lawa") for lr in LAWA_LEARNING_RATES]
+    out += [PTQArm(lr, "none", schedule, long_steps) for lr in LONG_LEARNING_RATES for schedule in ("wsd", "constant")]
+    return out
+
+
+def report(out: Path) -> str:
+    """The page block: settings, the table per arm, the stable range, the labelled contrasts."""
+    result = PTQDynamicsResult.load(out)
+    s = result.settings
+    seeds = sorted({r["seed"] for r in result.records})
+    timing = json.loads((out / "timing.json").read_text()) if (out / "timing.json").is_file() else {}
+    wall = sum(r["wall_seconds"] for r in result.records)
+    lengths = sorted({int(r["steps"]) for r in result.records})
+    settings = (f"{len(result.records)} runs ({len({r['arm'] for r in result.records})} arms; seeds {seeds}); "
+                f"run lengths {' and '.join(map(str, lengths))} optimizer steps of {s['batch_size']} chunks of "
+                f"{s['chunk_chars']} characters of the standard library's source; WSD with "
+                f"{s['warmup_fraction']:.0%} warm-up and a {s['decay_type']} cooldown over the last "
+                f"{s['cooldown_fraction']:.0%}, or the constant-LR control (the same warm-up, no decay); LAWA: the mean "
+                f"of the last {s['lawa_window']} snapshots taken every {s['lawa_every']} steps; a random Llama (hidden "
+                f"{s['hidden_size']}, {s['num_layers']} layers); the gap probed every {s['probe_every']} steps on "
+                f"{s['n_texts']} held-out chunks with {', '.join(s['methods'])}. Wall time: {wall:.0f} s summed over "
+                f"the runs" + (f" ({timing['machine']})" if timing.get("machine") else "") + ".")
+    stable = result.stable_peak_lrs()
+    finals = {}
+    for r in result.records:
+        if r["averaging"] == "none" and r["schedule"] == "wsd" and int(r["steps"]) == s["steps"]:
+            finals.setdefault(float(r["peak_lr"]), []).append(float(r["final_loss"]))
+    losses = ", ".join(f"{lr:g}: {sum(v) / len(v):.3f}" for lr, v in sorted(finals.items()))
+    method = s["methods"][0]
+    return (f"{settings}\n\nRelative CE gap `CE(W_q)/CE(W) - 1`, mean ± std over seeds, at the last probe "
+            f"before the cooldown and at the end:\n\n{result.to_markdown()}\n"
+            f"**Stable range** (rule: every peak LR up to the highest whose mean final held-out loss, WSD without "
+            f"averaging at {s['steps']} steps, is within 5% of the best rate's). Mean final loss per peak LR: "
+            f"{losses}; inside: {', '.join(f'{lr:g}' for lr in stable) or 'none'}.\n\n"
+            f"**Contrasts** of the {method} gap (paired by seed: the arms share each seed's initialisation and data "
+            f"order; one family over the stable rates, Holm-adjusted p, Bonferroni simultaneous 95% intervals; "
+            f"*equal loss*: both runs read where their held-out loss first reaches the higher of their two final "
+            f"losses). {LABEL_RULES}\n\n{result.labelled_contrasts_markdown(method)}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/ptq-study")
-    parser.add_argument("--continual", action="store_true", help="the continual LoRA part instead")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--peak-lrs", default="1e-3,3e-3,1e-2")
-    parser.add_argument("--methods", default="rtn3,rtn4,rtn8,int8,nf4")
-    parser.add_argument("--precisions", default="fp32,int8,nf4", help="--continual: adapter precisions")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train (or resume) the pre-training study")
+    run.add_argument("--out", type=Path, default=Path("runs/ptq-dynamics"))
+    run.add_argument("--seeds", default=SEEDS, help="comma-separated")
+    run.add_argument("--steps", type=int, default=400)
+    run.add_argument("--long-steps", type=int, default=1600)
+    run.add_argument("--methods", default=METHODS, help="comma-separated PTQ methods")
+    run.add_argument("--probe-every", type=int, default=25)
+    run.add_argument("--hidden-size", type=int, default=128)
+    rep = sub.add_parser("report", help="tables, plot, the docs block and the shipped records")
+    rep.add_argument("--out", type=Path, default=Path("runs/ptq-dynamics"))
+    rep.add_argument("--docs", type=Path, default=None, help="a page with a ptq-dynamics-study block to fill")
+    rep.add_argument("--save-results", type=Path, default=None, help="copy the per-run records here")
+    rep.add_argument("--plot", type=Path, default=None, help="also write the gap plot here (the docs' image)")
+    cont = sub.add_parser("continual", help="the continual LoRA part")
+    cont.add_argument("--out", type=Path, default=Path("runs/ptq-continual"))
+    cont.add_argument("--seeds", default=SEEDS)
+    cont.add_argument("--methods", default="rtn3,rtn4,rtn8,int8,nf4")
+    cont.add_argument("--precisions", default="fp32,int8,nf4", help="the adapters' precisions")
     args = parser.parse_args()
-    seeds = [int(s) for s in args.seeds.split(",")]
-    methods = args.methods.split(",")
-    start = time.perf_counter()
-    extra = []
-    if args.continual:
-        continual = qcl.studies.ptq_continual_study(args.out, seeds=seeds, methods=methods,
-                                                    precisions=args.precisions.split(","))
-        settings, table = continual.settings, continual.to_markdown()
-    else:
-        dynamics = qcl.studies.ptq_dynamics_study(args.out, seeds=seeds, steps=args.steps, methods=methods,
-                                                  peak_lrs=[float(x) for x in args.peak_lrs.split(",")])
-        settings, table = dynamics.settings, dynamics.to_markdown()
-        table += "\nPaired per-seed differences:\n\n" + "\n".join(
-            dynamics.contrasts_markdown(m) for m in ("rtn3", "rtn4", "nf4") if m in methods)
-        extra = [dynamics.to_csv(os.path.join(args.out, "summary.csv")), dynamics.plot(os.path.join(args.out, "gap.png"))]
-    wall = time.perf_counter() - start
-    header = (f"Settings: {', '.join(f'{k}={v}' for k, v in settings.items())}.\n"
-              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-              f"Python {platform.python_version()}; this invocation {wall:.0f} s.\n\n")
-    with open(os.path.join(args.out, "summary.md"), "w") as fh:
-        fh.write(header + table)
-    print(header + table + "".join(f"\nwrote {p}" for p in extra))
+
+    seeds = [int(v) for v in getattr(args, "seeds", SEEDS).split(",")]
+    if args.command == "continual":
+        start = time.perf_counter()
+        continual = ptq_continual_study(args.out, seeds=seeds, methods=args.methods.split(","),
+                                        precisions=args.precisions.split(","))
+        text = (f"Settings: {', '.join(f'{k}={v}' for k, v in continual.settings.items())}.\nMachine: "
+                f"{pages.machine()}; this invocation {time.perf_counter() - start:.0f} s.\n\n{continual.to_markdown()}")
+        (args.out / "summary.md").write_text(text)
+        print(text)
+        return
+    if args.command == "run":
+        start = time.perf_counter()
+        ptq_dynamics_study(args.out, seeds=seeds, arms=arms(args.steps, args.long_steps), steps=args.steps,
+                           methods=args.methods.split(","), probe_every=args.probe_every,
+                           hidden_size=args.hidden_size)
+        timing = {"machine": pages.machine(), "last_invocation_seconds": time.perf_counter() - start}
+        (args.out / "timing.json").write_text(json.dumps(timing, indent=1))
+    text = report(args.out)
+    reporting = args.command == "report"
+    pages.publish_study(args.out, text, PTQDynamicsResult.load(args.out), block_name=BLOCK, plot_name="gap.png",
+                        docs=args.docs if reporting else None, plot=args.plot if reporting else None,
+                        save_results=args.save_results if reporting else None)
+    print(text)
 
 
 if __name__ == "__main__":

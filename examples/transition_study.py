@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -27,7 +26,6 @@ from quantcl.studies import (
     LABEL_RULES,
     TransitionStudyResult,
     pages,
-    save_study_records,
     transition_study,
     transition_variants,
 )
@@ -97,19 +95,10 @@ def main() -> None:
         timing = {"machine": pages.machine(), "last_invocation_seconds": time.perf_counter() - start}
         (args.out / "timing.json").write_text(json.dumps(timing, indent=1))
     text = report(args.out)
-    result = TransitionStudyResult.load(args.out)
-    (args.out / "summary.md").write_text(text)
-    result.to_csv(os.path.join(args.out, "summary.csv"))
-    result.plot(os.path.join(args.out, "curves.png"))
-    if args.command == "report" and args.plot:
-        result.plot(args.plot)
-    if args.command == "report" and args.docs:
-        pages.splice(args.docs, BLOCK, text)
-    if args.command == "report" and args.save_results:
-        n = save_study_records(args.out, args.save_results)
-        if (args.out / "timing.json").is_file():
-            (args.save_results / "timing.json").write_bytes((args.out / "timing.json").read_bytes())
-        print(f"{n} records copied to {args.save_results}")
+    reporting = args.command == "report"
+    pages.publish_study(args.out, text, TransitionStudyResult.load(args.out), block_name=BLOCK, plot_name="curves.png",
+                        docs=args.docs if reporting else None, plot=args.plot if reporting else None,
+                        save_results=args.save_results if reporting else None)
     print(text)
 
 

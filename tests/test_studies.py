@@ -236,7 +236,9 @@ def test_ptq_constant_control_and_run_lengths(tmp_path):
     family = result.labelled_contrasts()
     assert [c.contrast.claim for c in family] == [
         "the gap grows in the cooldown beyond the constant-LR control, lr 0.003, 20 steps",
+        "at equal loss the WSD run has the larger gap, lr 0.003, 20 steps",
         "the gap grows in the cooldown beyond the constant-LR control, lr 0.003, 40 steps",
+        "at equal loss the WSD run has the larger gap, lr 0.003, 40 steps",
         "the cooldown's gap growth changes with the run length, lr 0.003"]
     values = {(v["arm"], v["seed"]): v for v in result.run_values()}
     wsd, const = values[("lr0.003-none", 1)], values[("lr0.003-none-constant", 1)]
@@ -244,7 +246,7 @@ def test_ptq_constant_control_and_run_lengths(tmp_path):
     assert values[("lr0.003-none", 0)]["cooldown_change"] == pytest.approx(gap[20] - gap[15])
     diffs = [values[(a, s)]["cooldown_change"] - values[(b, s)]["cooldown_change"] for s in (0, 1)
              for a, b in [("lr0.003-none", "lr0.003-none-constant")]]
-    assert family[0].n == 2 and family[0].difference == pytest.approx(sum(diffs) / 2) and family[0].family == 3
+    assert family[0].n == 2 and family[0].difference == pytest.approx(sum(diffs) / 2) and family[0].family == 5
     assert wsd["gap_after"] is not None and const["gap_after"] is not None
     assert "| the gap grows in the cooldown beyond the constant-LR control" in result.labelled_contrasts_markdown()
     save_study_records(tmp_path / "p", tmp_path / "copy")
@@ -268,13 +270,71 @@ def test_ptq_dynamics_contrasts_pair_seeds():
     gaps = {(1e-3, "none"): [(0.01, 0.03), (0.02, 0.05)], (1e-3, "lawa"): [(0.01, 0.02), (0.02, 0.03)],
             (3e-3, "none"): [(0.01, 0.01), (0.00, 0.02)]}
     records = [record(lr, avg, seed, b, a) for (lr, avg), pairs in gaps.items() for seed, (b, a) in enumerate(pairs)]
-    rows = {r["contrast"]: r for r in PTQDynamicsResult(records, {"methods": ["rtn3"]}).contrasts()}
+    with pytest.deprecated_call(match="labelled_contrasts"):
+        rows = {r["contrast"]: r for r in PTQDynamicsResult(records, {"methods": ["rtn3"]}).contrasts()}
     assert rows["cooldown (after - before), lr 0.001 none"]["mean"] == pytest.approx((0.02 + 0.03) / 2)
     assert rows["LAWA - none after cooldown, lr 0.001"]["mean"] == pytest.approx((-0.01 - 0.02) / 2)
     assert rows["lr 0.003 - lr 0.001 after cooldown, none"]["mean"] == pytest.approx((-0.02 - 0.03) / 2)
     assert "LAWA - none after cooldown, lr 0.003" not in rows  # no LAWA arm at that LR
     low, high = rows["cooldown (after - before), lr 0.001 none"]["t_low"], rows["cooldown (after - before), lr 0.001 none"]["t_high"]
     assert low < 0.025 < high and high - low == pytest.approx(2 * 12.706 * 0.005, rel=1e-3)  # t(0.975, 1) * sd / sqrt(2)
+
+
+def _curve_record(arm, seed, ces, gaps, lr=1e-3, schedule="wsd", averaging="none", steps=40):
+    probe = [{"step": 10 * (i + 1), "method": "rtn3", "ce_fp": c, "relative_gap": g}
+             for i, (c, g) in enumerate(zip(ces, gaps))]
+    return {"arm": arm, "seed": seed, "peak_lr": lr, "averaging": averaging, "schedule": schedule, "steps": steps,
+            "cooldown_start": 30, "final_loss": ces[-1], "probe": probe, "lawa_probe": None}
+
+
+def test_ptq_gap_at_equal_loss_reads_both_runs_at_the_loss_both_reach():
+    """The level is the higher final loss of the pair, per seed; each run's gap is interpolated
+    where its loss first falls to it; the contrast is the paired difference of those gaps."""
+    from quantcl.studies._ptq_report import EQUAL_LOSS, PTQDynamicsResult
+
+    records = [
+        _curve_record("wsd", 0, [3.0, 2.0, 1.8, 1.0], [0.01, 0.02, 0.03, 0.07]),
+        _curve_record("const", 0, [3.0, 2.5, 2.0, 1.5], [0.01, 0.01, 0.02, 0.03], schedule="constant"),
+        _curve_record("wsd", 1, [3.0, 2.2, 1.2, 1.1], [0.01, 0.02, 0.04, 0.05]),
+        _curve_record("const", 1, [3.0, 2.0, 1.0, 1.0], [0.01, 0.02, 0.02, 0.02], schedule="constant"),
+    ]
+    result = PTQDynamicsResult(records, {"methods": ["rtn3"], "steps": 40})
+    rows = {(r["arm"], r["seed"]): r for r in result.equal_loss_values("wsd", "const")}
+    # seed 0: level 1.5 (the control's end); wsd falls to it between step 30 (1.8) and 40 (1.0)
+    t = (1.8 - 1.5) / (1.8 - 1.0)
+    assert rows[("wsd", 0)]["gap_at_equal_loss"] == pytest.approx(0.03 + t * 0.04)
+    assert rows[("wsd", 0)]["equal_loss_step"] == pytest.approx(30 + 10 * t)
+    assert rows[("const", 0)]["gap_at_equal_loss"] == pytest.approx(0.03) and rows[("const", 0)]["equal_loss_ce"] == 1.5
+    # seed 1: the WSD run ends higher (1.1): the control is read on its way down, between 2.0 and 1.0
+    assert rows[("wsd", 1)]["gap_at_equal_loss"] == pytest.approx(0.05)
+    assert rows[("const", 1)]["gap_at_equal_loss"] == pytest.approx(0.02)
+    assert rows[("const", 1)]["equal_loss_step"] == pytest.approx(20 + 10 * 0.9)
+    family = result.labelled_contrasts(stable_only=False)
+    equal = next(c for c in family if c.contrast.metric == EQUAL_LOSS)
+    d0 = 0.03 + t * 0.04 - 0.03
+    assert equal.n == 2 and equal.difference == pytest.approx((d0 + 0.03) / 2)
+    assert [c.contrast.claim for c in family] == [
+        "the gap grows in the cooldown beyond the constant-LR control, lr 0.001",
+        "at equal loss the WSD run has the larger gap, lr 0.001"]
+
+
+def test_ptq_stable_peak_lrs_rule_and_the_family_it_restricts():
+    """Stable: every rate up to the highest whose mean final loss is within 5% of the best one's
+    (WSD, no averaging, the study's length); the default family leaves the others out."""
+    from quantcl.studies._ptq_report import PTQDynamicsResult
+
+    finals = {3e-4: 1.90, 1e-3: 1.72, 3e-3: 1.80, 1e-2: 2.52}  # 1.80 <= 1.05 * 1.72; 2.52 is not
+    records = [_curve_record(f"lr{lr:g}", s, [3.0, 2.5, 2.2, final + s / 100], [0.01, 0.02, 0.02, 0.03 + s / 50], lr=lr)
+               for lr, final in finals.items() for s in (0, 1, 2)]
+    records += [_curve_record("long", 0, [3.0, 1.0, 1.0, 1.0], [0.0] * 4, lr=1e-1, steps=80)]  # another length
+    result = PTQDynamicsResult(records, {"methods": ["rtn3"], "steps": 40})
+    assert result.stable_peak_lrs() == [3e-4, 1e-3, 3e-3]
+    assert result.stable_peak_lrs(tolerance=0.01) == [3e-4, 1e-3]
+    claims = [c.contrast.claim for c in result.labelled_contrasts()]
+    assert claims[:2] == ["a higher peak LR ends with a smaller gap, lr 0.001 vs 0.0003",
+                          "a higher peak LR has a smaller gap at equal loss, lr 0.001 vs 0.0003"]
+    assert len(claims) == 4 and not any("0.01" in c for c in claims)
+    assert len(result.labelled_contrasts(stable_only=False)) == 6
 
 
 def test_ptq_continual_study_small(tmp_path, tiny_model_dir):

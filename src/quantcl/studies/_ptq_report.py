@@ -10,7 +10,10 @@ from typing import Any
 
 from quantcl.studies.contrasts import Contrast, ContrastResult, contrasts_markdown, paired_contrasts
 
-__all__ = ["PTQDynamicsResult", "PTQContinualResult", "ptq_contrasts"]
+__all__ = ["PTQDynamicsResult", "PTQContinualResult", "ptq_contrasts", "EQUAL_LOSS"]
+
+#: the metric of a contrast read at a loss both arms reach (:meth:`PTQDynamicsResult.equal_loss_values`)
+EQUAL_LOSS = "gap_at_equal_loss"
 
 
 def _stats(values: list[float]) -> dict[str, Any]:
@@ -64,15 +67,24 @@ class PTQDynamicsResult:
         return out
 
     def labelled_contrasts(self, method: str | None = None, contrasts: Sequence[Contrast] | None = None,
-                           adjustment: str = "holm") -> list[ContrastResult]:
+                           adjustment: str = "holm", stable_only: bool = True) -> list[ContrastResult]:
         """The paired per-seed contrasts of ``method``'s gap (default :func:`ptq_contrasts` of the
-        arms run), adjusted as one family and labelled (:mod:`quantcl.studies.contrasts`)."""
-        family = list(contrasts) if contrasts is not None else ptq_contrasts(self.records)
-        return paired_contrasts(self.run_values(method), family, adjustment=adjustment)
+        arms run, at the peak LRs of :meth:`stable_peak_lrs` unless ``stable_only=False``), adjusted
+        as one family and labelled (:mod:`quantcl.studies.contrasts`); a contrast of
+        ``gap_at_equal_loss`` is read by :meth:`equal_loss_values` for its own pair."""
+        if contrasts is not None:
+            family = list(contrasts)
+        else:
+            family = ptq_contrasts(self.records, (self.stable_peak_lrs() if stable_only else None) or None)
 
-    def labelled_contrasts_markdown(self, method: str | None = None) -> str:
+        def own(c: Contrast) -> list[dict[str, Any]] | None:
+            return self.equal_loss_values(c.a, c.b, method) if c.metric == EQUAL_LOSS else None
+
+        return paired_contrasts(self.run_values(method), family, adjustment=adjustment, records_for=own)
+
+    def labelled_contrasts_markdown(self, method: str | None = None, stable_only: bool = True) -> str:
         """:meth:`labelled_contrasts` as a Markdown table."""
-        return contrasts_markdown(self.labelled_contrasts(method), digits=4)
+        return contrasts_markdown(self.labelled_contrasts(method, stable_only=stable_only), digits=4)
 
     @staticmethod
     def probes(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -114,42 +126,101 @@ class PTQDynamicsResult:
         return "\n".join(lines) + "\n"
 
     def contrasts(self, method: str | None = None) -> list[dict[str, Any]]:
-        """Paired per-seed differences of the gap of ``method`` (default: the first), with
-        Student-t 95% intervals: the cooldown (after - before) per arm; LAWA - none after the
-        cooldown per peak LR; and each peak LR - the lowest, after the cooldown, per averaging."""
+        """Deprecated: unadjusted paired differences; use :meth:`labelled_contrasts` (the family
+        fixed before the runs, adjusted for multiplicity and labelled)."""
+        import warnings
+
+        warnings.warn("PTQDynamicsResult.contrasts() is deprecated (unadjusted intervals); use "
+                      "labelled_contrasts()", DeprecationWarning, stacklevel=2)
         method = method or self.settings["methods"][0]
-        gap: dict[tuple[str, int], tuple[float | None, float | None]] = {}
-        for rec in self.records:
-            before, after = self._points(rec, method)
-            gap[(rec["arm"], rec["seed"])] = tuple(  # type: ignore[assignment]
-                None if p is None else float(p["relative_gap"]) for p in (before, after))
+        values = {(r["arm"], r["seed"]): r for r in self.run_values(method)}
         arms = {r["arm"]: (r["peak_lr"], r["averaging"]) for r in self.records}
 
-        def paired(a: str, b: str | None, i: int, j: int) -> dict[str, Any]:
-            seeds = sorted(s for (arm, s) in gap if arm == a and (b is None or (b, s) in gap))
-            diffs = [gap[(a, s)][i] - gap[(b or a, s)][j] for s in seeds  # type: ignore[operator]
-                     if gap[(a, s)][i] is not None and gap[(b or a, s)][j] is not None]
+        def paired(a: str, b: str, key_a: str, key_b: str) -> dict[str, Any]:
+            diffs = [values[(a, s)][key_a] - values[(b, s)][key_b] for (arm, s) in values
+                     if arm == a and (b, s) in values
+                     and values[(a, s)][key_a] is not None and values[(b, s)][key_b] is not None]
             return _stats(diffs)
 
-        out = [{"contrast": f"cooldown (after - before), lr {lr:g} {avg}", **paired(arm, None, 1, 0)}
+        out = [{"contrast": f"cooldown (after - before), lr {lr:g} {avg}", **paired(arm, arm, "gap_after", "gap_before")}
                for arm, (lr, avg) in arms.items()]
         by = {(lr, avg): arm for arm, (lr, avg) in arms.items()}
         lrs = sorted({lr for lr, _ in arms.values()})
-        out += [{"contrast": f"LAWA - none after cooldown, lr {lr:g}", **paired(by[(lr, "lawa")], by[(lr, "none")], 1, 1)}
+        out += [{"contrast": f"LAWA - none after cooldown, lr {lr:g}",
+                 **paired(by[(lr, "lawa")], by[(lr, "none")], "gap_after", "gap_after")}
                 for lr in lrs if (lr, "lawa") in by and (lr, "none") in by]
-        out += [{"contrast": f"lr {lr:g} - lr {lrs[0]:g} after cooldown, {avg}", **paired(by[(lr, avg)], by[(lrs[0], avg)], 1, 1)}
+        out += [{"contrast": f"lr {lr:g} - lr {lrs[0]:g} after cooldown, {avg}",
+                 **paired(by[(lr, avg)], by[(lrs[0], avg)], "gap_after", "gap_after")}
                 for avg in dict.fromkeys(a for _, a in arms.values()) for lr in lrs[1:]
                 if (lr, avg) in by and (lrs[0], avg) in by]
         return out
 
     def contrasts_markdown(self, method: str | None = None) -> str:
-        """:meth:`contrasts` as a Markdown table."""
+        """Deprecated: :meth:`contrasts` as a Markdown table; use :meth:`labelled_contrasts_markdown`."""
+        rows = self.contrasts(method)
         lines = [f"| contrast ({method or self.settings['methods'][0]} relative gap) | seeds | mean | 95% t-interval |",
                  "|---|---:|---:|---|"]
-        for row in self.contrasts(method):
+        for row in rows:
             lines.append(f"| {row['contrast']} | {row['n']} | {row['mean']:+.4f} | "
                          f"[{row['t_low']:+.4f}, {row['t_high']:+.4f}] |")
         return "\n".join(lines) + "\n"
+
+    def equal_loss_values(self, a: str, b: str, method: str | None = None) -> list[dict[str, Any]]:
+        """The gap of ``method`` in arms ``a`` and ``b`` read at a loss both reach, per seed.
+
+        For each seed the level is the higher of the two runs' final held-out losses (the float
+        model's, at the last probe); each run's gap is read where its loss first falls to that
+        level, linearly interpolated in the loss between the two probes around it. So a WSD run
+        is compared with its constant-LR control (or a higher peak LR with a lower one) at the
+        same loss, not only at the same step: what the schedule does apart from how far it
+        trained. Rows: ``arm``, ``seed``, ``gap_at_equal_loss``, ``equal_loss_ce``, ``equal_loss_step``
+        (fractional where interpolated).
+
+        Examples:
+            >>> curve = lambda ces, gaps: [{"method": "rtn3", "step": 10 * (i + 1), "ce_fp": c, "relative_gap": g}
+            ...                            for i, (c, g) in enumerate(zip(ces, gaps))]
+            >>> recs = [{"arm": "wsd", "seed": 0, "probe": curve([3.0, 2.0, 1.0], [0.01, 0.02, 0.05])},
+            ...         {"arm": "const", "seed": 0, "probe": curve([3.0, 2.5, 1.5], [0.01, 0.01, 0.03])}]
+            >>> [(r["arm"], round(r["gap_at_equal_loss"], 3), r["equal_loss_step"])
+            ...  for r in PTQDynamicsResult(recs, {"methods": ["rtn3"]}).equal_loss_values("wsd", "const")]
+            [('wsd', 0.035, 25.0), ('const', 0.03, 30.0)]
+        """
+        method = method or self.settings["methods"][0]
+        curves: dict[tuple[str, int], list[tuple[int, float, float]]] = {}
+        for rec in self.records:
+            if rec["arm"] in (a, b):
+                curves[(rec["arm"], rec["seed"])] = sorted(
+                    (int(r["step"]), float(r["ce_fp"]), float(r["relative_gap"]))
+                    for r in self.probes(rec) if r["method"] == method)
+        out = []
+        for seed in sorted({s for (arm, s) in curves if arm == a} & {s for (arm, s) in curves if arm == b}):
+            pair = [curves[(a, seed)], curves[(b, seed)]]
+            if not all(pair):
+                continue
+            level = max(c[-1][1] for c in pair)
+            for arm, curve in zip((a, b), pair):
+                step, gap = _first_at(curve, level)
+                out.append({"arm": arm, "seed": seed, "gap_at_equal_loss": gap, "equal_loss_ce": level,
+                            "equal_loss_step": step})
+        return out
+
+    def stable_peak_lrs(self, tolerance: float = 0.05) -> list[float]:
+        """The peak learning rates inside the stable range, by the rule the PTQ page states: the
+        rates up to the highest whose mean final held-out loss (WSD, no averaging, the study's run
+        length) is within ``tolerance`` (relative) of the best rate's. A rate above it ends
+        clearly less trained in this budget, so its gap would compare a less-trained model."""
+        final: dict[float, list[float]] = {}
+        for rec in self.records:
+            if (rec["averaging"] == "none" and rec.get("schedule", "wsd") == "wsd"
+                    and (rec.get("steps") or self.settings.get("steps")) == self.settings.get("steps")
+                    and rec.get("final_loss") is not None and math.isfinite(rec["final_loss"])):
+                final.setdefault(float(rec["peak_lr"]), []).append(float(rec["final_loss"]))
+        if not final:
+            return []
+        means = {lr: sum(v) / len(v) for lr, v in final.items()}
+        best = min(means.values())
+        edge = max(lr for lr, loss in means.items() if loss <= best * (1 + tolerance))
+        return sorted(lr for lr in means if lr <= edge)
 
     def to_csv(self, path: str | Path) -> Path:
         """The summary as CSV (mean and std of each quantity)."""
@@ -182,32 +253,51 @@ class PTQDynamicsResult:
             steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
             ax.plot(steps, [sum(c[s] for c in curves) / len(curves) for s in steps], marker="o", markersize=2,
                     label=arm, linestyle="--" if arm.endswith("lawa") else "-")
-        ax.axvline(self.settings["cooldown_start"], color="grey", linestyle=":", linewidth=0.8)
-        ax.set_xlabel("optimizer step (dotted: cooldown starts)")
+        for start in sorted({int(r.get("cooldown_start", self.settings["cooldown_start"])) for r in self.records}):
+            ax.axvline(start, color="grey", linestyle=":", linewidth=0.8)
+        ax.set_xlabel("optimizer step (dotted: a cooldown starts)")
         ax.set_ylabel(f"relative CE gap, {method}")
         ax.legend(fontsize=7)
         return save_figure(fig, Path(path))
 
 
-def ptq_contrasts(records: Sequence[dict[str, Any]]) -> list[Contrast]:
-    """The PTQ study's family of contrasts, fixed before its runs, for the arms in ``records``.
+def _first_at(curve: list[tuple[int, float, float]], level: float) -> tuple[float, float]:
+    """``(step, gap)`` where the loss of ``curve`` (``(step, ce, gap)`` rows) first falls to ``level``."""
+    for i, (step, ce, gap) in enumerate(curve):
+        if ce <= level:
+            if i == 0 or curve[i - 1][1] == ce:
+                return float(step), gap
+            s0, c0, g0 = curve[i - 1]
+            t = (c0 - level) / (c0 - ce)
+            return s0 + t * (step - s0), g0 + t * (gap - g0)
+    return float(curve[-1][0]), curve[-1][2]
+
+
+def ptq_contrasts(records: Sequence[dict[str, Any]], peak_lrs: Sequence[float] | None = None) -> list[Contrast]:
+    """The PTQ study's family of contrasts, fixed before its runs, for the arms in ``records``
+    (only those at ``peak_lrs``, when given: the stable range, :meth:`PTQDynamicsResult.stable_peak_lrs`).
 
     From the paper's claims (arXiv 2510.06213): the gap grows when the learning rate decays
     (each WSD arm's change over the cooldown minus that of its constant-learning-rate control
-    over the same steps: the decay's own effect, paired by seed); LAWA shrinks the gap after the
-    cooldown (per peak LR); a higher peak LR ends with a smaller gap (each higher LR against the
-    lowest, WSD without averaging); and, with no direction claimed, whether the cooldown's gap
-    growth changes with the run length (the longest against the shortest, per peak LR).
+    over the same steps: the decay's own effect, paired by seed; and, apart from how far each
+    trained, the WSD arm's gap minus its control's read at a loss both reach); LAWA shrinks the gap
+    after the cooldown (per peak LR); a higher peak LR ends with a smaller gap (each higher LR
+    against the lowest, WSD without averaging; at the end and at equal loss); and, with no direction
+    claimed, whether the cooldown's gap growth changes with the run length (the longest against
+    the shortest, per peak LR).
 
     Examples:
         >>> recs = [{"arm": a, "peak_lr": 1e-3, "averaging": "none", "schedule": s, "steps": 400}
         ...         for a, s in (("lr0.001-none", "wsd"), ("lr0.001-none-constant", "constant"))]
-        >>> [c.claim for c in ptq_contrasts(recs)]
-        ['the gap grows in the cooldown beyond the constant-LR control, lr 0.001']
+        >>> [c.claim for c in ptq_contrasts(recs)]  # doctest: +NORMALIZE_WHITESPACE
+        ['the gap grows in the cooldown beyond the constant-LR control, lr 0.001',
+         'at equal loss the WSD run has the larger gap, lr 0.001']
     """
+    keep = None if peak_lrs is None else {float(lr) for lr in peak_lrs}
     arms: dict[tuple[float, str, str, int], str] = {}
     for r in records:
-        arms[(float(r["peak_lr"]), r["averaging"], r.get("schedule", "wsd"), int(r.get("steps") or 0))] = r["arm"]
+        if keep is None or float(r["peak_lr"]) in keep:
+            arms[(float(r["peak_lr"]), r["averaging"], r.get("schedule", "wsd"), int(r.get("steps") or 0))] = r["arm"]
     lrs = sorted({k[0] for k in arms})
     lengths = sorted({k[3] for k in arms})
     shortest = lengths[0] if lengths else 0
@@ -218,6 +308,8 @@ def ptq_contrasts(records: Sequence[dict[str, Any]]) -> list[Contrast]:
             length = f", {n} steps" if len(lengths) > 1 else ""
             out.append(Contrast(f"the gap grows in the cooldown beyond the constant-LR control, lr {lr:g}{length}",
                                 arm, control, "cooldown_change"))
+            out.append(Contrast(f"at equal loss the WSD run has the larger gap, lr {lr:g}{length}", arm, control,
+                                EQUAL_LOSS))
     for lr in lrs:
         lawa, none = arms.get((lr, "lawa", "wsd", shortest)), arms.get((lr, "none", "wsd", shortest))
         if lawa and none:
@@ -228,6 +320,8 @@ def ptq_contrasts(records: Sequence[dict[str, Any]]) -> list[Contrast]:
         if high and low:
             out.append(Contrast(f"a higher peak LR ends with a smaller gap, lr {lr:g} vs {lrs[0]:g}", high, low,
                                 "gap_after", -1))
+            out.append(Contrast(f"a higher peak LR has a smaller gap at equal loss, lr {lr:g} vs {lrs[0]:g}", high,
+                                low, EQUAL_LOSS, -1))
     for lr in lrs:
         long, short = arms.get((lr, "none", "wsd", lengths[-1])), arms.get((lr, "none", "wsd", shortest))
         if len(lengths) > 1 and long and short:

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -134,7 +134,9 @@ def _by_arm_seed(records: Sequence[Mapping[str, Any]], arm: str, seed: str, metr
 
 
 def paired_contrasts(records: Sequence[Mapping[str, Any]], contrasts: Sequence[Contrast], *, arm: str = "arm",
-                     seed: str = "seed", adjustment: str = "holm", alpha: float = 0.05) -> list[ContrastResult]:
+                     seed: str = "seed", adjustment: str = "holm", alpha: float = 0.05,
+                     records_for: Callable[[Contrast], Sequence[Mapping[str, Any]] | None] | None = None,
+                     ) -> list[ContrastResult]:
     """Each of ``contrasts`` over the seeds both arms have, as one family (see the module docstring).
 
     Args:
@@ -146,17 +148,25 @@ def paired_contrasts(records: Sequence[Mapping[str, Any]], contrasts: Sequence[C
         adjustment: ``"holm"`` or ``"bh"`` (the reported adjusted p-values; the intervals are
             Bonferroni's simultaneous ones either way).
         alpha: the family's level.
+        records_for: for a contrast whose values depend on the pair compared (a gap read at a
+            loss both arms reach), its own records; ``None`` from it (or no ``records_for``)
+            means ``records``.
     """
     if not 0 < alpha < 1 or isinstance(alpha, bool):
         raise ConfigError(f"paired_contrasts(alpha=...) must be in (0, 1), got {alpha!r}")
-    arms = {r[arm] for r in records}
-    missing = sorted({name for c in contrasts for name in (c.a, c.b)} - arms)
-    if missing:
-        raise ConfigError(f"paired_contrasts: no record of arm(s) {missing}; the records have {sorted(map(str, arms))}")
+    own: dict[Contrast, Sequence[Mapping[str, Any]]] = {}
+    for c in contrasts:
+        found = records_for(c) if records_for is not None else None
+        own[c] = records if found is None else found
+        arms = {r[arm] for r in own[c]}
+        missing = sorted({c.a, c.b} - arms)
+        if missing:
+            raise ConfigError(f"paired_contrasts: no record of arm(s) {missing}; the records have "
+                              f"{sorted(map(str, arms))}")
     m = len(contrasts)
     rows = []
     for c in contrasts:
-        values = _by_arm_seed(records, arm, seed, c.metric)
+        values = _by_arm_seed(own[c], arm, seed, c.metric)
         a, b = values.get(c.a, {}), values.get(c.b, {})
         d = np.asarray([a[s] - b[s] for s in sorted(set(a) & set(b), key=str)], dtype=float)
         rows.append((c, d))

@@ -28,7 +28,7 @@ from typing import Any
 from quantcl._io import atomic_write_bytes
 from quantcl.sweep.share import adopted_record
 
-__all__ = ["markers", "block", "splice", "machine", "sweep_timing", "save_sweep_results"]
+__all__ = ["markers", "block", "splice", "machine", "sweep_timing", "save_sweep_results", "publish_study"]
 
 
 def markers(name: str) -> tuple[str, str]:
@@ -122,3 +122,26 @@ def save_sweep_results(sweeps: Mapping[str, Any], out: Path, target: Path) -> No
     for extra in ("timing.json", "probes.json"):  # wall times; probes scored after the runs
         if (out / extra).is_file():
             shutil.copyfile(out / extra, parent(target / extra))
+
+
+def publish_study(out: Path, text: str, result: Any, *, block_name: str, plot_name: str,
+                  docs: Path | None = None, save_results: Path | None = None, plot: Path | None = None) -> None:
+    """What a study script's ``report`` writes: ``summary.md`` (``text``), ``summary.csv`` and
+    ``plot_name`` (``result.to_csv`` / ``result.plot``) into the study directory ``out``; with
+    ``docs``, ``text`` into that page's ``block_name`` block; with ``save_results``, the per-run
+    records (:func:`~quantcl.studies.save_study_records`) and ``timing.json`` copied there; with
+    ``plot``, the plot written there too (the docs' image)."""
+    from quantcl.studies._runs import save_study_records
+
+    (out / "summary.md").write_text(text)
+    result.to_csv(out / "summary.csv")
+    result.plot(out / plot_name)
+    if plot is not None:
+        result.plot(plot)
+    if docs is not None:
+        splice(docs, block_name, text)
+    if save_results is not None:
+        n = save_study_records(out, save_results)
+        if (out / "timing.json").is_file():
+            shutil.copyfile(out / "timing.json", save_results / "timing.json")
+        print(f"{n} records copied to {save_results}")
