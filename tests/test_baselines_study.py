@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from _examples import load_example
+from _generated import assert_block
 
 from quantcl.studies import pages
 
@@ -30,5 +31,6 @@ def test_every_method_is_a_valid_sweep_over_precision_and_seed(study, tmp_path):
 
 
 def test_the_page_table_is_the_report_of_the_shipped_results(study):
-    assert pages.block(PAGE, study.BLOCK) == study.report(SAVED).strip()
+    assert_block(PAGE, study.BLOCK, study.report(SAVED), "python examples/baselines.py report --out runs/baselines "
+                 "--docs docs/baselines.md --save-results examples/results/baselines")
     assert "| method | precision | runs | average accuracy |" in pages.block(PAGE, study.BLOCK)

@@ -7,6 +7,7 @@ from dataclasses import asdict
 
 import pytest
 from _examples import load_example
+from _generated import assert_block
 
 from quantcl.studies import ptq_contrasts
 from quantcl.studies._ptq_report import EQUAL_LOSS
@@ -50,5 +51,5 @@ def test_the_page_block_is_the_report_of_the_shipped_records(study):
     if not (saved / "study.json").is_file():
         assert "Not run yet" in pages.block(root / "docs" / "ptq.md", study.BLOCK)
         return
-    assert pages.block(root / "docs" / "ptq.md", study.BLOCK) == study.report(saved).strip()
+    assert_block(root / "docs" / "ptq.md", study.BLOCK, study.report(saved), "python examples/ptq_dynamics_study.py report --out runs/ptq-dynamics --docs docs/ptq.md --save-results examples/results/ptq-dynamics")
     assert not list(saved.rglob("*.safetensors"))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from _examples import load_example
+from _generated import assert_block
 
 from quantcl.studies import TransitionStudyResult, pages, transition_contrasts
 
@@ -32,7 +33,7 @@ def test_the_design_is_every_arm_at_every_learning_rate(study):
 
 
 def test_the_page_block_is_the_report_of_the_shipped_records(study):
-    assert pages.block(PAGE, study.BLOCK) == study.report(SAVED).strip()
+    assert_block(PAGE, study.BLOCK, study.report(SAVED), "python examples/transition_study.py report --out runs/transition-study --docs docs/qat.md --save-results examples/results/transition-study")
     result = TransitionStudyResult.load(SAVED)
     assert len(result.seeds) >= 3 and not list(SAVED.rglob("*.safetensors"))
     assert all(len([r for r in result.records if r["variant"] == v]) >= 3 for v in result.variants)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from quantcl.studies._runs import StudyRecords
 from quantcl.studies.contrasts import Contrast, ContrastResult, contrasts_markdown, paired_contrasts
 
 __all__ = ["PTQDynamicsResult", "PTQContinualResult", "ptq_contrasts", "EQUAL_LOSS"]
@@ -31,23 +32,12 @@ def _fmt(stats: dict[str, Any] | None, digits: int = 4, signed: bool = True) -> 
     return f"{stats['mean']:{sign}.{digits}f} ± {stats['std']:.{digits}f}"
 
 
-class PTQDynamicsResult:
+class PTQDynamicsResult(StudyRecords):
     """Per-run records of :func:`~quantcl.studies.ptq_dynamics_study` and their summary.
 
     The gap of an averaged arm is the LAWA average's; the others', the trained model's.
     """
 
-    def __init__(self, records: Sequence[dict[str, Any]], settings: dict[str, Any]) -> None:
-        self.records, self.settings = list(records), dict(settings)
-
-    @classmethod
-    def load(cls, directory: str | Path) -> PTQDynamicsResult:
-        """The records of a study directory (or a copy of its ``study.json`` and records), each
-        seal checked, in seed then arm order."""
-        from quantcl.studies._runs import load_study
-
-        study, records = load_study(Path(directory))
-        return cls(records, study["settings"])
 
     def run_values(self, method: str | None = None) -> list[dict[str, Any]]:
         """Per run: the arm, the seed and, for ``method`` (default: the first), ``gap_before`` and
@@ -330,11 +320,8 @@ def ptq_contrasts(records: Sequence[dict[str, Any]], peak_lrs: Sequence[float] |
     return out
 
 
-class PTQContinualResult:
+class PTQContinualResult(StudyRecords):
     """Per-run records of :func:`~quantcl.studies.ptq_continual_study`: the gap after each stage."""
-
-    def __init__(self, records: Sequence[dict[str, Any]], settings: dict[str, Any]) -> None:
-        self.records, self.settings = list(records), dict(settings)
 
     def summary(self) -> list[dict[str, Any]]:
         """Per precision and stage: the mean ± std gap of each method, and the stage's task."""

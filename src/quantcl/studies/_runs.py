@@ -8,14 +8,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from quantcl._checks import require_int
 from quantcl._io import atomic_write_json, read_json, seal, seal_ok, to_jsonable
 from quantcl.errors import ConfigError, StateError
 
 __all__ = ["RECORD_FILE", "check_study_dir", "run_once", "run_arms", "check_model_size", "load_study",
-           "save_study_records"]
+           "save_study_records", "StudyRecords"]
 
 RECORD_FILE = "study-record.json"
 
@@ -88,6 +88,32 @@ def load_study(root: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             raise StateError(f"{str(record_path)!r} was edited or truncated (its seal does not match)")
         records.append({k: v for k, v in record.items() if k != "sha256"})
     return {k: v for k, v in saved.items() if k != "sha256"}, records
+
+
+_R = TypeVar("_R", bound="StudyRecords")
+
+
+class StudyRecords:
+    """A study's per-run records and settings: what each study's result class is built on.
+
+    ``load`` reads a study directory (or a copy made by :func:`save_study_records`), each seal
+    checked, in seed then :meth:`order` order.
+    """
+
+    def __init__(self, records: Sequence[dict[str, Any]], settings: dict[str, Any]) -> None:
+        self.records, self.settings = list(records), dict(settings)
+
+    @classmethod
+    def load(cls: type[_R], directory: str | Path) -> _R:
+        """The records of a study directory (or of a copy of its ``study.json`` and records)."""
+        study, records = load_study(Path(directory))
+        records.sort(key=lambda r: (r["seed"], cls.order(r)))
+        return cls(records, study["settings"])
+
+    @staticmethod
+    def order(record: dict[str, Any]) -> Any:
+        """The place of a record among those of its seed (default: its folder's, as found)."""
+        return 0
 
 
 def save_study_records(root: Path, target: Path) -> int:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from quantcl.studies._runs import StudyRecords
 from quantcl.studies.contrasts import Contrast, ContrastResult, contrasts_markdown, paired_contrasts
 
 __all__ = ["TransitionStudyResult", "METRICS", "transition_contrasts"]
@@ -17,7 +18,7 @@ METRICS = (("final_loss", "final loss", True), ("final_perplexity", "perplexity"
            ("spike", "spike", True), ("cloze_acc", "cloze acc", False), ("wall_seconds", "wall s", True))
 
 
-class TransitionStudyResult:
+class TransitionStudyResult(StudyRecords):
     """The per-run records of :func:`~quantcl.studies.transition_study` and their summary.
 
     ``records``: one dict per (variant, seed): ``final_loss``, ``final_perplexity``, ``spike``
@@ -31,18 +32,10 @@ class TransitionStudyResult:
         2.0
     """
 
-    def __init__(self, records: Sequence[dict[str, Any]], settings: dict[str, Any]) -> None:
-        self.records, self.settings = list(records), dict(settings)
-
-    @classmethod
-    def load(cls, directory: str | Path) -> TransitionStudyResult:
-        """The records of a study directory (or a copy of its ``study.json`` and records), each
-        seal checked, in seed then arm order."""
-        from quantcl.studies._runs import load_study
-
-        study, records = load_study(Path(directory))
-        records.sort(key=lambda r: (r["seed"], _arm_order(r)))
-        return cls(records, study["settings"])
+    @staticmethod
+    def order(record: dict[str, Any]) -> Any:
+        """Among a seed's records: by arm as the design lists them, then by learning rate."""
+        return _arm_order(record)
 
     @property
     def seeds(self) -> list[int]:
