@@ -258,6 +258,28 @@ def test_ptq_constant_control_and_run_lengths(tmp_path):
     assert not (tmp_path / "q").exists()
 
 
+def test_ptq_dynamics_study_continues_a_pretrained_model(tmp_path, tiny_model_dir):
+    """model=: every arm and seed starts from that checkpoint's weights (no random init is built);
+    the settings name it; a path that is no checkpoint is refused before any run."""
+    import json
+
+    from quantcl.studies import ptq_dynamics_study
+
+    kwargs = {"seeds": (0, 1), "peak_lrs": (1e-3,), "averaging": ("none",), "schedules": ("wsd", "constant"),
+              "steps": 20, "probe_every": 10, "methods": ("rtn4",), "n_texts": 4, "chunk_chars": 64,
+              "model": str(tiny_model_dir)}
+    result = ptq_dynamics_study(tmp_path / "p", **kwargs)
+    assert result.settings["model"] == str(tiny_model_dir) and result.settings["hidden_size"] is None
+    assert len(result.records) == 4 and not list((tmp_path / "p").rglob("init"))
+    run = json.loads((tmp_path / "p" / "lr0.001-none" / "seed-1" / "run" / "run.json").read_text())
+    assert run["model"] == str(tiny_model_dir)
+    first = {r["seed"]: r["probe"][0]["ce_fp"] for r in result.records if r["arm"] == "lr0.001-none"}
+    assert first[0] != first[1]  # other data orders from the same weights
+    with pytest.raises(ConfigError, match="no config.json"):
+        ptq_dynamics_study(tmp_path / "q", **{**kwargs, "model": str(tmp_path)})
+    assert not (tmp_path / "q").exists()
+
+
 def test_ptq_dynamics_contrasts_pair_seeds():
     from quantcl.studies._ptq_report import PTQDynamicsResult
 

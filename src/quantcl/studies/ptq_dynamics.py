@@ -113,6 +113,7 @@ def ptq_dynamics_study(
     num_layers: int = 4,
     batch_size: int = 8,
     chunk_chars: int = 256,
+    model: str | None = None,
     progress: bool = False,
 ) -> PTQDynamicsResult:
     """Run (or resume) the pre-training study under ``output_dir``; see the module docstring.
@@ -122,6 +123,10 @@ def ptq_dynamics_study(
     ``run_lengths``: optimizer steps of each arm (``None``: ``steps`` only); the cooldown is the
     last ``cooldown_fraction`` of each. ``arms``: an explicit list of :class:`PTQArm` instead of
     the product of ``peak_lrs`` x ``averaging`` x ``schedules`` x ``run_lengths``.
+    ``model``: ``None`` pre-trains a random-init Llama per seed (``hidden_size``, ``num_layers``,
+    a character tokenizer); a pretrained model (a local checkpoint directory, a ``.gguf`` file,
+    ``"quantcl:smollm2"``) is pre-trained further instead, from the same weights at every seed (the
+    seed sets the data order), with its own tokenizer (``hidden_size`` / ``num_layers`` unused).
     """
     from quantcl.precision.ptq import parse_method
 
@@ -157,6 +162,7 @@ def ptq_dynamics_study(
     require_int(lawa_window, "lawa_window", minimum=1)
     require_int(n_texts, "n_texts", minimum=1)
     check_model_size(hidden_size, num_layers, batch_size, chunk_chars)
+    source = None if model is None else _checkpoint_dir(model)
     cooldown_start = _cooldown_start(steps, cooldown_fraction)
     for n in [steps] + [n for n in lengths if n is not None]:
         if _cooldown_start(n, cooldown_fraction) < every:
@@ -166,8 +172,10 @@ def ptq_dynamics_study(
                 "cooldown_start": cooldown_start, "decay_type": decay_type, "probe_every": every, "methods": names,
                 "lawa_every": lawa_every, "lawa_window": lawa_window, "n_texts": n_texts, "hidden_size": hidden_size,
                 "num_layers": num_layers, "batch_size": batch_size, "chunk_chars": chunk_chars}
+    if model is not None:  # only then, so a random-init study's directory reads as before
+        settings.update(model=model, hidden_size=None, num_layers=None)
     records = run_arms(Path(output_dir), settings, arms, seeds, lambda arm: arm.name,
-                       lambda run_dir, arm, seed: _pretrain(run_dir, arm, seed, settings, progress))
+                       lambda run_dir, arm, seed: _pretrain(run_dir, arm, seed, settings, source, progress))
     return PTQDynamicsResult(records, settings)
 
 
@@ -175,14 +183,32 @@ def _cooldown_start(steps: int, cooldown_fraction: float) -> int:
     return steps - round(cooldown_fraction * steps)
 
 
-def _pretrain(run_dir: Path, arm: PTQArm, seed: int, s: dict[str, Any], progress: bool) -> dict[str, Any]:
+def _checkpoint_dir(model: str) -> str:
+    """The local checkpoint directory of ``model`` (a ``quantcl:`` alias or a ``.gguf`` file converted
+    once), refused before any run when it is neither a directory nor a GGUF file."""
+    from quantcl.models import resolve_model_alias
+    from quantcl.precision.gguf import gguf_to_checkpoint, is_gguf_source
+
+    if not isinstance(model, str) or not model:
+        raise ConfigError(f"ptq_dynamics_study(model=...) must be a non-empty string, got {model!r}")
+    path = resolve_model_alias(model, progress=False)
+    if is_gguf_source(path):
+        return str(gguf_to_checkpoint(path))
+    if not (Path(path) / "config.json").is_file():
+        raise ConfigError(f"ptq_dynamics_study(model=...) must be a local checkpoint directory, a .gguf file or "
+                          f"'quantcl:smollm2' / 'quantcl:demo', got {model!r} (no config.json there)")
+    return path
+
+
+def _pretrain(run_dir: Path, arm: PTQArm, seed: int, s: dict[str, Any], source: str | None,
+              progress: bool) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     import quantcl as qcl
     from quantcl.averaging import LAWA
 
     steps = arm.steps or s["steps"]
-    model_dir = build_model(run_dir, s["hidden_size"], s["num_layers"], s["chunk_chars"], seed)
+    model_dir = source or build_model(run_dir, s["hidden_size"], s["num_layers"], s["chunk_chars"], seed)
     tasks = qcl.recipes.python_stdlib(n_train=steps * s["batch_size"], n_eval=s["n_texts"],
                                       chunk_chars=s["chunk_chars"], seed=seed)
     texts = [p + t for p, t in zip(tasks[0].eval["prompt"], tasks[0].eval["target"])]
