@@ -41,15 +41,18 @@ def test_the_design_has_a_constant_control_for_every_wsd_arm_and_two_run_lengths
     assert len(restricted) == len(family) - 4 and not any("0.003" in c.claim for c in restricted)
 
 
-def test_the_page_block_is_the_report_of_the_shipped_records(study):
+@pytest.mark.parametrize("folder, block", [("ptq-dynamics", "BLOCK"), ("ptq-smollm2", "SMOLLM2_BLOCK")])
+def test_the_page_block_is_the_report_of_the_shipped_records(study, folder, block):
     from pathlib import Path
 
     from quantcl.studies import pages
 
     root = Path(__file__).resolve().parents[1]
-    saved = root / "examples" / "results" / "ptq-dynamics"
-    if not (saved / "study.json").is_file():
-        assert "Not run yet" in pages.block(root / "docs" / "ptq.md", study.BLOCK)
+    saved = root / "examples" / "results" / folder
+    name = getattr(study, block)
+    if not (saved / "study.json").is_file():  # not run yet: the page says so
+        assert pages.block(root / "docs" / "ptq.md", name).startswith("Not run yet")
         return
-    assert_block(root / "docs" / "ptq.md", study.BLOCK, study.report(saved), "python examples/ptq_dynamics_study.py report --out runs/ptq-dynamics --docs docs/ptq.md --save-results examples/results/ptq-dynamics")
+    assert_block(root / "docs" / "ptq.md", name, study.report(saved), f"python examples/ptq_dynamics_study.py "
+                 f"report --out runs/{folder} --docs docs/ptq.md --save-results examples/results/{folder}")
     assert not list(saved.rglob("*.safetensors"))
