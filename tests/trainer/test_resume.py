@@ -85,9 +85,10 @@ SCRIPT = textwrap.dedent(
         args=qcl.StageArgs(learning_rate=5e-3, max_steps=6, save_steps=2, per_device_train_batch_size=4,
                            lr_scheduler_type="constant", max_length=64, logging_steps=1),
         output_dir=out, seed=3, progress=False, callbacks=[Killer()],
-        plugins=[qcl.plugins.LwF(alpha=1.0), qcl.plugins.WeightAveraging("lawa", every=2, window=2)]
-        if not os.environ.get("METHODS") else  # the continual-learning baselines of issue 29
-        [qcl.EWC(ewc_lambda=10.0, fisher_rows=4), qcl.AGEM(), qcl.OLoRA(orthogonal_lambda=0.5)])
+        plugins={"": [qcl.plugins.LwF(alpha=1.0), qcl.plugins.WeightAveraging("lawa", every=2, window=2)],
+                 # the continual-learning baselines of issue 29
+                 "1": [qcl.EWC(ewc_lambda=10.0, fisher_rows=4), qcl.AGEM(), qcl.OLoRA(orthogonal_lambda=0.5)],
+                 "merging": [qcl.AdapterMerging("dare_ties", density=0.5)]}[os.environ.get("METHODS", "")])
     trainer.fit(resume=True)
     """
 )
@@ -116,9 +117,9 @@ TIMING = ("prepare_seconds", "train_seconds", "eval_seconds", "save_seconds", "r
           "peak_memory_bytes")
 
 
-def _run(script: Path, out: Path, model: Path, kill_at: str = "", hash_seed: str = "0", methods: bool = False) -> int:
+def _run(script: Path, out: Path, model: Path, kill_at: str = "", hash_seed: str = "0", methods: str = "") -> int:
     # each process its own string-hash seed, as separate processes have: set order must not leak into files
-    env = {**os.environ, "PYTHONHASHSEED": hash_seed, "KILL_AT": kill_at, "METHODS": "1" if methods else ""}
+    env = {**os.environ, "PYTHONHASHSEED": hash_seed, "KILL_AT": kill_at, "METHODS": methods}
     proc = subprocess.run([sys.executable, str(script), str(out), str(model)], env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
     if kill_at:
@@ -157,7 +158,17 @@ def methods_reference(tmp_path_factory, tiny_model_dir):
     script = root / "fit.py"
     script.write_text(SCRIPT)
     out = root / "uninterrupted"
-    _run(script, out, tiny_model_dir, methods=True)
+    _run(script, out, tiny_model_dir, methods="1")
+    return script, _outcome(out)
+
+
+@pytest.fixture(scope="module")
+def merging_reference(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("resume-merging")
+    script = root / "fit.py"
+    script.write_text(SCRIPT)
+    out = root / "uninterrupted"
+    _run(script, out, tiny_model_dir, methods="merging")
     return script, _outcome(out)
 
 
@@ -173,7 +184,20 @@ def test_sigkill_with_ewc_agem_olora_then_resume_gives_the_uninterrupted_files(m
                                                                                tmp_path, point):
     script, expected = methods_reference
     assert any("/olora_003/" in name for name in expected["files"])  # O-LoRA's adapters are among the files
-    _check_kill_and_resume(script, expected, tiny_model_dir, tmp_path, point, methods=True)
+    _check_kill_and_resume(script, expected, tiny_model_dir, tmp_path, point, methods="1")
+
+
+# AdapterMerging: one adapter per task in sub-folders, the seeded DARE-TIES merge after every stage
+MERGING_POINTS = ["at-checkpoint-stage-2", "before-commit-stage-1", "between-state-and-cleanup-stage-2"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", MERGING_POINTS)
+def test_sigkill_with_adapter_merging_then_resume_gives_the_uninterrupted_files(merging_reference, tiny_model_dir,
+                                                                                tmp_path, point):
+    script, expected = merging_reference
+    assert any("/merged/" in name for name in expected["files"])  # the merged adapter is among the files
+    _check_kill_and_resume(script, expected, tiny_model_dir, tmp_path, point, methods="merging")
 
 
 @pytest.mark.slow
@@ -183,7 +207,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_files(reference, tiny_model
     _check_kill_and_resume(script, expected, tiny_model_dir, tmp_path, point)
 
 
-def _check_kill_and_resume(script, expected, tiny_model_dir, tmp_path, point, methods=False):
+def _check_kill_and_resume(script, expected, tiny_model_dir, tmp_path, point, methods=""):
     out = tmp_path / "killed"
     _run(script, out, tiny_model_dir, kill_at=KILL_POINTS[point], hash_seed="1", methods=methods)
     assert not (out / "result.json").exists() or point == "before-result"

@@ -38,7 +38,6 @@ class PTQDynamicsResult(StudyRecords):
     The gap of an averaged arm is the LAWA average's; the others', the trained model's.
     """
 
-
     def run_values(self, method: str | None = None) -> list[dict[str, Any]]:
         """Per run: the arm, the seed and, for ``method`` (default: the first), ``gap_before`` and
         ``gap_after`` the cooldown, ``cooldown_change`` (after - before), ``ce_before`` /
