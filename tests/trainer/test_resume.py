@@ -142,34 +142,28 @@ def _outcome(out: Path) -> dict:
             "leftovers": sorted(p.name for p in out.iterdir() if p.name not in ("result.json", "run.json"))}
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, tiny_model_dir):
-    root = tmp_path_factory.mktemp("resume")
+def _reference(tmp_path_factory, model, methods=""):
+    root = tmp_path_factory.mktemp(f"resume-{methods or 'plugins'}")
     script = root / "fit.py"
     script.write_text(SCRIPT)
     out = root / "uninterrupted"
-    _run(script, out, tiny_model_dir)
+    _run(script, out, model, methods=methods)
     return script, _outcome(out)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_model_dir):
+    return _reference(tmp_path_factory, tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
 def methods_reference(tmp_path_factory, tiny_model_dir):
-    root = tmp_path_factory.mktemp("resume-methods")
-    script = root / "fit.py"
-    script.write_text(SCRIPT)
-    out = root / "uninterrupted"
-    _run(script, out, tiny_model_dir, methods="1")
-    return script, _outcome(out)
+    return _reference(tmp_path_factory, tiny_model_dir, "1")
 
 
 @pytest.fixture(scope="module")
 def merging_reference(tmp_path_factory, tiny_model_dir):
-    root = tmp_path_factory.mktemp("resume-merging")
-    script = root / "fit.py"
-    script.write_text(SCRIPT)
-    out = root / "uninterrupted"
-    _run(script, out, tiny_model_dir, methods="merging")
-    return script, _outcome(out)
+    return _reference(tmp_path_factory, tiny_model_dir, "merging")
 
 
 # EWC (Fisher and anchors), A-GEM and O-LoRA (one adapter per stage, in sub-folders) at the points
