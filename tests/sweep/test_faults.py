@@ -173,11 +173,13 @@ def test_a_killed_worker_fails_only_its_point_and_the_rerun_resumes_it(setup, tm
 def test_a_second_sweep_on_the_folder_is_refused_and_a_killed_holder_leaves_no_stale_lock(setup, tmp_path):
     cfg, expected = setup
     out = tmp_path / "s"
-    # alone, its points take long enough for the second sweep to start while it runs
     first = subprocess.Popen(_sweep_cmd(cfg, out, "--no-share"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         lock = out / ".quantcl.lock"
         _wait_for(lambda: lock.exists() and lock.read_text() == str(first.pid), what="the first sweep's lock")
+        # stopped while it holds the lock: the second sweep meets it however fast the first's points
+        # are (on a loaded machine the first once finished before the second had started)
+        first.send_signal(signal.SIGSTOP)
         second = _sweep(cfg, out)
         assert second.returncode == 2
         lines = second.stderr.strip().splitlines()
