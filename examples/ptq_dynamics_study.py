@@ -92,11 +92,8 @@ def report(out: Path) -> str:
                 f"{s['n_texts']} held-out chunks with {', '.join(s['methods'])}. Wall time: {wall:.0f} s summed over "
                 f"the runs" + (f" ({timing['machine']})" if timing.get("machine") else "") + ".")
     stable = result.stable_peak_lrs()
-    finals = {}
-    for r in result.records:
-        if r["averaging"] == "none" and r["schedule"] == "wsd" and int(r["steps"]) == s["steps"]:
-            finals.setdefault(float(r["peak_lr"]), []).append(float(r["final_loss"]))
-    losses = ", ".join(f"{lr:g}: {sum(v) / len(v):.3f}" for lr, v in sorted(finals.items()))
+    finals = result.mean_final_losses()
+    losses = ", ".join(f"{lr:g}: {loss:.3f}" for lr, loss in finals.items())
     method = s["methods"][0]
     rule = (f"**Stable range** (rule: every peak LR up to the highest whose mean final held-out loss, WSD without "
             f"averaging at {s['steps']} steps, is within 5% of the best rate's). Mean final loss per peak LR: "

@@ -193,20 +193,25 @@ class PTQDynamicsResult(StudyRecords):
                             "equal_loss_step": step})
         return out
 
-    def stable_peak_lrs(self, tolerance: float = 0.05) -> list[float]:
-        """The peak learning rates inside the stable range, by the rule the PTQ page states: the
-        rates up to the highest whose mean final held-out loss (WSD, no averaging, the study's run
-        length) is within ``tolerance`` (relative) of the best rate's. A rate above it ends
-        clearly less trained in this budget, so its gap would compare a less-trained model."""
+    def mean_final_losses(self) -> dict[float, float]:
+        """Per peak learning rate, the mean final held-out loss of its WSD runs without averaging at
+        the study's run length (non-finite losses left out): what :meth:`stable_peak_lrs` reads."""
         final: dict[float, list[float]] = {}
         for rec in self.records:
             if (rec["averaging"] == "none" and rec.get("schedule", "wsd") == "wsd"
                     and (rec.get("steps") or self.settings.get("steps")) == self.settings.get("steps")
                     and rec.get("final_loss") is not None and math.isfinite(rec["final_loss"])):
                 final.setdefault(float(rec["peak_lr"]), []).append(float(rec["final_loss"]))
-        if not final:
+        return {lr: sum(v) / len(v) for lr, v in sorted(final.items())}
+
+    def stable_peak_lrs(self, tolerance: float = 0.05) -> list[float]:
+        """The peak learning rates inside the stable range, by the rule the PTQ page states: the
+        rates up to the highest whose mean final held-out loss (WSD, no averaging, the study's run
+        length) is within ``tolerance`` (relative) of the best rate's. A rate above it ends
+        clearly less trained in this budget, so its gap would compare a less-trained model."""
+        means = self.mean_final_losses()
+        if not means:
             return []
-        means = {lr: sum(v) / len(v) for lr, v in final.items()}
         best = min(means.values())
         edge = max(lr for lr, loss in means.items() if loss <= best * (1 + tolerance))
         return sorted(lr for lr in means if lr <= edge)
