@@ -15,7 +15,8 @@ below, seed by seed (a study stopped part-way has whole seeds to report; running
 and adds seeds), probing the PTQ gap along training:
 
 - at ``--steps`` (400): peak LRs 3e-4, 1e-3 and 3e-3, each under WSD and under its constant-LR
-  control (the same warm-up, no decay), and LAWA beside WSD at 3e-4 and 1e-3;
+  control (the same warm-up, no decay), LAWA beside WSD at 3e-4 and 1e-3, and a soup of three
+  cooldowns from the WSD run's cooldown start (its own data order and two others) at 3e-4 and 1e-3;
 - at ``--long-steps`` (1600): 3e-4 and 1e-3, WSD and constant (the "independent of the number of
   tokens" claim).
 
@@ -60,6 +61,7 @@ SEEDS = "0,1,2"
 METHODS = "rtn3,rtn4,nf4"
 LEARNING_RATES = (3e-4, 1e-3, 3e-3)
 LAWA_LEARNING_RATES = (3e-4, 1e-3)
+SOUP_LEARNING_RATES = (3e-4, 1e-3)
 LONG_LEARNING_RATES = (3e-4, 1e-3)
 
 
@@ -67,6 +69,7 @@ def arms(steps: int, long_steps: int) -> list[PTQArm]:
     """The design (see the module docstring); the study's own length is ``steps``."""
     out = [PTQArm(lr, "none", schedule) for lr in LEARNING_RATES for schedule in ("wsd", "constant")]
     out += [PTQArm(lr, "lawa") for lr in LAWA_LEARNING_RATES]
+    out += [PTQArm(lr, "soup") for lr in SOUP_LEARNING_RATES]
     out += [PTQArm(lr, "none", schedule, long_steps) for lr in LONG_LEARNING_RATES for schedule in ("wsd", "constant")]
     return out
 
@@ -83,6 +86,9 @@ def report(out: Path) -> str:
              else f"{s['model']}, pre-trained further from its weights (the same start at every seed)")
     lawa = (f"; LAWA: the mean of the last {s['lawa_window']} snapshots taken every {s['lawa_every']} steps"
             if any(r["averaging"] == "lawa" for r in result.records) else "")
+    if any(r["averaging"] == "soup" for r in result.records):
+        lawa += (f"; soup: the uniform mean of {s['soup_ingredients']} cooldowns run from the WSD run's cooldown start "
+                 f"(its own data order and {s['soup_ingredients'] - 1} others)")
     settings = (f"{len(result.records)} runs ({len({r['arm'] for r in result.records})} arms; seeds {seeds}); "
                 f"run lengths {' and '.join(map(str, lengths))} optimizer steps of {s['batch_size']} chunks of "
                 f"{s['chunk_chars']} characters of the standard library's source; WSD with "

@@ -2,6 +2,8 @@
 
 import yaml
 
+from quantcl import StagePlugin
+
 
 def write_run_config(tmp_path, model, **changes):
     """A small YAML run config (fp32, synthetic math task, LoRA on q/v) in ``tmp_path``, with ``changes``."""
@@ -11,3 +13,11 @@ def write_run_config(tmp_path, model, **changes):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+
+class EvaluationWatcher(StagePlugin):
+    """A plug-in with an ``on_evaluate`` hook, named in configs as ``{_component_: _configs.EvaluationWatcher}``."""
+
+    def on_evaluate(self, trainer, row, task, result):
+        self.rows = [*getattr(self, "rows", []), row]

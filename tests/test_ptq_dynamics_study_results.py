@@ -25,7 +25,7 @@ def _records(arms, steps):
 def test_the_design_has_a_constant_control_for_every_wsd_arm_and_two_run_lengths(study):
     arms = study.arms(400, 1600)
     names = [a.name for a in arms]
-    assert len(names) == len(set(names)) == 12
+    assert len(names) == len(set(names)) == 14
     wsd = [a for a in arms if a.schedule == "wsd" and a.averaging == "none"]
     assert all(any(b.schedule == "constant" and (b.peak_lr, b.steps) == (a.peak_lr, a.steps) for b in arms)
                for a in wsd)
@@ -36,9 +36,11 @@ def test_the_design_has_a_constant_control_for_every_wsd_arm_and_two_run_lengths
     assert sum(c.metric == "cooldown_change" and c.direction == 1 for c in family) == 5
     assert sum(c.metric == EQUAL_LOSS for c in family) == 5 + 2
     assert sum("LAWA" in c for c in claims) == 2
+    assert [c.b for c in family if "soup" in c.claim] == ["lr0.0003-soup/ingredients", "lr0.001-soup/ingredients"]
     assert sum(c.direction == 0 for c in family) == 2  # run length, at both long rates
     restricted = ptq_contrasts(_records(arms, 400), peak_lrs=[3e-4, 1e-3])
     assert len(restricted) == len(family) - 4 and not any("0.003" in c.claim for c in restricted)
+    assert all(a.schedule == "wsd" and a.steps is None for a in arms if a.averaging == "soup")
 
 
 @pytest.mark.parametrize("folder, block", [("ptq-dynamics", "BLOCK"), ("ptq-smollm2", "SMOLLM2_BLOCK")])

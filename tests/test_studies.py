@@ -73,8 +73,10 @@ def test_transition_study_runs_every_arm_and_seed(study):
         assert 0 <= record["cloze_acc"] <= 1 and record["wall_seconds"] > 0
     own = json.loads((out / "switch-at-0.5-keep-plus-rewarm-step-lr-0.01" / "seed-0" / "run" / "run.json").read_text())
     assert own["args"]["learning_rate"] == 1e-2 and run_json["args"]["learning_rate"] == 3e-3  # the study's default
-    assert (own["precision"]["optimizer"], own["precision"]["rewarm_steps"]) == ("keep", 4)
-    assert (run_json["precision"]["optimizer"], run_json["precision"]["rewarm_steps"]) == ("reset", 0)
+    (own_schedule,), (schedule,) = own["plugins"], run_json["plugins"]  # the schedule is a plug-in at fp32
+    assert own["precision"]["name"] == "fp32" and own_schedule["_component_"].endswith("PrecisionSchedule")
+    assert (own_schedule["optimizer"], own_schedule["rewarm_steps"]) == ("keep", 4)
+    assert (schedule["optimizer"], schedule["rewarm_steps"]) == ("reset", 0)
     rewarmed = next(r for r in result.records if r["variant"] == "switch@0.5/keep+rewarm/step lr=0.01")
     assert (rewarmed["arm"], rewarmed["learning_rate"], rewarmed["rewarm"]) == ("switch@0.5/keep+rewarm/step", 0.01, True)
     floats = [r for r in result.records if r["variant"] == "float"]
@@ -255,6 +257,57 @@ def test_ptq_constant_control_and_run_lengths(tmp_path):
         ptq_dynamics_study(tmp_path / "q", **{**kwargs, "schedules": ("cosine",)})
     with pytest.raises(ConfigError, match="no probe before the cooldown of a 24-step run"):
         ptq_dynamics_study(tmp_path / "q", **{**kwargs, "steps": 40, "run_lengths": (40, 24), "probe_every": 20})
+    assert not (tmp_path / "q").exists()
+
+
+def test_ptq_soup_arm_branches_the_cooldown_from_the_wsd_trunk(tmp_path):
+    """The soup arm's trunk is the WSD arm up to its cooldown start; ingredient 0 resumes it on the
+    same data order (so it ends where the WSD arm ends), the others on other orders; the soup is
+    their mean, and the family compares it with its ingredients."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import quantcl as qcl
+    from quantcl.averaging import load_trainable, soup, trainable_state_dict
+    from quantcl.precision.ptq import measure
+    from quantcl.studies import ptq_dynamics_study
+
+    kwargs = {"seeds": (0,), "peak_lrs": (3e-3,), "averaging": ("none", "soup"), "steps": 20, "probe_every": 5,
+              "methods": ("rtn4",), "soup_ingredients": 2, "n_texts": 4, "hidden_size": 32, "num_layers": 1,
+              "chunk_chars": 64}
+    result = ptq_dynamics_study(tmp_path / "p", **kwargs)
+    plain, souped = result.records
+    assert souped["arm"] == "lr0.003-soup" and result.settings["soup_ingredients"] == 2
+    wsd = {p["step"]: p for p in plain["probe"]}
+    trunk = {p["step"]: p for p in souped["probe"] if p["step"] <= 16}
+    assert sorted(trunk) == [5, 10, 15] and [p["step"] for p in souped["probe"]] == [5, 10, 15, 20]
+    for step in trunk:  # the same run as the WSD arm until the cooldown starts
+        assert trunk[step]["ce_fp"] == pytest.approx(wsd[step]["ce_fp"], rel=1e-5)
+    first, other = souped["ingredients"]
+    assert first["data_seed"] is None and other["data_seed"] == 1001
+    assert first["ce_fp"] == pytest.approx(wsd[20]["ce_fp"], rel=1e-5)  # resumed on its own order: the WSD run
+    assert other["ce_fp"] != pytest.approx(first["ce_fp"], rel=1e-4)  # another data order, another model
+
+    arm = tmp_path / "p" / "lr0.003-soup" / "seed-0"
+    tokenizer = AutoTokenizer.from_pretrained(arm / "init")
+    models = [AutoModelForCausalLM.from_pretrained(arm / f"ingredient-{i}" / "final", dtype=torch.float32)
+              for i in (0, 1)]
+    held_out = qcl.recipes.python_stdlib(n_train=160, n_eval=4, chunk_chars=64, seed=0)[0].eval  # the study's sample
+    texts = [p + t for p, t in zip(held_out["prompt"], held_out["target"])]
+    mean = load_trainable(models[0], soup([trainable_state_dict(m) for m in models]))
+    (row,) = measure(mean, tokenizer, texts, ["rtn4"], max_length=72)
+    assert souped["probe"][-1]["ce_fp"] == pytest.approx(row["ce_fp"]) and souped["probe"][-1]["step"] == 20
+
+    values = {v["arm"]: v for v in result.run_values()}
+    ingredients = values["lr0.003-soup/ingredients"]
+    assert ingredients["gap_after"] == pytest.approx((first["gaps"]["rtn4"] + other["gaps"]["rtn4"]) / 2)
+    assert ingredients["gap_before"] == values["lr0.003-soup"]["gap_before"] == trunk[15]["relative_gap"]
+    (contrast,) = [c for c in result.labelled_contrasts() if "soup" in c.contrast.claim]
+    assert contrast.difference == pytest.approx(values["lr0.003-soup"]["gap_after"] - ingredients["gap_after"])
+    assert "soup ingredients (mean)" in result.to_markdown()
+    assert ptq_dynamics_study(tmp_path / "p", **kwargs).records == result.records  # resumed, not retrained
+    with pytest.raises(ConfigError, match="needs schedule='wsd'"):
+        ptq_dynamics_study(tmp_path / "q", **{**kwargs, "schedules": ("constant",)})
     assert not (tmp_path / "q").exists()
 
 

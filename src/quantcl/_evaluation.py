@@ -92,7 +92,7 @@ def probe_saved_rows(trainer: ContinualTrainer, probes: Any, rows: Any = None) -
     trainer.model_source = resolve_model_alias(trainer.model_source, progress=trainer.progress)
     with datasets_progress_bars_off():
         for row in wanted:
-            trainer._load_model(row)
+            trainer._load_model(row, state["stage_records"])
             for k, probe in enumerate(probes):
                 P[row, k] = probe.evaluate(trainer.model, trainer.tokenizer, batch_size=trainer.args.eval_batch_size,
                                            progress=trainer.progress, group=trainer._procs).score

@@ -9,8 +9,8 @@ Two training modes share one engine (each stage is a ``transformers.Trainer`` ru
   and the whole model is saved (``stage-i/model``). Float presets train their weights in their
   own dtype (pick ``fp32`` for fp32 master weights; ``StageArgs(extra={"bf16": True})`` adds
   mixed precision). ``ternary`` trains fp32 latent weights through
-  :class:`~quantcl.precision.BitLinear` at strength 1 (QAT from the loaded weights); a
-  :class:`~quantcl.PrecisionSchedule` trains its ``start`` preset and switches to ternary QAT.
+  :class:`~quantcl.precision.BitLinear` at strength 1 (QAT from the loaded weights); the plug-in
+  :class:`~quantcl.PrecisionSchedule` trains a float preset and switches it to ternary QAT.
   The bitsandbytes presets cannot be trained this way (their weights are not parameters an
   optimizer can update): refused.
 """
@@ -18,29 +18,66 @@ Two training modes share one engine (each stage is a ``transformers.Trainer`` ru
 from __future__ import annotations
 
 import copy
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from quantcl.errors import ConfigError
+from quantcl.plugins.base import StagePlugin
 from quantcl.precision import PrecisionPolicy
 
-if TYPE_CHECKING:  # pragma: no cover
-    from quantcl.plugins.precision_schedule import PrecisionSchedule
-
-__all__ = ["ModelSetup", "resolve_training", "run_length", "TRAINING_MODES"]
+__all__ = ["ModelSetup", "resolve_training", "run_length", "split_precision", "sort_extensions", "TRAINING_MODES"]
 
 Training = Literal["lora", "full"]
 TRAINING_MODES = ("lora", "full")
 
 
-def resolve_training(policy: PrecisionPolicy, schedule: PrecisionSchedule | None, training: Any,
-                     lora_given: bool, adapter_mode: str) -> Training:
-    """The training mode, checked against the precision (errors before any work)."""
+def split_precision(precision: Any) -> tuple[Any, StagePlugin | None]:
+    """``(precision, plug-in)``: a plug-in given as ``precision=`` (quantcl 0.1's
+    ``precision=PrecisionSchedule(...)``) runs as a plug-in at the float preset its ``policy``
+    names, with a DeprecationWarning; anything else is the precision, and no plug-in."""
+    policy = getattr(precision, "policy", None)
+    if not (isinstance(precision, StagePlugin) and isinstance(policy, PrecisionPolicy)):
+        return precision, None
+    name = type(precision).__name__
+    warnings.warn(f"ContinualTrainer(precision={name}(...)) is deprecated: pass precision={policy.name!r} "
+                  f"and plugins=[{getattr(precision, 'legacy_name', name.lower())}] (the {name} is a plug-in)", DeprecationWarning, stacklevel=3)
+    return policy, precision
+
+
+def sort_extensions(callbacks: Any, plugins: Any, legacy: StagePlugin | None) -> tuple[list[StagePlugin], list[Any]]:
+    """``(plug-ins, transformers callbacks)`` from a ContinualTrainer's ``callbacks`` and ``plugins``
+    (each a list of StagePlugin / TrainerCallback objects), checked; a plug-in given as the
+    precision (:func:`split_precision`) runs last, so the others' state folders keep their numbers."""
+    from transformers import TrainerCallback
+
+    for name, value in (("callbacks", callbacks), ("plugins", plugins)):
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+            raise ConfigError(f"{name} must be a list (possibly empty), got {value!r}")
+    given = [*callbacks, *plugins]
+    strays = [c for c in given if not isinstance(c, (StagePlugin, TrainerCallback))]
+    if strays:
+        raise ConfigError(f"callbacks/plugins must be StagePlugin or transformers.TrainerCallback objects, got {strays!r}")
+    stage_plugins = [c for c in given if isinstance(c, StagePlugin)] + ([legacy] if legacy is not None else [])
+    return stage_plugins, [c for c in given if isinstance(c, TrainerCallback)]
+
+
+def resolve_training(policy: PrecisionPolicy, training: Any, lora_given: bool, adapter_mode: str,
+                     plugins: Sequence[StagePlugin] = ()) -> Training:
+    """The training mode, checked against the precision and what the plug-ins need (errors
+    before any work); ``None`` is the mode a plug-in needs, else ``"lora"``."""
     from quantcl._checks import require_choice
 
+    needs = {type(p).__name__: p.training_mode for p in plugins if p.training_mode is not None}
     if training is None:
-        training = "full" if schedule is not None else "lora"
+        training = "full" if "full" in needs.values() else "lora"
     training = require_choice(training, "training", TRAINING_MODES)
+    for name, mode in needs.items():
+        if mode != training:
+            what = "trains every weight" if mode == "full" else "trains LoRA adapters"
+            raise ConfigError(f"a {name} {what}: use training={mode!r} (or leave training unset), got "
+                              f"training={training!r}")
     option = ("noise_like" if policy.noise_like is not None else
               "per_module" if any(p in ("int8", "nf4", "fp4") for _, p in policy.per_module) else None)
     if option is not None and (training == "full" or adapter_mode == "merge"):
@@ -48,9 +85,6 @@ def resolve_training(policy: PrecisionPolicy, schedule: PrecisionSchedule | None
                           f"training='lora' and adapter_mode='continue', got training={training!r}, "
                           f"adapter_mode={adapter_mode!r}")
     if training == "lora":
-        if schedule is not None:
-            raise ConfigError("a PrecisionSchedule trains every weight (quantization-aware training): "
-                              "use training='full' (or leave training unset)")
         return "lora"
     if policy.is_quantized:
         raise ConfigError(f"training='full' cannot train the {policy.name} preset: bitsandbytes 8/4-bit weights are "
@@ -64,25 +98,18 @@ def resolve_training(policy: PrecisionPolicy, schedule: PrecisionSchedule | None
     return "full"
 
 
-def run_length(schedule: PrecisionSchedule | None, args: Any, task_names: list[str]) -> int | None:
-    """The run's optimizer steps when every stage has ``max_steps`` (else ``None``); a
-    PrecisionSchedule whose switch is after the end, or that cannot be placed, fails here."""
+def run_length(args: Any, task_names: list[str]) -> int | None:
+    """The run's optimizer steps when every stage has ``max_steps`` (else ``None``)."""
     steps = [args.for_stage(i, name).max_steps for i, name in enumerate(task_names)]
-    total = sum(steps) if all(n > 0 for n in steps) else None
-    if schedule is not None:
-        if total is None and schedule.switch_fraction is not None and len(steps) > 1:
-            raise ConfigError("PrecisionSchedule(switch_fraction=...) over several stages needs the run's length: "
-                              "set StageArgs.max_steps (every stage), or use switch_step / switch_stage")
-        schedule.check_length(total if total is not None else 2**62, len(steps))
-    return total
+    return sum(steps) if all(n > 0 for n in steps) else None
 
 
 class ModelSetup:
     """Load / save the model of a ContinualTrainer for its training mode (see the module doc)."""
 
-    def __init__(self, policy: PrecisionPolicy, schedule: PrecisionSchedule | None, training: Training,
-                 lora: Any, adapter_mode: str, model_kwargs: dict[str, Any], seed: int) -> None:
-        self.policy, self.schedule, self.training = policy, schedule, training
+    def __init__(self, policy: PrecisionPolicy, training: Training, lora: Any, adapter_mode: str,
+                 model_kwargs: dict[str, Any], seed: int) -> None:
+        self.policy, self.training = policy, training
         self.lora, self.adapter_mode, self.model_kwargs, self.seed = lora, adapter_mode, model_kwargs, seed
 
     @property
@@ -113,45 +140,13 @@ class ModelSetup:
     def _load_full(self, source: str) -> tuple[Any, Any]:
         from quantcl.precision.bitlinear import to_bitlinear
 
-        if self.schedule is not None:
-            model, tokenizer = self.schedule.policy.load_model(source, **self.model_kwargs)
-            self.schedule.prepare(model)
-        elif self.policy.kind == "ternary":  # QAT: fp32 latent weights, ternary in the forward pass
+        if self.policy.kind == "ternary":  # QAT: fp32 latent weights, ternary in the forward pass
             model, tokenizer = PrecisionPolicy("fp32").load_model(source, **self.model_kwargs)
             to_bitlinear(model, self.policy.skip_modules, strength=1.0)
         else:
             model, tokenizer = self.policy.load_model(source, **self.model_kwargs)
         model.requires_grad_(True)
         return model, tokenizer
-
-    def resume_schedule(self, model: Any, stage_records: list[dict[str, Any]], total_steps: int | None) -> None:
-        """Bring the PrecisionSchedule to where the finished stages left it: their step offsets
-        (a ``switch_stage`` already passed is resolved again) and the last step's lambda on the model."""
-        from quantcl.precision.bitlinear import set_strength
-
-        schedule = self.schedule
-        assert schedule is not None
-        schedule.reset()
-        offset = 0
-        for stage, record in enumerate(stage_records, start=1):
-            schedule.begin_stage(stage, offset, total_steps)
-            offset += int(record.get("steps", 0))
-        if offset > 0:
-            set_strength(model, schedule.strength_at(offset - 1))
-
-    def check_schedule_finished(self, steps_done: int) -> None:
-        """Warn when a run ends with its PrecisionSchedule's switch not reached, or its phase-in
-        not finished (a run of unknown length cannot be checked before it starts)."""
-        import warnings
-
-        schedule = self.schedule
-        if schedule is None or steps_done == 0:
-            return
-        last = schedule.strength_at(steps_done - 1)
-        if last < 1.0:
-            what = "never switched to ternary" if last == 0.0 else f"ended mid phase-in (lambda = {last:.3g})"
-            warnings.warn(f"the PrecisionSchedule {what} in this run's {steps_done} optimizer steps "
-                          f"(switch step: {schedule.resolved_switch_step()})", UserWarning, stacklevel=3)
 
     def save(self, model: Any, tokenizer: Any, tmp: Path, stage: int, main: bool) -> Any:
         """Write the stage's weights under ``tmp`` (main process only); returns the model to go on with."""

@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["MOVED_MODULES", "current_path", "current_paths", "forward_moved_names", "install"]
+__all__ = ["MOVED_MODULES", "current_path", "current_paths", "current_layout", "forward_moved_names", "install"]
 
 _EVALUATORS = ("base", "code", "multiple_choice", "numeric", "perplexity")
 _RECIPES = ("lessismore", "stdlib", "stdlib_sequence", "synthetic")
@@ -116,6 +116,30 @@ def current_paths(value: Any) -> Any:
     if isinstance(value, list):
         return [current_paths(v) for v in value]
     return value
+
+
+SCHEDULE_PATH = "quantcl.plugins.precision_schedule.PrecisionSchedule"
+
+
+def current_layout(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved run configuration as the current version writes it: class paths read by
+    :func:`current_paths`, and a PrecisionSchedule saved as the ``precision`` (quantcl 0.1) read as
+    its ``start`` preset plus the schedule as the last plug-in, which is how
+    ``ContinualTrainer(precision=schedule)`` now runs. So a run saved either way resumes.
+
+    Examples:
+        >>> saved = {"precision": {"_component_": SCHEDULE_PATH, "start": "bf16"}, "plugins": []}
+        >>> current_layout(saved)["plugins"][0]["start"], current_layout(saved)["precision"]["name"]
+        ('bf16', 'bf16')
+    """
+    config = current_paths(config)
+    precision = config.get("precision")
+    if isinstance(precision, dict) and precision.get("_component_") == SCHEDULE_PATH:
+        from quantcl.precision import PrecisionPolicy
+
+        config = {**config, "precision": PrecisionPolicy(precision.get("start", "fp32")).to_dict(),
+                  "plugins": [*(config.get("plugins") or []), precision]}
+    return config
 
 
 def forward_moved_names(module: str, moves: Mapping[str, str]) -> Callable[[str], Any]:

@@ -4,8 +4,6 @@ A config mirrors the ``ContinualTrainer`` arguments::
 
     model: HuggingFaceTB/SmolLM2-135M-Instruct   # Hub id, directory, .gguf, or quantcl:demo
     precision: nf4                 # or {name: nf4, double_quant: true, compute_dtype: bf16}
-    # precision: {_component_: quantcl.PrecisionSchedule, start: fp32, switch_fraction: 0.5,
-    #             phase_in: linear, phase_in_steps: 20}    # 16-bit -> ternary QAT (training: full)
     training: lora                 # or full: train every weight (float presets, ternary, schedules)
     tasks:
       recipe: synthetic            # or lessismore, with `kwargs:`
@@ -22,6 +20,8 @@ A config mirrors the ``ContinualTrainer`` arguments::
     # replay: {fraction: 0.01, strategy: {_component_: my_pkg.KeepHardest, margin: 0.1}}
     plugins:                       # a built-in plug-in by name, or any StagePlugin by dotted path
       - {type: LwF, alpha: 1.0}    # quantcl.plugins.NAMED_PLUGINS: LwF, EWC, AGEM, OLoRA, ...
+    # - {type: PrecisionSchedule, start: fp32, switch_fraction: 0.5, phase_in: linear,
+    #    phase_in_steps: 20}       # 16-bit -> ternary QAT (precision: fp32; training: full is implied)
       - {_component_: my_pkg.plugins.MyPlugin, strength: 0.5}
     probes:                        # scored at every row, never trained on (result.probe_matrix)
       - {name: arc, evaluator: {type: lm_eval, tasks: [arc_easy], limit: 200}}
@@ -119,8 +119,8 @@ def _precision(value: Any) -> PrecisionPolicy | PrecisionSchedule:
         built = _at("precision", lambda: instantiate(data, "precision"))
         if not isinstance(built, (PrecisionPolicy, PrecisionSchedule)):
             raise ConfigError(f"config key 'precision': {data[COMPONENT_KEY]!r} built a {type(built).__name__}; "
-                              "expected a PrecisionPolicy or a PrecisionSchedule")
-        return built
+                              "expected a PrecisionPolicy (a PrecisionSchedule goes in plugins:)")
+        return built  # a PrecisionSchedule here is quantcl 0.1's form: the trainer warns and runs it as a plug-in
     return _at("precision", lambda: PrecisionPolicy.from_dict(data))
 
 

@@ -27,7 +27,7 @@ from typing import Any
 from quantcl._lock import hold_directory
 from quantcl._io import (file_safe_name, atomic_replace_dir, atomic_write_json, digest_mismatch, read_json, seal, seal_ok,
                          sha256_file, tree_digests)
-from quantcl._moved import current_paths
+from quantcl._moved import current_layout
 from quantcl._runtime import checkpoint_is_complete
 from quantcl.errors import ConfigError, StateError
 
@@ -45,7 +45,7 @@ PLACEMENT_KWARGS = frozenset({"device_map", "max_memory"})
 def _resume_view(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` as resume compares it: without the placement keys of ``model_kwargs``, and with
     class paths saved before a module moved read as their new paths."""
-    config = current_paths(config)
+    config = current_layout(config)
     kwargs = config.get("model_kwargs")
     if not isinstance(kwargs, dict):
         return config

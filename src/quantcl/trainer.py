@@ -22,13 +22,13 @@ import numpy as np
 from quantcl._checks import require_bool, require_int
 from quantcl._evaluation import evaluate_row, probe_matrix, probe_saved_rows, row_log
 from quantcl._io import to_jsonable
-from quantcl._model_setup import ModelSetup, resolve_training, run_length
+from quantcl._model_setup import ModelSetup, resolve_training, run_length, sort_extensions, split_precision
 from quantcl._prefix import load_plugin_states, rebuild_plugins, save_snapshot
 from quantcl._runtime import (Processes, checkpoint_ledger, datasets_progress_bars_off, no_final_checkpoint,
                               peak_memory_bytes, stage_loss)
 from quantcl.errors import ConfigError
 from quantcl.models import resolve_model_alias
-from quantcl.plugins import PrecisionSchedule, ReplayPlugin, StageCallback, StagePlugin, TrainerSpec
+from quantcl.plugins import ReplayPlugin, StageCallback, StagePlugin, TrainerSpec
 from quantcl.plugins.base import overrides_hook
 from quantcl.precision import PrecisionPolicy
 from quantcl.replay import ReplayBuffer
@@ -49,8 +49,9 @@ class ContinualTrainer:
     Args:
         model: Hub id, local directory or ``.gguf`` file of a causal LM, or ``"quantcl:demo"``
             for the tiny pretrained Llama that ships inside the package (offline; ``quantcl demo``'s).
-        precision: a :class:`PrecisionPolicy`, a preset name ("bf16", "int8", "nf4", ...), or a
-            :class:`~quantcl.PrecisionSchedule` (float training switching to ternary QAT).
+        precision: a :class:`PrecisionPolicy` or a preset name ("bf16", "int8", "nf4", ...). A
+            switch to ternary QAT during training is the plug-in :class:`~quantcl.PrecisionSchedule`
+            (``precision=schedule`` is deprecated: give its ``start`` preset and ``plugins=[schedule]``).
         tasks: the :class:`TaskSequence` (or a list of :class:`Task`).
         replay: a :class:`ReplayBuffer` (run as a :class:`~quantcl.plugins.ReplayPlugin`, before
             the other plug-ins), or ``None`` for no replay.
@@ -71,7 +72,8 @@ class ContinualTrainer:
         progress: show progress bars.
         training: ``"lora"`` (adapters on a frozen base; the default) or ``"full"`` (every
             weight: continued pre-training, full fine-tuning, ternary QAT; the default with a
-            PrecisionSchedule). Refused for the bitsandbytes presets. See :mod:`quantcl._model_setup`.
+            plug-in that needs it, such as a PrecisionSchedule). Refused for the bitsandbytes presets.
+            See :mod:`quantcl._model_setup`.
         probes: :class:`~quantcl.Probe` objects scored at every row of the matrix and never trained
             on (general abilities: ``LMEvalHarness`` tasks, held-out sets) into ``result.probe_matrix``.
 
@@ -85,7 +87,7 @@ class ContinualTrainer:
     def __init__(
         self,
         model: str | os.PathLike[str],
-        precision: PrecisionPolicy | PrecisionSchedule | str,
+        precision: PrecisionPolicy | str | StagePlugin,
         tasks: TaskSequence | Sequence[Task],
         replay: ReplayBuffer | None = None,
         lora: Any = None,
@@ -102,7 +104,6 @@ class ContinualTrainer:
         probes: Sequence[Probe] = (),
     ) -> None:
         from peft import LoraConfig
-        from transformers import TrainerCallback
 
         from quantcl._checks import require_choice, require_directory, require_instance, require_mapping
         from quantcl._validate_model import check_lora_config, check_model_source
@@ -111,15 +112,14 @@ class ContinualTrainer:
         require_instance(model, "model", (str, os.PathLike),
                          "a Hub id, a local directory, a .gguf path, 'quantcl:demo' or 'quantcl:smollm2'")
         model_kwargs = require_mapping(model_kwargs, "model_kwargs (load_model keywords)", allow_none=True)
-        self.schedule = precision if isinstance(precision, PrecisionSchedule) else None
-        if isinstance(precision, PrecisionSchedule):
-            self.policy = precision.policy
-        else:
-            self.policy = precision if isinstance(precision, PrecisionPolicy) else PrecisionPolicy(precision)
+        given_precision, legacy = split_precision(precision)
+        self.policy = (given_precision if isinstance(given_precision, PrecisionPolicy)
+                       else PrecisionPolicy(given_precision))
         self.tasks = tasks if isinstance(tasks, TaskSequence) else TaskSequence(tasks)  # it checks the items
         self.replay = require_instance(replay, "replay", (ReplayBuffer, type(None)), "a ReplayBuffer or None")
         require_choice(adapter_mode, "adapter_mode", ["continue", "merge"])
-        self.training = resolve_training(self.policy, self.schedule, training, lora is not None, adapter_mode)
+        given_plugins, self.hf_callbacks = sort_extensions(callbacks, plugins, legacy)
+        self.training = resolve_training(self.policy, training, lora is not None, adapter_mode, given_plugins)
         if self.training == "lora":
             lora = lora or LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.05)
             require_instance(lora, "lora", LoraConfig, "a peft.LoraConfig")
@@ -132,29 +132,19 @@ class ContinualTrainer:
         self.adapter_mode = adapter_mode
         self.args.check_tasks(self.tasks.names)
         self.probes = check_probes(probes, self.tasks.names)
-        self._total_steps = run_length(self.schedule, self.args, self.tasks.names)
+        self._total_steps = run_length(self.args, self.tasks.names)
         self.output_dir = Path(require_directory(output_dir, "output_dir"))
         self.seed = require_int(seed, "ContinualTrainer(seed=...)", minimum=0)
-        for name, value in (("callbacks", callbacks), ("plugins", plugins)):
-            if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-                raise ConfigError(f"{name} must be a list (possibly empty), got {value!r}")
         check_model_source(str(model), model_kwargs)
         self.model_source = resolve_model_alias(str(model), build=False)  # a demo model to build: in fit()
-        given = [*callbacks, *plugins]
-        strays = [c for c in given if not isinstance(c, (StagePlugin, TrainerCallback))]
-        if strays:
-            raise ConfigError(
-                f"callbacks/plugins must be StagePlugin or transformers.TrainerCallback objects, got {strays!r}"
-            )
         self._replay_plugin = ReplayPlugin(replay) if replay is not None else None
         self._watchers = [c for c in callbacks if isinstance(c, StageCallback)]  # not compared on resume
         self.plugins: list[StagePlugin] = [self._replay_plugin] if self._replay_plugin is not None else []
-        self.plugins += [c for c in given if isinstance(c, StagePlugin)]
-        self.hf_callbacks = [c for c in given if isinstance(c, TrainerCallback)]
+        self.plugins += given_plugins
         self.model_kwargs = dict(model_kwargs or {})
-        self._setup = ModelSetup(self.policy, self.schedule, self.training, self.lora, adapter_mode,
-                                 self.model_kwargs, self.seed)
-        self._steps_done = 0  # optimizer steps of the finished stages (a PrecisionSchedule counts over the run)
+        self._setup = ModelSetup(self.policy, self.training, self.lora, adapter_mode, self.model_kwargs, self.seed)
+        self._steps_done = 0  # optimizer steps of the finished stages
+        self._stage_records: list[dict[str, Any]] = []  # of the finished stages (the run's state holds them)
         self.stage_trainer: Any = None  # the running stage's transformers.Trainer (None between stages)
         self.progress = require_bool(progress, "ContinualTrainer(progress=...)")
         self.model: Any = None
@@ -183,6 +173,16 @@ class ContinualTrainer:
         """Optimizer steps of the stages finished so far (including the current one once it has trained)."""
         return self._steps_done
 
+    @property
+    def total_steps(self) -> int | None:
+        """The run's optimizer steps when every stage has ``max_steps`` set, else ``None``."""
+        return self._total_steps
+
+    @property
+    def stage_records(self) -> list[dict[str, Any]]:
+        """The records of the stages finished so far (as in ``result.stage_records``), a copy."""
+        return [dict(r) for r in self._stage_records]
+
     def log_stage(self, **values: Any) -> None:
         """Add JSON-able ``values`` to the record of the stage in progress (``result.stage_records``).
 
@@ -207,7 +207,7 @@ class ContinualTrainer:
             {
                 **extra_keys,
                 "model": self.model_source,
-                "precision": self.schedule.to_dict() if self.schedule is not None else self.policy.to_dict(),
+                "precision": self.policy.to_dict(),
                 "tasks": self.tasks.to_dict(),
                 "replay": self.replay.to_dict() if self.replay is not None else None,
                 "plugins": [p.to_dict() for p in extra],
@@ -227,9 +227,15 @@ class ContinualTrainer:
         self.run_dir.load(self.config(), resume, self.tasks.names)
 
     # ----------------------------------------------------------------------------- model
-    def _load_model(self, completed: int) -> None:
+    def _load_model(self, completed: int, stage_records: list[dict[str, Any]]) -> None:
+        """The model after ``completed`` stages (whose records are given), then each plug-in's
+        ``prepare_model``."""
         stage_dir = self.run_dir.stage_dir(completed) if completed > 0 else None
         self.model, self.tokenizer = self._setup.load(self.model_source, stage_dir, completed)
+        self._stage_records = stage_records[:completed]
+        for plugin in self.plugins:
+            if overrides_hook(plugin, "prepare_model"):
+                plugin.prepare_model(self, self.model)
 
     def probe_saved(self, probes: Sequence[Probe], rows: Sequence[int] | None = None) -> ContinualResult:
         """The run's result with ``probes`` scored on the models it saved (training and writing
@@ -266,11 +272,10 @@ class ContinualTrainer:
             matrix[:] = np.array([[np.nan if v is None else v for v in row] for row in state["matrix"]], dtype=float)
         run_dir.remove_leftovers(completed)
         load_plugin_states(self, state)
-        self._load_model(completed)
+        self._load_model(completed, state["stage_records"])
+        self._stage_records = state["stage_records"]  # the stages finished from here on join it
         rebuild_plugins(self, state)
         self._steps_done = sum(int(r.get("steps", 0)) for r in state["stage_records"])
-        if self.schedule is not None:
-            self._setup.resume_schedule(self.model, state["stage_records"], self._total_steps)
 
         if saved is None:
             set_seed(self.seed)
@@ -289,7 +294,6 @@ class ContinualTrainer:
             save_snapshot(self, stage)
             procs.barrier()
 
-        self._setup.check_schedule_finished(self._steps_done)
         result = ContinualResult(
             accuracy_matrix=matrix,
             task_names=self.tasks.names,
@@ -320,20 +324,14 @@ class ContinualTrainer:
                 data = plugin.adapt_data(self, stage, task, data)
             train_data = tokenize_for_training(data, self.tokenizer, max_length=args.max_length)
             ledger = checkpoint_ledger()
-            if self.schedule is not None:
-                self.schedule.begin_stage(stage, self._steps_done, self._total_steps)
             hf_trainer = self._build_trainer(stage, task, args, train_data, ledger)
             ledger.trainer, ledger.resume_from = hf_trainer, self.run_dir.last_checkpoint(stage)
             self.stage_trainer = hf_trainer
-            if self.schedule is not None:
-                self.schedule.attach(hf_trainer)
             record["prepare_seconds"] = time.perf_counter() - start
 
             start = time.perf_counter()
             output = hf_trainer.train(resume_from_checkpoint=ledger.resume_from)
             record["train_seconds"] = time.perf_counter() - start
-            if self.schedule is not None:
-                record["precision_schedule"] = self.schedule.stage_record(self._steps_done)
             self._steps_done += int(output.global_step)
 
             start = time.perf_counter()
@@ -369,8 +367,7 @@ class ContinualTrainer:
                 disable_tqdm=not self.progress, **self.policy.training_arguments(),
             ),
             # the ledger last: what the other callbacks write into a checkpoint is sealed with it
-            callbacks=[*([self.schedule] if self.schedule is not None else []),
-                       *self.policy.trainer_callbacks(self.model, stage), *self.hf_callbacks,
+            callbacks=[*self.policy.trainer_callbacks(self.model, stage), *self.hf_callbacks,
                        *(c for p in self.plugins for c in p.trainer_callbacks(self, stage, task)),
                        no_final_checkpoint(), ledger],
             trainer_class=Trainer,
@@ -397,3 +394,4 @@ class ContinualTrainer:
                 directory.mkdir(parents=True, exist_ok=True)
                 plugin.save_state(directory)
         self.run_dir.commit_stage(stage)
+

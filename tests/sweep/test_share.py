@@ -55,8 +55,16 @@ def test_which_points_share_what(tmp_path, tiny_model_dir):
     with_lwf = _fp(base, tmp_path, **lwf)
     assert shared_prefix(with_lwf, _fp(base, tmp_path, **lwf, seed=1)) == (0, False)  # LwF does not see row 0
     assert shared_prefix(with_lwf, _fp(base, tmp_path, **lwf, args=override)) == (2, False)
-    probe = {"plugins": [{"type": "PTQProbe", "methods": ["rtn4"], "texts": ["x = 1"]}]}
-    assert shared_prefix(_fp(base, tmp_path, **probe), _fp(base, tmp_path, **probe, seed=1)) is None  # it does
+    watcher = {"plugins": [{"_component_": "_configs.EvaluationWatcher"}]}
+    assert shared_prefix(_fp(base, tmp_path, **watcher), _fp(base, tmp_path, **watcher, seed=1)) is None  # it does
+    probe = {"plugins": [{"type": "PTQProbe", "methods": ["rtn4"], "texts": ["x = 1"]}]}  # its on_evaluate is a no-op
+    assert shared_prefix(_fp(base, tmp_path, **probe), _fp(base, tmp_path, **probe, seed=1)) == (0, False)
+    # a plug-in whose stages depend on the whole run (shares_prefixes = False) shares no stage
+    full = {k: v for k, v in base.items() if k != "lora"}
+    schedule = {"plugins": [{"type": "PrecisionSchedule", "switch_step": 5}], "training": "full"}
+    assert shared_prefix(_fp(full, tmp_path, **schedule), _fp(full, tmp_path, **schedule, args=override)) == (0, False)
+    plain = {"training": "full"}
+    assert shared_prefix(_fp(full, tmp_path, **plain), _fp(full, tmp_path, **plain, args=override)) == (2, False)
     # LoRA that does not start at zero changes row 0 with the seed
     gauss = {**base["lora"], "init_lora_weights": "gaussian"}
     assert shared_prefix(_fp(base, tmp_path, lora=gauss), _fp(base, tmp_path, lora=gauss, seed=1)) is None

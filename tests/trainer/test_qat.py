@@ -95,7 +95,7 @@ def _plain_run(model_dir, out, schedule, *, steps=8, callbacks=(), lr=3e-3, seed
                              lr_scheduler_type="constant", logging_steps=1, report_to="none", use_cpu=True,
                              seed=seed, disable_tqdm=True, **{"save_strategy": "no", **extra})
     trainer = Trainer(model=model, args=args, train_dataset=_corpus_rows(tokenizer, 4 * steps),
-                      callbacks=[*([schedule] if schedule is not None else []), *callbacks])
+                      callbacks=[*([schedule.callback] if schedule is not None else []), *callbacks])
     if schedule is not None:
         schedule.attach(trainer)
     trainer.train()
@@ -215,11 +215,13 @@ def _tasks(n=2):
     return qcl.recipes.synthetic(seed=0, n_train=16, n_eval=3, tasks=("nlu", "math")[:n])
 
 
-def _trainer(model_dir, out, precision, *, training=None, steps=4, **kw):
+def _trainer(model_dir, out, precision, *, training=None, steps=4, plugins=(), **kw):
+    if isinstance(precision, PrecisionSchedule):  # the schedule is a plug-in at its start preset
+        precision, plugins = precision.policy.name, [precision, *plugins]
     return qcl.ContinualTrainer(model=str(model_dir), precision=precision, tasks=_tasks(), output_dir=out,
                                 args=StageArgs(max_steps=steps, per_device_train_batch_size=4, learning_rate=1e-3,
                                                logging_steps=1, **kw),
-                                training=training, progress=False)
+                                training=training, progress=False, plugins=plugins)
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
@@ -227,6 +229,9 @@ def _trainer(model_dir, out, precision, *, training=None, steps=4, **kw):
     ({"precision": "nf4", "training": "full"}, "bitsandbytes 8/4-bit weights are not trainable"),
     ({"precision": PrecisionSchedule(switch_step=1), "training": "lora"}, "use training='full'"),
     ({"precision": "fp32", "training": "all"}, "training"),
+    ({"precision": "bf16", "plugins": [PrecisionSchedule(switch_step=1)]},
+     r"PrecisionSchedule\(start='fp32'\).*precision is 'bf16'"),
+    ({"precision": "nf4", "plugins": [PrecisionSchedule(switch_step=1)]}, "cannot train the nf4 preset"),
     ({"precision": PrecisionSchedule(switch_step=8)}, r"switch_step=8\) is after the end of training \(8"),
     ({"precision": PrecisionSchedule(switch_stage=3)}, r"switch_stage=3\) is after the end of training \(2 stage"),
 ])
@@ -247,7 +252,7 @@ def test_full_training_refuses_lora_and_merge(tiny_model_dir, tmp_path):
         qcl.ContinualTrainer(str(tiny_model_dir), "fp32", _tasks(), adapter_mode="merge", training="full",
                              output_dir=tmp_path / "b")
     with pytest.raises(ConfigError, match="over several stages needs the run's length"):
-        qcl.ContinualTrainer(str(tiny_model_dir), PrecisionSchedule(switch_fraction=0.5), _tasks(),
+        qcl.ContinualTrainer(str(tiny_model_dir), "fp32", _tasks(), plugins=[PrecisionSchedule(switch_fraction=0.5)],
                              output_dir=tmp_path / "c")
 
 
@@ -325,8 +330,9 @@ def test_switch_stage_survives_a_resume_after_that_stage(tiny_model_dir, tmp_pat
 def test_a_schedule_that_never_finishes_is_reported(tiny_model_dir, tmp_path):
     tasks = qcl.recipes.synthetic(seed=0, n_train=8, n_eval=2, tasks=("nlu",))
     def run(schedule, out):
-        return qcl.ContinualTrainer(str(tiny_model_dir), schedule, tasks, output_dir=tmp_path / out, progress=False,
-                                    args=StageArgs(num_train_epochs=1, per_device_train_batch_size=4)).fit()
+        return qcl.ContinualTrainer(str(tiny_model_dir), "fp32", tasks, output_dir=tmp_path / out, progress=False,
+                                    args=StageArgs(num_train_epochs=1, per_device_train_batch_size=4),
+                                    plugins=[schedule]).fit()
     with pytest.warns(UserWarning, match="never switched to ternary in this run's 2 optimizer steps"):
         run(PrecisionSchedule(switch_step=50), "a")  # epochs: the length is not known up front
     with pytest.warns(UserWarning, match=r"ended mid phase-in \(lambda = 0.2\)"):
@@ -345,11 +351,11 @@ def test_rewarm_scales_each_step_once_even_when_the_scheduler_does_not_step(kept
     args, seen = SimpleNamespace(output_dir="unused", logging_steps=1), []
     for step in range(1, 7):  # no lr_scheduler.step() in between, as with ReduceLROnPlateau
         state = SimpleNamespace(global_step=step, max_steps=7)
-        schedule.on_step_begin(args, state, None, optimizer=optimizer)
+        schedule.callback.on_step_begin(args, state, None, optimizer=optimizer)
         seen.append(optimizer.param_groups[0]["lr"])
         if step == 1:  # the re-warm is its own option: the state goes only with a reset
             assert bool(optimizer.state) == (kept == "keep")
-        schedule.on_optimizer_step(args, state, None, optimizer=optimizer)
+        schedule.callback.on_optimizer_step(args, state, None, optimizer=optimizer)
     assert seen == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0] and optimizer.param_groups[0]["lr"] == 1.0
 
 
@@ -359,7 +365,8 @@ def test_schedule_switches_at_a_stage_boundary(tiny_model_dir, tmp_path):
     first, second = (r["precision_schedule"] for r in result.stage_records)
     assert first == {"switch_step": None, "first_step": 0, "strength": [0.0, 0.0, 0.0]}
     assert second == {"switch_step": 3, "first_step": 3, "strength": [0.5, 1.0, 1.0]}
-    assert result.config["precision"]["_component_"].endswith("PrecisionSchedule")
+    assert result.config["precision"]["name"] == "fp32"
+    assert result.config["plugins"] == [schedule.to_dict()]
 
 
 def test_yaml_schedule_and_training_keys(tiny_model_dir, tmp_path):
@@ -367,16 +374,22 @@ def test_yaml_schedule_and_training_keys(tiny_model_dir, tmp_path):
 
     config = {"model": str(tiny_model_dir), "output_dir": str(tmp_path / "run"),
               "tasks": {"recipe": "synthetic", "kwargs": {"n_train": 8, "n_eval": 2}},
-              "precision": {"_component_": "quantcl.PrecisionSchedule", "start": "fp32", "switch_step": 2,
-                            "phase_in": "tanh", "phase_in_steps": 3},
+              "precision": "fp32",
+              "plugins": [{"type": "PrecisionSchedule", "start": "fp32", "switch_step": 2, "phase_in": "tanh",
+                           "phase_in_steps": 3}],
               "args": {"max_steps": 2}}
     trainer = build_trainer(config)
-    assert trainer.training == "full" and trainer.schedule.phase_in == "tanh"
+    (schedule,) = trainer.plugins
+    assert trainer.training == "full" and isinstance(schedule, PrecisionSchedule) and schedule.phase_in == "tanh"
+    legacy = {**config, "plugins": [], "precision": {"_component_": "quantcl.PrecisionSchedule",
+                                                     **{k: v for k, v in config["plugins"][0].items() if k != "type"}}}
+    with pytest.warns(DeprecationWarning, match=r"precision=PrecisionSchedule\(...\)\) is deprecated"):
+        assert build_trainer(legacy).config() == trainer.config()  # quantcl 0.1's form: the same run
     with pytest.raises(ConfigError, match="config key 'training'"):
         build_trainer({**config, "training": "partial"})
-    with pytest.raises(ConfigError, match="config key 'precision'.*PrecisionPolicy or a PrecisionSchedule"):
+    with pytest.raises(ConfigError, match="config key 'precision'.*expected a PrecisionPolicy"):
         build_trainer({**config, "precision": {"_component_": "quantcl.StageArgs"}})
-    full = build_trainer({**config, "precision": "bf16", "training": "full"})
+    full = build_trainer({**config, "precision": "bf16", "training": "full", "plugins": []})
     assert full.training == "full" and full.config()["training"] == "full"
 
 
@@ -431,3 +444,61 @@ def test_resume_after_a_kill_past_the_switch_gives_the_uninterrupted_run(tiny_mo
             record.pop(key)
     assert records[0] == records[1]
     assert records[0]["precision_schedule"]["strength"] == [0, 0, 0, 0.25, 0.5, 0.75, 1.0, 1.0]
+
+
+def _legacy_layout(run_root):
+    """Rewrite a run saved with plugins=[schedule] into quantcl 0.1's layout (the schedule as the
+    precision in run.json), state re-sealed: what a run started with precision=schedule left."""
+    from quantcl.rundir import RunDirectory
+
+    config = json.loads((run_root / "run.json").read_text())
+    (schedule,) = config["plugins"]
+    config.update(precision=schedule, plugins=[])
+    (run_root / "run.json").write_text(json.dumps(config))
+    state = json.loads((run_root / "state.json").read_text())
+    RunDirectory(run_root).save({k: v for k, v in state.items() if k not in ("sha256", "files")})
+
+
+def test_the_schedule_as_precision_is_deprecated_runs_the_same_and_old_runs_resume(tiny_model_dir, tmp_path):
+    def make(out, legacy=False):
+        schedule = PrecisionSchedule(switch_stage=2, phase_in="linear", phase_in_steps=3, optimizer="reset")
+        if not legacy:
+            return _trainer(tiny_model_dir, out, schedule, steps=3)
+        with pytest.warns(DeprecationWarning, match=r"pass precision='fp32' and plugins=\[schedule\]"):
+            return qcl.ContinualTrainer(
+                model=str(tiny_model_dir), precision=schedule, tasks=_tasks(), output_dir=out, progress=False,
+                args=StageArgs(max_steps=3, per_device_train_batch_size=4, learning_rate=1e-3, logging_steps=1))
+
+    new = make(tmp_path / "new").fit()
+    old = make(tmp_path / "old", legacy=True).fit()
+    model = Path("stages/stage-002/model/model.safetensors")
+    assert old.config == new.config and old.stage_records[1]["precision_schedule"]["strength"] == [1 / 3, 2 / 3, 1.0]
+    assert [r["precision_schedule"] for r in old.stage_records] == [r["precision_schedule"] for r in new.stage_records]
+    assert (tmp_path / "old" / model).read_bytes() == (tmp_path / "new" / model).read_bytes()
+
+    for legacy in (True, False):  # a run saved in the old layout after stage 1 resumes either way, to the same files
+        cut = make(tmp_path / f"cut-{legacy}")
+        cut.hf_callbacks.append(_StopInStage2())
+        with pytest.raises(KeyboardInterrupt):
+            cut.fit()
+        _legacy_layout(tmp_path / f"cut-{legacy}")
+        resumed = make(tmp_path / f"cut-{legacy}", legacy=legacy).fit(resume=True)
+        assert resumed.stage_records[1]["precision_schedule"] == new.stage_records[1]["precision_schedule"]
+        assert (tmp_path / f"cut-{legacy}" / model).read_bytes() == (tmp_path / "new" / model).read_bytes()
+
+
+def test_probe_saved_scores_the_saved_stage_at_the_strength_it_ended_with(tiny_model_dir, tmp_path):
+    from quantcl.evaluators import Perplexity
+
+    trainer = _trainer(tiny_model_dir, tmp_path / "run", PrecisionSchedule(switch_stage=2), steps=3)
+    trainer.fit()
+    strengths = []
+
+    class Strength(Perplexity):  # records the model's BitLinear strengths when it is scored
+        def evaluate(self, model, tokenizer, *args, **kw):
+            strengths.append({m.strength for m in model.modules() if isinstance(m, BitLinear)})
+            return super().evaluate(model, tokenizer, *args, **kw)
+
+    probe = qcl.Probe("held-out", eval=_tasks()[0].eval, evaluator=Strength())
+    _trainer(tiny_model_dir, tmp_path / "run", PrecisionSchedule(switch_stage=2), steps=3).probe_saved([probe])
+    assert strengths == [{0.0}, {1.0}]  # row 0 the untouched model; the last stage ternary, as it ended

@@ -25,8 +25,9 @@ __all__ = ["StagePlugin", "StageCallback", "TrainerSpec", "ReplayPlugin", "Preci
            "PTQProbeResult", "LwF", "WeightAveraging", "GradientSimilarity", "EWC", "AGEM", "JointTraining", "OLoRA", "AdapterMerging", "AfterLossLog", "save_checkpoint_state", "load_checkpoint_state",
            "NAMED_PLUGINS", "plugin_path"]
 
-#: the built-in plug-ins a YAML config names with ``type:`` (replay and a precision schedule have keys of their own)
-NAMED_PLUGINS = ("LwF", "EWC", "AGEM", "OLoRA", "AdapterMerging", "JointTraining", "PTQProbe", "WeightAveraging", "GradientSimilarity")
+#: the built-in plug-ins a YAML config names with ``type:`` (replay has a key of its own)
+NAMED_PLUGINS = ("LwF", "EWC", "AGEM", "OLoRA", "AdapterMerging", "JointTraining", "PTQProbe", "WeightAveraging",
+                 "GradientSimilarity", "PrecisionSchedule")
 
 
 def plugin_path(name: str) -> str:

@@ -2,6 +2,7 @@
 
 A continual stage runs these hooks, in this order, for every plug-in in the order given::
 
+    prepare_model(trainer, model)                   each time a model to train is loaded (before row 0, on resume)
     on_stage_begin(trainer, stage, task)            before anything of the stage
     adapt_data(trainer, stage, task, dataset)       -> the rows the stage trains on (prompt/target)
     trainer_callbacks(trainer, stage, task)         -> transformers.TrainerCallback objects for the stage
@@ -16,6 +17,11 @@ A continual stage runs these hooks, in this order, for every plug-in in the orde
 refuses different ones. Values a plug-in measures go into the stage's record with
 ``trainer.log_stage(name=value)``.
 
+Two class attributes tell the trainer and a sweep what a plug-in needs: :attr:`StagePlugin.training_mode`
+(``"full"`` for a plug-in that trains every weight, such as the precision schedule; a trainer built
+with ``training=None`` then takes it) and :attr:`StagePlugin.shares_prefixes` (``False`` when a
+stage's behaviour depends on the whole run's length, so a sweep shares no finished stage of it).
+
 A plug-in that acts inside the stage's ``transformers.Trainer`` (every optimizer step, every
 checkpoint) returns ``TrainerCallback`` objects from :meth:`StagePlugin.trainer_callbacks` rather
 than being one. Two helpers serve those callbacks: :func:`save_checkpoint_state` /
@@ -27,8 +33,9 @@ integrations right after the Trainer's own loss log.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from quantcl._runtime import checkpoint_dir
 from quantcl.components import COMPONENT_KEY, Component, component_path, encode_argument
@@ -43,7 +50,8 @@ if TYPE_CHECKING:  # pragma: no cover
 REPLAY_FLAG = "quantcl_replay"
 
 __all__ = ["StagePlugin", "StageCallback", "TrainerSpec", "AfterLossLog", "checkpoint_dir", "save_checkpoint_state",
-           "load_checkpoint_state", "compose_trainer_class", "count_parameters_once", "overrides_hook"]
+           "load_checkpoint_state", "compose_trainer_class", "count_parameters_once", "overrides_hook",
+           "ForwardsCallbackEvents"]
 
 
 @dataclasses.dataclass
@@ -108,10 +116,21 @@ class StagePlugin(Component):
         2.0
     """
 
+    #: the ContinualTrainer training mode this plug-in needs (``"lora"`` / ``"full"``), ``None``: either
+    training_mode: ClassVar[str | None] = None
+    #: ``False`` when what the plug-in does in a stage depends on the whole run (its length, later
+    #: stages): a sweep then starts no point of it from another point's finished stages
+    shares_prefixes: ClassVar[bool] = True
+
     def check(self, trainer: ContinualTrainer) -> None:
         """Raise :class:`~quantcl.ConfigError` if this plug-in cannot work in the run ``trainer``
         describes (e.g. A-GEM without a replay buffer); called when the trainer is built, before
         any model is loaded."""
+
+    def prepare_model(self, trainer: ContinualTrainer, model: Any) -> None:
+        """Change the model in place each time the trainer loads one to train or evaluate: before
+        row 0, when a run resumes after a finished stage (``trainer.stage_records`` holds the
+        finished stages' records), and in :meth:`~quantcl.ContinualTrainer.probe_saved`."""
 
     def on_stage_begin(self, trainer: ContinualTrainer, stage: int, task: Task) -> None:
         """Before stage ``stage`` (1-based) trains ``task``."""
@@ -258,7 +277,40 @@ class AfterLossLog:
 
 def overrides_hook(plugin: StagePlugin, hook: str) -> bool:
     """True when ``plugin``'s class defines its own ``hook`` (so the default need not run)."""
-    return getattr(type(plugin), hook) is not getattr(StagePlugin, hook)
+    defined = getattr(type(plugin), hook)
+    return defined is not getattr(StagePlugin, hook) and not getattr(defined, "_quantcl_no_op", False)
+
+
+class ForwardsCallbackEvents:
+    """For a plug-in that quantcl 0.1 let users pass to a ``transformers.Trainer`` as a
+    ``TrainerCallback`` itself: the Trainer's events go to its :attr:`callback`, with one
+    ``DeprecationWarning`` (pass ``plugin.callback`` instead), for one release.
+
+    A ``transformers.Trainer`` calls ``on_evaluate(args, state, control, **kwargs)`` on its
+    callbacks, which the plug-in hook of that name cannot take: this class's version takes both
+    and does nothing (a sweep does not count it as an ``on_evaluate`` hook)."""
+
+    callback: Any
+    #: what the warning calls an instance (``callbacks=[probe]``)
+    legacy_name: ClassVar[str] = "plugin"
+
+    def __getattr__(self, name: str) -> Any:
+        from transformers import TrainerCallback
+
+        if name.startswith("on_") and hasattr(TrainerCallback, name) and "callback" in self.__dict__:
+            if not self.__dict__.get("_warned"):
+                self.__dict__["_warned"] = True
+                kind, instance = type(self).__name__, self.legacy_name
+                warnings.warn(f"transformers.Trainer(callbacks=[{instance}]) is deprecated: pass {instance}.callback "
+                              f"(the {kind} is a quantcl plug-in, its TrainerCallback is .callback)",
+                              DeprecationWarning, stacklevel=2)
+            return getattr(self.__dict__["callback"], name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def on_evaluate(self, *args: Any, **kwargs: Any) -> None:
+        """Nothing, after a quantcl task's evaluation or a ``transformers.Trainer``'s."""
+
+    on_evaluate._quantcl_no_op = True  # type: ignore[attr-defined]
 
 
 def compose_trainer_class(base: type, plugins: list[StagePlugin], trainer: ContinualTrainer) -> type:

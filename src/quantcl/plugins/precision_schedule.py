@@ -26,16 +26,24 @@ option so that a study can tell the reset's effect from the re-warm's.
 The switch is given by exactly one of ``switch_step`` (an optimizer step), ``switch_fraction``
 (of the run's steps) or ``switch_stage`` (the first step of that 1-based ContinualTrainer stage).
 
-Use it as the precision of a ContinualTrainer (full-parameter training)::
+It is a :class:`~quantcl.StagePlugin` of a ContinualTrainer that trains every weight, at the
+float preset ``start`` (the trainer's ``precision``)::
 
-    qcl.ContinualTrainer(model, precision=qcl.PrecisionSchedule("fp32", switch_fraction=0.5,
-                         phase_in="linear", phase_in_steps=100), tasks=..., training="full")
+    qcl.ContinualTrainer(model, precision="fp32", training="full", tasks=...,
+                         plugins=[qcl.PrecisionSchedule("fp32", switch_fraction=0.5, phase_in="linear",
+                                                        phase_in_steps=100)])
 
-or with a plain ``transformers.Trainer``: ``schedule.prepare(model)``, then
-``Trainer(model, ..., callbacks=[schedule])`` (``schedule.attach(trainer)`` also sends
-``quantcl/strength`` to the ``report_to`` integrations). Every step's ``lambda`` is kept in
-:attr:`PrecisionSchedule.history` and written into each Trainer checkpoint
+Its part inside the training loop is a ``transformers.TrainerCallback``,
+:attr:`PrecisionSchedule.callback`, so with a plain ``transformers.Trainer``:
+``schedule.prepare(model)``, then ``Trainer(model, ..., callbacks=[schedule.callback])``
+(``schedule.attach(trainer)`` also sends ``quantcl/strength`` to the ``report_to`` integrations).
+Every step's ``lambda`` is kept in :attr:`PrecisionSchedule.history`, in each ContinualTrainer
+stage's record (``precision_schedule``) and in each Trainer checkpoint
 (``quantcl-precision-schedule.json``), so a resumed run carries on with the same values.
+
+quantcl 0.1 took the schedule as the precision (``ContinualTrainer(precision=schedule)``) and as a
+callback (``Trainer(callbacks=[schedule])``): both still work for one release, with a
+``DeprecationWarning``, and runs saved that way resume.
 
 Examples:
     >>> s = PrecisionSchedule("fp32", switch_step=10, phase_in="linear", phase_in_steps=4)
@@ -46,28 +54,30 @@ Examples:
 from __future__ import annotations
 
 import math
-from typing import Any
-
-from transformers import TrainerCallback
+from typing import TYPE_CHECKING, Any
 
 from quantcl._checks import require_choice, require_int, require_list_of, require_number
-from quantcl.components import Component
 from quantcl.errors import ConfigError, StateError
-from quantcl.plugins.base import AfterLossLog, load_checkpoint_state, save_checkpoint_state
+from quantcl.plugins._schedule_callback import CHECKPOINT_FILE, ScheduleCallback
+from quantcl.plugins.base import AfterLossLog, ForwardsCallbackEvents, StagePlugin
 from quantcl.precision import PrecisionPolicy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from quantcl.tasks import Task
+    from quantcl.trainer import ContinualTrainer
 
 __all__ = ["PrecisionSchedule", "PHASE_INS", "CHECKPOINT_FILE"]
 
 PHASE_INS = ("step", "linear", "tanh")
-CHECKPOINT_FILE = "quantcl-precision-schedule.json"
 
 
-class PrecisionSchedule(Component, TrainerCallback):
+class PrecisionSchedule(ForwardsCallbackEvents, StagePlugin):
     """A switch from a float preset to ternary QAT during training (see the module docstring).
 
     Args:
         start: the float preset trained before the switch (``"fp32"``, ``"bf16"``, ``"fp16"``);
-            it is also the dtype of the latent weights after it.
+            it is also the dtype of the latent weights after it. In a ContinualTrainer, its
+            ``precision``.
         switch_step: the optimizer step (0-based, over the whole run) at which QAT starts.
         switch_fraction: the switch as a fraction in [0, 1) of the run's optimizer steps.
         switch_stage: the 1-based ContinualTrainer stage at whose first step QAT starts.
@@ -81,6 +91,10 @@ class PrecisionSchedule(Component, TrainerCallback):
         activation_bits: BitLinear's activation bits.
         norm: whether BitLinear normalizes its input (see :class:`~quantcl.precision.BitLinear`).
     """
+
+    training_mode = "full"  # quantization-aware training of every weight
+    shares_prefixes = False  # the switch is placed over the whole run
+    legacy_name = "schedule"
 
     def __init__(
         self,
@@ -128,7 +142,11 @@ class PrecisionSchedule(Component, TrainerCallback):
                                                   items="module names (str)"))
         self.bitlinear_options = dict(zip(("weight_scale", "activation_bits", "norm"),
                                           check_options(weight_scale, activation_bits, norm)))
-        self.trainer: Any = None
+        self.trainer: Any = None  # the attached transformers.Trainer that report_to logs go through
+        self._continual: Any = None  # the ContinualTrainer whose stage is running
+        self._first_step = 0
+        #: the ``transformers.TrainerCallback`` that sets ``lambda`` inside the training loop
+        self.callback = ScheduleCallback(self)
         self.reset()
 
     def reset(self) -> None:
@@ -208,73 +226,64 @@ class PrecisionSchedule(Component, TrainerCallback):
             raise ConfigError(f"PrecisionSchedule(switch_stage={self.switch_stage}) is after the end of training "
                               f"({n_stages} stage(s))")
 
-    # ----------------------------------------------------------------------------- TrainerCallback
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        if not self._in_continual and state.global_step == 0:
-            self.reset()  # a fresh plain-Trainer run: nothing of an earlier one carries over
-        if self.switch_stage is not None and not self._in_continual:
-            raise ConfigError("PrecisionSchedule(switch_stage=...) needs a ContinualTrainer; "
-                              "with a plain Trainer use switch_step or switch_fraction")
-        if self.switch_fraction is not None and self.total_steps is None:
-            self.total_steps = self.step_offset + int(state.max_steps)
-        if not self._in_continual:
-            self.check_length(int(state.max_steps))
-        self._restore(load_checkpoint_state(args, state, CHECKPOINT_FILE))
-        start = self.step_offset + int(state.global_step)
-        self.history = [h for h in self.history if h[0] < start]
-        return control
+    # ----------------------------------------------------------------------------- StagePlugin
+    def check(self, trainer: ContinualTrainer) -> None:
+        if trainer.policy.name != self.policy.name:
+            raise ConfigError(f"PrecisionSchedule(start={self.policy.name!r}) trains the run's precision before the "
+                              f"switch, but the ContinualTrainer's precision is {trainer.policy.name!r}: give the same "
+                              "float preset to both")
+        total, n_stages = trainer.total_steps, len(trainer.tasks)
+        if total is None and self.switch_fraction is not None and n_stages > 1:
+            raise ConfigError("PrecisionSchedule(switch_fraction=...) over several stages needs the run's length: "
+                              "set StageArgs.max_steps (every stage), or use switch_step / switch_stage")
+        self.check_length(total if total is not None else 2**62, n_stages)
 
-    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+    def prepare_model(self, trainer: ContinualTrainer, model: Any) -> None:
+        """BitLinear layers at strength 0, then the schedule brought to where the finished stages
+        left it: their step offsets (a ``switch_stage`` already passed is resolved again) and the
+        last step's ``lambda`` on the model."""
         from quantcl.precision.bitlinear import set_strength
 
-        step = self.step_offset + int(state.global_step)
-        lam = self.strength_at(step)
-        model = kwargs.get("model")
-        if model is not None and set_strength(model, lam) == 0:
-            raise ConfigError("PrecisionSchedule: the model has no BitLinear layer; call schedule.prepare(model) "
-                              "before training (ContinualTrainer does it)")
-        optimizer = kwargs.get("optimizer")
-        if optimizer is not None and step == self.resolved_switch_step():
-            if self.optimizer == "reset":
-                getattr(optimizer, "optimizer", optimizer).state.clear()
-        factor = self.lr_factor_at(step)
-        if optimizer is not None and factor != 1.0:
-            # scaled for this step only, undone in on_optimizer_step: a scheduler that skips its
-            # step (ReduceLROnPlateau, an fp16 overflow) must not see the factor compound
-            self._unscaled_lrs = [group["lr"] for group in optimizer.param_groups]
-            for group in optimizer.param_groups:
-                group["lr"] = group["lr"] * factor
-        self.history.append((step, lam))
-        return control
+        self.prepare(model)
+        self.reset()
+        offset = 0
+        for stage, record in enumerate(trainer.stage_records, start=1):
+            self.begin_stage(stage, offset, trainer.total_steps)
+            offset += int(record.get("steps", 0))
+        if offset > 0:
+            set_strength(model, self.strength_at(offset - 1))
 
-    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        optimizer = kwargs.get("optimizer")
-        if optimizer is not None and self._unscaled_lrs is not None:
-            for group, lr in zip(optimizer.param_groups, self._unscaled_lrs):
-                group["lr"] = lr
-        self._unscaled_lrs = None
-        return control
+    def on_stage_begin(self, trainer: ContinualTrainer, stage: int, task: Task) -> None:
+        self._first_step, self._continual = trainer.steps_done, trainer
+        self.begin_stage(stage, trainer.steps_done, trainer.total_steps)
 
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        self.trainer = None  # do not keep the finished Trainer (and its optimizer state) alive
-        return control
+    def trainer_callbacks(self, trainer: ContinualTrainer, stage: int, task: Task) -> list[Any]:
+        return [self.callback]
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> Any:
-        # the strength goes out right after the Trainer's own loss log, as a log of its own
-        if self.trainer is None or self._log.sending or not logs or "loss" not in logs or not self.history:
-            return control
-        step, lam = self.history[-1]
-        values = {"quantcl/strength": lam}
-        switch = self.resolved_switch_step()
-        if switch is not None and step >= switch and not self._switch_logged:
-            values["quantcl/switch_step"] = float(switch)
-            self._switch_logged = True
-        self._log.send(self.trainer, values, wait_for_loss=False)
-        return control
+    def on_stage_end(self, trainer: ContinualTrainer, stage: int, task: Task, scores: dict[str, float]) -> None:
+        trainer.log_stage(precision_schedule=self.stage_record(self._first_step))
+        self._continual = None
+        if stage == len(trainer.tasks):
+            self._warn_if_unfinished(trainer.steps_done)
 
-    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        save_checkpoint_state(args, state, CHECKPOINT_FILE, self.state_dict())
-        return control
+    def _warn_if_unfinished(self, steps_done: int) -> None:
+        """Warn when a run ends with the switch not reached, or the phase-in not finished (a run of
+        unknown length cannot be checked before it starts)."""
+        import warnings
+
+        if steps_done == 0:
+            return
+        last = self.strength_at(steps_done - 1)
+        if last < 1.0:
+            what = "never switched to ternary" if last == 0.0 else f"ended mid phase-in (lambda = {last:.3g})"
+            warnings.warn(f"the PrecisionSchedule {what} in this run's {steps_done} optimizer steps "
+                          f"(switch step: {self.resolved_switch_step()})", UserWarning, stacklevel=2)
+
+    def _hf_trainer(self) -> Any:
+        """The transformers.Trainer the strength is logged through: the attached one, or the running stage's."""
+        if self.trainer is None and self._continual is not None:
+            return self._continual.stage_trainer
+        return self.trainer
 
     def stage_record(self, first_step: int) -> dict[str, Any]:
         """What a ContinualTrainer stage starting at ``first_step`` records: the switch step, the
@@ -298,12 +307,3 @@ class PrecisionSchedule(Component, TrainerCallback):
                 self._stage_switch = int(data["switch_step"])
         except (KeyError, TypeError, ValueError) as err:
             raise StateError(f"unreadable PrecisionSchedule state ({err!r})") from None
-
-    def _restore(self, data: dict[str, Any] | None) -> None:
-        if data is None:
-            return  # a new run, or a checkpoint written without the schedule: lambda follows from the step
-        saved = [(int(s), float(lam)) for s, lam in data.get("history", [])]
-        if saved != [(s, self.strength_at(s)) for s, _ in saved]:
-            raise StateError(f"the resumed checkpoint's {CHECKPOINT_FILE} records other lambdas than this "
-                             "PrecisionSchedule gives; resume with the schedule the run was started with")
-        self.history = saved

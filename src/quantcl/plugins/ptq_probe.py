@@ -30,7 +30,6 @@ Examples:
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +38,8 @@ from transformers import TrainerCallback
 from quantcl._checks import require_bool, require_int, require_list_of
 from quantcl.errors import ConfigError
 from quantcl.plugins._ptq_result import PTQProbeResult
-from quantcl.plugins.base import AfterLossLog, StagePlugin, load_checkpoint_state, save_checkpoint_state
+from quantcl.plugins.base import (AfterLossLog, ForwardsCallbackEvents, StagePlugin, load_checkpoint_state,
+                                  save_checkpoint_state)
 
 if TYPE_CHECKING:  # pragma: no cover
     from quantcl.tasks import Task
@@ -50,7 +50,7 @@ __all__ = ["PTQProbe", "PTQProbeResult", "CHECKPOINT_FILE"]
 CHECKPOINT_FILE = "quantcl-ptq-probe.json"
 
 
-class PTQProbe(StagePlugin):
+class PTQProbe(ForwardsCallbackEvents, StagePlugin):
     """Measure the PTQ cross-entropy gap of the model being trained (see the module docstring).
 
     Args:
@@ -66,6 +66,8 @@ class PTQProbe(StagePlugin):
             (keep them apart from the held-out sample); GPTQ also needs the gptqmodel package,
             checked here, before training.
     """
+
+    legacy_name = "probe"
 
     def __init__(self, methods: Sequence[str] = ("rtn4", "rtn8"), *, every: int | None = None,
                  texts: Sequence[str] | None = None, n_texts: int = 64, max_length: int = 256, batch_size: int = 8,
@@ -135,22 +137,6 @@ class PTQProbe(StagePlugin):
     # ----------------------------------------------------------------------------- in the training loop
     def trainer_callbacks(self, trainer: ContinualTrainer, stage: int, task: Task) -> list[Any]:
         return [self.callback]
-
-    def __getattr__(self, name: str) -> Any:
-        # quantcl 0.1 passed the probe itself as a TrainerCallback: forward its events, for one release
-        if name.startswith("on_") and hasattr(TrainerCallback, name) and "callback" in self.__dict__:
-            if not self.__dict__.get("_warned"):
-                self.__dict__["_warned"] = True
-                warnings.warn("transformers.Trainer(callbacks=[probe]) is deprecated: pass probe.callback "
-                              "(the PTQProbe is a quantcl plug-in, its TrainerCallback is .callback)",
-                              DeprecationWarning, stacklevel=2)
-            return getattr(self.__dict__["callback"], name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
-    def on_evaluate(self, trainer: Any, row: Any, task: Any, result: Any = None, **kwargs: Any) -> None:
-        """Nothing to do after a quantcl task is evaluated; a ``transformers.Trainer`` that holds
-        the probe itself (the deprecated ``callbacks=[probe]``) calls this after its evaluation
-        with keyword arguments, and nothing is done then either."""
 
     def _train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         if self._stage is None:  # a plain Trainer run

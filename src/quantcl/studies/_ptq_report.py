@@ -11,7 +11,7 @@ from typing import Any
 from quantcl.studies._runs import StudyRecords
 from quantcl.studies.contrasts import Contrast, ContrastResult, contrasts_markdown, paired_contrasts
 
-__all__ = ["PTQDynamicsResult", "PTQContinualResult", "ptq_contrasts", "EQUAL_LOSS"]
+__all__ = ["PTQDynamicsResult", "PTQContinualResult", "ptq_contrasts", "EQUAL_LOSS", "INGREDIENTS"]
 
 #: the metric of a contrast read at a loss both arms reach (:meth:`PTQDynamicsResult.equal_loss_values`)
 EQUAL_LOSS = "gap_at_equal_loss"
@@ -32,10 +32,16 @@ def _fmt(stats: dict[str, Any] | None, digits: int = 4, signed: bool = True) -> 
     return f"{stats['mean']:{sign}.{digits}f} ± {stats['std']:.{digits}f}"
 
 
+#: what :meth:`PTQDynamicsResult.run_values` appends to a soup arm's name for the mean of its ingredients
+INGREDIENTS = "/ingredients"
+
+
 class PTQDynamicsResult(StudyRecords):
     """Per-run records of :func:`~quantcl.studies.ptq_dynamics_study` and their summary.
 
-    The gap of an averaged arm is the LAWA average's; the others', the trained model's.
+    The gap of a LAWA arm is the LAWA average's; of a soup arm, the trunk's before the cooldown and
+    the soup's at the end (its ingredients' mean is the pseudo-arm ``<arm>/ingredients``); the
+    others', the trained model's.
     """
 
     def run_values(self, method: str | None = None) -> list[dict[str, Any]]:
@@ -53,6 +59,8 @@ class PTQDynamicsResult(StudyRecords):
             row["cooldown_change"] = (None if row["gap_before"] is None or row["gap_after"] is None
                                       else row["gap_after"] - row["gap_before"])
             out.append(row)
+            if rec.get("ingredients"):
+                out.append(_ingredients_row(row, rec["ingredients"], method))
         return out
 
     def labelled_contrasts(self, method: str | None = None, contrasts: Sequence[Contrast] | None = None,
@@ -101,6 +109,11 @@ class PTQDynamicsResult(StudyRecords):
                     row[f"gap_{when}"] = _stats([float(p["relative_gap"]) for p in found]) if found else None
                     row[f"ce_{when}"] = _stats([float(p["ce_fp"]) for p in found]) if found else None
                 out.append(row)
+                if runs[0].get("ingredients"):  # the mean of each seed's ingredients, at the end
+                    means = [_ingredients_row({"gap_before": None}, r["ingredients"], method) for r in runs]
+                    out.append({**row, "arm": arm + INGREDIENTS, "averaging": "soup ingredients (mean)",
+                                "gap_after": _stats([m["gap_after"] for m in means]),
+                                "ce_after": _stats([m["ce_after"] for m in means])})
         return out
 
     def to_markdown(self) -> str:
@@ -255,6 +268,16 @@ class PTQDynamicsResult(StudyRecords):
         return save_figure(fig, Path(path))
 
 
+def _ingredients_row(soup_row: dict[str, Any], ingredients: list[dict[str, Any]], method: str) -> dict[str, Any]:
+    """The pseudo-arm ``<soup arm>/ingredients`` of one seed: the mean of its ingredients' final gap
+    and loss, from the same trunk (the same gap before the cooldown)."""
+    gap = sum(float(i["gaps"][method]) for i in ingredients) / len(ingredients)
+    ce = sum(float(i["ce_fp"]) for i in ingredients) / len(ingredients)
+    before = soup_row["gap_before"]
+    return {**soup_row, "arm": f"{soup_row.get('arm')}{INGREDIENTS}", "final_loss": None, "gap_after": gap,
+            "ce_after": ce, "cooldown_change": None if before is None else gap - before}
+
+
 def _first_at(curve: list[tuple[int, float, float]], level: float) -> tuple[float, float]:
     """``(step, gap)`` where the loss of ``curve`` (``(step, ce, gap)`` rows) first falls to ``level``."""
     for i, (step, ce, gap) in enumerate(curve):
@@ -276,7 +299,8 @@ def ptq_contrasts(records: Sequence[dict[str, Any]], peak_lrs: Sequence[float] |
     over the same steps: the decay's own effect, paired by seed; and, apart from how far each
     trained, the WSD arm's gap minus its control's read at a loss both reach); LAWA shrinks the gap
     after the cooldown (per peak LR); a higher peak LR ends with a smaller gap (each higher LR
-    against the lowest, WSD without averaging; at the end and at equal loss); and, with no direction
+    against the lowest, WSD without averaging; at the end and at equal loss); a soup of cooldowns
+    ends with a smaller gap than its ingredients (their mean, per seed); and, with no direction
     claimed, whether the cooldown's gap growth changes with the run length (the longest against
     the shortest, per peak LR).
 
@@ -308,6 +332,10 @@ def ptq_contrasts(records: Sequence[dict[str, Any]], peak_lrs: Sequence[float] |
         lawa, none = arms.get((lr, "lawa", "wsd", shortest)), arms.get((lr, "none", "wsd", shortest))
         if lawa and none:
             out.append(Contrast(f"LAWA shrinks the gap after the cooldown, lr {lr:g}", lawa, none, "gap_after", -1))
+        soup = arms.get((lr, "soup", "wsd", shortest))
+        if soup:
+            out.append(Contrast(f"a soup of cooldowns has a smaller gap than its ingredients, lr {lr:g}", soup,
+                                soup + INGREDIENTS, "gap_after", -1))
     low = arms.get((lrs[0], "none", "wsd", shortest)) if lrs else None
     for lr in lrs[1:]:
         high = arms.get((lr, "none", "wsd", shortest))

@@ -41,9 +41,11 @@ __all__ = ["PTQArm", "ptq_dynamics_study", "ptq_continual_study"]
 
 @dataclass(frozen=True)
 class PTQArm:
-    """One arm: a peak learning rate, with (``"lawa"``) or without (``"none"``) averaging, under a
-    WSD schedule (``"wsd"``) or its constant-learning-rate control (``"constant"``: the same
-    warm-up, no cooldown), for ``steps`` optimizer steps (``None``: the study's).
+    """One arm: a peak learning rate, with (``"lawa"``) or without (``"none"``) averaging, or a soup
+    of cooldowns (``"soup"``, WSD only: the cooldown run from the cooldown start on several data
+    orders, their weights averaged; see :mod:`quantcl.studies._ptq_soup`), under a WSD schedule
+    (``"wsd"``) or its constant-learning-rate control (``"constant"``: the same warm-up, no
+    cooldown), for ``steps`` optimizer steps (``None``: the study's).
 
     Examples:
         >>> PTQArm(1e-3).name, PTQArm(1e-3, "lawa", "constant", 1600).name
@@ -105,6 +107,7 @@ def ptq_dynamics_study(
     cooldown_fraction: float = 0.2,
     decay_type: str = "linear",
     probe_every: int = 25,
+    soup_ingredients: int = 3,
     methods: Sequence[str] = ("rtn3", "rtn4", "rtn8", "int8", "nf4"),
     lawa_every: int = 10,
     lawa_window: int = 5,
@@ -123,7 +126,8 @@ def ptq_dynamics_study(
     ``run_lengths``: optimizer steps of each arm (``None``: ``steps`` only); the cooldown is the
     last ``cooldown_fraction`` of each. ``arms``: an explicit list of :class:`PTQArm` instead of
     the product of ``peak_lrs`` x ``averaging`` x ``schedules`` x ``run_lengths``.
-    ``model``: ``None`` pre-trains a random-init Llama per seed (``hidden_size``, ``num_layers``,
+    ``soup_ingredients``: the cooldowns a ``"soup"`` arm averages (ingredient 0 on the WSD arm's
+    own data order). ``model``: ``None`` pre-trains a random-init Llama per seed (``hidden_size``, ``num_layers``,
     a character tokenizer); a pretrained model (a local checkpoint directory, a ``.gguf`` file,
     ``"quantcl:smollm2"``) is pre-trained further instead, from the same weights at every seed (the
     seed sets the data order), with its own tokenizer (``hidden_size`` / ``num_layers`` unused).
@@ -148,8 +152,10 @@ def ptq_dynamics_study(
                 for sched in require_list_of(schedules, "schedules", str, items="'wsd' / 'constant'", nonempty=True)]
     for arm in arms:
         require_number(arm.peak_lr, "peak_lrs[i]", low=0, low_open=True)
-        require_choice(arm.averaging, "averaging[i]", ("none", "lawa"))
+        require_choice(arm.averaging, "averaging[i]", ("none", "lawa", "soup"))
         require_choice(arm.schedule, "schedules[i]", ("wsd", "constant"))
+        if arm.averaging == "soup" and arm.schedule != "wsd":
+            raise ConfigError(f"arm {arm.name}: a soup averages cooldowns, so it needs schedule='wsd'")
     if len({a.name for a in arms}) != len(arms):
         raise ConfigError(f"the arms must be distinct, got {[a.name for a in arms]}")
     require_number(warmup_fraction, "warmup_fraction", low=0, high=0.5)
@@ -174,6 +180,8 @@ def ptq_dynamics_study(
                 "num_layers": num_layers, "batch_size": batch_size, "chunk_chars": chunk_chars}
     if model is not None:  # only then, so a random-init study's directory reads as before
         settings.update(model=model, hidden_size=None, num_layers=None)
+    if any(a.averaging == "soup" for a in arms):
+        settings["soup_ingredients"] = require_int(soup_ingredients, "soup_ingredients", minimum=2)
     records = run_arms(Path(output_dir), settings, arms, seeds, lambda arm: arm.name,
                        lambda run_dir, arm, seed: _pretrain(run_dir, arm, seed, settings, source, progress))
     return PTQDynamicsResult(records, settings)
@@ -224,18 +232,22 @@ def _pretrain(run_dir: Path, arm: PTQArm, seed: int, s: dict[str, Any], source: 
     if arm.schedule == "wsd":
         schedule = {"lr_scheduler_type": "warmup_stable_decay", "cooldown_fraction": s["cooldown_fraction"],
                     "lr_scheduler_kwargs": {"decay_type": s["decay_type"]}}
+    args = qcl.StageArgs(max_steps=steps, learning_rate=arm.peak_lr, warmup_steps=s["warmup_fraction"],
+                         per_device_train_batch_size=s["batch_size"], **schedule, max_length=s["chunk_chars"] + 8,
+                         logging_steps=max(1, steps // 10), eval_batch_size=32, extra={"report_to": "none"})
+    head = {"arm": arm.name, **asdict(arm), "steps": steps, "seed": seed,
+            "cooldown_start": _cooldown_start(steps, s["cooldown_fraction"])}
+    if arm.averaging == "soup":
+        from quantcl.studies._ptq_soup import train_soup_arm
+
+        return {**head, **train_soup_arm(run_dir, {**s, "cooldown_start": head["cooldown_start"]}, seed,
+                                         Path(model_dir), tasks, texts, args)}
     trainer = qcl.ContinualTrainer(
         model=str(model_dir), precision="fp32", tasks=tasks, training="full", seed=seed, progress=progress,
-        output_dir=run_dir / "run", plugins=[probe], callbacks=callbacks,
-        args=qcl.StageArgs(max_steps=steps, learning_rate=arm.peak_lr, warmup_steps=s["warmup_fraction"],
-                           per_device_train_batch_size=s["batch_size"], **schedule,
-                           max_length=s["chunk_chars"] + 8, logging_steps=max(1, steps // 10), eval_batch_size=32,
-                           extra={"report_to": "none"}))
+        output_dir=run_dir / "run", plugins=[probe], callbacks=callbacks, args=args)
     result = trainer.fit(resume=True)  # an arm cut off by an earlier invocation goes on
     stage = result.stage_records[0]
-    return {"arm": arm.name, **asdict(arm), "steps": steps, "seed": seed,
-            "cooldown_start": _cooldown_start(steps, s["cooldown_fraction"]),
-            "final_loss": result.eval_details["1"]["stdlib"]["loss"], "train_loss": stage["train_loss"],
+    return {**head, "final_loss": result.eval_details["1"]["stdlib"]["loss"], "train_loss": stage["train_loss"],
             "probe": stage["ptq_probe"], "lawa_probe": stage["lawa_probe"] if averaged is not None else None}
 
 

@@ -217,20 +217,19 @@ def _train_one(run_dir: Path, arm: TransitionVariant, seed: int, s: dict[str, An
     n_train = steps * s["batch_size"]
     tasks = qcl.recipes.python_stdlib(n_train=n_train, n_eval=s["n_eval"], chunk_chars=s["chunk_chars"], seed=seed)
     switch: int | None = None
-    if arm.switch_fraction is None:
-        precision: Any = "fp32"
-    else:
+    plugins: list[Any] = []
+    if arm.switch_fraction is not None:
         switch = math.floor(arm.switch_fraction * steps)
-        precision = qcl.PrecisionSchedule(
+        plugins = [qcl.PrecisionSchedule(
             "fp32", switch_step=switch, phase_in=arm.phase_in, phase_in_steps=k if arm.phase_in != "step" else 0,
             optimizer=arm.optimizer, rewarm_steps=s["rewarm_steps"] if arm.rewarm else 0,
-            activation_bits=s["activation_bits"])
+            activation_bits=s["activation_bits"])]
     lr = s["learning_rate"] if arm.learning_rate is None else arm.learning_rate
     extra = list(range(switch, switch + s["spike_window"] + 1)) if switch else []
     curve = HeldOutLoss(tasks[0], AutoTokenizer.from_pretrained(model_dir), every=s["eval_every"], extra_steps=extra)
     trainer = qcl.ContinualTrainer(
-        model=str(model_dir), precision=precision, tasks=tasks, training="full", seed=seed, progress=progress,
-        output_dir=run_dir / "run",
+        model=str(model_dir), precision="fp32", tasks=tasks, training="full", seed=seed, progress=progress,
+        output_dir=run_dir / "run", plugins=plugins,
         args=qcl.StageArgs(max_steps=steps, learning_rate=lr, warmup_steps=0.05,
                            lr_scheduler_type="cosine", per_device_train_batch_size=s["batch_size"],
                            max_length=s["chunk_chars"] + 8, logging_steps=max(1, steps // 10),

@@ -13,8 +13,8 @@ What two points must agree on, from their full run configs (``ContinualTrainer.c
 
 - **stage k shared** (the first ``k`` stages and rows ``0..k``): the same model, precision,
   tasks, LoRA, plug-ins, seed, and training arguments of stages ``1..k`` (a per-task override of a
-  later stage differs). A ``PrecisionSchedule`` counts steps over the whole run, so with one every
-  stage's arguments must agree.
+  later stage differs). With a plug-in whose ``shares_prefixes`` is ``False`` (a
+  ``PrecisionSchedule`` counts steps over the whole run) every stage's arguments must agree.
 - **replay settings that differ** (fraction, capacity, strategy; the buffer's ``seed`` must
   agree, as it orders every stage's data): stage 1 only. The buffer's stage-1 selection differs,
   so the adopting point selects its own from the model loaded from stage 1 (the same model).
@@ -82,7 +82,7 @@ def fingerprint(trainer: Any) -> dict[str, Any]:
         "replay": replay,
         "stages": _stage_args(trainer),
         "eval_batch_size": trainer.args.eval_batch_size,
-        "schedule": trainer.schedule is not None,
+        "whole_run": not all(p.shares_prefixes for p in trainer.plugins),
         "row0_any_seed": zero_init and evaluators and not watched,
         "row0": evaluators and not watched,
     }
@@ -103,8 +103,8 @@ def shared_prefix(donor: Mapping[str, Any], point: Mapping[str, Any]) -> tuple[i
         if a != b:
             break
         stages += 1
-    if donor["schedule"] and stages < len(point["stages"]):
-        stages = 0  # the schedule's steps run over the whole sequence
+    if donor["whole_run"] and stages < len(point["stages"]):
+        stages = 0  # a plug-in acts over the whole sequence (a PrecisionSchedule counts its steps)
     rebuild = False
     if donor["replay"] != point["replay"]:
         a, b = donor["replay"], point["replay"]
