@@ -6,13 +6,19 @@ Run: ``pip install "quantcl[bench]"`` (lm-eval is a benchmark-only dependency), 
 Both score the same items with the same model object and batch size: quantcl through
 ``MultipleChoice().evaluate``, lm-eval through ``HFLM.loglikelihood`` on the same
 (context, option) requests (lm-eval's acc / acc_norm are computed from its log-likelihoods as its
-``process_results`` does: argmax of the sum, argmax of the sum per option character). Two item
-sets, built from the Python standard library's own docstrings (so every machine has them):
+``process_results`` does: argmax of the sum, argmax of the sum per option character). The item
+sets are built from the Python standard library's own docstrings (so every machine has them):
 
 * ``single-token``: MMLU-style, "which module defines this function? A. .. D. .. Answer:" with
   options " A" .. " D" (one token each);
 * ``multi-token``: HellaSwag-style, a function's description as context and four sentence-long
-  options (its own docstring summary and three others').
+  options (its own docstring summary and three others');
+* ``short-mixed``: a one-line question ("Q: Which Python module defines X?") with four module names
+  of one to three tokens as options; ``many-options`` the same with ten;
+* ``long-context``: a dozen functions of one module with their documentation (~400-600 tokens),
+  then which module defines them, four short options;
+* ``real-task``: the evaluation rows of ``quantcl.recipes.stdlib_sequence``'s NLU task in the
+  model's chat template, as a run scores them by log-likelihood.
 
 Prints per set and dtype: seconds of quantcl, of quantcl with ``share_context=False`` (every
 option run whole with its prompt: quantcl before the shared-context scoring) and of lm-eval
@@ -95,6 +101,54 @@ def multi_token_items(funcs: list[tuple[str, str, str]], n: int, seed: int = 0) 
     return Dataset.from_list(rows)
 
 
+def short_mixed_items(funcs: list[tuple[str, str, str]], n: int, seed: int = 0, n_options: int = 4) -> Dataset:
+    """One-line question, module names as options (one to three tokens each: `` os``, `` os.path``,
+    `` urllib.parse``): the shape a new user tries first (short general-knowledge questions)."""
+    rng = random.Random(seed)
+    modules = sorted({m for m, _, _ in funcs})
+    rows = []
+    for mod, sig, _ in rng.sample(funcs, min(n, len(funcs))):
+        options = [mod] + rng.sample([m for m in modules if m != mod], n_options - 1)
+        rng.shuffle(options)
+        rows.append({"prompt": f"Q: Which Python module defines {sig.split('(')[0]}?\nA:",
+                     "choices": [" " + o for o in options], "answer": options.index(mod)})
+    return Dataset.from_list(rows)
+
+
+def long_context_items(funcs: list[tuple[str, str, str]], n: int, seed: int = 0) -> Dataset:
+    """A long context (a dozen functions of one module with their documentation, ~400-600 tokens),
+    then which module they come from; four short options."""
+    rng = random.Random(seed)
+    by_module: dict[str, list[tuple[str, str]]] = {}
+    for mod, sig, summary in funcs:
+        by_module.setdefault(mod, []).append((sig, summary))
+    modules = sorted(m for m, fs in by_module.items() if len(fs) >= 4)
+    rows = []
+    for i in range(n):
+        mod = modules[i % len(modules)]
+        listing = "\n".join(f"- {sig}: {summary}" for sig, summary in rng.sample(by_module[mod], min(12, len(by_module[mod]))))
+        options = [mod] + rng.sample([m for m in modules if m != mod], 3)
+        rng.shuffle(options)
+        prompt = (f"Here are functions of one module of Python's standard library, with their documentation:\n"
+                  f"{listing}\nThe module that defines all of them is")
+        rows.append({"prompt": prompt, "choices": [" " + o for o in options], "answer": options.index(mod)})
+    return Dataset.from_list(rows)
+
+
+def real_task_items(tokenizer: Any, n: int) -> Dataset:
+    """The NLU task of ``quantcl.recipes.stdlib_sequence`` as its runs score it by log-likelihood:
+    its evaluation rows in the model's chat template (what ``nlu_scoring="both"`` scores)."""
+    import quantcl as qcl
+
+    task = qcl.recipes.stdlib_sequence(n_eval=n, tasks=("nlu",))[0]
+    rows = []
+    for row in task.eval.select(range(min(n, len(task.eval)))):
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]}], tokenize=False,
+                                               add_generation_prompt=True)
+        rows.append({"prompt": prompt, "choices": list(row["choices"]), "answer": row["answer"]})
+    return Dataset.from_list(rows)
+
+
 def load(model_arg: str | None) -> tuple[Any, Any, str]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -130,6 +184,9 @@ def lmeval_scores(lm: Any, items: Dataset) -> tuple[list[list[float]], dict[str,
     return scores, correct
 
 
+SETS = ("single-token", "multi-token", "short-mixed", "many-options", "long-context", "real-task")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="model dir, hub id or .gguf (default: SmolLM2-135M)")
@@ -137,13 +194,20 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass, both")
     parser.add_argument("--dtypes", default="fp32,bf16")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sets", default=",".join(SETS), help=f"item sets to run, of {', '.join(SETS)}")
     args = parser.parse_args()
     import torch
     from lm_eval.models.huggingface import HFLM
 
     model, tok, name = load(args.model)
     funcs = stdlib_functions()
-    sets = {"single-token": single_token_items(funcs, args.items), "multi-token": multi_token_items(funcs, args.items)}
+    build = {"single-token": lambda: single_token_items(funcs, args.items),
+             "multi-token": lambda: multi_token_items(funcs, args.items),
+             "short-mixed": lambda: short_mixed_items(funcs, args.items),
+             "many-options": lambda: short_mixed_items(funcs, args.items, n_options=10),
+             "long-context": lambda: long_context_items(funcs, args.items),
+             "real-task": lambda: real_task_items(tok, args.items)}
+    sets = {name: build[name]() for name in args.sets.split(",")}
     print(f"model: {name} | items per set: {args.items} | batch size: {args.batch_size} | "
           f"threads: {torch.get_num_threads()} | lm-eval {importlib.import_module('lm_eval').__version__}\n")
     print("| set | dtype | quantcl s | before s | lm-eval s | vs lm-eval | before vs lm-eval | max abs dlogL "
