@@ -27,7 +27,7 @@ from quantcl.errors import ConfigError
 from quantcl.plugins.base import StagePlugin
 from quantcl.precision import PrecisionPolicy
 
-__all__ = ["ModelSetup", "resolve_training", "run_length", "split_precision", "sort_extensions", "TRAINING_MODES"]
+__all__ = ["ModelSetup", "resolve_training", "run_length", "split_precision", "sort_extensions", "check_loss_positions", "TRAINING_MODES"]
 
 Training = Literal["lora", "full"]
 TRAINING_MODES = ("lora", "full")
@@ -96,6 +96,26 @@ def resolve_training(policy: PrecisionPolicy, training: Any, lora_given: bool, a
     if adapter_mode != "continue":
         raise ConfigError(f"adapter_mode={adapter_mode!r} applies to training='lora' (full training has no adapter)")
     return "full"
+
+
+def check_loss_positions(args: Any, task_names: list[str], plugins: Sequence[StagePlugin]) -> None:
+    """Refuse ``StageArgs(loss_positions="targets")`` with a plug-in whose ``loss`` hook gets the
+    model's outputs (its logits would then be the kept positions only, flattened), and on a
+    transformers that takes no boolean ``logits_to_keep`` mask."""
+    from transformers import modeling_utils
+
+    from quantcl.plugins.base import overrides_hook
+
+    stages = [name for i, name in enumerate(task_names) if args.for_stage(i, name).loss_positions == "targets"]
+    if not stages:
+        return
+    readers = [type(p).__name__ for p in plugins if overrides_hook(p, "loss")]
+    if readers:
+        raise ConfigError(f"StageArgs.loss_positions='targets' (stages {stages}) keeps the logits of the target "
+                          f"positions only, but {readers} read the model's outputs in their loss hook; use "
+                          "loss_positions='all' with them")
+    if not hasattr(modeling_utils, "slice_logits_to_keep"):  # boolean masks came with it, in 5.24
+        raise ConfigError("StageArgs.loss_positions='targets' needs transformers >= 5.24 (a boolean logits_to_keep)")
 
 
 def run_length(args: Any, task_names: list[str]) -> int | None:

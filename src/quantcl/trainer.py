@@ -22,7 +22,8 @@ import numpy as np
 from quantcl._checks import require_bool, require_int
 from quantcl._evaluation import evaluate_row, probe_matrix, probe_saved_rows, row_log
 from quantcl._io import to_jsonable
-from quantcl._model_setup import ModelSetup, resolve_training, run_length, sort_extensions, split_precision
+from quantcl._model_setup import (ModelSetup, check_loss_positions, resolve_training, run_length, sort_extensions,
+                                  split_precision)
 from quantcl._prefix import load_plugin_states, rebuild_plugins, save_snapshot
 from quantcl._runtime import (Processes, checkpoint_ledger, datasets_progress_bars_off, no_final_checkpoint,
                               peak_memory_bytes, stage_loss)
@@ -137,6 +138,7 @@ class ContinualTrainer:
         self.seed = require_int(seed, "ContinualTrainer(seed=...)", minimum=0)
         check_model_source(str(model), model_kwargs)
         self.model_source = resolve_model_alias(str(model), build=False)  # a demo model to build: in fit()
+        check_loss_positions(self.args, self.tasks.names, given_plugins)
         self._replay_plugin = ReplayPlugin(replay) if replay is not None else None
         self._watchers = [c for c in callbacks if isinstance(c, StageCallback)]  # not compared on resume
         self.plugins: list[StagePlugin] = [self._replay_plugin] if self._replay_plugin is not None else []
@@ -371,7 +373,8 @@ class ContinualTrainer:
                        *(c for p in self.plugins for c in p.trainer_callbacks(self, stage, task)),
                        no_final_checkpoint(), ledger],
             trainer_class=Trainer,
-            kwargs={"train_dataset": train_data, "data_collator": make_collator(self.tokenizer),
+            kwargs={"train_dataset": train_data,
+                    "data_collator": make_collator(self.tokenizer, targets_only=args.loss_positions == "targets"),
                     "processing_class": self.tokenizer},
         )
         for plugin in self.plugins:

@@ -116,6 +116,7 @@ class _PaddingCollator:
     # A module-level dataclass (not a closure) so DataLoader workers can pickle it.
     pad_id: int
     pad_to_multiple_of: int | None = None
+    targets_only: bool = False
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
@@ -132,14 +133,27 @@ class _PaddingCollator:
                 continue
             rows = [list(f[key]) + [fill] * (width - len(f[key])) for f in features]
             batch[key] = torch.tensor(rows, dtype=torch.long)
+        if self.targets_only and "labels" in batch:
+            # position t predicts token t + 1: keep the logits of the positions whose next token is
+            # trained on, and hand the loss those tokens (transformers' ForCausalLMLoss takes
+            # ``shift_labels``), in the row-major order ``hidden_states[mask]`` flattens to
+            scored = batch["labels"][:, 1:] != IGNORE_INDEX
+            keep = torch.zeros_like(batch["labels"], dtype=torch.bool)
+            keep[:, :-1] = scored
+            batch["logits_to_keep"] = keep
+            batch["shift_labels"] = batch["labels"][:, 1:][scored]
         return batch
 
 
-def make_collator(tokenizer: Any, *, pad_to_multiple_of: int | None = None) -> Callable[[list[dict]], dict]:
+def make_collator(tokenizer: Any, *, pad_to_multiple_of: int | None = None,
+                  targets_only: bool = False) -> Callable[[list[dict]], dict]:
     """A collator that right-pads ``input_ids`` (pad id, else EOS), ``attention_mask`` (0) and ``labels`` (-100).
 
     Works with tokenizers that have no pad token (many Llama checkpoints), without changing
-    the tokenizer; ``transformers.DataCollatorForSeq2Seq`` refuses those.
+    the tokenizer; ``transformers.DataCollatorForSeq2Seq`` refuses those. With ``targets_only``
+    the batch also holds ``logits_to_keep`` (a boolean mask of the positions whose next token is
+    trained on) and ``shift_labels`` (those tokens), so a causal LM projects onto the vocabulary
+    and computes its loss only there (``StageArgs(loss_positions="targets")``).
 
     Examples:
         >>> collate = make_collator(tokenizer)  # doctest: +SKIP
@@ -151,4 +165,4 @@ def make_collator(tokenizer: Any, *, pad_to_multiple_of: int | None = None) -> C
         raise ConfigError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
     if pad_to_multiple_of is not None and (not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1):
         raise ConfigError(f"pad_to_multiple_of must be a positive int or None, got {pad_to_multiple_of!r}")
-    return _PaddingCollator(int(pad), pad_to_multiple_of)
+    return _PaddingCollator(int(pad), pad_to_multiple_of, bool(targets_only))
