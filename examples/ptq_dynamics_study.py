@@ -58,6 +58,7 @@ from quantcl.studies import (
 BLOCK = "ptq-dynamics-study"
 SMOLLM2_BLOCK = "ptq-smollm2-study"
 SEEDS = "0,1,2"
+SMOLLM2_SEEDS = "0,1"
 METHODS = "rtn3,rtn4,nf4"
 LEARNING_RATES = (3e-4, 1e-3, 3e-3)
 LAWA_LEARNING_RATES = (3e-4, 1e-3)
@@ -97,6 +98,13 @@ def report(out: Path) -> str:
                 f"the gap probed every {s['probe_every']} steps on "
                 f"{s['n_texts']} held-out chunks with {', '.join(s['methods'])}. Wall time: {wall:.0f} s summed over "
                 f"the runs" + (f" ({timing['machine']})" if timing.get("machine") else "") + ".")
+    table = (f"{settings}\n\nRelative CE gap `CE(W_q)/CE(W) - 1`, mean ± std over seeds, at the last probe "
+             f"before the cooldown and at the end:\n\n{result.to_markdown()}")
+    planned = [int(x) for x in (SMOLLM2_SEEDS if s.get("model") else SEEDS).split(",")]
+    if not set(planned) <= set(result.complete_seeds()):  # part-way: no reading before every run is in
+        return (f"**Interim**: {len(result.records)} of {len(planned) * (result.n_variants or 0)} planned runs "
+                f"finished (seeds {planned}); the stable range and the labelled contrasts are read once every run "
+                f"has finished.\n\n{table}")
     stable = result.stable_peak_lrs()
     finals = result.mean_final_losses()
     losses = ", ".join(f"{lr:g}: {loss:.3f}" for lr, loss in finals.items())
@@ -104,8 +112,7 @@ def report(out: Path) -> str:
     rule = (f"**Stable range** (rule: every peak LR up to the highest whose mean final held-out loss, WSD without "
             f"averaging at {s['steps']} steps, is within 5% of the best rate's). Mean final loss per peak LR: "
             f"{losses}; inside: {', '.join(f'{lr:g}' for lr in stable) or 'none'}.\n\n") if len(finals) > 1 else ""
-    return (f"{settings}\n\nRelative CE gap `CE(W_q)/CE(W) - 1`, mean ± std over seeds, at the last probe "
-            f"before the cooldown and at the end:\n\n{result.to_markdown()}\n{rule}"
+    return (f"{table}\n{rule}"
             f"**Contrasts** of the {method} gap (paired by seed: the arms share each seed's initialisation and data "
             f"order; one family over the stable rates, Holm-adjusted p, Bonferroni simultaneous 95% intervals; "
             f"*equal loss*: both runs read where their held-out loss first reaches the higher of their two final "
@@ -130,7 +137,7 @@ def main() -> None:
     rep.add_argument("--plot", type=Path, default=None, help="also write the gap plot here (the docs' image)")
     smol = sub.add_parser("smollm2", help="SmolLM2-135M pre-trained further: WSD vs constant at one peak LR")
     smol.add_argument("--out", type=Path, default=Path("runs/ptq-smollm2"))
-    smol.add_argument("--seeds", default="0,1", help="comma-separated")
+    smol.add_argument("--seeds", default=SMOLLM2_SEEDS, help="comma-separated")
     smol.add_argument("--steps", type=int, default=120)
     smol.add_argument("--peak-lr", type=float, default=1e-4)
     smol.add_argument("--methods", default="rtn3-g64,rtn4-g64", help="comma-separated PTQ methods")

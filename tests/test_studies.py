@@ -306,6 +306,22 @@ def test_ptq_soup_arm_branches_the_cooldown_from_the_wsd_trunk(tmp_path):
     assert contrast.difference == pytest.approx(values["lr0.003-soup"]["gap_after"] - ingredients["gap_after"])
     assert "soup ingredients (mean)" in result.to_markdown()
     assert ptq_dynamics_study(tmp_path / "p", **kwargs).records == result.records  # resumed, not retrained
+    # a copy with one run missing (a study part-way, as committed between sittings) reads as an interim look
+    from _examples import load_example
+
+    from quantcl.studies._ptq_report import PTQDynamicsResult
+    from quantcl.studies._runs import save_study_records
+
+    study = load_example("ptq_dynamics_study.py")
+    study.SEEDS = "0"  # the script's plan is seeds 0-2; this study ran seed 0
+    save_study_records(tmp_path / "p", tmp_path / "copy")
+    assert PTQDynamicsResult.load(tmp_path / "copy").complete_seeds() == [0]
+    assert "**Contrasts**" in study.report(tmp_path / "copy")
+    (tmp_path / "copy" / "lr0.003-soup" / "seed-0" / "study-record.json").unlink()
+    partial = PTQDynamicsResult.load(tmp_path / "copy")
+    assert (partial.n_variants, len(partial.records), partial.complete_seeds()) == (2, 1, [])
+    interim = study.report(tmp_path / "copy")
+    assert interim.startswith("**Interim**: 1 of 2 planned runs finished (seeds [0])") and "Contrasts" not in interim
     with pytest.raises(ConfigError, match="needs schedule='wsd'"):
         ptq_dynamics_study(tmp_path / "q", **{**kwargs, "schedules": ("constant",)})
     assert not (tmp_path / "q").exists()

@@ -102,13 +102,24 @@ class StudyRecords:
 
     def __init__(self, records: Sequence[dict[str, Any]], settings: dict[str, Any]) -> None:
         self.records, self.settings = list(records), dict(settings)
+        #: the runs each seed has (the study directory's variants), when loaded from one
+        self.n_variants: int | None = None
 
     @classmethod
     def load(cls: type[_R], directory: str | Path) -> _R:
         """The records of a study directory (or of a copy of its ``study.json`` and records)."""
         study, records = load_study(Path(directory))
         records.sort(key=lambda r: (r["seed"], cls.order(r)))
-        return cls(records, study["settings"])
+        result = cls(records, study["settings"])
+        result.n_variants = len(study.get("variants") or []) or None
+        return result
+
+    def complete_seeds(self) -> list[int]:
+        """The seeds with a record for every variant (every seed seen, when that count is not known)."""
+        counts: dict[int, int] = {}
+        for r in self.records:
+            counts[int(r["seed"])] = counts.get(int(r["seed"]), 0) + 1
+        return sorted(s for s, n in counts.items() if self.n_variants is None or n >= self.n_variants)
 
     @staticmethod
     def order(record: dict[str, Any]) -> Any:
