@@ -1,4 +1,4 @@
-"""Fault injection: SIGKILL a real 3-task run with replay, LwF and LAWA at named points; resuming must
+"""Fault injection: SIGKILL a real 3-task run with replay, LwF, LAWA and a stage soup at named points; resuming must
 give the uninterrupted run's files: adapter bytes, replay files, plug-in state, evaluation records
 and stage records.
 
@@ -85,7 +85,8 @@ SCRIPT = textwrap.dedent(
         args=qcl.StageArgs(learning_rate=5e-3, max_steps=6, save_steps=2, per_device_train_batch_size=4,
                            lr_scheduler_type="constant", max_length=64, logging_steps=1),
         output_dir=out, seed=3, progress=False, callbacks=[Killer()],
-        plugins={"": [qcl.plugins.LwF(alpha=1.0), qcl.plugins.WeightAveraging("lawa", every=2, window=2)],
+        plugins={"": [qcl.plugins.LwF(alpha=1.0), qcl.plugins.WeightAveraging("lawa", every=2, window=2),
+                      qcl.plugins.StageSoup(alpha=0.8)],
                  # the continual-learning baselines of issue 29
                  "1": [qcl.EWC(ewc_lambda=10.0, fisher_rows=4), qcl.AGEM(), qcl.OLoRA(orthogonal_lambda=0.5)],
                  "merging": [qcl.AdapterMerging("dare_ties", density=0.5)]}[os.environ.get("METHODS", "")])
