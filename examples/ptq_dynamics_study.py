@@ -18,7 +18,11 @@ and adds seeds), probing the PTQ gap along training:
   control (the same warm-up, no decay), LAWA beside WSD at 3e-4 and 1e-3, and a soup of three
   cooldowns from the WSD run's cooldown start (its own data order and two others) at 3e-4 and 1e-3;
 - at ``--long-steps`` (1600): 3e-4 and 1e-3, WSD and constant (the "independent of the number of
-  tokens" claim).
+  tokens" claim);
+- GPTQ at 3 and 4 bits (``--end-methods``, groups of 32) in every arm without averaging, at the last
+  probe before the cooldown and at the end (a GPTQ quantization costs 3-7 s on a small model, too
+  much for every probe), calibrated on training text. gptqmodel needs torch >= 2.14.1, so this
+  study runs in a venv of its own (docs/ptq.md#gptq); ``--end-methods ""`` runs it without GPTQ.
 
 The peak LRs the contrasts use are read off the runs by the rule stated on the page
 (:meth:`~quantcl.studies.PTQDynamicsResult.stable_peak_lrs`: every rate up to the highest whose
@@ -60,6 +64,7 @@ SMOLLM2_BLOCK = "ptq-smollm2-study"
 SEEDS = "0,1,2"
 SMOLLM2_SEEDS = "0,1"
 METHODS = "rtn3,rtn4,nf4"
+END_METHODS = "gptq3-g32,gptq4-g32"  # measured before the cooldown and at the end only (gptqmodel, torch >= 2.14.1)
 LEARNING_RATES = (3e-4, 1e-3, 3e-3)
 LAWA_LEARNING_RATES = (3e-4, 1e-3)
 SOUP_LEARNING_RATES = (3e-4, 1e-3)
@@ -128,6 +133,8 @@ def main() -> None:
     run.add_argument("--steps", type=int, default=400)
     run.add_argument("--long-steps", type=int, default=1600)
     run.add_argument("--methods", default=METHODS, help="comma-separated PTQ methods")
+    run.add_argument("--end-methods", default=END_METHODS,
+                     help="comma-separated methods measured only before the cooldown and at the end ('' for none)")
     run.add_argument("--probe-every", type=int, default=25)
     run.add_argument("--hidden-size", type=int, default=128)
     rep = sub.add_parser("report", help="tables, plot, the docs block and the shipped records")
@@ -164,7 +171,7 @@ def main() -> None:
         start = time.perf_counter()
         ptq_dynamics_study(args.out, seeds=seeds, arms=arms(args.steps, args.long_steps), steps=args.steps,
                            methods=args.methods.split(","), probe_every=args.probe_every,
-                           hidden_size=args.hidden_size)
+                           hidden_size=args.hidden_size, end_methods=[m for m in args.end_methods.split(",") if m])
         timing = {"machine": pages.machine(), "last_invocation_seconds": time.perf_counter() - start}
         (args.out / "timing.json").write_text(json.dumps(timing, indent=1))
     if args.command == "smollm2":

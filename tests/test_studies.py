@@ -327,6 +327,35 @@ def test_ptq_soup_arm_branches_the_cooldown_from_the_wsd_trunk(tmp_path):
     assert not (tmp_path / "q").exists()
 
 
+def test_ptq_end_methods_are_measured_before_the_cooldown_and_at_the_end(tmp_path):
+    """A method too costly to probe along training (GPTQ; rtn8 stands in here, no gptqmodel in CI) is
+    measured at the last probe step before the cooldown and at the end, calibrated on training
+    text, and read by the report like the others (without the equal-loss contrasts)."""
+    from quantcl.studies import ptq_dynamics_study
+
+    kwargs = {"seeds": (0,), "peak_lrs": (3e-3,), "averaging": ("none",), "schedules": ("wsd", "constant"),
+              "steps": 20, "probe_every": 5, "methods": ("rtn4",), "end_methods": ("rtn8",), "n_texts": 4,
+              "hidden_size": 32, "num_layers": 1, "chunk_chars": 64}
+    result = ptq_dynamics_study(tmp_path / "p", **kwargs)
+    wsd = result.records[0]
+    assert result.settings["end_methods"] == ["rtn8"] and result.all_methods == ["rtn4", "rtn8"]
+    assert [(r["step"], r["method"]) for r in wsd["end_probe"]] == [(15, "rtn8"), (20, "rtn8")]
+    along = {r["step"]: r for r in wsd["probe"]}
+    for r in wsd["end_probe"]:  # the same model at the same step: the same float loss as the probe's
+        assert r["ce_fp"] == pytest.approx(along[r["step"]]["ce_fp"], rel=1e-6)
+    values = {v["arm"]: v for v in result.run_values("rtn8")}
+    assert values["lr0.003-none"]["gap_before"] == wsd["end_probe"][0]["relative_gap"]
+    assert values["lr0.003-none"]["gap_after"] == wsd["end_probe"][1]["relative_gap"]
+    claims = [c.contrast.metric for c in result.labelled_contrasts("rtn8", stable_only=False)]
+    assert claims == ["cooldown_change"]  # no equal-loss reading from two points
+    assert "| rtn8 | 1 |" in result.to_markdown()
+    with pytest.raises(ConfigError, match="already probed every probe_every steps"):
+        ptq_dynamics_study(tmp_path / "q", **{**kwargs, "end_methods": ("rtn4",)})
+    with pytest.raises(ConfigError, match="gptqmodel"):
+        ptq_dynamics_study(tmp_path / "q", **{**kwargs, "end_methods": ("gptq3-g32",)})
+    assert not (tmp_path / "q").exists()
+
+
 def test_ptq_dynamics_study_continues_a_pretrained_model(tmp_path, tiny_model_dir):
     """model=: every arm and seed starts from that checkpoint's weights (no random init is built);
     the settings name it; a path that is no checkpoint is refused before any run."""

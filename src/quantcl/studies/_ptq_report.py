@@ -59,7 +59,7 @@ class PTQDynamicsResult(StudyRecords):
             row["cooldown_change"] = (None if row["gap_before"] is None or row["gap_after"] is None
                                       else row["gap_after"] - row["gap_before"])
             out.append(row)
-            if rec.get("ingredients"):
+            if rec.get("ingredients") and all(method in i["gaps"] for i in rec["ingredients"]):
                 out.append(_ingredients_row(row, rec["ingredients"], method))
         return out
 
@@ -73,6 +73,8 @@ class PTQDynamicsResult(StudyRecords):
             family = list(contrasts)
         else:
             family = ptq_contrasts(self.records, (self.stable_peak_lrs() if stable_only else None) or None)
+            if method in self.settings.get("end_methods", []):  # two points: no loss trajectory to read
+                family = [c for c in family if c.metric != EQUAL_LOSS]
 
         def own(c: Contrast) -> list[dict[str, Any]] | None:
             return self.equal_loss_values(c.a, c.b, method) if c.metric == EQUAL_LOSS else None
@@ -85,8 +87,15 @@ class PTQDynamicsResult(StudyRecords):
 
     @staticmethod
     def probes(record: dict[str, Any]) -> list[dict[str, Any]]:
-        """The probe records that count for this run (LAWA's for an averaged arm)."""
-        return record["lawa_probe"] if record.get("averaging") == "lawa" else record["probe"]
+        """The probe records that count for this run (LAWA's for an averaged arm), with those of the
+        methods measured only before the cooldown and at the end (``end_probe``)."""
+        own = record["lawa_probe"] if record.get("averaging") == "lawa" else record["probe"]
+        return [*own, *(record.get("end_probe") or [])]
+
+    @property
+    def all_methods(self) -> list[str]:
+        """The methods probed along training, then those measured only before the cooldown and at the end."""
+        return [*self.settings["methods"], *self.settings.get("end_methods", [])]
 
     def _points(self, record: dict[str, Any], method: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         rows = sorted((r for r in self.probes(record) if r["method"] == method), key=lambda r: r["step"])
@@ -98,7 +107,7 @@ class PTQDynamicsResult(StudyRecords):
         out = []
         for arm in dict.fromkeys(r["arm"] for r in self.records):
             runs = [r for r in self.records if r["arm"] == arm]
-            for method in self.settings["methods"]:
+            for method in self.all_methods:
                 points = [self._points(r, method) for r in runs]
                 row: dict[str, Any] = {"arm": arm, "peak_lr": runs[0]["peak_lr"], "averaging": runs[0]["averaging"],
                                        "schedule": runs[0].get("schedule", "wsd"),
@@ -109,7 +118,9 @@ class PTQDynamicsResult(StudyRecords):
                     row[f"gap_{when}"] = _stats([float(p["relative_gap"]) for p in found]) if found else None
                     row[f"ce_{when}"] = _stats([float(p["ce_fp"]) for p in found]) if found else None
                 out.append(row)
-                if runs[0].get("ingredients"):  # the mean of each seed's ingredients, at the end
+                soups = [r.get("ingredients") or [] for r in runs]
+                if all(soups) and all(method in i["gaps"] for ingredients in soups for i in ingredients):
+                    # a soup arm: the mean of each seed's ingredients, at the end
                     means = [_ingredients_row({"gap_before": None}, r["ingredients"], method) for r in runs]
                     out.append({**row, "arm": arm + INGREDIENTS, "averaging": "soup ingredients (mean)",
                                 "gap_after": _stats([m["gap_after"] for m in means]),

@@ -93,6 +93,44 @@ class _AverageEvery(TrainerCallback):
         return control
 
 
+class _EndProbe(StageCallback):
+    """``methods`` measured on the trained model at optimizer step ``before`` and at the stage's end
+    (records into the stage record, ``end_probe``, so a resumed run keeps them)."""
+
+    def __init__(self, methods: list[str], texts: list[str], calibration: list[str], before: int,
+                 max_length: int) -> None:
+        self.methods, self.texts, self.calibration, self.before, self.max_length = (
+            methods, texts, calibration, before, max_length)
+        self.records: list[dict[str, Any]] = []
+        self.callback = _MeasureAt(self)
+        self._trainer: Any = None
+
+    def trainer_callbacks(self, trainer: Any, stage: int, task: Any) -> list[Any]:
+        self._trainer = trainer
+        return [self.callback]
+
+    def measure(self, model: Any, step: int) -> None:
+        from quantcl.precision.ptq import measure
+
+        rows = measure(model, self._trainer.tokenizer, self.texts, self.methods, max_length=self.max_length,
+                       batch_size=8, calibration=self.calibration)
+        self.records = [r for r in self.records if r["step"] != step] + [{"step": step, **r} for r in rows]
+
+    def on_stage_end(self, trainer: Any, stage: int, task: Any, scores: dict[str, float]) -> None:
+        self.measure(trainer.model, trainer.steps_done)
+        trainer.log_stage(end_probe=self.records)
+
+
+class _MeasureAt(TrainerCallback):
+    def __init__(self, owner: _EndProbe) -> None:
+        self.owner = owner
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> Any:
+        if model is not None and state.global_step == self.owner.before:
+            self.owner.measure(model, int(state.global_step))
+        return control
+
+
 def ptq_dynamics_study(
     output_dir: str | os.PathLike[str],
     *,
@@ -108,6 +146,7 @@ def ptq_dynamics_study(
     decay_type: str = "linear",
     probe_every: int = 25,
     soup_ingredients: int = 3,
+    end_methods: Sequence[str] = (),
     methods: Sequence[str] = ("rtn3", "rtn4", "rtn8", "int8", "nf4"),
     lawa_every: int = 10,
     lawa_window: int = 5,
@@ -127,7 +166,11 @@ def ptq_dynamics_study(
     last ``cooldown_fraction`` of each. ``arms``: an explicit list of :class:`PTQArm` instead of
     the product of ``peak_lrs`` x ``averaging`` x ``schedules`` x ``run_lengths``.
     ``soup_ingredients``: the cooldowns a ``"soup"`` arm averages (ingredient 0 on the WSD arm's
-    own data order). ``model``: ``None`` pre-trains a random-init Llama per seed (``hidden_size``, ``num_layers``,
+    own data order). ``end_methods``: PTQ methods too costly to probe every ``probe_every`` steps
+    (GPTQ: ``"gptq3-g32"``, which needs gptqmodel), measured in the arms without averaging only at
+    the last probe step before the cooldown and at the end, calibrated on ``n_texts`` training
+    chunks (records ``end_probe``; the report's before/after columns and contrasts read them like
+    the others, except the equal-loss ones, which need a trajectory). ``model``: ``None`` pre-trains a random-init Llama per seed (``hidden_size``, ``num_layers``,
     a character tokenizer); a pretrained model (a local checkpoint directory, a ``.gguf`` file,
     ``"quantcl:smollm2"``) is pre-trained further instead, from the same weights at every seed (the
     seed sets the data order), with its own tokenizer (``hidden_size`` / ``num_layers`` unused).
@@ -164,6 +207,14 @@ def ptq_dynamics_study(
     require_choice(decay_type, "decay_type", ("linear", "cosine", "1-sqrt"))
     every = require_int(probe_every, "probe_every", minimum=1)
     names = [parse_method(m).name for m in require_list_of(methods, "methods", str, items="PTQ methods", nonempty=True)]
+    costly = [parse_method(m).name for m in require_list_of(end_methods, "end_methods", str, items="PTQ methods")]
+    if set(costly) & set(names):
+        raise ConfigError(f"end_methods {sorted(set(costly) & set(names))} are already probed every probe_every steps")
+    for method in costly:
+        if parse_method(method).kind == "gptq":
+            from quantcl.precision.ptq import require_gptqmodel
+
+            require_gptqmodel(method)  # before any run: gptqmodel present, and a torch it runs on
     require_int(lawa_every, "lawa_every", minimum=1)
     require_int(lawa_window, "lawa_window", minimum=1)
     require_int(n_texts, "n_texts", minimum=1)
@@ -182,6 +233,8 @@ def ptq_dynamics_study(
         settings.update(model=model, hidden_size=None, num_layers=None)
     if any(a.averaging == "soup" for a in arms):
         settings["soup_ingredients"] = require_int(soup_ingredients, "soup_ingredients", minimum=2)
+    if costly:
+        settings["end_methods"] = costly
     records = run_arms(Path(output_dir), settings, arms, seeds, lambda arm: arm.name,
                        lambda run_dir, arm, seed: _pretrain(run_dir, arm, seed, settings, source, progress))
     return PTQDynamicsResult(records, settings)
@@ -242,13 +295,20 @@ def _pretrain(run_dir: Path, arm: PTQArm, seed: int, s: dict[str, Any], source: 
 
         return {**head, **train_soup_arm(run_dir, {**s, "cooldown_start": head["cooldown_start"]}, seed,
                                          Path(model_dir), tasks, texts, args)}
+    ends = None
+    if s.get("end_methods") and arm.averaging == "none":
+        rows = tasks[0].train.select(range(s["n_texts"]))  # GPTQ calibrates on training text, not the held-out
+        ends = _EndProbe(s["end_methods"], texts, [p + t for p, t in zip(rows["prompt"], rows["target"])],
+                         (head["cooldown_start"] // s["probe_every"]) * s["probe_every"], s["chunk_chars"] + 8)
+        callbacks = [*callbacks, ends]
     trainer = qcl.ContinualTrainer(
         model=str(model_dir), precision="fp32", tasks=tasks, training="full", seed=seed, progress=progress,
         output_dir=run_dir / "run", plugins=[probe], callbacks=callbacks, args=args)
     result = trainer.fit(resume=True)  # an arm cut off by an earlier invocation goes on
     stage = result.stage_records[0]
     return {**head, "final_loss": result.eval_details["1"]["stdlib"]["loss"], "train_loss": stage["train_loss"],
-            "probe": stage["ptq_probe"], "lawa_probe": stage["lawa_probe"] if averaged is not None else None}
+            "probe": stage["ptq_probe"], "lawa_probe": stage["lawa_probe"] if averaged is not None else None,
+            **({"end_probe": stage["end_probe"]} if ends is not None else {})}
 
 
 def ptq_continual_study(
