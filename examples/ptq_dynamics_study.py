@@ -1,6 +1,7 @@
 """The training-dynamics / PTQ-robustness studies (arXiv 2510.06213) on this machine, offline.
 
-    python examples/ptq_dynamics_study.py run --out runs/ptq-dynamics          # the design below, seeds 0-2
+    python examples/ptq_dynamics_study.py run --out runs/ptq-dynamics \
+        --end-methods gptq3-g32,gptq4-g32                                      # the design below (a GPTQ venv)
     python examples/ptq_dynamics_study.py report --out runs/ptq-dynamics --docs docs/ptq.md \\
         --save-results examples/results/ptq-dynamics --plot docs/img/ptq-dynamics-gap-rtn3.png
     python examples/ptq_dynamics_study.py smollm2 --out runs/ptq-smollm2       # SmolLM2-135M, continued
@@ -22,7 +23,8 @@ and adds seeds), probing the PTQ gap along training:
 - GPTQ at 3 and 4 bits (``--end-methods``, groups of 32) in every arm without averaging, at the last
   probe before the cooldown and at the end (a GPTQ quantization costs 3-7 s on a small model, too
   much for every probe), calibrated on training text. gptqmodel needs torch >= 2.14.1, so this
-  study runs in a venv of its own (docs/ptq.md#gptq); ``--end-methods ""`` runs it without GPTQ.
+  study runs in a venv of its own (docs/ptq.md#gptq) with ``--end-methods gptq3-g32,gptq4-g32``
+  (the default, ``""``, runs it without GPTQ).
 
 The peak LRs the contrasts use are read off the runs by the rule stated on the page
 (:meth:`~quantcl.studies.PTQDynamicsResult.stable_peak_lrs`: every rate up to the highest whose
@@ -133,8 +135,9 @@ def main() -> None:
     run.add_argument("--steps", type=int, default=400)
     run.add_argument("--long-steps", type=int, default=1600)
     run.add_argument("--methods", default=METHODS, help="comma-separated PTQ methods")
-    run.add_argument("--end-methods", default=END_METHODS,
-                     help="comma-separated methods measured only before the cooldown and at the end ('' for none)")
+    run.add_argument("--end-methods", default="",
+                     help=f"comma-separated methods measured only before the cooldown and at the end (design 2: "
+                          f"{END_METHODS}, in a venv with gptqmodel; see docs/ptq.md#gptq)")
     run.add_argument("--probe-every", type=int, default=25)
     run.add_argument("--hidden-size", type=int, default=128)
     rep = sub.add_parser("report", help="tables, plot, the docs block and the shipped records")

@@ -284,9 +284,14 @@ def test_ptq_soup_arm_branches_the_cooldown_from_the_wsd_trunk(tmp_path):
     for step in trunk:  # the same run as the WSD arm until the cooldown starts
         assert trunk[step]["ce_fp"] == pytest.approx(wsd[step]["ce_fp"], rel=1e-5)
     first, other = souped["ingredients"]
-    assert first["data_seed"] is None and other["data_seed"] == 1001
+    assert first["order_seed"] is None and other["order_seed"] == 1001
     assert first["ce_fp"] == pytest.approx(wsd[20]["ce_fp"], rel=1e-5)  # resumed on its own order: the WSD run
-    assert other["ce_fp"] != pytest.approx(first["ce_fp"], rel=1e-4)  # another data order, another model
+    assert other["ce_fp"] != pytest.approx(first["ce_fp"], rel=1e-4)  # another order of its rows, another model
+    # every ingredient's cooldown reads the rows the trunk did not train on, each in its own order
+    order = json.loads((tmp_path / "p" / "lr0.003-soup" / "seed-0" / "trunk" / "trunk.json").read_text())["order"]
+    assert sorted(order) == list(range(160))  # one epoch: 20 steps of 8 rows
+    seen, unseen = order[:16 * 8], order[16 * 8:]
+    assert len(unseen) == 32 and not set(seen) & set(unseen)
 
     arm = tmp_path / "p" / "lr0.003-soup" / "seed-0"
     tokenizer = AutoTokenizer.from_pretrained(arm / "init")

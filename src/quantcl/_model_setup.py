@@ -42,7 +42,8 @@ def split_precision(precision: Any) -> tuple[Any, StagePlugin | None]:
         return precision, None
     name = type(precision).__name__
     warnings.warn(f"ContinualTrainer(precision={name}(...)) is deprecated: pass precision={policy.name!r} "
-                  f"and plugins=[{getattr(precision, 'legacy_name', name.lower())}] (the {name} is a plug-in)", DeprecationWarning, stacklevel=3)
+                  f"and plugins=[{getattr(precision, 'legacy_name', name.lower())}] (the {name} is a plug-in; put it last "
+                  "among the plug-ins to resume a run started this way)", DeprecationWarning, stacklevel=3)
     return policy, precision
 
 
@@ -114,6 +115,19 @@ def check_loss_positions(args: Any, task_names: list[str], plugins: Sequence[Sta
         raise ConfigError(f"StageArgs.loss_positions='targets' (stages {stages}) keeps the logits of the target "
                           f"positions only, but {readers} read the model's outputs in their loss hook; use "
                           "loss_positions='all' with them")
+    accelerate = {k: v for i, name in enumerate(task_names)
+                  for k, v in (args.for_stage(i, name).extra.get("accelerator_config") or {}).items()}
+    if accelerate.get("split_batches") or accelerate.get("dispatch_batches"):
+        raise ConfigError("StageArgs.loss_positions='targets' passes the batch's target tokens flattened "
+                          "(shift_labels), which a batch split across devices (accelerator_config split_batches / "
+                          "dispatch_batches) would misalign; use loss_positions='all' with them")
+    import os
+
+    import torch
+
+    if torch.cuda.device_count() > 1 and "WORLD_SIZE" not in os.environ:
+        raise ConfigError("StageArgs.loss_positions='targets' cannot run under torch.nn.DataParallel (several GPUs "
+                          "in one process split the batch by rows); launch with torchrun, or use loss_positions='all'")
     if not hasattr(modeling_utils, "slice_logits_to_keep"):  # boolean masks came with it, in 5.24
         raise ConfigError("StageArgs.loss_positions='targets' needs transformers >= 5.24 (a boolean logits_to_keep)")
 

@@ -11,8 +11,8 @@ from quantcl import ConfigError, StageArgs
 from quantcl.plugins import StageSoup
 
 
-def _run(model_dir, out, alpha=None, tasks=("nlu",)):
-    plugins = [] if alpha is None else [StageSoup(alpha=alpha)]
+def _run(model_dir, out, alpha=None, tasks=("nlu",), others=()):
+    plugins = [*others, *([] if alpha is None else [StageSoup(alpha=alpha)])]
     trainer = qcl.ContinualTrainer(
         str(model_dir), "fp32", qcl.recipes.synthetic(seed=0, n_train=12, n_eval=3, tasks=tasks), output_dir=out,
         progress=False, plugins=plugins,
@@ -51,3 +51,19 @@ def test_alpha_is_checked_and_named_in_yaml(tiny_model_dir, tmp_path):
     (plugin,) = build_trainer(config).plugins
     assert isinstance(plugin, StageSoup) and plugin.alpha == 0.3
     assert plugin.to_dict() == {"_component_": "quantcl.plugins.stage_soup.StageSoup", "alpha": 0.3}
+
+
+def test_it_composes_with_olora_and_comes_after_weight_averaging(tiny_model_dir, tmp_path):
+    # O-LoRA adds the stage's adapter in its on_stage_begin: the soup's "before" includes it either way round
+    result = _run(tiny_model_dir, tmp_path / "o", alpha=0.5, tasks=("nlu", "math"), others=[qcl.OLoRA()])
+    assert [r["stage_soup"] for r in result.stage_records] == [{"alpha": 0.5}] * 2
+    first = qcl.ContinualTrainer(str(tiny_model_dir), "fp32", qcl.recipes.synthetic(seed=0, n_train=12, n_eval=3,
+                                                                                    tasks=("nlu", "math")),
+                                 output_dir=tmp_path / "o2", progress=False, plugins=[StageSoup(0.5), qcl.OLoRA()],
+                                 args=StageArgs(max_steps=3, per_device_train_batch_size=4, learning_rate=5e-3)).fit()
+    assert first.accuracy_matrix.tolist() == result.accuracy_matrix.tolist()  # the order does not matter
+    lawa = qcl.plugins.WeightAveraging("lawa", every=1, window=2)
+    _run(tiny_model_dir, tmp_path / "w", alpha=0.5, others=[lawa])  # the soup of the averaged weights
+    with pytest.raises(ConfigError, match="StageSoup must come after WeightAveraging"):
+        qcl.ContinualTrainer(str(tiny_model_dir), "fp32", qcl.recipes.synthetic(seed=0, n_train=4, n_eval=2),
+                             output_dir=tmp_path / "x", plugins=[StageSoup(), lawa])

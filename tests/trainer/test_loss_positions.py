@@ -71,6 +71,10 @@ def test_a_run_trains_the_same_with_targets_only(tiny_model_dir, tmp_path):
 def test_what_cannot_work_with_targets_only_is_refused_before_any_work(tiny_model_dir, tmp_path):
     with pytest.raises(ConfigError, match=r"\['LwF'\] read the model's outputs in their loss hook"):
         _run(tiny_model_dir, tmp_path / "a", "targets", [qcl.plugins.LwF()])
+    with pytest.raises(ConfigError, match="split_batches / dispatch_batches"):
+        qcl.ContinualTrainer(str(tiny_model_dir), "fp32", qcl.recipes.synthetic(seed=0, n_train=4, n_eval=2),
+                             output_dir=tmp_path / "a", args=StageArgs(
+                                 loss_positions="targets", extra={"accelerator_config": {"split_batches": True}}))
     with pytest.raises(ConfigError, match="label smoothing"):
         StageArgs(loss_positions="targets", extra={"label_smoothing_factor": 0.1})
     with pytest.raises(ConfigError, match="loss_positions must be one of 'all', 'targets'"):

@@ -12,8 +12,11 @@ and B matrices each: the soup of two adapters, not of their products) and loaded
 when the stage's training ends, so the stage is evaluated and saved as the soup. ``alpha=1`` is
 plain sequential fine-tuning; ``alpha=0`` undoes every stage.
 
-The weights before a stage are those the stage starts from, which a run resumed inside the stage
-loads again (from the last finished stage), so no state needs saving.
+The weights before a stage are taken when its ``transformers.Trainer`` is built: after every
+plug-in's ``on_stage_begin`` (so an adapter that O-LoRA adds for the stage is in them, whatever the
+plug-ins' order) and before a checkpoint is loaded, so a run resumed inside the stage takes the
+same weights again (from the last finished stage) and no state needs saving. It must come after a
+``WeightAveraging`` that applies its average (both act when training ends; refused otherwise).
 
 Examples:
     >>> StageSoup(alpha=0.5).to_dict()["alpha"]
@@ -47,12 +50,20 @@ class StageSoup(StagePlugin):
         self.alpha = float(require_number(alpha, "StageSoup(alpha=...)", low=0.0, high=1.0))
         self._before: dict[str, Any] | None = None
 
-    def on_stage_begin(self, trainer: ContinualTrainer, stage: int, task: Task) -> None:
-        from quantcl.averaging import trainable_state_dict
+    def check(self, trainer: ContinualTrainer) -> None:
+        from quantcl.errors import ConfigError
+        from quantcl.plugins.weight_averaging import WeightAveraging
 
-        self._before = trainable_state_dict(trainer.model)
+        mine = next(i for i, p in enumerate(trainer.plugins) if p is self)
+        later = [p for p in trainer.plugins[mine + 1:] if isinstance(p, WeightAveraging) and p.apply]
+        if later:
+            raise ConfigError("StageSoup must come after WeightAveraging(apply=True) in plugins: both replace the "
+                              "weights when a stage's training ends, and the soup should mix the averaged weights")
 
     def trainer_callbacks(self, trainer: ContinualTrainer, stage: int, task: Task) -> list[Any]:
+        from quantcl.averaging import trainable_state_dict
+
+        self._before = trainable_state_dict(trainer.model)  # every on_stage_begin has run; no checkpoint loaded yet
         return [_Interpolate(self)]
 
     def on_stage_end(self, trainer: ContinualTrainer, stage: int, task: Task, scores: dict[str, float]) -> None:
