@@ -66,7 +66,7 @@ def setup(tmp_path_factory, tiny_model_dir):
     cfg = _write_config(root / "sweep.yaml", tiny_model_dir)
     out = root / "reference"
     proc = _sweep(cfg, out, "--no-share")  # every point alone: the faulted sweeps below share prefixes
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return cfg, _results(out)
 
 
@@ -123,7 +123,7 @@ def test_a_killed_driver_leaves_no_worker_and_the_sweep_finishes_on_rerun(setup,
     finally:
         driver.kill()
     proc = _sweep(cfg, out)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     _assert_same(_results(out), expected)
 
 
@@ -141,7 +141,7 @@ def test_a_sweep_killed_while_a_point_starts_from_a_shared_prefix_ends_with_the_
         driver.kill()
     assert not (receiver / "result.json").exists() and (out / "shared").is_dir()
     proc = _sweep(cfg, out)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     _assert_same(_results(out), expected)
 
 
@@ -166,7 +166,7 @@ def test_a_killed_worker_fails_only_its_point_and_the_rerun_resumes_it(setup, tm
     state = json.loads((out / "runs" / victim / "state.json").read_text())
     assert state["completed_stages"] >= 1  # what the rerun resumes from
     proc = _sweep(cfg, out)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     _assert_same(_results(out), expected)
 
 
@@ -190,7 +190,7 @@ def test_a_second_sweep_on_the_folder_is_refused_and_a_killed_holder_leaves_no_s
     finally:
         first.kill()
     proc = _sweep(cfg, out)  # the kernel dropped the killed holder's lock
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     _assert_same(_results(out), expected)
 
 
@@ -241,7 +241,7 @@ def test_a_finished_point_is_checked_before_it_is_skipped_or_counted(setup, tmp_
     assert "[damaged] " + POINTS[1] in dry.stdout and "2 damaged" in dry.stdout
 
     proc = _sweep(cfg, out)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"sweep point {POINTS[1]}" in proc.stderr and "set aside as" in proc.stderr
     assert (out / "runs" / f"{POINTS[1]}.damaged-1" / "result.json").is_file()  # nothing deleted
     _assert_same(run_files(out, skip=[f"runs/{POINTS[1]}.damaged-1", f"runs/{POINTS[2]}.damaged-1", "shared/"]), expected)
@@ -295,7 +295,7 @@ def test_a_full_disk_fails_one_point_keeps_its_saved_state_and_the_rerun_finishe
     victim = POINTS[2]  # replay 0.5: stage 2 saves replay files
     proc = subprocess.run([sys.executable, str(script), str(cfg), str(out), victim], capture_output=True, text=True,
                           timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"FAILED ['{victim}']" in proc.stdout
     error = proc.stdout.split("ERROR ", 1)[1]
     assert "No space left on device" in error and "error.json could not be written" in error
