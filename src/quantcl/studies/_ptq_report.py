@@ -69,19 +69,20 @@ class PTQDynamicsResult(StudyRecords):
         arms run, at the peak LRs of :meth:`stable_peak_lrs` unless ``stable_only=False``), adjusted
         as one family and labelled (:mod:`quantcl.studies.contrasts`); a contrast of
         ``gap_at_equal_loss`` is read by :meth:`equal_loss_values` for its own pair."""
+        values = self.run_values(method)
         if contrasts is not None:
             family = list(contrasts)
         else:
             family = ptq_contrasts(self.records, (self.stable_peak_lrs() if stable_only else None) or None)
             if method in self.settings.get("end_methods", []):  # two points: no loss trajectory to read
                 family = [c for c in family if c.metric != EQUAL_LOSS]
-            measured = {r["arm"] for r in self.run_values(method)}  # e.g. no ingredients' rows for a method
+            measured = {r["arm"] for r in values}  # e.g. no ingredients' rows for a method
             family = [c for c in family if c.metric == EQUAL_LOSS or {c.a, c.b} <= measured]
 
         def own(c: Contrast) -> list[dict[str, Any]] | None:
             return self.equal_loss_values(c.a, c.b, method) if c.metric == EQUAL_LOSS else None
 
-        return paired_contrasts(self.run_values(method), family, adjustment=adjustment, records_for=own)
+        return paired_contrasts(values, family, adjustment=adjustment, records_for=own)
 
     def labelled_contrasts_markdown(self, method: str | None = None, stable_only: bool = True) -> str:
         """:meth:`labelled_contrasts` as a Markdown table."""

@@ -31,10 +31,10 @@ INGREDIENT_SEED = 1000  # ingredient i > 0 orders its cooldown rows with random.
 
 
 def train_soup_arm(run_dir: Path, s: dict[str, Any], seed: int, model_dir: Path, tasks: Any, texts: list[str],
-                   stage_args: Any) -> dict[str, Any]:
+                   calibration: list[str] | None, stage_args: Any) -> dict[str, Any]:
     """The record of one soup arm (see the module docstring): the study's settings ``s`` (with
     this arm's ``cooldown_start``), ``stage_args`` the WSD arm's :class:`~quantcl.StageArgs`,
-    ``texts`` the held-out sample; ``final_loss`` is the soup's loss on the task's evaluation rows,
+    ``texts`` the held-out sample, ``calibration`` GPTQ's texts (with ``end_methods``); ``final_loss`` is the soup's loss on the task's evaluation rows,
     as the other arms'."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -44,11 +44,7 @@ def train_soup_arm(run_dir: Path, s: dict[str, Any], seed: int, model_dir: Path,
 
     steps, start = stage_args.max_steps, s["cooldown_start"]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    # the ingredients and the soup are measured with every method, GPTQ (end_methods) included,
-    # calibrated on training text as in the other arms
-    methods = [*s["methods"], *s.get("end_methods", [])]
-    rows = tasks[0].train.select(range(s["n_texts"]))
-    calibration = [p + t for p, t in zip(rows["prompt"], rows["target"])] if s.get("end_methods") else None
+    methods = [*s["methods"], *s.get("end_methods", [])]  # the ingredients and the soup: GPTQ included
     trunk_probe, order = _trunk(run_dir / "trunk", model_dir, tokenizer, tasks, texts, seed, s, stage_args)
     checkpoint = run_dir / "trunk" / f"checkpoint-{start}"
     seen = start * stage_args.per_device_train_batch_size * stage_args.gradient_accumulation_steps

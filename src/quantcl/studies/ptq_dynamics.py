@@ -261,6 +261,11 @@ def _checkpoint_dir(model: str) -> str:
     return path
 
 
+def _joined(rows: Any) -> list[str]:
+    """The texts of a task split's rows: prompt and target joined."""
+    return [p + t for p, t in zip(rows["prompt"], rows["target"])]
+
+
 def _pretrain(run_dir: Path, arm: PTQArm, seed: int, s: dict[str, Any], source: str | None,
               progress: bool) -> dict[str, Any]:
     from transformers import AutoTokenizer
@@ -272,7 +277,9 @@ def _pretrain(run_dir: Path, arm: PTQArm, seed: int, s: dict[str, Any], source: 
     model_dir = source or build_model(run_dir, s["hidden_size"], s["num_layers"], s["chunk_chars"], seed)
     tasks = qcl.recipes.python_stdlib(n_train=steps * s["batch_size"], n_eval=s["n_texts"],
                                       chunk_chars=s["chunk_chars"], seed=seed)
-    texts = [p + t for p, t in zip(tasks[0].eval["prompt"], tasks[0].eval["target"])]
+    texts = _joined(tasks[0].eval)
+    # GPTQ (end_methods) calibrates on training text, not the held-out sample
+    calibration = _joined(tasks[0].train.select(range(s["n_texts"]))) if s.get("end_methods") else None
     probe = qcl.PTQProbe(s["methods"], every=s["probe_every"], texts=texts, max_length=s["chunk_chars"] + 8)
     callbacks: list[Any] = []
     averaged = None
@@ -294,11 +301,10 @@ def _pretrain(run_dir: Path, arm: PTQArm, seed: int, s: dict[str, Any], source: 
         from quantcl.studies._ptq_soup import train_soup_arm
 
         return {**head, **train_soup_arm(run_dir, {**s, "cooldown_start": head["cooldown_start"]}, seed,
-                                         Path(model_dir), tasks, texts, args)}
+                                         Path(model_dir), tasks, texts, calibration, args)}
     ends = None
-    if s.get("end_methods") and arm.averaging == "none":
-        rows = tasks[0].train.select(range(s["n_texts"]))  # GPTQ calibrates on training text, not the held-out
-        ends = _EndProbe(s["end_methods"], texts, [p + t for p, t in zip(rows["prompt"], rows["target"])],
+    if calibration is not None and arm.averaging == "none":
+        ends = _EndProbe(s["end_methods"], texts, calibration,
                          (head["cooldown_start"] // s["probe_every"]) * s["probe_every"], s["chunk_chars"] + 8)
         callbacks = [*callbacks, ends]
     trainer = qcl.ContinualTrainer(
