@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_replace_dir", "fsync_dir", "fsync_tree", "read_json",
+__all__ = ["atomic_write_bytes", "remove_write_leftovers", "atomic_write_json", "atomic_replace_dir", "fsync_dir", "fsync_tree", "read_json",
            "cache_dir", "file_safe_name", "to_jsonable", "sha256_file", "tree_digests", "digest_mismatch", "seal", "seal_ok", "SEAL_KEY"]
 
 SEAL_KEY = "sha256"
@@ -33,6 +33,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)  # the rename itself survives a power cut only once its directory is synced
+
+
+def remove_write_leftovers(folder: str | Path) -> None:
+    """Delete the temporary files :func:`atomic_write_bytes` leaves in ``folder`` when its process
+    is killed mid-write. Call only while holding the folder's lock (no other writer is running)."""
+    for path in Path(folder).glob(".*.tmp"):
+        path.unlink(missing_ok=True)
 
 
 def fsync_dir(path: str | Path) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from quantcl._lock import hold_directory
-from quantcl._io import (file_safe_name, atomic_replace_dir, atomic_write_json, digest_mismatch, read_json, seal, seal_ok,
+from quantcl._io import (file_safe_name, remove_write_leftovers, atomic_replace_dir, atomic_write_json, digest_mismatch, read_json, seal, seal_ok,
                          sha256_file, tree_digests)
 from quantcl._moved import current_layout
 from quantcl._runtime import checkpoint_is_complete
@@ -308,8 +308,7 @@ class RunDirectory:
         if not self.writer:
             return
         for folder in (self.root, self.root / "evals"):
-            for path in folder.glob(".*.tmp"):  # atomic_write_bytes' temporary files
-                path.unlink(missing_ok=True)
+            remove_write_leftovers(folder)
         if completed == 0:
             return
         keep = self.stage_dir(completed).name

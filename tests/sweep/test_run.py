@@ -64,7 +64,10 @@ def test_a_sweep_runs_every_point_into_its_own_directory(finished):
 def test_finished_points_are_skipped_and_the_result_is_the_same(finished, tiny_model_dir):
     out, first = finished
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/result.json")}
+    leftover = out / ".sweep.json.k1ll3d.tmp"  # what a sweep SIGKILLed inside atomic_write_json leaves
+    leftover.write_text("{")
     again = Sweep(_config(tiny_model_dir, out), GRID).run()
+    assert not leftover.exists()
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/result.json")} == stamps
     assert again.to_csv() == first.to_csv()
 

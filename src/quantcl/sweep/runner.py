@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from quantcl._checks import require_bool, require_int
-from quantcl._io import atomic_write_bytes, atomic_write_json, read_json
+from quantcl._io import atomic_write_bytes, atomic_write_json, read_json, remove_write_leftovers
 from quantcl._lock import hold_directory
 from quantcl.errors import ConfigError, StateError
 from quantcl.results import RESULT_FILE, ContinualResult
@@ -270,6 +270,7 @@ class Sweep:
         self.validate()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         with hold_directory(self.output_dir, "sweep"):
+            remove_write_leftovers(self.output_dir)  # a sweep killed while writing sweep.json or a summary
             self._check_manifest()
             status, problems = self.survey()
             mismatched = [n for n, st in status.items() if st == "mismatch"]
