@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import datasets
 import pytest
 import yaml
-from peft import LoraConfig
+from peft import LoraConfig, OSFConfig
 
 import quantcl as qcl
 from quantcl.cli import main
@@ -191,7 +191,7 @@ CASES = [
     ('ContinualTrainer(tasks=["math"], ...)', lambda c: _trainer(c, tasks=["math"]), r"item 0 is a str, expected a Task"),
     ('ContinualTrainer(replay="reservoir", ...)', lambda c: _trainer(c, replay="reservoir"),
      r"replay must be a ReplayBuffer or None, got 'reservoir' \(str\)"),
-    ('ContinualTrainer(lora={"r": 8}, ...)', lambda c: _trainer(c, lora={"r": 8}), r"lora must be a peft.LoraConfig"),
+    ('ContinualTrainer(lora={"r": 8}, ...)', lambda c: _trainer(c, lora={"r": 8}), r"lora must be a peft.LoraConfig or peft.OSFConfig"),
     ("ContinualTrainer(lora=LoraConfig(r=0), ...)", lambda c: _trainer(c, lora=LoraConfig(r=0)),
      r"lora.r must be an int >= 1, got 0"),
     ('ContinualTrainer(lora=LoraConfig(lora_alpha="x"), ...)', lambda c: _trainer(c, lora=LoraConfig(lora_alpha="x")),
@@ -216,6 +216,16 @@ CASES = [
     ("ContinualTrainer(callbacks=[print], ...)", lambda c: _trainer(c, callbacks=[print]),
      r"callbacks/plugins must be StagePlugin or transformers.TrainerCallback objects"),
     ("ContinualTrainer(plugins=[print], ...)", lambda c: _trainer(c, plugins=[print]), r"callbacks/plugins must be"),
+    ("ContinualTrainer(lora=OSFConfig(effective_rank=0), adapter_mode=\"merge\", ...)",
+     lambda c: _trainer(c, lora=OSFConfig(effective_rank=0), adapter_mode="merge"),
+     r"lora.effective_rank must be an int >= 1 \(directions kept\), got 0"),
+    ("ContinualTrainer(lora=OSFConfig(effective_rank=1.0), adapter_mode=\"merge\", ...)",
+     lambda c: _trainer(c, lora=OSFConfig(effective_rank=1.0), adapter_mode="merge"),
+     r"lora.effective_rank as a float .* must lie in \(0, 1\)"),
+    ("ContinualTrainer(lora=OSFConfig(), ...)", lambda c: _trainer(c, lora=OSFConfig()),
+     r"lora=OSFConfig\(...\) needs adapter_mode='merge'"),
+    ("ContinualTrainer(plugins=[OSFBudget()], ...)", lambda c: _trainer(c, plugins=[qcl.plugins.OSFBudget()]),
+     r"OSFBudget sets the preserved rank of peft's OSF; give lora=peft.OSFConfig"),
     ('ContinualTrainer(adapter_mode="stack", ...)', lambda c: _trainer(c, adapter_mode="stack"),
      r"adapter_mode must be one of 'continue', 'merge', got 'stack'"),
     ('ContinualTrainer(adapter_mode="merge", precision="nf4", ...)',
@@ -407,6 +417,10 @@ CONFIG_CASES = [
     ("lora: [8]", {"lora": [8]}, r"config key 'lora' must be a mapping"),
     ("lora: {rank: 8}", {"lora": {"rank": 8}}, r"config key 'lora': unknown option\(s\) \['rank'\]"),
     ("lora: {r: 0}", {"lora": {"r": 0}}, r"config key 'lora.r': lora.r must be an int >= 1, got 0"),
+    ("lora: {peft_type: IA3}", {"lora": {"peft_type": "IA3"}},
+     r"config key 'lora.peft_type': lora.peft_type must be one of 'LORA', 'OSF', got 'IA3'"),
+    ("lora: {peft_type: OSF, r: 8}", {"lora": {"peft_type": "OSF", "r": 8}},
+     r"config key 'lora': unknown option\(s\) \['r'\]"),
     ("lora: {lora_alpha: big}", {"lora": {"lora_alpha": "big"}},
      r"config key 'lora.lora_alpha': lora.lora_alpha must be a number > 0, got 'big'"),
     ("lora: {target_modules: [q_proj, q_prj]}", {"lora": {"target_modules": ["q_proj", "q_prj"]}},
@@ -435,7 +449,7 @@ CONFIG_CASES = [
     ("adapter_mode: stack", {"adapter_mode": "stack"},
      r"config key 'adapter_mode': adapter_mode must be one of 'continue', 'merge', got 'stack'"),
     ("adapter_mode: merge (with precision: nf4)", {"adapter_mode": "merge", "precision": "nf4"},
-     r"adapter_mode='merge' would merge LoRA into the nf4 base"),
+     r"adapter_mode='merge' would merge the adapter into the nf4 base"),
     ('allow_code_execution: "false"', {"allow_code_execution": "false"},
      r"config key 'allow_code_execution': allow_code_execution must be True or False"),
     ("model_kwargs: [1]", {"model_kwargs": [1]}, r"config key 'model_kwargs' must be a mapping, got \[1\]"),

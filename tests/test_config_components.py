@@ -113,7 +113,7 @@ def test_built_in_plugins_are_named_by_type_and_saved_by_path(tmp_path, tiny_mod
     with pytest.raises(UnknownNameError, match=r"config key 'plugins\[0\].type': 'LWF' is not a built-in "
                                                 r"plug-in; valid: \['LwF', 'EWC', 'AGEM', 'OLoRA', 'AdapterMerging', 'JointTraining', 'PTQProbe', "
                                                 r"'WeightAveraging', "
-                                                r"'GradientSimilarity', 'PrecisionSchedule', 'StageSoup'\]"):
+                                                r"'GradientSimilarity', 'PrecisionSchedule', 'StageSoup', 'OSFBudget'\]"):
         build_trainer(load_config(_write(tmp_path, tiny_model_dir, plugins=[{"type": "LWF"}])))
 
 

@@ -4,7 +4,8 @@ Two training modes share one engine (each stage is a ``transformers.Trainer`` ru
 
 - ``"lora"`` (the default): the base is loaded at the policy's precision and frozen; LoRA
   adapters are trained and saved (``stage-i/adapter``), or merged into a float base after each
-  stage (``adapter_mode="merge"``, ``stage-i/merged``).
+  stage (``adapter_mode="merge"``, ``stage-i/merged``). The adapter may be peft's OSF instead of
+  LoRA (``quantcl._adapter_config``); a plug-in's ``adapter_config`` hook may change it per stage.
 - ``"full"``: every weight is trained (continued pre-training, full fine-tuning, ternary QAT)
   and the whole model is saved (``stage-i/model``). Float presets train their weights in their
   own dtype (pick ``fp32`` for fp32 master weights; ``StageArgs(extra={"bf16": True})`` adds
@@ -17,12 +18,12 @@ Two training modes share one engine (each stage is a ``transformers.Trainer`` ru
 
 from __future__ import annotations
 
-import copy
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from quantcl._adapter_config import attach_adapter
 from quantcl.errors import ConfigError
 from quantcl.plugins.base import StagePlugin
 from quantcl.precision import PrecisionPolicy
@@ -141,10 +142,10 @@ def run_length(args: Any, task_names: list[str]) -> int | None:
 class ModelSetup:
     """Load / save the model of a ContinualTrainer for its training mode (see the module doc)."""
 
-    def __init__(self, policy: PrecisionPolicy, training: Training, lora: Any, adapter_mode: str,
-                 model_kwargs: dict[str, Any], seed: int) -> None:
-        self.policy, self.training = policy, training
-        self.lora, self.adapter_mode, self.model_kwargs, self.seed = lora, adapter_mode, model_kwargs, seed
+    def __init__(self, policy: PrecisionPolicy, training: Training, adapter_config: Callable[[int], Any],
+                 adapter_mode: str, model_kwargs: dict[str, Any], seed: int) -> None:
+        self.policy, self.training, self.adapter_config = policy, training, adapter_config  # stage -> peft config
+        self.adapter_mode, self.model_kwargs, self.seed = adapter_mode, model_kwargs, seed
 
     @property
     def saved_name(self) -> str:
@@ -169,7 +170,7 @@ class ModelSetup:
         if adapter is not None:
             return self.policy.load_adapter(model, adapter, is_trainable=True), tokenizer
         torch.manual_seed(self.seed + completed)  # the same LoRA init on every resume
-        return self.policy.attach_lora(model, copy.deepcopy(self.lora)), tokenizer
+        return attach_adapter(self.policy, model, self.adapter_config(completed + 1)), tokenizer
 
     def _load_full(self, source: str) -> tuple[Any, Any]:
         from quantcl.precision.bitlinear import to_bitlinear
@@ -198,7 +199,7 @@ class ModelSetup:
                 merged.save_pretrained(tmp / "merged")
                 tokenizer.save_pretrained(tmp / "merged")
             torch.manual_seed(self.seed + stage)  # matches load() on resume
-            return self.policy.attach_lora(merged, copy.deepcopy(self.lora))
+            return attach_adapter(self.policy, merged, self.adapter_config(stage + 1))
         if main:
             from quantcl.precision.lora import save_adapter
 

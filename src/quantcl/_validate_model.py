@@ -84,11 +84,12 @@ def check_model_source(source: str, model_kwargs: Mapping[str, Any] | None = Non
                               f"(`hf download {source}`) or give a local directory")
 
 
-def check_lora_config(lora: Any, what: str = "lora") -> None:
+def check_lora_config(lora: Any, what: str = "lora", *, rank_fields: bool = True) -> None:
     """Raise :class:`ConfigError` for a ``peft.LoraConfig`` that peft accepts but cannot use.
 
     peft takes ``r=0`` or ``lora_alpha="x"`` at construction and fails only when the model is
-    wrapped, after it is loaded.
+    wrapped, after it is loaded. ``rank_fields=False`` checks ``target_modules`` only (another
+    peft config's, e.g. OSF's).
 
     Examples:
         >>> from peft import LoraConfig
@@ -97,9 +98,10 @@ def check_lora_config(lora: Any, what: str = "lora") -> None:
         ...
         quantcl.errors.ConfigError: lora.r must be an int >= 1, got 0
     """
-    require_int(lora.r, f"{what}.r", minimum=1)
-    require_number(lora.lora_alpha, f"{what}.lora_alpha", low=0, low_open=True)
-    require_number(lora.lora_dropout, f"{what}.lora_dropout", low=0, high=1)
+    if rank_fields:
+        require_int(lora.r, f"{what}.r", minimum=1)
+        require_number(lora.lora_alpha, f"{what}.lora_alpha", low=0, low_open=True)
+        require_number(lora.lora_dropout, f"{what}.lora_dropout", low=0, high=1)
     targets = lora.target_modules
     if targets is not None and not isinstance(targets, str):
         require_list_of(sorted(targets, key=str) if isinstance(targets, (set, frozenset)) else targets,

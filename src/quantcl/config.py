@@ -178,14 +178,20 @@ def _short_plugin_name(node: Any, key: str) -> Any:
 
 
 def _lora(value: Any) -> Any:
-    from peft import LoraConfig
+    """``lora:`` keywords of a ``peft.LoraConfig``, or with ``peft_type: OSF`` of a ``peft.OSFConfig``."""
+    from peft import LoraConfig, OSFConfig
+
+    from quantcl._adapter_config import check_osf_config
 
     data = _kwargs("lora", value)
     if not data:
         return None
-    _check_signature("lora", LoraConfig.__init__, data)
-    lora = _at("lora", lambda: LoraConfig(**data))
-    _at("lora", lambda: check_lora_config(lora))  # peft takes r=0 and fails only once the model is loaded
+    kind = _at("lora.peft_type", lambda: require_choice(str(data.pop("peft_type", "LORA")).upper(), "lora.peft_type",
+                                                        ["LORA", "OSF"]))
+    cls, check = (OSFConfig, check_osf_config) if kind == "OSF" else (LoraConfig, check_lora_config)
+    _check_signature("lora", cls.__init__, data)
+    lora = _at("lora", lambda: cls(**data))
+    _at("lora", lambda: check(lora))  # peft takes r=0 and fails only once the model is loaded
     return lora
 
 
@@ -286,6 +292,7 @@ def validate_config(path: str | Path) -> None:
 def check_model_and_lora(source: str, lora: Any, model_kwargs: dict[str, Any]) -> None:
     """Raise a ConfigError naming ``model`` or ``lora.target_modules`` if the model's config cannot
     be read, is not a causal LM, or has no module a LoRA target names (no weights are loaded)."""
+    from quantcl._adapter_config import is_osf
     from quantcl._validate_model import empty_model, model_config
     from quantcl.precision.lora import check_target_modules
 
@@ -296,6 +303,8 @@ def check_model_and_lora(source: str, lora: Any, model_kwargs: dict[str, Any]) -
     model = _at("model", lambda: empty_model(source, config, trust_remote_code=trust))
     targets = lora.target_modules
     if targets is None:
+        if is_osf(lora):  # peft's OSF falls back to every linear layer
+            return
         from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults
 
         if config.model_type not in defaults:

@@ -56,7 +56,8 @@ class ContinualTrainer:
         tasks: the :class:`TaskSequence` (or a list of :class:`Task`).
         replay: a :class:`ReplayBuffer` (run as a :class:`~quantcl.plugins.ReplayPlugin`, before
             the other plug-ins), or ``None`` for no replay.
-        lora: a ``peft.LoraConfig`` (default: r=8, alpha=16, all linear layers, as in the paper).
+        lora: a ``peft.LoraConfig`` (default: r=8, alpha=16, all linear layers, as in the paper),
+            or a ``peft.OSFConfig`` (peft's OSF; with ``adapter_mode="merge"``, float bases).
         args: :class:`StageArgs` for every stage, with per-task overrides.
         output_dir: where state, checkpoints and results go (see :mod:`quantcl.rundir`).
         seed: seeds LoRA initialisation and data order (stage ``i`` trains with ``seed + i``);
@@ -104,10 +105,9 @@ class ContinualTrainer:
         training: Literal["lora", "full"] | None = None,
         probes: Sequence[Probe] = (),
     ) -> None:
-        from peft import LoraConfig
-
+        from quantcl._adapter_config import resolve_adapter_config
         from quantcl._checks import require_choice, require_directory, require_instance, require_mapping
-        from quantcl._validate_model import check_lora_config, check_model_source
+        from quantcl._validate_model import check_model_source
 
         # every argument is checked here, cheapest first, before any work (quantcl._checks)
         require_instance(model, "model", (str, os.PathLike),
@@ -121,15 +121,8 @@ class ContinualTrainer:
         require_choice(adapter_mode, "adapter_mode", ["continue", "merge"])
         given_plugins, self.hf_callbacks = sort_extensions(callbacks, plugins, legacy)
         self.training = resolve_training(self.policy, training, lora is not None, adapter_mode, given_plugins)
-        if self.training == "lora":
-            lora = lora or LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.05)
-            require_instance(lora, "lora", LoraConfig, "a peft.LoraConfig")
-            check_lora_config(lora)  # peft takes r=0 and fails only once the model is loaded
-        self.lora = copy.deepcopy(lora)  # peft writes into the config it is given
+        self.lora = resolve_adapter_config(lora, self.training, adapter_mode, self.policy)  # LoRA or OSF, a copy
         self.args = require_instance(args or StageArgs(), "args", StageArgs, "a quantcl.StageArgs")
-        if adapter_mode == "merge" and self.policy.kind != "float":
-            raise ConfigError(f"adapter_mode='merge' would merge LoRA into the {self.policy.name} base, "
-                              "re-quantizing it (lossy); use adapter_mode='continue' or a float precision")
         self.adapter_mode = adapter_mode
         self.args.check_tasks(self.tasks.names)
         self.probes = check_probes(probes, self.tasks.names)
@@ -144,7 +137,7 @@ class ContinualTrainer:
         self.plugins: list[StagePlugin] = [self._replay_plugin] if self._replay_plugin is not None else []
         self.plugins += given_plugins
         self.model_kwargs = dict(model_kwargs or {})
-        self._setup = ModelSetup(self.policy, self.training, self.lora, adapter_mode, self.model_kwargs, self.seed)
+        self._setup = ModelSetup(self.policy, self.training, self.adapter_config, adapter_mode, self.model_kwargs, self.seed)
         self._steps_done = 0  # optimizer steps of the finished stages
         self._stage_records: list[dict[str, Any]] = []  # of the finished stages (the run's state holds them)
         self.stage_trainer: Any = None  # the running stage's transformers.Trainer (None between stages)
@@ -238,6 +231,13 @@ class ContinualTrainer:
         for plugin in self.plugins:
             if overrides_hook(plugin, "prepare_model"):
                 plugin.prepare_model(self, self.model)
+
+    def adapter_config(self, stage: int) -> Any:
+        """The peft config stage ``stage`` (1-based) starts from: ``lora`` as plug-ins' ``adapter_config`` change it."""
+        config = copy.deepcopy(self.lora)
+        for plugin in (p for p in self.plugins if overrides_hook(p, "adapter_config")):
+            config = plugin.adapter_config(self, stage, config)
+        return config
 
     def probe_saved(self, probes: Sequence[Probe], rows: Sequence[int] | None = None) -> ContinualResult:
         """The run's result with ``probes`` scored on the models it saved (training and writing

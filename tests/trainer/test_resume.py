@@ -21,11 +21,11 @@ SCRIPT = textwrap.dedent(
     import os, signal, sys
     import quantcl as qcl
     import quantcl.replay.storage as storage
-    from peft import LoraConfig
+    from peft import LoraConfig, OSFConfig
     from quantcl import rundir, results
     from transformers import TrainerCallback
 
-    out, model, kill_at = sys.argv[1], sys.argv[2], os.environ.get("KILL_AT", "")
+    out, model, kill_at, methods = sys.argv[1], sys.argv[2], os.environ.get("KILL_AT", ""), os.environ.get("METHODS", "")
     kind, _, where = kill_at.partition(":")
     counts = {}
 
@@ -81,7 +81,9 @@ SCRIPT = textwrap.dedent(
     trainer = qcl.ContinualTrainer(
         model=model, precision="fp32", tasks=qcl.TaskSequence([*base, third]),
         replay=qcl.ReplayBuffer(fraction=0.25, strategy="reservoir", seed=0),
-        lora=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], lora_dropout=0.1),
+        lora=(OSFConfig(target_modules=["q_proj", "v_proj"]) if methods == "osf" else
+              LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], lora_dropout=0.1)),
+        adapter_mode="merge" if methods == "osf" else "continue",
         args=qcl.StageArgs(learning_rate=5e-3, max_steps=6, save_steps=2, per_device_train_batch_size=4,
                            lr_scheduler_type="constant", max_length=64, logging_steps=1),
         output_dir=out, seed=3, progress=False, callbacks=[Killer()],
@@ -89,7 +91,9 @@ SCRIPT = textwrap.dedent(
                       qcl.plugins.StageSoup(alpha=0.8)],
                  # the continual-learning baselines of issue 29
                  "1": [qcl.EWC(ewc_lambda=10.0, fisher_rows=4), qcl.AGEM(), qcl.OLoRA(orthogonal_lambda=0.5)],
-                 "merging": [qcl.AdapterMerging("dare_ties", density=0.5)]}[os.environ.get("METHODS", "")])
+                 "merging": [qcl.AdapterMerging("dare_ties", density=0.5)],
+                 # peft's OSF (merged after every stage, the SVD taken again), its kept rank grown per stage
+                 "osf": [qcl.plugins.OSFBudget()]}[methods])
     trainer.fit(resume=True)
     """
 )
@@ -193,6 +197,25 @@ def test_sigkill_with_adapter_merging_then_resume_gives_the_uninterrupted_files(
     script, expected = merging_reference
     assert any("/merged/" in name for name in expected["files"])  # the merged adapter is among the files
     _check_kill_and_resume(script, expected, tiny_model_dir, tmp_path, point, methods="merging")
+
+
+@pytest.fixture(scope="module")
+def osf_reference(tmp_path_factory, tiny_model_dir):
+    return _reference(tmp_path_factory, tiny_model_dir, "osf")
+
+
+# OSF: the merged weights of each stage, a fresh SVD of them, mid-stage checkpoints of the OSF factors
+OSF_POINTS = ["inside-training-stage-2", "at-checkpoint-stage-2", "before-commit-stage-1",
+              "between-state-and-cleanup-stage-2"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", OSF_POINTS)
+def test_sigkill_with_osf_then_resume_gives_the_uninterrupted_files(osf_reference, tiny_model_dir, tmp_path, point):
+    script, expected = osf_reference
+    assert "stages/stage-003/merged/model.safetensors" in expected["files"]
+    assert [r["osf_kept_fraction"] for r in expected["records"]] == [0.0, 1 / 3, 2 / 3]
+    _check_kill_and_resume(script, expected, tiny_model_dir, tmp_path, point, methods="osf")
 
 
 @pytest.mark.slow

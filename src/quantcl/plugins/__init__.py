@@ -16,6 +16,7 @@ from quantcl.plugins.joint import JointTraining
 from quantcl.plugins.lwf import LwF
 from quantcl.plugins.merging import AdapterMerging
 from quantcl.plugins.olora import OLoRA
+from quantcl.plugins.osf import OSFBudget
 from quantcl.plugins.precision_schedule import PrecisionSchedule
 from quantcl.plugins.ptq_probe import PTQProbe, PTQProbeResult
 from quantcl.plugins.replay import ReplayPlugin
@@ -23,12 +24,12 @@ from quantcl.plugins.stage_soup import StageSoup
 from quantcl.plugins.weight_averaging import WeightAveraging
 
 __all__ = ["StagePlugin", "StageCallback", "TrainerSpec", "ReplayPlugin", "PrecisionSchedule", "PTQProbe",
-           "PTQProbeResult", "LwF", "WeightAveraging", "StageSoup", "GradientSimilarity", "EWC", "AGEM", "JointTraining", "OLoRA", "AdapterMerging", "AfterLossLog", "save_checkpoint_state", "load_checkpoint_state",
+           "PTQProbeResult", "LwF", "WeightAveraging", "StageSoup", "GradientSimilarity", "EWC", "AGEM", "JointTraining", "OLoRA", "OSFBudget", "AdapterMerging", "AfterLossLog", "save_checkpoint_state", "load_checkpoint_state",
            "NAMED_PLUGINS", "plugin_path"]
 
 #: the built-in plug-ins a YAML config names with ``type:`` (replay has a key of its own)
 NAMED_PLUGINS = ("LwF", "EWC", "AGEM", "OLoRA", "AdapterMerging", "JointTraining", "PTQProbe", "WeightAveraging",
-                 "GradientSimilarity", "PrecisionSchedule", "StageSoup")
+                 "GradientSimilarity", "PrecisionSchedule", "StageSoup", "OSFBudget")
 
 
 def plugin_path(name: str) -> str:

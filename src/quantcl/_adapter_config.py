@@ -1,0 +1,107 @@
+"""The peft config a ContinualTrainer's adapters are built from: LoRA, or peft's OSF.
+
+OSF (orthogonal subspace fine-tuning, Nayak et al. 2025, arXiv 2504.07097; ``peft.OSFConfig``)
+splits each target weight by SVD, ``W = U_hi S_hi V_hi^T + U_lo S_lo V_lo^T``, freezes the top
+``effective_rank`` directions and trains the rest with gradients projected off them. Its
+sequential recipe merges each task's update and recomputes the SVD on the updated weights before
+the next task, which is quantcl's ``adapter_mode="merge"`` on a float base.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from quantcl._checks import require_instance, require_mapping
+from quantcl._validate_model import check_lora_config
+from quantcl.errors import ConfigError
+
+__all__ = ["resolve_adapter_config", "check_osf_config", "attach_adapter", "is_osf", "ADAPTER_CONFIGS"]
+
+ADAPTER_CONFIGS = "a peft.LoraConfig or peft.OSFConfig"
+
+
+def is_osf(config: Any) -> bool:
+    """Whether ``config`` is a ``peft.OSFConfig``."""
+    from peft import OSFConfig
+
+    return isinstance(config, OSFConfig)
+
+
+def resolve_adapter_config(lora: Any, training: str, adapter_mode: str, policy: Any) -> Any:
+    """A checked copy of a run's adapter config (peft writes into the config it is given): the
+    default LoRA (r=8, alpha=16, all linear layers, as in "Less is more") when ``None``; ``None``
+    for full training.
+
+    Raises:
+        ConfigError: another type, values peft accepts but cannot use, OSF without
+            ``adapter_mode="merge"``, or a merge into a quantized base.
+    """
+    from peft import LoraConfig, OSFConfig
+
+    if training == "lora":
+        lora = lora or LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.05)
+        require_instance(lora, "lora", (LoraConfig, OSFConfig), ADAPTER_CONFIGS)
+        if isinstance(lora, OSFConfig):
+            check_osf_config(lora)
+            if adapter_mode != "merge":
+                raise ConfigError("lora=OSFConfig(...) needs adapter_mode='merge': OSF merges each stage's update and "
+                                  "recomputes the SVD of the updated weights before the next stage (peft's sequential "
+                                  f"recipe), got adapter_mode={adapter_mode!r}")
+        else:
+            check_lora_config(lora)  # peft takes r=0 and fails only once the model is loaded
+    if adapter_mode == "merge" and policy.kind != "float":
+        raise ConfigError(f"adapter_mode='merge' would merge the adapter into the {policy.name} base, "
+                          "re-quantizing it (lossy); use adapter_mode='continue' or a float precision")
+    return copy.deepcopy(lora)
+
+
+def _check_rank(value: Any, what: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{what} must be an int >= 1 (directions kept) or a float in (0, 1) (the fraction of each "
+                          f"matrix's smaller dimension kept), got {value!r}")
+    if isinstance(value, int) and value < 1:
+        raise ConfigError(f"{what} must be an int >= 1 (directions kept), got {value}")
+    if isinstance(value, float) and not 0 < value < 1:
+        raise ConfigError(f"{what} as a float is the fraction of each matrix's smaller dimension kept and must lie "
+                          f"in (0, 1) (1.0 would leave nothing to train), got {value}")
+
+
+def check_osf_config(config: Any, what: str = "lora") -> None:
+    """Raise :class:`ConfigError` for a ``peft.OSFConfig`` that peft accepts but cannot use.
+
+    Examples:
+        >>> from peft import OSFConfig
+        >>> check_osf_config(OSFConfig(effective_rank=0))
+        Traceback (most recent call last):
+        ...
+        quantcl.errors.ConfigError: lora.effective_rank must be an int >= 1 (directions kept), got 0
+    """
+    _check_rank(config.effective_rank, f"{what}.effective_rank")
+    for pattern, rank in require_mapping(config.rank_pattern, f"{what}.rank_pattern", allow_none=True).items():
+        _check_rank(rank, f"{what}.rank_pattern[{pattern!r}]")
+    check_lora_config(config, what, rank_fields=False)
+
+
+def attach_adapter(policy: Any, model: Any, config: Any) -> Any:
+    """``policy.attach_lora(model, config)``; for OSF, refuse a preserved rank that leaves a
+    target nothing to train (peft clamps it silently) or none to keep (peft's ValueError)."""
+    if not is_osf(config):
+        return policy.attach_lora(model, config)
+    try:
+        peft_model = policy.attach_lora(model, config)
+    except ValueError as err:  # update_layer: "effective_rank should be a positive integer"
+        raise ConfigError(f"lora.effective_rank={config.effective_rank!r} (rank_pattern {config.rank_pattern!r}) keeps "
+                          f"no direction of some target: {err}") from err
+    from peft.tuners.osf.layer import OSFLayer
+
+    full = sorted(name for name, module in peft_model.named_modules() if isinstance(module, OSFLayer)
+                  for rank in module.effective_rank.values()
+                  if rank >= min(int(module.in_features or 0), int(module.out_features or 0)))
+    if full:
+        raise ConfigError(f"lora.effective_rank={config.effective_rank!r} keeps every direction of {full[:3]} "
+                          f"({len(full)} target(s)): nothing would train; keep fewer (an int below the smaller "
+                          "dimension of each target, or a fraction in (0, 1))")
+    return peft_model
