@@ -26,7 +26,10 @@ def test_every_method_is_a_valid_sweep_over_precision_and_seed(study, tmp_path):
     assert list(found) == list(study.METHODS) and "sequential" in found and "joint" in found
     for method, sweep in found.items():
         sweep.validate()
-        assert len(sweep.points) == len(study.SEEDS) * len(study.PRECISIONS), method
+        assert len(sweep.points) == len(study.SEEDS) * len(study.ONLY_AT.get(method, study.PRECISIONS)), method
+    assert {p["precision"] for p in found["osf"].points.values()} == {"bf16"}  # OSF merges: float bases only
+    assert found["osf-2e-3"].point_config(next(iter(found["osf-2e-3"].points)))["args"]["learning_rate"] == 2e-3
+    assert found["osf"].point_config(next(iter(found["osf"].points)))["args"]["max_steps"] == 250  # args merged
     assert not any(tmp_path.iterdir())  # building and validating the sweeps wrote nothing
 
 
