@@ -287,7 +287,7 @@ def _run(code: str, limits: SandboxLimits, bwrap: str | None) -> SandboxResult:
                "parent": None if bwrap else os.getpid(), "deadline": limits.timeout + _WATCHDOG_GRACE,
                "nproc": nproc, "memory_mb": int(limits.memory_mb), "cpu": limits.cpu,
                "max_file_mb": int(limits.max_file_mb), "boot": _BOOT}
-        argv = [sys.executable, "-I", "-c", _RUNNER, json.dumps(cfg)]  # the runner starts as the evaluator's user
+        argv = [python, "-I", "-c", _RUNNER, json.dumps(cfg)]  # the runner starts as the evaluator's user
         out_path, err_path = os.path.join(control, "stdout"), os.path.join(control, "stderr")
         with open(out_path, "wb") as out, open(err_path, "wb") as err, open(program, "rb") as source:
             if bwrap:
