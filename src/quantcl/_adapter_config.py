@@ -16,16 +16,32 @@ from quantcl._checks import require_instance, require_mapping
 from quantcl._validate_model import check_lora_config
 from quantcl.errors import ConfigError
 
-__all__ = ["resolve_adapter_config", "check_osf_config", "attach_adapter", "is_osf", "ADAPTER_CONFIGS"]
+__all__ = ["resolve_adapter_config", "check_osf_config", "attach_adapter", "is_osf", "osf_config_class",
+           "ADAPTER_CONFIGS"]
 
 ADAPTER_CONFIGS = "a peft.LoraConfig or peft.OSFConfig"
 
 
-def is_osf(config: Any) -> bool:
-    """Whether ``config`` is a ``peft.OSFConfig``."""
-    from peft import OSFConfig
+def osf_config_class() -> type:
+    """``peft.OSFConfig``.
 
-    return isinstance(config, OSFConfig)
+    Raises:
+        ConfigError: the installed peft has no OSF (it came with peft 0.18).
+    """
+    import peft
+
+    cls = getattr(peft, "OSFConfig", None)
+    if cls is None:
+        raise ConfigError(f"peft's OSF needs peft >= 0.18 (installed: {peft.__version__}); pip install -U peft")
+    return cls
+
+
+def is_osf(config: Any) -> bool:
+    """Whether ``config`` is a ``peft.OSFConfig`` (``False`` where peft has no OSF)."""
+    import peft
+
+    cls = getattr(peft, "OSFConfig", None)
+    return cls is not None and isinstance(config, cls)
 
 
 def resolve_adapter_config(lora: Any, training: str, adapter_mode: str, policy: Any) -> Any:
@@ -37,12 +53,13 @@ def resolve_adapter_config(lora: Any, training: str, adapter_mode: str, policy: 
         ConfigError: another type, values peft accepts but cannot use, OSF without
             ``adapter_mode="merge"``, or a merge into a quantized base.
     """
-    from peft import LoraConfig, OSFConfig
+    import peft
+    from peft import LoraConfig
 
     if training == "lora":
         lora = lora or LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.05)
-        require_instance(lora, "lora", (LoraConfig, OSFConfig), ADAPTER_CONFIGS)
-        if isinstance(lora, OSFConfig):
+        require_instance(lora, "lora", (LoraConfig, getattr(peft, "OSFConfig", LoraConfig)), ADAPTER_CONFIGS)
+        if is_osf(lora):
             check_osf_config(lora)
             if adapter_mode != "merge":
                 raise ConfigError("lora=OSFConfig(...) needs adapter_mode='merge': OSF merges each stage's update and "
@@ -93,6 +110,8 @@ def attach_adapter(policy: Any, model: Any, config: Any) -> Any:
     try:
         peft_model = policy.attach_lora(model, config)
     except ValueError as err:  # update_layer: "effective_rank should be a positive integer"
+        if "effective_rank" not in str(err):
+            raise
         raise ConfigError(f"lora.effective_rank={config.effective_rank!r} (rank_pattern {config.rank_pattern!r}) keeps "
                           f"no direction of some target: {err}") from err
     from peft.tuners.osf.layer import OSFLayer

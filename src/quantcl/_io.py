@@ -35,11 +35,16 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     fsync_dir(path.parent)  # the rename itself survives a power cut only once its directory is synced
 
 
+_LEFTOVER = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # mkstemp(prefix=".<name>.", suffix=".tmp")
+
+
 def remove_write_leftovers(folder: str | Path) -> None:
     """Delete the temporary files :func:`atomic_write_bytes` leaves in ``folder`` when its process
-    is killed mid-write. Call only while holding the folder's lock (no other writer is running)."""
+    is killed mid-write (named ``.<file>.<8 random characters>.tmp``; nothing else is touched).
+    Call only while holding the folder's lock (no other writer is running)."""
     for path in Path(folder).glob(".*.tmp"):
-        path.unlink(missing_ok=True)
+        if _LEFTOVER.fullmatch(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
 
 
 def fsync_dir(path: str | Path) -> None:

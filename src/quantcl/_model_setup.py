@@ -169,8 +169,11 @@ class ModelSetup:
         model, tokenizer = self.policy.load_model(source, **self.model_kwargs)
         if adapter is not None:
             return self.policy.load_adapter(model, adapter, is_trainable=True), tokenizer
+        config = self.adapter_config(completed + 1)  # None after the last stage: the merged model is scored as is
+        if config is None:
+            return model, tokenizer
         torch.manual_seed(self.seed + completed)  # the same LoRA init on every resume
-        return attach_adapter(self.policy, model, self.adapter_config(completed + 1)), tokenizer
+        return attach_adapter(self.policy, model, config), tokenizer
 
     def _load_full(self, source: str) -> tuple[Any, Any]:
         from quantcl.precision.bitlinear import to_bitlinear
@@ -198,8 +201,11 @@ class ModelSetup:
             if main:
                 merged.save_pretrained(tmp / "merged")
                 tokenizer.save_pretrained(tmp / "merged")
+            config = self.adapter_config(stage + 1)  # None after the last stage: nothing left to train
+            if config is None:
+                return merged
             torch.manual_seed(self.seed + stage)  # matches load() on resume
-            return attach_adapter(self.policy, merged, self.adapter_config(stage + 1))
+            return attach_adapter(self.policy, merged, config)
         if main:
             from quantcl.precision.lora import save_adapter
 

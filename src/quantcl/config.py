@@ -179,16 +179,17 @@ def _short_plugin_name(node: Any, key: str) -> Any:
 
 def _lora(value: Any) -> Any:
     """``lora:`` keywords of a ``peft.LoraConfig``, or with ``peft_type: OSF`` of a ``peft.OSFConfig``."""
-    from peft import LoraConfig, OSFConfig
+    from peft import LoraConfig
 
-    from quantcl._adapter_config import check_osf_config
+    from quantcl._adapter_config import check_osf_config, osf_config_class
 
-    data = _kwargs("lora", value)
+    data = dict(_kwargs("lora", value))  # a copy: the caller's config keeps its peft_type
     if not data:
         return None
     kind = _at("lora.peft_type", lambda: require_choice(str(data.pop("peft_type", "LORA")).upper(), "lora.peft_type",
                                                         ["LORA", "OSF"]))
-    cls, check = (OSFConfig, check_osf_config) if kind == "OSF" else (LoraConfig, check_lora_config)
+    cls: Any = _at("lora.peft_type", osf_config_class) if kind == "OSF" else LoraConfig
+    check = check_osf_config if kind == "OSF" else check_lora_config
     _check_signature("lora", cls.__init__, data)
     lora = _at("lora", lambda: cls(**data))
     _at("lora", lambda: check(lora))  # peft takes r=0 and fails only once the model is loaded

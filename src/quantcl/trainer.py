@@ -134,8 +134,7 @@ class ContinualTrainer:
         check_loss_positions(self.args, self.tasks.names, given_plugins)
         self._replay_plugin = ReplayPlugin(replay) if replay is not None else None
         self._watchers = [c for c in callbacks if isinstance(c, StageCallback)]  # not compared on resume
-        self.plugins: list[StagePlugin] = [self._replay_plugin] if self._replay_plugin is not None else []
-        self.plugins += given_plugins
+        self.plugins: list[StagePlugin] = [p for p in [self._replay_plugin, *given_plugins] if p is not None]
         self.model_kwargs = dict(model_kwargs or {})
         self._setup = ModelSetup(self.policy, self.training, self.adapter_config, adapter_mode, self.model_kwargs, self.seed)
         self._steps_done = 0  # optimizer steps of the finished stages
@@ -233,9 +232,10 @@ class ContinualTrainer:
                 plugin.prepare_model(self, self.model)
 
     def adapter_config(self, stage: int) -> Any:
-        """The peft config stage ``stage`` (1-based) starts from: ``lora`` as plug-ins' ``adapter_config`` change it."""
-        config = copy.deepcopy(self.lora)
-        for plugin in (p for p in self.plugins if overrides_hook(p, "adapter_config")):
+        """The peft config stage ``stage`` (1-based) starts from: ``lora`` as plug-ins' ``adapter_config``
+        change it; ``None`` past the last stage (merge mode then attaches no adapter after it)."""
+        config = copy.deepcopy(self.lora) if stage <= len(self.tasks) else None
+        for plugin in (p for p in self.plugins if config is not None and overrides_hook(p, "adapter_config")):
             config = plugin.adapter_config(self, stage, config)
         return config
 

@@ -97,6 +97,8 @@ def test_osf_budget_grows_the_kept_fraction_by_the_stated_rule(tiny_model_dir, t
     assert watch.kept == [1, int(64 / 3), int(64 * 2 / 3)]  # q_proj is 64 x 64 in the tiny model
     assert [r["osf_kept_fraction"] for r in result.stage_records] == [0.0, pytest.approx(1 / 3),
                                                                      pytest.approx(2 / 3)]
+    assert trainer.adapter_config(4) is None  # past the last stage: no adapter attached after it
+    assert not hasattr(trainer.model, "peft_config")  # after fit, the last stage's merged model
     half = OSFBudget(max_fraction=0.5)
     assert [half.fraction(i, 3) for i in (1, 2, 3)] == [0.0, 0.25, 0.5] and OSFBudget().fraction(1, 1) == 0.0
 
@@ -119,6 +121,8 @@ def test_osf_combinations_that_cannot_work_are_refused_before_loading(tiny_model
     with pytest.raises(ConfigError, match="rank_pattern"):
         _trainer(tiny_model_dir, tmp_path / "f", lora=OSFConfig(target_modules=["q_proj"], rank_pattern={"q": 4}),
                  plugins=[OSFBudget()])
+    with pytest.raises(ConfigError, match="lora.effective_rank=4 would be ignored"):
+        _trainer(tiny_model_dir, tmp_path / "f", lora=osf, plugins=[OSFBudget()])
     with pytest.raises(ConfigError, match="adapter_mode='continue'"):  # O-LoRA manages LoRA adapters
         _trainer(tiny_model_dir, tmp_path / "g", lora=osf, plugins=[qcl.OLoRA()])
     for bad in (0.0, 1.0, -0.5, "x"):
@@ -126,6 +130,20 @@ def test_osf_combinations_that_cannot_work_are_refused_before_loading(tiny_model
             OSFBudget(max_fraction=bad)
     with pytest.raises(ConfigError, match="a peft.LoraConfig or peft.OSFConfig"):
         _trainer(missing, tmp_path / "h", lora={"r": 4})
+
+
+def test_a_budget_that_keeps_no_direction_at_some_stage_is_refused_before_training(tiny_model_dir, tmp_path):
+    # q_proj is 64 wide: stage 2 of 3 at max_fraction 0.02 keeps int(0.01 * 64) = 0 directions
+    trainer = _trainer(tiny_model_dir, tmp_path / "r", tasks=("nlu", "math", "code"),
+                       plugins=[OSFBudget(max_fraction=0.02)], lora=OSFConfig(target_modules=["q_proj"]))
+    with pytest.raises(ConfigError, match=r"OSFBudget: stage 2 of 3 keeps 0.01 .* smaller dimension 64"):
+        trainer.fit()
+    assert not (tmp_path / "r" / "stages").exists()  # nothing trained
+
+
+def test_ewc_is_refused_in_merge_mode(tiny_model_dir, tmp_path):
+    with pytest.raises(ConfigError, match="EWC anchors the trainable parameters"):
+        _trainer(tiny_model_dir, tmp_path / "r", plugins=[qcl.EWC()])
 
 
 def test_a_rank_that_keeps_everything_is_refused_when_the_adapter_is_attached(tiny_model_dir, tmp_path):
@@ -144,6 +162,7 @@ def test_osf_and_its_budget_are_named_in_yaml(tiny_model_dir, tmp_path):
               "plugins": [{"type": "OSFBudget", "max_fraction": 0.5}]}
     trainer = build_trainer(config)
     assert isinstance(trainer.lora, OSFConfig) and trainer.lora.target_modules == ["q_proj"]
+    assert isinstance(build_trainer(config).lora, OSFConfig)  # the config is not changed by building from it
     (plugin,) = trainer.plugins
     assert isinstance(plugin, OSFBudget) and plugin.max_fraction == 0.5
     assert trainer.config()["lora"]["peft_type"] == "OSF"

@@ -135,6 +135,22 @@ def test_program_runs_isolated_in_a_temp_dir_with_a_stripped_environment(iso):
     assert result.isolation_mode in expected and result.to_dict()["isolation_mode"] == result.isolation_mode
 
 
+def test_the_program_sees_what_its_own_interpreter_would(iso):
+    # it runs in the runner's forked interpreter: a new __main__, builtins the module, fds 0-2 only,
+    # default signal handlers, and the exit of an interpreter (atexit, flushed output, its exit code)
+    code = ("import atexit, os, signal, sys, __main__\n"
+            "assert __main__.__dict__ is globals() and __main__.__file__ == __file__\n"
+            "assert __builtins__.len([1]) == 1 and 'cfg' not in globals()\n"
+            "assert sorted(int(fd) for fd in os.listdir('/proc/self/fd'))[:3] == [0, 1, 2]\n"
+            "assert len(os.listdir('/proc/self/fd')) == 4  # 0-2 and the listing's own\n"
+            "assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL == signal.getsignal(signal.SIGALRM)\n"
+            "atexit.register(lambda: print('bye'))\n"
+            "sys.stdout.write('unflushed ')\n"
+            "raise SystemExit(7)")
+    result = run_sandboxed(code, **FAST, **iso)
+    assert (result.status, result.returncode, result.stdout) == ("failed", 7, "unflushed bye\n"), result.stderr
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="privileges are dropped only when running as root")
 def test_as_root_the_program_runs_unprivileged(iso):
     result = run_sandboxed("import os\nprint(os.getuid())", **FAST, **iso)

@@ -64,10 +64,13 @@ def test_a_sweep_runs_every_point_into_its_own_directory(finished):
 def test_finished_points_are_skipped_and_the_result_is_the_same(finished, tiny_model_dir):
     out, first = finished
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/result.json")}
-    leftover = out / ".sweep.json.k1ll3d.tmp"  # what a sweep SIGKILLed inside atomic_write_json leaves
+    leftover = out / ".sweep.json.k1ll3d_x.tmp"  # what a sweep SIGKILLed inside atomic_write_json leaves
     leftover.write_text("{")
+    mine = out / ".notes.tmp"  # a user's file of another pattern stays
+    mine.write_text("keep")
     again = Sweep(_config(tiny_model_dir, out), GRID).run()
-    assert not leftover.exists()
+    assert not leftover.exists() and mine.read_text() == "keep"
+    mine.unlink()
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/result.json")} == stamps
     assert again.to_csv() == first.to_csv()
 

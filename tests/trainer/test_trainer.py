@@ -151,13 +151,23 @@ def test_callbacks_see_every_stage_and_evaluation_in_order(tiny_model_dir, tmp_p
 
 
 def test_merge_mode_starts_a_fresh_adapter_each_stage(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    class Starts(StageCallback):
+        def on_stage_begin(self, trainer, stage, task):  # the adapter each stage starts with: new, B = 0
+            b = [float(p.detach().abs().sum()) for n, p in trainer.model.named_parameters() if "lora_B" in n]
+            starts.append(b)
+
+    starts: list = []
     trainer = ContinualTrainer(model=tiny_model_dir, precision="fp32", tasks=_tasks(), lora=LORA,
                                args=StageArgs(learning_rate=1e-2, max_steps=3, max_length=64),
-                               output_dir=tmp_path / "run", adapter_mode="merge", progress=False)
+                               output_dir=tmp_path / "run", adapter_mode="merge", progress=False, callbacks=[Starts()])
     trainer.fit()
-    lora_b = [p for n, p in trainer.model.named_parameters() if "lora_B" in n]
-    assert lora_b and all(float(p.detach().abs().sum()) == 0.0 for p in lora_b)  # new adapter, untrained
-    assert (tmp_path / "run" / "stages" / "stage-002" / "merged" / "model.safetensors").exists()
+    assert len(starts) == 2 and all(b and set(b) == {0.0} for b in starts)
+    saved = load_file(tmp_path / "run" / "stages" / "stage-002" / "merged" / "model.safetensors")
+    # after the last stage no adapter is attached: the model is the merged one that was saved
+    assert not hasattr(trainer.model, "peft_config")
+    assert all(torch.equal(p.detach(), saved[n]) for n, p in trainer.model.named_parameters() if n in saved)
 
 
 def test_merge_mode_is_refused_for_a_quantized_base(tiny_model_dir, tmp_path):

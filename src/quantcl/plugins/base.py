@@ -135,8 +135,9 @@ class StagePlugin(Component):
     def adapter_config(self, trainer: ContinualTrainer, stage: int, config: Any) -> Any:
         """Return the peft config (``trainer.lora``, or what an earlier plug-in returned) that
         stage ``stage`` (1-based) starts a new adapter from: stage 1 and, with
-        ``adapter_mode="merge"``, every stage (also on resume). Change a copy; a LoRA run that
-        continues one adapter reads it for stage 1 only."""
+        ``adapter_mode="merge"``, every stage (also on resume and in ``probe_saved``); never past
+        the last stage. Change a copy; a LoRA run that continues one adapter reads it for stage 1
+        only."""
         return config
 
     def on_stage_begin(self, trainer: ContinualTrainer, stage: int, task: Task) -> None:

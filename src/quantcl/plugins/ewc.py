@@ -107,6 +107,15 @@ class EWC(StagePlugin):
     def state_key(self) -> str:
         return "ewc"
 
+    def check(self, trainer: ContinualTrainer) -> None:
+        from quantcl.errors import ConfigError
+
+        if trainer.training == "lora" and trainer.adapter_mode == "merge":
+            raise ConfigError("EWC anchors the trainable parameters at each stage's end, but adapter_mode='merge' "
+                              "merges them into the base and starts new ones (LoRA from zero, OSF from a new SVD): "
+                              "the penalty would pull the new adapter towards the old one's values; use "
+                              "adapter_mode='continue' (or training='full')")
+
     def on_stage_begin(self, trainer: ContinualTrainer, stage: int, task: Task) -> None:
         self._placed = False
 

@@ -59,9 +59,26 @@ class OSFBudget(StagePlugin):
         if not is_osf(trainer.lora):
             raise ConfigError(f"OSFBudget sets the preserved rank of peft's OSF; give lora=peft.OSFConfig(...) "
                               f"(with adapter_mode='merge'), got {type(trainer.lora).__name__}")
-        if trainer.lora.rank_pattern:
-            raise ConfigError("OSFBudget sets one preserved fraction for every target; lora.rank_pattern "
-                              f"{trainer.lora.rank_pattern!r} would override it: drop one of them")
+        for key in ("rank_pattern", "effective_rank"):
+            if getattr(trainer.lora, key):
+                raise ConfigError(f"OSFBudget sets each stage's preserved rank; lora.{key}="
+                                  f"{getattr(trainer.lora, key)!r} would be ignored or override it: drop one of them")
+
+    def prepare_model(self, trainer: ContinualTrainer, model: Any) -> None:
+        """Refuse, before any training, a stage whose kept fraction keeps no direction of some target
+        (peft computes ``int(fraction * smaller dimension)``, and 0 is not a rank it takes)."""
+        from peft.tuners.osf.layer import OSFLayer
+
+        n_stages = len(trainer.tasks)
+        sizes = {name: min(int(m.in_features or 0), int(m.out_features or 0)) for name, m in model.named_modules()
+                 if isinstance(m, OSFLayer)}
+        for stage in range(2, n_stages + 1):
+            kept = self.fraction(stage, n_stages)
+            small = sorted(name for name, size in sizes.items() if int(kept * size) < 1)
+            if small:
+                raise ConfigError(f"OSFBudget: stage {stage} of {n_stages} keeps {kept:.3g} of each target's directions, "
+                                  f"none of {small[:3]} ({len(small)} target(s), smaller dimension "
+                                  f"{min(sizes[n] for n in small)}); target larger matrices or raise max_fraction")
 
     def fraction(self, stage: int, n_stages: int) -> float:
         """The fraction of each target's smaller dimension stage ``stage`` (1-based) keeps (0: stage 1)."""
@@ -71,8 +88,8 @@ class OSFBudget(StagePlugin):
         return top * (stage - 1) / (n_stages - 1)
 
     def adapter_config(self, trainer: ContinualTrainer, stage: int, config: Any) -> Any:
-        n_stages = len(trainer.tasks)  # the merge mode attaches an untrained adapter after the last stage
-        kept = self.fraction(min(stage, n_stages), n_stages)
+        n_stages = len(trainer.tasks)
+        kept = self.fraction(stage, n_stages)
         return dataclasses.replace(config, effective_rank=kept if kept > 0 else 1)
 
     def on_stage_begin(self, trainer: ContinualTrainer, stage: int, task: Task) -> None:

@@ -90,10 +90,21 @@ def reachable_by_others(path: str) -> bool:
 
 def interpreter(drop: bool) -> str | None:
     """The Python that runs the built-in sandbox (no bind mounts there): ours, unless the
-    unprivileged uid it drops to cannot reach it; then the system's, if any."""
+    unprivileged uid it drops to cannot reach it; then the system's, if any, when root owns it and
+    only root can change it (the runner starts as root there, before it drops)."""
     if not drop or all(reachable_by_others(p) for p in (sys.executable, sys.base_prefix, sys.prefix)):
         return sys.executable
-    return next((p for p in SYSTEM_PYTHONS if os.path.exists(p) and reachable_by_others(p)), None)
+    return next((p for p in SYSTEM_PYTHONS if os.path.exists(p) and reachable_by_others(p) and _root_only(p)), None)
+
+
+def _root_only(path: str) -> bool:
+    """Whether ``path`` (resolved) and its folder are owned by root and writable by nobody else."""
+    real = os.path.realpath(path)
+    for p in (real, os.path.dirname(real)):
+        st = os.stat(p)
+        if st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return False
+    return True
 
 
 def _python_dirs() -> list[str]:

@@ -69,14 +69,15 @@ signal.signal(signal.SIGTERM, watchdog)
 signal.setitimer(signal.ITIMER_REAL, cfg["deadline"])
 pid = os.fork()
 if pid:
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    os._exit(code if code >= 0 else 128 - code)
+    _, status = os.waitpid(pid, 0)  # (the system's Python may be older than 3.9: no waitstatus_to_exitcode)
+    os._exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
 # The forked child runs the program in this interpreter (no second start): it has every limit,
-# namespace and the uid already, a fresh environment, the default signal handlers, and none of
-# the runner's names (BOOT makes a new __main__); it exits as a program's interpreter would.
+# namespace and the uid already, a fresh environment, the default signal handlers, only fds 0-2,
+# and a new __main__ module (BOOT); it exits as a program's interpreter would. Unlike after an
+# exec, it stays non-dumpable after the uid switch (no /proc/self/environ, no ptrace).
 try:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # die (and empty the namespace) with the runner
+    os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
     for _signal in (signal.SIGALRM, signal.SIGTERM):
         signal.signal(_signal, signal.SIG_DFL)
     os.chdir(cfg["work"])
@@ -106,6 +107,7 @@ with open(_path) as _f:
     _code = compile(_f.read(), _path, "exec")
 _main = types.ModuleType("__main__")
 _main.__file__ = _path
+_main.__builtins__ = __builtins__  # the module, as in a program's own interpreter (exec would add the dict)
 sys.modules["__main__"] = _main
 del sys, types, _f
 exec(_code, _main.__dict__)

@@ -270,7 +270,8 @@ class Sweep:
         self.validate()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         with hold_directory(self.output_dir, "sweep"):
-            remove_write_leftovers(self.output_dir)  # a sweep killed while writing sweep.json or a summary
+            for folder in (self.output_dir, adopted_record(self.output_dir, "").parent):
+                remove_write_leftovers(folder)  # a sweep killed while writing sweep.json, a summary, a log
             self._check_manifest()
             status, problems = self.survey()
             mismatched = [n for n, st in status.items() if st == "mismatch"]
