@@ -421,6 +421,11 @@ CONFIG_CASES = [
      r"config key 'lora.peft_type': lora.peft_type must be one of 'LORA', 'OSF', got 'IA3'"),
     ("lora: {peft_type: OSF, r: 8}", {"lora": {"peft_type": "OSF", "r": 8}},
      r"config key 'lora': unknown option\(s\) \['r'\]"),
+    ("lora: {peft_type: OSF, effective_rank: 64} (a 64-wide q_proj)",
+     {"lora": {"peft_type": "OSF", "r": "DROP", "effective_rank": 64, "target_modules": ["q_proj"]},
+      "adapter_mode": "merge"},
+     r"config key 'lora.effective_rank': lora.effective_rank=64 .* keeps every direction or none of "
+     r"\['model.layers.0.self_attn.q_proj \(64 wide: keeps 64\)'"),
     ("lora: {lora_alpha: big}", {"lora": {"lora_alpha": "big"}},
      r"config key 'lora.lora_alpha': lora.lora_alpha must be a number > 0, got 'big'"),
     ("lora: {target_modules: [q_proj, q_prj]}", {"lora": {"target_modules": ["q_proj", "q_prj"]}},
@@ -515,7 +520,7 @@ def _config(c, changes):
         if value == "DROP":
             cfg.pop(key)
         elif isinstance(value, dict) and isinstance(cfg.get(key), dict) and key in ("lora", "args"):
-            cfg[key] = {**cfg[key], **value}
+            cfg[key] = {k: v for k, v in {**cfg[key], **value}.items() if v != "DROP"}
         else:
             cfg[key] = stand_in.get(value, value) if isinstance(value, str) else value
     path = c.tmp / "run.yaml"

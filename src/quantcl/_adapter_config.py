@@ -10,14 +10,15 @@ the next task, which is quantcl's ``adapter_mode="merge"`` on a float base.
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 from quantcl._checks import require_instance, require_mapping
 from quantcl._validate_model import check_lora_config
 from quantcl.errors import ConfigError
 
-__all__ = ["resolve_adapter_config", "check_osf_config", "attach_adapter", "is_osf", "osf_config_class",
-           "ADAPTER_CONFIGS"]
+__all__ = ["resolve_adapter_config", "check_osf_config", "check_osf_ranks", "attach_adapter", "is_osf",
+           "osf_config_class", "ADAPTER_CONFIGS"]
 
 ADAPTER_CONFIGS = "a peft.LoraConfig or peft.OSFConfig"
 
@@ -124,3 +125,34 @@ def attach_adapter(policy: Any, model: Any, config: Any) -> Any:
                           f"({len(full)} target(s)): nothing would train; keep fewer (an int below the smaller "
                           "dimension of each target, or a fraction in (0, 1))")
     return peft_model
+
+
+def _targeted(name: str, targets: Any) -> bool:
+    if targets is None or targets == "all-linear":
+        return True
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def check_osf_ranks(model: Any, config: Any) -> None:
+    """Raise :class:`ConfigError` if ``config`` (a ``peft.OSFConfig``) keeps every direction, or
+    none, of a linear layer it targets in ``model`` (which may be on the ``meta`` device: only
+    shapes are read), resolving ranks as peft does (``None``: half the smaller dimension; a float:
+    that fraction of it, rounded down; ``rank_pattern``: the first regex found in the name)."""
+    import torch
+
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    bad = []
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or module is output or not _targeted(name, config.target_modules):
+            continue
+        size = min(module.in_features, module.out_features)
+        value = next((v for k, v in (config.rank_pattern or {}).items() if re.search(k, name)), config.effective_rank)
+        rank = size // 2 if value is None else int(size * value) if isinstance(value, float) else int(value)
+        if not 0 < rank < size:
+            bad.append(f"{name} ({size} wide: keeps {min(rank, size)})")
+    if bad:
+        raise ConfigError(f"lora.effective_rank={config.effective_rank!r} (rank_pattern {config.rank_pattern!r}) keeps "
+                          f"every direction or none of {bad[:3]} ({len(bad)} target(s)); OSF trains the rest of each "
+                          "matrix, so keep between 1 and its smaller dimension - 1")

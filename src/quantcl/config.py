@@ -302,6 +302,10 @@ def check_model_and_lora(source: str, lora: Any, model_kwargs: dict[str, Any]) -
         return
     trust = model_kwargs.get("trust_remote_code") is True
     model = _at("model", lambda: empty_model(source, config, trust_remote_code=trust))
+    if is_osf(lora):
+        from quantcl._adapter_config import check_osf_ranks
+
+        _at("lora.effective_rank", lambda: check_osf_ranks(model, lora))
     targets = lora.target_modules
     if targets is None:
         if is_osf(lora):  # peft's OSF falls back to every linear layer

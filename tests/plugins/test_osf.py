@@ -170,5 +170,11 @@ def test_osf_and_its_budget_are_named_in_yaml(tiny_model_dir, tmp_path):
         build_trainer({**config, "lora": {"peft_type": "IA3"}})
     with pytest.raises(ConfigError, match="lora"):  # a LoRA keyword OSF does not take
         build_trainer({**config, "lora": {"peft_type": "OSF", "r": 4}})
+    from quantcl.config import check_model_and_lora
+
+    check_model_and_lora(str(tiny_model_dir), OSFConfig(target_modules="all-linear", effective_rank=0.5), {})
+    with pytest.raises(ConfigError, match=r"keeps every direction or none of \['model.layers.0.self_attn.q_proj"):
+        check_model_and_lora(str(tiny_model_dir), OSFConfig(target_modules="all-linear", rank_pattern={"q_proj": 0.001}),
+                             {})  # int(64 * 0.001) = 0: nothing kept
     lora_config = {**config, "adapter_mode": "continue", "plugins": [], "lora": {"r": 4, "target_modules": ["q_proj"]}}
     assert isinstance(build_trainer(lora_config).lora, LoraConfig)
