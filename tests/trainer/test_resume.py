@@ -70,7 +70,7 @@ SCRIPT = textwrap.dedent(
         if path.name == "state.json":
             counts["state"] = counts.get("state", 0) + 1
             if kind == "state" and str(counts["state"]) == where:
-                (path.parent / ".state.json.1234.tmp").write_text("{\\"version\\": 3, ")
+                (path.parent / ".state.json.t0rn_123.tmp").write_text("{\\"version\\": 3, ")
                 die()
         real_write_json(path, obj)
     rundir.atomic_write_json = state_write
