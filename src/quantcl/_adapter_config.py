@@ -127,14 +127,6 @@ def attach_adapter(policy: Any, model: Any, config: Any) -> Any:
     return peft_model
 
 
-def _targeted(name: str, targets: Any) -> bool:
-    if targets is None or targets == "all-linear":
-        return True
-    if isinstance(targets, str):
-        return re.fullmatch(targets, name) is not None
-    return any(name == t or name.endswith("." + t) for t in targets)
-
-
 def check_osf_ranks(model: Any, config: Any) -> None:
     """Raise :class:`ConfigError` if ``config`` (a ``peft.OSFConfig``) keeps every direction, or
     none, of a linear layer it targets in ``model`` (which may be on the ``meta`` device: only
@@ -142,10 +134,12 @@ def check_osf_ranks(model: Any, config: Any) -> None:
     that fraction of it, rounded down; ``rank_pattern``: the first regex found in the name)."""
     import torch
 
+    from quantcl.precision.lora import matches_target
+
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     bad = []
     for name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear) or module is output or not _targeted(name, config.target_modules):
+        if not isinstance(module, torch.nn.Linear) or module is output or not matches_target(name, config.target_modules):
             continue
         size = min(module.in_features, module.out_features)
         value = next((v for k, v in (config.rank_pattern or {}).items() if re.search(k, name)), config.effective_rank)

@@ -16,7 +16,7 @@ from quantcl.precision.bnb import disable_cpu_inference_repack
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["prepare_base_for_lora", "check_target_modules", "lora_candidate_names", "save_adapter",
+__all__ = ["prepare_base_for_lora", "check_target_modules", "matches_target", "lora_candidate_names", "save_adapter",
            "load_extra_adapters", "activate_adapters"]
 
 
@@ -34,6 +34,17 @@ def lora_candidate_names(model: torch.nn.Module) -> list[str]:
     return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if name and isinstance(m, types)})
 
 
+def matches_target(name: str, target: Any) -> bool:
+    """Whether module ``name`` is a LoRA/OSF target by peft's rules: a string is a regex matched
+    against the full name (``"all-linear"`` and ``None`` match every name); a list entry matches a
+    name equal to it or ending with ``.entry``."""
+    if target is None or target == "all-linear":
+        return True
+    if isinstance(target, str):
+        return re.fullmatch(target, name) is not None
+    return any(name == t or name.endswith("." + t) for t in target)
+
+
 def check_target_modules(model: torch.nn.Module, target_modules: Any) -> None:
     """Raise :class:`ConfigError` if a LoRA target matches no module of ``model``.
 
@@ -45,14 +56,14 @@ def check_target_modules(model: torch.nn.Module, target_modules: Any) -> None:
         return
     names = [name for name, _ in model.named_modules() if name]
     if isinstance(target_modules, str):
-        if not any(re.fullmatch(target_modules, name) for name in names):
+        if not any(matches_target(name, target_modules) for name in names):
             raise ConfigError(
                 f"LoRA target_modules regex {target_modules!r} matches no module of the model; "
                 f"candidates: {lora_candidate_names(model)} (or 'all-linear')"
             )
         return
     missing = [
-        t for t in target_modules if not any(name == t or name.endswith("." + t) for name in names)
+        t for t in target_modules if not any(matches_target(name, [t]) for name in names)
     ]
     if missing:
         raise ConfigError(
