@@ -119,11 +119,14 @@ def report(out: Path) -> str:
     rule = (f"**Stable range** (rule: every peak LR up to the highest whose mean final held-out loss, WSD without "
             f"averaging at {s['steps']} steps, is within 5% of the best rate's). Mean final loss per peak LR: "
             f"{losses}; inside: {', '.join(f'{lr:g}' for lr in stable) or 'none'}.\n\n") if len(finals) > 1 else ""
+    ends = "".join(f"\n\n**Contrasts** of the {end} gap (measured before the cooldown and at the end only, so no "
+                   f"equal-loss reading; a family of its own, adjusted the same way):\n\n"
+                   f"{result.labelled_contrasts_markdown(end)}" for end in s.get("end_methods", []))
     return (f"{table}\n{rule}"
             f"**Contrasts** of the {method} gap (paired by seed: the arms share each seed's initialisation and data "
             f"order; one family over the stable rates, Holm-adjusted p, Bonferroni simultaneous 95% intervals; "
             f"*equal loss*: both runs read where their held-out loss first reaches the higher of their two final "
-            f"losses). {LABEL_RULES}\n\n{result.labelled_contrasts_markdown(method)}")
+            f"losses). {LABEL_RULES}\n\n{result.labelled_contrasts_markdown(method)}{ends}")
 
 
 def main() -> None:

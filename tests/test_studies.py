@@ -474,3 +474,25 @@ def test_ptq_continual_study_small(tmp_path, tiny_model_dir):
         assert len(record["accuracy_matrix"]) == 4
     table = result.to_markdown()
     assert "| nf4 | 3 (code) | 1 |" in table and len(table.splitlines()) == 2 + 6
+
+
+def test_ptq_family_of_a_method_leaves_out_the_pairs_it_did_not_measure():
+    """A method measured only in some arms (GPTQ: not in the LAWA arms, whose averaged model is
+    probed along training only) has no LAWA contrast in its family, rather than an empty row that
+    would read as "cannot tell"; the method probed everywhere keeps it."""
+    from quantcl.studies._ptq_report import PTQDynamicsResult
+
+    records = []
+    for seed in (0, 1):
+        for arm, avg in (("lr0.001-none", "none"), ("lr0.001-lawa", "lawa")):
+            rec = _curve_record(arm, seed, [3.0, 2.0, 1.8, 1.0 + 0.1 * seed], [0.01, 0.02, 0.03, 0.04 + 0.01 * seed],
+                                averaging=avg)
+            rec["lawa_probe"] = rec["probe"]
+            if avg == "none":
+                rec["end_probe"] = [{"step": s, "method": "gptq3-g32", "ce_fp": 1.5, "relative_gap": g}
+                                    for s, g in ((30, 0.002), (40, 0.003 + 0.001 * seed))]
+            records.append(rec)
+    result = PTQDynamicsResult(records, {"methods": ["rtn3"], "end_methods": ["gptq3-g32"], "steps": 40})
+    assert [c.contrast.claim for c in result.labelled_contrasts("rtn3", stable_only=False)] == [
+        "LAWA shrinks the gap after the cooldown, lr 0.001"]
+    assert result.labelled_contrasts("gptq3-g32", stable_only=False) == []

@@ -76,8 +76,9 @@ class PTQDynamicsResult(StudyRecords):
             family = ptq_contrasts(self.records, (self.stable_peak_lrs() if stable_only else None) or None)
             if method in self.settings.get("end_methods", []):  # two points: no loss trajectory to read
                 family = [c for c in family if c.metric != EQUAL_LOSS]
-            measured = {r["arm"] for r in values}  # e.g. no ingredients' rows for a method
-            family = [c for c in family if c.metric == EQUAL_LOSS or {c.a, c.b} <= measured]
+            # only pairs measured with this method (GPTQ: not in LAWA arms; no ingredients' rows for some)
+            family = [c for c in family if c.metric == EQUAL_LOSS
+                      or {c.a, c.b} <= {r["arm"] for r in values if r.get(c.metric) is not None}]
 
         def own(c: Contrast) -> list[dict[str, Any]] | None:
             return self.equal_loss_values(c.a, c.b, method) if c.metric == EQUAL_LOSS else None
