@@ -262,6 +262,7 @@ class PTQDynamicsResult(StudyRecords):
         from quantcl._plot import save_figure, require_extra
 
         require_extra("matplotlib", "plot")
+        from matplotlib import colormaps
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
@@ -269,15 +270,18 @@ class PTQDynamicsResult(StudyRecords):
         fig = Figure(figsize=(8, 4), layout="constrained")
         FigureCanvasAgg(fig)
         ax = fig.subplots()
-        for arm in dict.fromkeys(r["arm"] for r in self.records):
-            curves = [{r["step"]: r["relative_gap"] for r in self.probes(rec) if r["method"] == method}
-                      for rec in self.records if rec["arm"] == arm]
+        colors = colormaps["tab20"]  # 14 arms: tab10's colours would repeat
+        styles = {"constant": "--", "lawa": ":", "soup": "-."}  # by schedule / averaging; a colour per arm
+        for i, arm in enumerate(dict.fromkeys(r["arm"] for r in self.records)):
+            runs = [rec for rec in self.records if rec["arm"] == arm]
+            curves = [{r["step"]: r["relative_gap"] for r in self.probes(rec) if r["method"] == method} for rec in runs]
             steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+            kind = runs[0].get("averaging") if runs[0].get("averaging") != "none" else runs[0].get("schedule")
             ax.plot(steps, [sum(c[s] for c in curves) / len(curves) for s in steps], marker="o", markersize=2,
-                    label=arm, linestyle="--" if arm.endswith("lawa") else "-")
+                    label=arm, linestyle=styles.get(str(kind), "-"), color=colors(i % 20))
         for start in sorted({int(r.get("cooldown_start", self.settings["cooldown_start"])) for r in self.records}):
             ax.axvline(start, color="grey", linestyle=":", linewidth=0.8)
-        ax.set_xlabel("optimizer step (dotted: a cooldown starts)")
+        ax.set_xlabel("optimizer step (thin grey lines: a cooldown starts)")
         ax.set_ylabel(f"relative CE gap, {method}")
         ax.legend(fontsize=7)
         return save_figure(fig, Path(path))
