@@ -156,6 +156,11 @@ def main() -> None:
     smol.add_argument("--methods", default="rtn3-g64,rtn4-g64", help="comma-separated PTQ methods")
     smol.add_argument("--probe-every", type=int, default=20)
     smol.add_argument("--n-texts", type=int, default=32)
+    for p in (run, smol):
+        p.add_argument("--executor", choices=("sequential", "process", "ray"), default="sequential",
+                       help="where the runs train: here, --workers processes side by side, or Ray tasks")
+        p.add_argument("--workers", type=int, default=2, help="process: runs at once")
+        p.add_argument("--gpus-per-run", type=float, default=0.0, help="ray: each run's share of a GPU, e.g. 0.25")
     cont = sub.add_parser("continual", help="the continual LoRA part")
     cont.add_argument("--out", type=Path, default=Path("runs/ptq-continual"))
     cont.add_argument("--seeds", default=SEEDS)
@@ -164,6 +169,9 @@ def main() -> None:
     args = parser.parse_args()
 
     seeds = [int(v) for v in getattr(args, "seeds", SEEDS).split(",")]
+    where = {} if args.command not in ("run", "smollm2") else {
+        "executor": args.executor, "max_workers": args.workers,
+        "ray_resources": {"num_cpus": 1, "num_gpus": args.gpus_per_run} if args.gpus_per_run else None}
     if args.command == "continual":
         start = time.perf_counter()
         continual = ptq_continual_study(args.out, seeds=seeds, methods=args.methods.split(","),
@@ -177,14 +185,15 @@ def main() -> None:
         start = time.perf_counter()
         ptq_dynamics_study(args.out, seeds=seeds, arms=arms(args.steps, args.long_steps), steps=args.steps,
                            methods=args.methods.split(","), probe_every=args.probe_every,
-                           hidden_size=args.hidden_size, end_methods=[m for m in args.end_methods.split(",") if m])
+                           hidden_size=args.hidden_size, end_methods=[m for m in args.end_methods.split(",") if m],
+                           **where)
         timing = {"machine": pages.machine(), "last_invocation_seconds": time.perf_counter() - start}
         (args.out / "timing.json").write_text(json.dumps(timing, indent=1))
     if args.command == "smollm2":
         start = time.perf_counter()
         pair = [PTQArm(args.peak_lr, "none", schedule) for schedule in ("wsd", "constant")]
         ptq_dynamics_study(args.out, seeds=seeds, arms=pair, steps=args.steps, methods=args.methods.split(","), probe_every=args.probe_every,
-                           n_texts=args.n_texts, model=SMOLLM2_MODEL_ID)
+                           n_texts=args.n_texts, model=SMOLLM2_MODEL_ID, **where)
         timing = {"machine": pages.machine(), "last_invocation_seconds": time.perf_counter() - start}
         (args.out / "timing.json").write_text(json.dumps(timing, indent=1))
     text = report(args.out)

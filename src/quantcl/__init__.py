@@ -25,6 +25,7 @@ from quantcl.errors import (
     ConfigError,
     HubUnreachableError,
     QuantCLError,
+    RunsFailedError,
     StateError,
     UnknownNameError,
     UnsafeCodeError,
@@ -85,6 +86,7 @@ __all__ = [
     "StateError",
     "UnsafeCodeError",
     "HubUnreachableError",
+    "RunsFailedError",
     *_LAZY,
     *_SUBMODULES,
 ]

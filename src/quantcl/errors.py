@@ -14,6 +14,7 @@ __all__ = [
     "StateError",
     "UnsafeCodeError",
     "HubUnreachableError",
+    "RunsFailedError",
 ]
 
 
@@ -47,3 +48,9 @@ class UnsafeCodeError(QuantCLError, PermissionError):
 class HubUnreachableError(ConfigError, ConnectionError):
     """A model or dataset had to come from the Hugging Face Hub, which could not be reached
     (offline mode, no network) and the local cache does not hold it."""
+
+
+class RunsFailedError(QuantCLError, RuntimeError):
+    """Runs of a study failed on a parallel executor (``"process"``, ``"ray"``, your own); the
+    others ran to the end, and each failed run's ``error.json`` holds its traceback. Running the
+    study again resumes them."""

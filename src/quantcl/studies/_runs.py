@@ -5,14 +5,14 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from quantcl._checks import require_int
 from quantcl._io import atomic_write_json, read_json, seal, seal_ok, to_jsonable
-from quantcl.errors import ConfigError, StateError
+from quantcl.errors import ConfigError, StateError, RunsFailedError
 
 __all__ = ["RECORD_FILE", "check_study_dir", "run_once", "run_arms", "check_model_size", "load_study",
            "save_study_records", "StudyRecords"]
@@ -57,17 +57,37 @@ def run_once(run_dir: Path, train: Callable[[], dict[str, Any]]) -> dict[str, An
 
 
 def run_arms(root: Path, settings: dict[str, Any], arms: Sequence[Any], seeds: Sequence[int],
-             folder: Callable[[Any], str], train: Callable[[Path, Any, int], dict[str, Any]]) -> list[dict[str, Any]]:
+             folder: Callable[[Any], str], train: Callable[[Path, Any, int], dict[str, Any]], *,
+             executor: Any = "sequential", max_workers: int = 2,
+             ray_resources: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
     """Check the study directory, then the record of every seed x arm (``run_once`` in
     ``root/folder(arm)/seed-N``), seed by seed: a study stopped part-way has whole seeds (every arm)
-    to report, and more seeds are added by running it again."""
+    to report, and more seeds are added by running it again.
+
+    ``executor`` is a sweep's (:func:`quantcl.sweep.run_jobs`): ``"sequential"`` trains in
+    this process and stops at the first error; ``"process"``, ``"ray"`` or a
+    ``concurrent.futures.Executor`` train the unfinished runs there (``train`` must then pickle),
+    each failure left in its run's ``error.json`` while the others go on, and raise
+    :class:`~quantcl.errors.RunsFailedError` naming every failed run once all have ended. A run's record
+    is the same on every executor (the runs share nothing).
+    """
+    from quantcl.sweep import Job, check_executor, run_jobs
+
+    check_executor(executor, "executor")
+    max_workers = require_int(max_workers, "max_workers", minimum=1)
     check_study_dir(root, settings, [asdict(a) if is_dataclass(a) and not isinstance(a, type) else a for a in arms])
-    records = []
-    for seed in seeds:
-        for arm in arms:
-            run_dir = root / folder(arm) / f"seed-{seed}"
-            records.append(run_once(run_dir, functools.partial(train, run_dir, arm, seed)))
-    return records
+    runs = [(root / folder(arm) / f"seed-{seed}", arm, seed) for seed in seeds for arm in arms]
+    if executor != "sequential":
+        jobs = [Job(f"{run_dir.parent.name}/{run_dir.name}", directory=str(run_dir),
+                    call=functools.partial(run_once, run_dir, functools.partial(train, run_dir, arm, seed)))
+                for run_dir, arm, seed in runs if not (run_dir / RECORD_FILE).is_file()]
+        outcomes = run_jobs(jobs, executor, max_workers=max_workers, ray_resources=ray_resources)
+        failed = {name: o.get("error", "") for name, o in outcomes.items() if o.get("status") != "done"}
+        if failed:
+            listed = "; ".join(f"{name}: {error}" for name, error in failed.items())
+            raise RunsFailedError(f"{len(failed)} of {len(jobs)} runs failed (each one's error.json has its traceback; "
+                             f"running the study again resumes them): {listed}")
+    return [run_once(run_dir, functools.partial(train, run_dir, arm, seed)) for run_dir, arm, seed in runs]
 
 
 def load_study(root: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -22,8 +22,9 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,9 @@ def ptq_dynamics_study(
     chunk_chars: int = 256,
     model: str | None = None,
     progress: bool = False,
+    executor: Any = "sequential",
+    max_workers: int = 2,
+    ray_resources: Mapping[str, float] | None = None,
 ) -> PTQDynamicsResult:
     """Run (or resume) the pre-training study under ``output_dir``; see the module docstring.
 
@@ -174,6 +178,9 @@ def ptq_dynamics_study(
     a character tokenizer); a pretrained model (a local checkpoint directory, a ``.gguf`` file,
     ``"quantcl:smollm2"``) is pre-trained further instead, from the same weights at every seed (the
     seed sets the data order), with its own tokenizer (``hidden_size`` / ``num_layers`` unused).
+    ``executor``, ``max_workers``, ``ray_resources``: where the runs train, as in
+    :class:`~quantcl.sweep.Sweep` (``"process"``: ``max_workers`` runs side by side; ``"ray"``, e.g.
+    ``ray_resources={"num_gpus": 0.25}`` for four runs per GPU); each run's record is the same.
     """
     from quantcl.precision.ptq import parse_method
 
@@ -235,8 +242,9 @@ def ptq_dynamics_study(
         settings["soup_ingredients"] = require_int(soup_ingredients, "soup_ingredients", minimum=2)
     if costly:
         settings["end_methods"] = costly
-    records = run_arms(Path(output_dir), settings, arms, seeds, lambda arm: arm.name,
-                       lambda run_dir, arm, seed: _pretrain(run_dir, arm, seed, settings, source, progress))
+    records = run_arms(Path(output_dir), settings, arms, seeds, _arm_name,
+                       functools.partial(_pretrain, s=settings, source=source, progress=progress),
+                       executor=executor, max_workers=max_workers, ray_resources=ray_resources)
     return PTQDynamicsResult(records, settings)
 
 
@@ -331,6 +339,8 @@ def ptq_continual_study(
     learning_rate: float = 2e-3,
     n_texts: int = 48,
     progress: bool = False,
+    executor: Any = "sequential",
+    max_workers: int = 2,
 ) -> PTQContinualResult:
     """The probe along a continual LoRA sequence, per precision the adapters are trained on.
 
@@ -338,8 +348,8 @@ def ptq_continual_study(
     (``"synthetic"``: NLU -> Math -> Code) with LoRA at that precision (compute in fp32) and a
     :class:`~quantcl.PTQProbe` at every stage end, on the tasks' evaluation rows; an int8/nf4 base
     is dequantized into the float copy before PTQ (see :func:`quantcl.precision.ptq.quantize`).
+    ``executor`` / ``max_workers``: as in :func:`ptq_dynamics_study`.
     """
-    import quantcl as qcl
     from quantcl.precision import PrecisionPolicy
     from quantcl.precision.ptq import parse_method
 
@@ -357,18 +367,29 @@ def ptq_continual_study(
         from quantcl.models import demo_model_dir
 
         source = str(demo_model_dir(progress=progress))
-    def train(run_dir: Path, policy: Any, seed: int) -> dict[str, Any]:
-        probe = qcl.PTQProbe(names, n_texts=n_texts)
-        sequence = qcl.recipes.synthetic(seed=seed, n_train=n_train, n_eval=n_eval)
-        fp32 = PrecisionPolicy(policy.name, compute_dtype="fp32") if policy.kind != "float" else policy
-        result = qcl.ContinualTrainer(
-            source, fp32, sequence, output_dir=run_dir / "run", seed=seed, plugins=[probe], progress=progress,
-            args=qcl.StageArgs(learning_rate=learning_rate, max_steps=max_steps, per_device_train_batch_size=8,
-                               lr_scheduler_type="constant", max_length=96, eval_batch_size=40,
-                               extra={"report_to": "none"})).fit(resume=True)
-        return {"precision": policy.name, "seed": seed, "tasks": result.task_names,
-                "accuracy_matrix": result.accuracy_matrix.tolist(),
-                "probe": [r for stage in result.stage_records for r in stage["ptq_probe"]]}
-
-    records = run_arms(Path(output_dir), settings, policies, seeds, lambda policy: policy.name, train)
+    records = run_arms(Path(output_dir), settings, policies, seeds, _arm_name,
+                       functools.partial(_continual_run, s=settings, source=source, progress=progress),
+                       executor=executor, max_workers=max_workers)
     return PTQContinualResult(records, settings)
+
+
+def _arm_name(arm: Any) -> str:
+    return str(arm.name)
+
+
+def _continual_run(run_dir: Path, policy: Any, seed: int, s: dict[str, Any], source: str,
+                   progress: bool) -> dict[str, Any]:
+    import quantcl as qcl
+    from quantcl.precision import PrecisionPolicy
+
+    probe = qcl.PTQProbe(s["methods"], n_texts=s["n_texts"])
+    sequence = qcl.recipes.synthetic(seed=seed, n_train=s["n_train"], n_eval=s["n_eval"])
+    fp32 = PrecisionPolicy(policy.name, compute_dtype="fp32") if policy.kind != "float" else policy
+    result = qcl.ContinualTrainer(
+        source, fp32, sequence, output_dir=run_dir / "run", seed=seed, plugins=[probe], progress=progress,
+        args=qcl.StageArgs(learning_rate=s["learning_rate"], max_steps=s["max_steps"], per_device_train_batch_size=8,
+                           lr_scheduler_type="constant", max_length=96, eval_batch_size=40,
+                           extra={"report_to": "none"})).fit(resume=True)
+    return {"precision": policy.name, "seed": seed, "tasks": result.task_names,
+            "accuracy_matrix": result.accuracy_matrix.tolist(),
+            "probe": [r for stage in result.stage_records for r in stage["ptq_probe"]]}

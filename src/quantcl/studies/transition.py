@@ -29,8 +29,9 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,9 @@ def transition_study(
     num_layers: int = 4,
     activation_bits: int | None = 8,
     progress: bool = False,
+    executor: Any = "sequential",
+    max_workers: int = 2,
+    ray_resources: Mapping[str, float] | None = None,
 ) -> TransitionStudyResult:
     """Run (or resume) the study under ``output_dir``; see the module docstring.
 
@@ -158,6 +162,12 @@ def transition_study(
         num_layers: the random Llama model's layers.
         activation_bits: BitLinear's activation quantization (``None``: weights only).
         progress: progress bars.
+        executor: where the runs train, as in :class:`~quantcl.sweep.Sweep`: ``"sequential"``
+            (this process), ``"process"`` (``max_workers`` runs side by side), ``"ray"`` (each run
+            a Ray task with ``ray_resources``, e.g. ``{"num_gpus": 0.25}``) or your own
+            ``concurrent.futures.Executor``. A run's record is the same on every executor.
+        max_workers: the ``"process"`` runs at once.
+        ray_resources: each Ray task's ``num_cpus`` / ``num_gpus`` (default one CPU).
     """
     seeds = [require_int(s, "seeds[i]", minimum=0) for s in require_list_of(seeds, "seeds", int, items="ints")]
     if not seeds:
@@ -178,7 +188,8 @@ def transition_study(
                 "batch_size": batch_size, "chunk_chars": chunk_chars, "n_eval": n_eval, "n_cloze": n_cloze,
                 "hidden_size": hidden_size, "num_layers": num_layers, "activation_bits": activation_bits}
     records = run_arms(Path(output_dir), settings, arms, seeds, _folder,
-                       lambda run_dir, arm, seed: _train_one(run_dir, arm, seed, settings, progress))
+                       functools.partial(_train_one, s=settings, progress=progress),
+                       executor=executor, max_workers=max_workers, ray_resources=ray_resources)
     return TransitionStudyResult(records, settings)
 
 

@@ -1,7 +1,9 @@
 """Running a sweep's points: in this process, one process per point, a user's executor, or Ray.
 
 Every path gives each point an outcome ``{"status": "done" | "failed", "error": ...}``; a
-failure names its point and never stops the other points.
+failure names its point and never stops the other points. A point is a run config
+(:func:`run_point`) or, for the studies whose arms are not ContinualTrainer runs, a picklable
+callable (``Job.call``) run on the same executors.
 
 With ``executor="process"`` each point runs in a fresh process of its own (at most
 ``max_workers`` at once), not in a shared ``ProcessPoolExecutor``: a worker killed mid-point (out
@@ -21,28 +23,39 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from quantcl._io import atomic_write_json
-from quantcl.errors import StateError
+from quantcl.errors import ConfigError, StateError
 
-__all__ = ["ERROR_FILE", "Job", "run_point", "run_sequential", "run_in_processes", "run_on_executor", "run_on_ray"]
+__all__ = ["ERROR_FILE", "EXECUTORS", "Job", "check_executor", "run_job", "run_jobs", "run_point", "run_sequential",
+           "run_in_processes", "run_on_executor", "run_on_ray"]
 
 ERROR_FILE = "error.json"
+EXECUTORS = ("sequential", "process", "ray")
 
 
 @dataclass(frozen=True)
 class Job:
     """One point to run: its name, full run config and run directory; ``share``: the shared
-    prefix to start from and the snapshots to leave (see :meth:`quantcl.sweep.Sweep.sharing`)."""
+    prefix to start from and the snapshots to leave (see :meth:`quantcl.sweep.Sweep.sharing`);
+    ``call``: instead of a config, a picklable callable that runs the point (a study's arm)."""
 
     name: str
-    config: dict[str, Any]
-    directory: str
+    config: dict[str, Any] = field(default_factory=dict)
+    directory: str = ""
     share: dict[str, Any] | None = None
+    call: Callable[[], Any] | None = None
+
+
+def check_executor(executor: Any, where: str) -> Any:
+    """``executor`` if it is one of :data:`EXECUTORS` or a ``concurrent.futures.Executor``."""
+    if (isinstance(executor, str) and executor in EXECUTORS) or isinstance(executor, cf.Executor):
+        return executor
+    raise ConfigError(f"{where} must be one of {list(EXECUTORS)} or a concurrent.futures.Executor, got {executor!r}")
 
 
 def _save_error(directory: str | Path, record: dict[str, Any]) -> dict[str, Any]:
@@ -89,8 +102,25 @@ def run_point(config: dict[str, Any], output_dir: str, threads: int | None = Non
     """Build and fit one grid point's run (``resume=True``); never raises: a failure is written to
     ``output_dir/error.json`` (where the disk allows) and returned. The unit of work every executor
     runs; ``share`` (from the sweep's plan) starts it from another point's snapshot."""
-    from quantcl.config import build_trainer
+    def fit() -> None:
+        from quantcl.config import build_trainer
 
+        trainer = build_trainer(config, output_dir=output_dir)
+        if share:
+            _start_shared(trainer, share)
+        trainer.fit(resume=True)
+
+    return _guarded(fit, output_dir, threads)
+
+
+def run_job(job: Job, threads: int | None = None) -> dict[str, Any]:
+    """Run one job (its config through :func:`run_point`, or its ``call``); never raises."""
+    if job.call is None:
+        return run_point(job.config, job.directory, threads, job.share)
+    return _guarded(job.call, job.directory, threads)
+
+
+def _guarded(work: Callable[[], Any], output_dir: str, threads: int | None) -> dict[str, Any]:
     start = time.perf_counter()
     error_path = Path(output_dir) / ERROR_FILE
     try:
@@ -98,10 +128,7 @@ def run_point(config: dict[str, Any], output_dir: str, threads: int | None = Non
             import torch
 
             torch.set_num_threads(threads)
-        trainer = build_trainer(config, output_dir=output_dir)
-        if share:
-            _start_shared(trainer, share)
-        trainer.fit(resume=True)
+        work()
         error_path.unlink(missing_ok=True)
         return {"status": "done", "seconds": time.perf_counter() - start}
     except Exception as err:  # the sweep goes on; the error is recorded with the point
@@ -117,7 +144,21 @@ def _died(job: Job, how: str) -> dict[str, Any]:
 
 
 def run_sequential(jobs: Sequence[Job]) -> dict[str, dict[str, Any]]:
-    return {job.name: run_point(job.config, job.directory, share=job.share) for job in jobs}
+    return {job.name: run_job(job) for job in jobs}
+
+
+def run_jobs(jobs: Sequence[Job], executor: Any = "sequential", *, max_workers: int = 2,
+             ray_resources: Mapping[str, float] | None = None) -> dict[str, dict[str, Any]]:
+    """Every job on ``executor`` (see :func:`check_executor`); ``"process"`` runs ``max_workers``
+    at once with ``cpu_count // max_workers`` torch threads each. Returns each job's outcome."""
+    if executor == "sequential":
+        return run_sequential(jobs)
+    if executor == "ray":
+        return run_on_ray(jobs, dict(ray_resources or {"num_cpus": 1}))
+    if isinstance(executor, cf.Executor):
+        return run_on_executor(executor, jobs)
+    threads = max(1, (os.cpu_count() or 1) // max_workers)
+    return run_in_processes(jobs, max_workers, threads)
 
 
 # ---------------------------------------------------------------------------- one process per point
@@ -151,7 +192,7 @@ def _exit_with_parent(parent_pid: int) -> None:
 def _worker(conn: Any, job: Job, threads: int | None, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle: it ends the workers
     _exit_with_parent(parent_pid)
-    record = run_point(job.config, job.directory, threads, job.share)
+    record = run_job(job, threads)
     conn.send(record)
     conn.close()
     sys.stdout.flush()
@@ -228,7 +269,7 @@ def run_in_processes(jobs: Sequence[Job], workers: int, threads: int | None) -> 
 # ---------------------------------------------------------------------------- executors users bring
 def run_on_executor(executor: cf.Executor, jobs: Sequence[Job]) -> dict[str, dict[str, Any]]:
     """Jobs on a ``concurrent.futures`` executor the user built; a broken pool fails the jobs it held."""
-    futures = {job.name: executor.submit(run_point, job.config, job.directory, None, job.share) for job in jobs}
+    futures = {job.name: executor.submit(run_job, job) for job in jobs}
     outcomes = {}
     for job in jobs:
         try:
@@ -245,8 +286,8 @@ def run_on_ray(jobs: Sequence[Job], resources: dict[str, float]) -> dict[str, di
     ray = require_extra("ray", "ray")
     if not ray.is_initialized():
         ray.init(ignore_reinit_error=True, log_to_driver=False)
-    remote = ray.remote(**resources)(run_point)
-    refs = {job.name: remote.remote(job.config, job.directory, None, job.share) for job in jobs}
+    remote = ray.remote(**resources)(run_job)
+    refs = {job.name: remote.remote(job) for job in jobs}
     outcomes = {}
     for job in jobs:
         try:

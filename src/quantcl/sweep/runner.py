@@ -31,7 +31,6 @@ Examples:
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import json
 import os
 import warnings
@@ -45,8 +44,7 @@ from quantcl._lock import hold_directory
 from quantcl.errors import ConfigError, StateError
 from quantcl.results import RESULT_FILE, ContinualResult
 from quantcl.sweep._checks import POINT_FILE, finished_problem, identity, set_aside
-from quantcl.sweep._execute import (ERROR_FILE, Job, run_in_processes, run_on_executor, run_on_ray, run_point,
-                                    run_sequential)
+from quantcl.sweep._execute import ERROR_FILE, Job, check_executor, run_jobs, run_point
 from quantcl.sweep.grid import apply_overrides, expand_grid, parse_grid, point_name
 from quantcl.sweep.result import SweepResult
 from quantcl.sweep.share import (SHARED_DIR, Share, adopted_record, fingerprint, plan_sharing, prune, savings,
@@ -58,7 +56,6 @@ __all__ = ["Sweep", "run_point"]
 Status = Literal["done", "failed", "partial", "pending", "damaged", "mismatch"]
 STATUSES: tuple[Status, ...] = ("done", "failed", "partial", "pending", "damaged", "mismatch")
 MANIFEST = "sweep.json"
-_EXECUTORS = ("sequential", "process", "ray")
 
 
 class Sweep:
@@ -95,10 +92,7 @@ class Sweep:
             raise ConfigError(f"Sweep(config=...) must be a mapping (a run config), got {type(config).__name__}")
         base = {k: v for k, v in config.items() if k != "sweep"}
         self.grid = parse_grid(grid if grid is not None else config.get("sweep"))
-        if executor not in _EXECUTORS and not isinstance(executor, cf.Executor):
-            raise ConfigError(f"Sweep(executor=...) must be one of {list(_EXECUTORS)} or a "
-                              f"concurrent.futures.Executor, got {executor!r}")
-        self.executor = executor
+        self.executor = check_executor(executor, "Sweep(executor=...)")
         self.max_workers = require_int(max_workers, "Sweep(max_workers=...)", minimum=1)
         self.ray_resources = dict(ray_resources or {"num_cpus": 1})
         self.over = over
@@ -315,15 +309,8 @@ class Sweep:
                                                      "record": str(adopted_record(self.output_dir, name))}}
 
     def _run_jobs(self, jobs: list[Job]) -> None:
-        if self.executor == "sequential":
-            self._outcomes.update(run_sequential(jobs))
-        elif self.executor == "ray":
-            self._outcomes.update(run_on_ray(jobs, self.ray_resources))
-        elif isinstance(self.executor, cf.Executor):
-            self._outcomes.update(run_on_executor(self.executor, jobs))
-        else:
-            threads = max(1, (os.cpu_count() or 1) // self.max_workers)
-            self._outcomes.update(run_in_processes(jobs, self.max_workers, threads))
+        self._outcomes.update(run_jobs(jobs, self.executor, max_workers=self.max_workers,
+                                       ray_resources=self.ray_resources))
 
     def result(self) -> SweepResult:
         """The :class:`SweepResult` of what is on disk now (finished, failed, not run)."""

@@ -1,0 +1,73 @@
+"""The studies run their arms on a sweep's executors: a spawned process per run gives the records an
+in-process run gives; a failed run leaves the others finished and is named; a rerun resumes it."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import os
+
+import pytest
+
+import quantcl.studies.transition as transition
+from quantcl import ConfigError, RunsFailedError
+from quantcl.studies import TransitionVariant, transition_study
+
+STUDY = {"steps": 12, "hidden_size": 32, "num_layers": 1, "n_eval": 4, "n_cloze": 8, "eval_every": 4,
+         "phase_in_steps": 2, "chunk_chars": 64, "rewarm_steps": 2}
+ARMS = [TransitionVariant(None), TransitionVariant(0.5, "reset", "linear")]
+DROP = ("wall_seconds", "resumed")
+
+
+def _same(records):
+    return [{k: v for k, v in r.items() if k not in DROP} for r in records]
+
+
+def test_process_executor_gives_the_records_of_an_in_process_run(tmp_path):
+    here = transition_study(tmp_path / "here", seeds=(0,), variants=ARMS, **STUDY)
+    # one worker: it gets this machine's torch threads, as the run in this process did
+    spawned = transition_study(tmp_path / "spawned", seeds=(0,), variants=ARMS, executor="process", max_workers=1,
+                               **STUDY)
+    assert len(spawned.records) == 2 and _same(spawned.records) == _same(here.records)
+    assert all(r["curve"] for r in spawned.records)
+    for run in ("float/seed-0", "switch-at-0.5-reset-linear/seed-0"):
+        assert (tmp_path / "spawned" / run / "study-record.json").is_file()
+        assert not (tmp_path / "spawned" / run / "error.json").exists()
+
+
+def test_a_failed_run_is_named_the_others_finish_and_a_rerun_resumes_it(tmp_path, monkeypatch):
+    real = transition._train_one
+
+    def fails_on_the_switch_arm(run_dir, arm, seed, s, progress):
+        if arm.switch_fraction is not None:
+            raise RuntimeError("planted failure")
+        return real(run_dir, arm, seed, s, progress)
+
+    monkeypatch.setattr(transition, "_train_one", fails_on_the_switch_arm)
+    out = tmp_path / "s"
+    with cf.ThreadPoolExecutor(1) as pool:
+        with pytest.raises(RunsFailedError, match=r"1 of 2 runs failed.*switch-at-0.5-reset-linear/seed-0: "
+                                                   r"RuntimeError: planted failure"):
+            transition_study(out, seeds=(0,), variants=ARMS, executor=pool, **STUDY)
+    assert (out / "float" / "seed-0" / "study-record.json").is_file()  # the other run finished
+    failed = out / "switch-at-0.5-reset-linear" / "seed-0"
+    assert not (failed / "study-record.json").exists()
+    assert "planted failure" in json.loads((failed / "error.json").read_text())["traceback"]
+    float_record = (out / "float" / "seed-0" / "study-record.json").stat().st_mtime_ns
+
+    monkeypatch.setattr(transition, "_train_one", real)
+    with cf.ThreadPoolExecutor(1) as pool:
+        result = transition_study(out, seeds=(0,), variants=ARMS, executor=pool, **STUDY)
+    assert [r["variant"] for r in result.records] == ["float", "switch@0.5/reset/linear"]
+    assert (out / "float" / "seed-0" / "study-record.json").stat().st_mtime_ns == float_record  # not run again
+    assert not (failed / "error.json").exists()
+
+
+@pytest.mark.parametrize("executor", ["threads", None, 2])
+def test_an_unknown_executor_is_refused_before_anything_is_written(tmp_path, executor):
+    with pytest.raises(ConfigError, match=r"executor must be one of \['sequential', 'process', 'ray'\]"):
+        transition_study(tmp_path / "s", seeds=(0,), variants=ARMS, executor=executor, **STUDY)
+    assert not (tmp_path / "s").exists()
+    with pytest.raises(ConfigError, match="max_workers"):
+        transition_study(tmp_path / "s", seeds=(0,), variants=ARMS, executor="process", max_workers=0, **STUDY)
+    assert not os.path.exists(tmp_path / "s")
