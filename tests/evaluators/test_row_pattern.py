@@ -112,3 +112,33 @@ def test_the_helpers_match_the_built_in_scoring(demo):
     with inference_mode(model):
         assert not model.training
     assert model.training
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_inference_mode_gives_the_head_a_contiguous_input_in_half_precision(tiny_model_dir, dtype):
+    """``logits_to_keep=1`` hands the vocabulary projection a strided view, which torch's CPU
+    ``linear`` multiplies through a per-row copy of the weight; in bf16/fp16 the library's
+    inference mode copies the (small) input instead, and leaves fp32 as it is."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=dtype)
+    head = model.get_output_embeddings()
+    seen = []
+    ids = torch.randint(3, 100, (3, 7))
+
+    def record(module, args):
+        seen.append(args[0].is_contiguous())
+
+    with torch.no_grad():
+        plain = model(input_ids=ids, logits_to_keep=1).logits
+    with inference_mode(model):
+        watch = head.register_forward_pre_hook(record)  # runs after the library's hook
+        fixed = model(input_ids=ids, logits_to_keep=1).logits
+        watch.remove()
+    with torch.no_grad():
+        watch = head.register_forward_pre_hook(record)
+        model(input_ids=ids, logits_to_keep=1)
+        watch.remove()
+    assert seen == [dtype == torch.bfloat16, False]  # the view reaches the head outside the block
+    assert not head._forward_pre_hooks  # the hook leaves with the block
+    torch.testing.assert_close(fixed, plain, rtol=0, atol=1e-2 if dtype == torch.bfloat16 else 0)

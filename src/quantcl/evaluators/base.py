@@ -379,8 +379,30 @@ def inference_mode(model: Any) -> Iterator[None]:
 
     was_training = bool(getattr(model, "training", False))
     model.eval()
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    hook = head.register_forward_pre_hook(_contiguous_half_input) if isinstance(head, torch.nn.Module) else None
     try:
         with torch.no_grad():
             yield
     finally:
+        if hook is not None:
+            hook.remove()
         model.train(was_training)
+
+
+def _contiguous_half_input(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """The vocabulary projection's input made contiguous, in bf16/fp16.
+
+    With ``logits_to_keep=1`` (every prefill of ``generate``, the shared-context scoring) the head
+    gets ``hidden[:, -1:, :]``, a strided view; torch's CPU ``linear`` then does not fold it into
+    one matrix product but runs a batched one over a copy of the weight expanded per row
+    (batch x 49k x 576 for SmolLM2): 0.92 s instead of 7 ms for 11 rows in bf16 (torch 2.13,
+    2-core Xeon). The copy of the input costs nothing and gives the same bf16 logits bit for bit;
+    fp32 is left alone (there the two paths differ in the last bits, and the gap is 2x, not 100x).
+    """
+    import torch
+
+    x = args[0] if args else None
+    if isinstance(x, torch.Tensor) and x.dtype in (torch.bfloat16, torch.float16) and not x.is_contiguous():
+        return (x.contiguous(), *args[1:])
+    return None
