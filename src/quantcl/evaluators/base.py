@@ -394,11 +394,12 @@ def _contiguous_half_input(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...
     """The vocabulary projection's input made contiguous, in bf16/fp16.
 
     With ``logits_to_keep=1`` (every prefill of ``generate``, the shared-context scoring) the head
-    gets ``hidden[:, -1:, :]``, a strided view; torch's CPU ``linear`` then does not fold it into
-    one matrix product but runs a batched one over a copy of the weight expanded per row
-    (batch x 49k x 576 for SmolLM2): 0.92 s instead of 7 ms for 11 rows in bf16 (torch 2.13,
-    2-core Xeon). The copy of the input costs nothing and gives the same bf16 logits bit for bit;
-    fp32 is left alone (there the two paths differ in the last bits, and the gap is 2x, not 100x).
+    gets ``hidden[:, -1:, :]``, a strided view. When the head's weight is frozen
+    (``requires_grad=False``, as under LoRA) torch's CPU ``linear`` does not fold that view into one
+    matrix product but runs a batched one over a copy of the weight expanded per row (batch x 49k x
+    576 for SmolLM2): 0.92 s instead of 7 ms for 11 rows in bf16 (torch 2.13, 2-core Xeon). Copying
+    the input instead costs nothing and gave the same bf16 logits bit for bit there; fp32 is left
+    alone (there the two paths differ in the last bits, and the gap is 2x, not 100x).
     """
     import torch
 
