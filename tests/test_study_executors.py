@@ -71,3 +71,13 @@ def test_an_unknown_executor_is_refused_before_anything_is_written(tmp_path, exe
     with pytest.raises(ConfigError, match="max_workers"):
         transition_study(tmp_path / "s", seeds=(0,), variants=ARMS, executor="process", max_workers=0, **STUDY)
     assert not os.path.exists(tmp_path / "s")
+
+
+def test_ray_without_ray_installed_is_refused_before_anything_is_written(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is not None:
+        pytest.skip("Ray is installed here")
+    with pytest.raises(ConfigError, match=r"'ray' needs Ray.*pip install 'quantcl\[ray\]'"):
+        transition_study(tmp_path / "s", seeds=(0,), variants=ARMS, executor="ray", **STUDY)
+    assert not (tmp_path / "s").exists()

@@ -73,7 +73,7 @@ def run_arms(root: Path, settings: dict[str, Any], arms: Sequence[Any], seeds: S
     """
     from quantcl.sweep import Job, check_executor, run_jobs
 
-    check_executor(executor, "executor")
+    check_executor(executor, "executor", installed=True)
     max_workers = require_int(max_workers, "max_workers", minimum=1)
     check_study_dir(root, settings, [asdict(a) if is_dataclass(a) and not isinstance(a, type) else a for a in arms])
     runs = [(root / folder(arm) / f"seed-{seed}", arm, seed) for seed in seeds for arm in arms]

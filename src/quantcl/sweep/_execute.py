@@ -51,11 +51,19 @@ class Job:
     call: Callable[[], Any] | None = None
 
 
-def check_executor(executor: Any, where: str) -> Any:
-    """``executor`` if it is one of :data:`EXECUTORS` or a ``concurrent.futures.Executor``."""
-    if (isinstance(executor, str) and executor in EXECUTORS) or isinstance(executor, cf.Executor):
-        return executor
-    raise ConfigError(f"{where} must be one of {list(EXECUTORS)} or a concurrent.futures.Executor, got {executor!r}")
+def check_executor(executor: Any, where: str, *, installed: bool = False) -> Any:
+    """``executor`` if it is one of :data:`EXECUTORS` or a ``concurrent.futures.Executor``;
+    ``installed``: also refuse ``"ray"`` where Ray is not installed (before any run starts)."""
+    if not ((isinstance(executor, str) and executor in EXECUTORS) or isinstance(executor, cf.Executor)):
+        raise ConfigError(f"{where} must be one of {list(EXECUTORS)} or a concurrent.futures.Executor, "
+                          f"got {executor!r}")
+    if installed and executor == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise ConfigError(f"{where}: 'ray' needs Ray, which is not installed; pip install 'quantcl[ray]', "
+                              "or use 'process'")
+    return executor
 
 
 def _save_error(directory: str | Path, record: dict[str, Any]) -> dict[str, Any]:
