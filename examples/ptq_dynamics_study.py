@@ -156,26 +156,26 @@ def main() -> None:
     smol.add_argument("--methods", default="rtn3-g64,rtn4-g64", help="comma-separated PTQ methods")
     smol.add_argument("--probe-every", type=int, default=20)
     smol.add_argument("--n-texts", type=int, default=32)
-    for p in (run, smol):
-        p.add_argument("--executor", choices=("sequential", "process", "ray"), default="sequential",
-                       help="where the runs train: here, --workers processes side by side, or Ray tasks")
-        p.add_argument("--workers", type=int, default=2, help="process: runs at once")
-        p.add_argument("--gpus-per-run", type=float, default=0.0, help="ray: each run's share of a GPU, e.g. 0.25")
     cont = sub.add_parser("continual", help="the continual LoRA part")
     cont.add_argument("--out", type=Path, default=Path("runs/ptq-continual"))
     cont.add_argument("--seeds", default=SEEDS)
     cont.add_argument("--methods", default="rtn3,rtn4,rtn8,int8,nf4")
     cont.add_argument("--precisions", default="fp32,int8,nf4", help="the adapters' precisions")
+    for p in (run, smol, cont):
+        p.add_argument("--executor", choices=("sequential", "process", "ray"), default="sequential",
+                       help="where the runs train: here, --workers processes side by side, or Ray tasks")
+        p.add_argument("--workers", type=int, default=2, help="process: runs at once")
+        p.add_argument("--gpus-per-run", type=float, default=0.0, help="ray: each run's share of a GPU, e.g. 0.25")
     args = parser.parse_args()
 
     seeds = [int(v) for v in getattr(args, "seeds", SEEDS).split(",")]
-    where = {} if args.command not in ("run", "smollm2") else {
+    where = {} if args.command == "report" else {
         "executor": args.executor, "max_workers": args.workers,
         "ray_resources": {"num_cpus": 1, "num_gpus": args.gpus_per_run} if args.gpus_per_run else None}
     if args.command == "continual":
         start = time.perf_counter()
         continual = ptq_continual_study(args.out, seeds=seeds, methods=args.methods.split(","),
-                                        precisions=args.precisions.split(","))
+                                        precisions=args.precisions.split(","), **where)
         text = (f"Settings: {', '.join(f'{k}={v}' for k, v in continual.settings.items())}.\nMachine: "
                 f"{pages.machine()}; this invocation {time.perf_counter() - start:.0f} s.\n\n{continual.to_markdown()}")
         (args.out / "summary.md").write_text(text)

@@ -23,11 +23,17 @@ def _same(records):
     return [{k: v for k, v in r.items() if k not in DROP} for r in records]
 
 
-def test_process_executor_gives_the_records_of_an_in_process_run(tmp_path):
-    here = transition_study(tmp_path / "here", seeds=(0,), variants=ARMS, **STUDY)
-    # one worker: it gets this machine's torch threads, as the run in this process did
-    spawned = transition_study(tmp_path / "spawned", seeds=(0,), variants=ARMS, executor="process", max_workers=1,
-                               **STUDY)
+def test_process_executor_gives_the_records_of_an_in_process_run(tmp_path, monkeypatch):
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)  # what a single "process" worker gets
+    try:
+        here = transition_study(tmp_path / "here", seeds=(0,), variants=ARMS, **STUDY)
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.chdir(tmp_path)  # a relative output_dir reaches the workers as an absolute one
+    spawned = transition_study("spawned", seeds=(0,), variants=ARMS, executor="process", max_workers=1, **STUDY)
     assert len(spawned.records) == 2 and _same(spawned.records) == _same(here.records)
     assert all(r["curve"] for r in spawned.records)
     for run in ("float/seed-0", "switch-at-0.5-reset-linear/seed-0"):
@@ -68,6 +74,8 @@ def test_an_unknown_executor_is_refused_before_anything_is_written(tmp_path, exe
     with pytest.raises(ConfigError, match=r"executor must be one of \['sequential', 'process', 'ray'\]"):
         transition_study(tmp_path / "s", seeds=(0,), variants=ARMS, executor=executor, **STUDY)
     assert not (tmp_path / "s").exists()
+    with pytest.raises(ConfigError, match=r"would run float/seed-0, switch-at-0.5-reset-linear/seed-0 twice"):
+        transition_study(tmp_path / "s", seeds=(0, 0), variants=ARMS, executor="process", **STUDY)
     with pytest.raises(ConfigError, match="max_workers"):
         transition_study(tmp_path / "s", seeds=(0,), variants=ARMS, executor="process", max_workers=0, **STUDY)
     assert not os.path.exists(tmp_path / "s")

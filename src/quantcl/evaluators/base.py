@@ -379,9 +379,14 @@ def inference_mode(model: Any) -> Iterator[None]:
 
     was_training = bool(getattr(model, "training", False))
     model.eval()
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    hook = head.register_forward_pre_hook(_contiguous_half_input) if isinstance(head, torch.nn.Module) else None
+    hook = None
     try:
+        try:
+            head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        except Exception:  # a remote-code model that does not say: evaluated as before
+            head = None
+        if isinstance(head, torch.nn.Module):
+            hook = head.register_forward_pre_hook(_contiguous_half_input)
         with torch.no_grad():
             yield
     finally:

@@ -18,6 +18,7 @@ __all__ = ["RECORD_FILE", "check_study_dir", "run_once", "run_arms", "check_mode
            "save_study_records", "StudyRecords"]
 
 RECORD_FILE = "study-record.json"
+ERROR_FILE = "error.json"  # as a sweep's point leaves it (quantcl.sweep._execute.ERROR_FILE)
 
 
 def check_study_dir(root: Path, settings: dict[str, Any], arms: list[Any]) -> None:
@@ -66,28 +67,41 @@ def run_arms(root: Path, settings: dict[str, Any], arms: Sequence[Any], seeds: S
 
     ``executor`` is a sweep's (:func:`quantcl.sweep.run_jobs`): ``"sequential"`` trains in
     this process and stops at the first error; ``"process"``, ``"ray"`` or a
-    ``concurrent.futures.Executor`` train the unfinished runs there (``train`` must then pickle),
-    each failure left in its run's ``error.json`` while the others go on, and raise
-    :class:`~quantcl.errors.RunsFailedError` naming every failed run once all have ended. A run's record
-    is the same on every executor (the runs share nothing).
+    ``concurrent.futures.Executor`` train the unfinished runs there (``train`` must then pickle,
+    and the workers must see ``root``), each failure left in its run's ``error.json`` while the
+    others go on, and raise :class:`~quantcl.errors.RunsFailedError` naming every failed run once
+    all have ended. Runs share no files; with the same torch threads a run's record is the same on
+    every executor (a thread pool of several workers shares torch's global random state: use
+    processes).
     """
     from quantcl.sweep import Job, check_executor, run_jobs
 
     check_executor(executor, "executor", installed=True)
     max_workers = require_int(max_workers, "max_workers", minimum=1)
-    check_study_dir(root, settings, [asdict(a) if is_dataclass(a) and not isinstance(a, type) else a for a in arms])
+    root = Path(root).resolve()  # a worker may start in another directory
     runs = [(root / folder(arm) / f"seed-{seed}", arm, seed) for seed in seeds for arm in arms]
+    twice = sorted({str(d.relative_to(root)) for d, _, _ in runs if sum(d == e for e, _, _ in runs) > 1})
+    if twice:
+        raise ConfigError(f"the study would run {', '.join(twice)} twice: give each seed and arm once")
+    check_study_dir(root, settings, [asdict(a) if is_dataclass(a) and not isinstance(a, type) else a for a in arms])
     if executor != "sequential":
         jobs = [Job(f"{run_dir.parent.name}/{run_dir.name}", directory=str(run_dir),
                     call=functools.partial(run_once, run_dir, functools.partial(train, run_dir, arm, seed)))
                 for run_dir, arm, seed in runs if not (run_dir / RECORD_FILE).is_file()]
-        outcomes = run_jobs(jobs, executor, max_workers=max_workers, ray_resources=ray_resources)
+        outcomes = run_jobs(jobs, executor, max_workers=max_workers, ray_resources=ray_resources) if jobs else {}
         failed = {name: o.get("error", "") for name, o in outcomes.items() if o.get("status") != "done"}
         if failed:
             listed = "; ".join(f"{name}: {error}" for name, error in failed.items())
-            raise RunsFailedError(f"{len(failed)} of {len(jobs)} runs failed (each one's error.json has its traceback; "
-                             f"running the study again resumes them): {listed}")
-    return [run_once(run_dir, functools.partial(train, run_dir, arm, seed)) for run_dir, arm, seed in runs]
+            raise RunsFailedError(f"{len(failed)} of {len(jobs)} runs failed (each one's error.json has its "
+                                  f"traceback; running the study again resumes them): {listed}")
+        lost = [job.name for job in jobs if not (Path(job.directory) / RECORD_FILE).is_file()]
+        if lost:  # a worker that wrote elsewhere: never train those runs again here unasked
+            raise StateError(f"the executor reported {', '.join(lost)} done, but their records are not under "
+                             f"{str(root)!r}: its workers must share this file system")
+    records = [run_once(run_dir, functools.partial(train, run_dir, arm, seed)) for run_dir, arm, seed in runs]
+    for run_dir, _, _ in runs:  # a failure an earlier invocation left, now finished
+        (run_dir / ERROR_FILE).unlink(missing_ok=True)
+    return records
 
 
 def load_study(root: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:

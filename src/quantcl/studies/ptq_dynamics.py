@@ -180,7 +180,8 @@ def ptq_dynamics_study(
     seed sets the data order), with its own tokenizer (``hidden_size`` / ``num_layers`` unused).
     ``executor``, ``max_workers``, ``ray_resources``: where the runs train, as in
     :class:`~quantcl.sweep.Sweep` (``"process"``: ``max_workers`` runs side by side; ``"ray"``, e.g.
-    ``ray_resources={"num_gpus": 0.25}`` for four runs per GPU); each run's record is the same.
+    ``ray_resources={"num_gpus": 0.25}`` for four runs per GPU); with the same torch threads a
+    run's record is the same on every executor.
     """
     from quantcl.precision.ptq import parse_method
 
@@ -341,6 +342,7 @@ def ptq_continual_study(
     progress: bool = False,
     executor: Any = "sequential",
     max_workers: int = 2,
+    ray_resources: Mapping[str, float] | None = None,
 ) -> PTQContinualResult:
     """The probe along a continual LoRA sequence, per precision the adapters are trained on.
 
@@ -348,7 +350,7 @@ def ptq_continual_study(
     (``"synthetic"``: NLU -> Math -> Code) with LoRA at that precision (compute in fp32) and a
     :class:`~quantcl.PTQProbe` at every stage end, on the tasks' evaluation rows; an int8/nf4 base
     is dequantized into the float copy before PTQ (see :func:`quantcl.precision.ptq.quantize`).
-    ``executor`` / ``max_workers``: as in :func:`ptq_dynamics_study`.
+    ``executor`` / ``max_workers`` / ``ray_resources``: as in :func:`ptq_dynamics_study`.
     """
     from quantcl.precision import PrecisionPolicy
     from quantcl.precision.ptq import parse_method
@@ -369,7 +371,7 @@ def ptq_continual_study(
         source = str(demo_model_dir(progress=progress))
     records = run_arms(Path(output_dir), settings, policies, seeds, _arm_name,
                        functools.partial(_continual_run, s=settings, source=source, progress=progress),
-                       executor=executor, max_workers=max_workers)
+                       executor=executor, max_workers=max_workers, ray_resources=ray_resources)
     return PTQContinualResult(records, settings)
 
 

@@ -165,7 +165,8 @@ def transition_study(
         executor: where the runs train, as in :class:`~quantcl.sweep.Sweep`: ``"sequential"``
             (this process), ``"process"`` (``max_workers`` runs side by side), ``"ray"`` (each run
             a Ray task with ``ray_resources``, e.g. ``{"num_gpus": 0.25}``) or your own
-            ``concurrent.futures.Executor``. A run's record is the same on every executor.
+            ``concurrent.futures.Executor``. With the same torch threads a run's record is the
+            same on every executor.
         max_workers: the ``"process"`` runs at once.
         ray_resources: each Ray task's ``num_cpus`` / ``num_gpus`` (default one CPU).
     """

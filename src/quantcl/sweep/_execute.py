@@ -129,26 +129,28 @@ def run_job(job: Job, threads: int | None = None) -> dict[str, Any]:
 
 
 def _guarded(work: Callable[[], Any], output_dir: str, threads: int | None) -> dict[str, Any]:
+    """``work()``'s outcome; ``output_dir/error.json`` keeps a failure (none without a directory)."""
     start = time.perf_counter()
-    error_path = Path(output_dir) / ERROR_FILE
     try:
         if threads:
             import torch
 
             torch.set_num_threads(threads)
         work()
-        error_path.unlink(missing_ok=True)
+        if output_dir:
+            (Path(output_dir) / ERROR_FILE).unlink(missing_ok=True)
         return {"status": "done", "seconds": time.perf_counter() - start}
     except Exception as err:  # the sweep goes on; the error is recorded with the point
         record = {"status": "failed", "error": f"{type(err).__name__}: {err}".splitlines()[0],
                   "traceback": traceback.format_exc(), "seconds": time.perf_counter() - start}
-        return _save_error(output_dir, record)
+        return _save_error(output_dir, record) if output_dir else record
 
 
 def _died(job: Job, how: str) -> dict[str, Any]:
-    return _save_error(job.directory, {
-        "status": "failed", "error": f"the worker running point {job.name} died ({how}); run the sweep "
-                                     "again to resume the point from its last saved stage or checkpoint"})
+    what, whole = ("point", "sweep") if job.call is None else ("run", "study")
+    record = {"status": "failed", "error": f"the worker running {what} {job.name} died ({how}); run the {whole} "
+                                           f"again to resume the {what} from its last saved stage or checkpoint"}
+    return _save_error(job.directory, record) if job.directory else record
 
 
 def run_sequential(jobs: Sequence[Job]) -> dict[str, dict[str, Any]]:
