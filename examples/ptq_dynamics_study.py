@@ -7,7 +7,8 @@
     python examples/ptq_dynamics_study.py smollm2 --out runs/ptq-smollm2       # SmolLM2-135M, continued
     python examples/ptq_dynamics_study.py report --out runs/ptq-smollm2 --docs docs/ptq.md \
         --save-results examples/results/ptq-smollm2
-    python examples/ptq_dynamics_study.py continual --out runs/ptq-continual   # the continual LoRA part
+    python examples/ptq_dynamics_study.py continual --out runs/ptq-continual \
+        --docs docs/ptq.md --save-results examples/results/ptq-continual        # the continual LoRA part
     python examples/ptq_dynamics_study.py run --out /tmp/p --seeds 0 --steps 60 --long-steps 120 \\
         --hidden-size 64 --probe-every 10                                      # a quick look
 
@@ -48,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -55,14 +57,17 @@ from quantcl.models import SMOLLM2_MODEL_ID
 from quantcl.studies import (
     LABEL_RULES,
     PTQArm,
+    PTQContinualResult,
     PTQDynamicsResult,
     pages,
     ptq_continual_study,
     ptq_dynamics_study,
+    save_study_records,
 )
 
 BLOCK = "ptq-dynamics-study"
 SMOLLM2_BLOCK = "ptq-smollm2-study"
+CONTINUAL_BLOCK = "ptq-continual-study"
 SEEDS = "0,1,2"
 SMOLLM2_SEEDS = "0,1"
 METHODS = "rtn3,rtn4,nf4"
@@ -129,6 +134,23 @@ def report(out: Path) -> str:
             f"losses). {LABEL_RULES}\n\n{result.labelled_contrasts_markdown(method)}{ends}")
 
 
+def continual_report(out: Path) -> str:
+    """The continual study's page block, from its records (and the ``timing.json`` beside them)."""
+    result = PTQContinualResult.load(out)
+    s = result.settings
+    timing = json.loads((out / "timing.json").read_text()) if (out / "timing.json").is_file() else {}
+    precisions = ", ".join(dict.fromkeys(r["precision"] for r in result.records))
+    seeds = sorted({r["seed"] for r in result.records})
+    wall = sum(r["wall_seconds"] for r in result.records)
+    return (f"{len(result.records)} runs (adapters trained at {precisions}; seeds {seeds}): the {s['tasks']} "
+            f"sequence on {s['model']} with LoRA, {s['max_steps']} steps per stage at LR {s['learning_rate']:g}, "
+            f"{s['n_train']} training and {s['n_eval']} evaluation rows per task; the gap measured after every stage "
+            f"on {s['n_texts']} held-out evaluation rows (prompt + target) with {', '.join(s['methods'])}. Wall "
+            f"time: {wall:.0f} s summed over the runs"
+            + (f" ({timing['machine']})" if timing.get("machine") else "") + ".\n\n"
+            f"Relative CE gap `CE(W_q)/CE(W) - 1` after each stage, mean ± std over seeds:\n\n{result.to_markdown()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -161,6 +183,8 @@ def main() -> None:
     cont.add_argument("--seeds", default=SEEDS)
     cont.add_argument("--methods", default="rtn3,rtn4,rtn8,int8,nf4")
     cont.add_argument("--precisions", default="fp32,int8,nf4", help="the adapters' precisions")
+    cont.add_argument("--docs", type=Path, default=None, help="a page with a ptq-continual-study block to fill")
+    cont.add_argument("--save-results", type=Path, default=None, help="copy the per-run records here")
     for p in (run, smol, cont):
         p.add_argument("--executor", choices=("sequential", "process", "ray"), default="sequential",
                        help="where the runs train: here, --workers processes side by side, or Ray tasks")
@@ -174,11 +198,18 @@ def main() -> None:
         "ray_resources": {"num_cpus": 1, "num_gpus": args.gpus_per_run} if args.gpus_per_run else None}
     if args.command == "continual":
         start = time.perf_counter()
-        continual = ptq_continual_study(args.out, seeds=seeds, methods=args.methods.split(","),
-                                        precisions=args.precisions.split(","), **where)
-        text = (f"Settings: {', '.join(f'{k}={v}' for k, v in continual.settings.items())}.\nMachine: "
-                f"{pages.machine()}; this invocation {time.perf_counter() - start:.0f} s.\n\n{continual.to_markdown()}")
+        ptq_continual_study(args.out, seeds=seeds, methods=args.methods.split(","),
+                            precisions=args.precisions.split(","), **where)
+        if not (args.out / "timing.json").is_file() or time.perf_counter() - start > 60:  # not a re-read
+            timing = {"machine": pages.machine(), "last_invocation_seconds": time.perf_counter() - start}
+            (args.out / "timing.json").write_text(json.dumps(timing, indent=1))
+        text = continual_report(args.out)
         (args.out / "summary.md").write_text(text)
+        if args.docs is not None:
+            pages.splice(args.docs, CONTINUAL_BLOCK, text)
+        if args.save_results is not None:
+            print(f"{save_study_records(args.out, args.save_results)} records copied to {args.save_results}")
+            shutil.copyfile(args.out / "timing.json", args.save_results / "timing.json")
         print(text)
         return
     if args.command == "run":

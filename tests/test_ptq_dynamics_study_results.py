@@ -58,3 +58,19 @@ def test_the_page_block_is_the_report_of_the_shipped_records(study, folder, bloc
     assert_block(root / "docs" / "ptq.md", name, study.report(saved), f"python examples/ptq_dynamics_study.py "
                  f"report --out runs/{folder} --docs docs/ptq.md --save-results examples/results/{folder}")
     assert not list(saved.rglob("*.safetensors"))
+
+
+def test_the_continual_block_is_the_report_of_the_shipped_records(study):
+    from pathlib import Path
+
+    from quantcl.studies import pages
+
+    root = Path(__file__).resolve().parents[1]
+    saved = root / "examples" / "results" / "ptq-continual"
+    if not (saved / "study.json").is_file():  # not run yet: the page says so
+        assert pages.block(root / "docs" / "ptq.md", study.CONTINUAL_BLOCK).startswith("Not run yet")
+        return
+    assert_block(root / "docs" / "ptq.md", study.CONTINUAL_BLOCK, study.continual_report(saved),
+                 "python examples/ptq_dynamics_study.py continual --out runs/ptq-continual --docs docs/ptq.md "
+                 "--save-results examples/results/ptq-continual")
+    assert len(list(saved.rglob("study-record.json"))) == 9 and not list(saved.rglob("*.safetensors"))
