@@ -186,16 +186,11 @@ def main() -> None:
     cont.add_argument("--docs", type=Path, default=None, help="a page with a ptq-continual-study block to fill")
     cont.add_argument("--save-results", type=Path, default=None, help="copy the per-run records here")
     for p in (run, smol, cont):
-        p.add_argument("--executor", choices=("sequential", "process", "ray"), default="sequential",
-                       help="where the runs train: here, --workers processes side by side, or Ray tasks")
-        p.add_argument("--workers", type=int, default=2, help="process: runs at once")
-        p.add_argument("--gpus-per-run", type=float, default=0.0, help="ray: each run's share of a GPU, e.g. 0.25")
+        pages.add_executor_arguments(p)
     args = parser.parse_args()
 
     seeds = [int(v) for v in getattr(args, "seeds", SEEDS).split(",")]
-    where = {} if args.command == "report" else {
-        "executor": args.executor, "max_workers": args.workers,
-        "ray_resources": {"num_cpus": 1, "num_gpus": args.gpus_per_run} if args.gpus_per_run else None}
+    where = {} if args.command == "report" else pages.executor_options(args)
     if args.command == "continual":
         start = time.perf_counter()
         ptq_continual_study(args.out, seeds=seeds, methods=args.methods.split(","),

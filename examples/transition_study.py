@@ -77,10 +77,7 @@ def main() -> None:
     run.add_argument("--hidden-size", type=int, default=128)
     run.add_argument("--layers", type=int, default=4)
     run.add_argument("--activation-bits", type=int, default=8, help="0: weights only")
-    run.add_argument("--executor", choices=("sequential", "process", "ray"), default="sequential",
-                     help="where the runs train: here, --workers processes side by side, or Ray tasks")
-    run.add_argument("--workers", type=int, default=2, help="process: runs at once")
-    run.add_argument("--gpus-per-run", type=float, default=0.0, help="ray: each run's share of a GPU, e.g. 0.25")
+    pages.add_executor_arguments(run)
     rep = sub.add_parser("report", help="tables, plot, the docs block and the shipped records")
     rep.add_argument("--out", type=Path, default=Path("runs/transition-study"))
     rep.add_argument("--docs", type=Path, default=None, help="a page with a transition-study block to fill")
@@ -95,8 +92,7 @@ def main() -> None:
                          variants=variants(lrs, [float(f) for f in args.switch_fractions.split(",")]),
                          steps=args.steps, phase_in_steps=args.phase_in_steps, hidden_size=args.hidden_size,
                          num_layers=args.layers, learning_rate=lrs[0], activation_bits=args.activation_bits or None,
-                         progress=False, executor=args.executor, max_workers=args.workers,
-                         ray_resources={"num_cpus": 1, "num_gpus": args.gpus_per_run} if args.gpus_per_run else None)
+                         progress=False, **pages.executor_options(args))
         timing = {"machine": pages.machine(), "last_invocation_seconds": time.perf_counter() - start}
         (args.out / "timing.json").write_text(json.dumps(timing, indent=1))
     text = report(args.out)

@@ -13,12 +13,12 @@ from typing import Any, TypeVar
 from quantcl._checks import require_int
 from quantcl._io import atomic_write_json, read_json, seal, seal_ok, to_jsonable
 from quantcl.errors import ConfigError, StateError, RunsFailedError
+from quantcl.sweep import ERROR_FILE
 
 __all__ = ["RECORD_FILE", "check_study_dir", "run_once", "run_arms", "check_model_size", "load_study",
            "save_study_records", "StudyRecords"]
 
 RECORD_FILE = "study-record.json"
-ERROR_FILE = "error.json"  # as a sweep's point leaves it (quantcl.sweep._execute.ERROR_FILE)
 
 
 def check_study_dir(root: Path, settings: dict[str, Any], arms: list[Any]) -> None:

@@ -16,6 +16,7 @@ Examples:
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -28,7 +29,8 @@ from typing import Any
 from quantcl._io import atomic_write_bytes
 from quantcl.sweep.share import adopted_record
 
-__all__ = ["markers", "block", "splice", "machine", "sweep_timing", "save_sweep_results", "publish_study"]
+__all__ = ["markers", "block", "splice", "machine", "sweep_timing", "save_sweep_results", "publish_study",
+           "add_executor_arguments", "executor_options"]
 
 
 def markers(name: str) -> tuple[str, str]:
@@ -145,3 +147,26 @@ def publish_study(out: Path, text: str, result: Any, *, block_name: str, plot_na
         if (out / "timing.json").is_file():
             shutil.copyfile(out / "timing.json", save_results / "timing.json")
         print(f"{n} records copied to {save_results}")
+
+
+def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
+    """A study script's ``--executor``, ``--workers`` and ``--gpus-per-run`` (see :func:`executor_options`)."""
+    parser.add_argument("--executor", choices=("sequential", "process", "ray"), default="sequential",
+                        help="where the runs train: here, --workers processes side by side, or Ray tasks")
+    parser.add_argument("--workers", type=int, default=2, help="process: runs at once")
+    parser.add_argument("--gpus-per-run", type=float, default=0.0, help="ray: each run's share of a GPU, e.g. 0.25")
+
+
+def executor_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``executor``, ``max_workers`` and ``ray_resources`` keywords a study function takes, from the
+    arguments :func:`add_executor_arguments` added.
+
+    Examples:
+        >>> parser = argparse.ArgumentParser()
+        >>> add_executor_arguments(parser)
+        >>> executor_options(parser.parse_args(["--executor", "ray", "--gpus-per-run", "0.25"]))
+        {'executor': 'ray', 'max_workers': 2, 'ray_resources': {'num_cpus': 1, 'num_gpus': 0.25}}
+    """
+    gpus = float(args.gpus_per_run)
+    return {"executor": args.executor, "max_workers": args.workers,
+            "ray_resources": {"num_cpus": 1, "num_gpus": gpus} if gpus else None}

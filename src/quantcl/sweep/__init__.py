@@ -8,11 +8,11 @@ Examples:
     (6, 'precision=bf16,seed=0')
 """
 
-from quantcl.sweep._execute import Job, check_executor, run_jobs
+from quantcl.sweep._execute import ERROR_FILE, Job, check_executor, run_jobs
 from quantcl.sweep.grid import apply_overrides, expand_grid, parse_grid, point_name, same_value
 from quantcl.sweep.result import SweepResult
 from quantcl.sweep.runner import Sweep, run_point
 from quantcl.sweep.stats import describe
 
-__all__ = ["Sweep", "SweepResult", "run_point", "Job", "run_jobs", "check_executor", "describe", "parse_grid", "expand_grid", "point_name",
+__all__ = ["Sweep", "SweepResult", "run_point", "Job", "run_jobs", "check_executor", "ERROR_FILE", "describe", "parse_grid", "expand_grid", "point_name",
            "apply_overrides", "same_value"]
