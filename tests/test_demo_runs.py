@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import time
 
@@ -45,23 +46,38 @@ def test_the_eta_appears_once_a_twentieth_of_the_steps_is_done_and_counts_every_
     assert progress.lines == {"b": 1, "c": 0}  # a finished run's line is reused
 
 
-def test_an_error_in_a_worker_stops_the_demo_with_that_error(tmp_path, tiny_model_dir):
+def test_a_failed_run_is_named_after_the_others_finish(tmp_path, tiny_model_dir):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_model_dir, broken)
     (broken / "model.safetensors").write_bytes(b"not safetensors")
-    runs = [DemoRun(name=f"fp32-{i}", model_dir=str(broken), policy=qcl.PrecisionPolicy("fp32"), fraction=0.0,
-                    seed=0, quick=True, stage_args=demo_stage_args(quick=True), output_dir=str(tmp_path / f"run{i}"))
-            for i in range(2)]
+    runs = [DemoRun(name=name, model_dir=str(model), policy=qcl.PrecisionPolicy("fp32"), fraction=0.0,
+                    seed=0, quick=True, stage_args=demo_stage_args(quick=True), output_dir=str(tmp_path / name))
+            for name, model in (("broken", broken), ("good", tiny_model_dir))]
     workers = Workers(2, 1)
     done = []
     try:
-        with pytest.raises(Exception, match="(?i)safetensors|header|deserializ"):
+        with pytest.raises(qcl.RunsFailedError, match="(?s)1 of 2 demo runs failed: broken: .*(?i:safetensors|header|deserializ)"):
             run_grid(runs, workers=workers, progress=DemoProgress(1, enabled=False),
-                     on_done=lambda run, result: done.append(run.name))
+                     on_done=lambda run, result: done.append((run.name, result)))
     finally:
         workers.close(kill=True)
-    assert done == []
-    assert (tmp_path / "run0" / "worker.log").exists()  # what the run printed went to its log
+    assert [name for name, _ in done] == ["good"]  # the other run finished and was reported
+    assert done[0][1].accuracy_matrix.shape == (4, 3)
+    assert (tmp_path / "broken" / "worker.log").exists()  # what the run printed went to its log
+    error = json.loads((tmp_path / "broken" / "error.json").read_text())
+    assert "Traceback" in error["traceback"]
+    assert not (tmp_path / "good" / "error.json").exists()
+
+
+def test_in_this_process_a_failed_run_is_named_too(tmp_path, tiny_model_dir):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    runs = [DemoRun(name="broken", model_dir=str(broken), policy=qcl.PrecisionPolicy("fp32"), fraction=0.0,
+                    seed=0, quick=True, stage_args=demo_stage_args(quick=True), output_dir=str(tmp_path / "broken"))]
+    with pytest.raises(qcl.RunsFailedError, match="1 of 1 demo runs failed: broken"):
+        run_grid(runs, workers=None, progress=DemoProgress(1, enabled=False), on_done=lambda *a: None)
+    assert (tmp_path / "broken" / "error.json").exists()
 
 
 def test_a_worker_that_dies_stops_the_demo_instead_of_hanging(tmp_path, tiny_model_dir):

@@ -89,3 +89,37 @@ def test_ray_without_ray_installed_is_refused_before_anything_is_written(tmp_pat
     with pytest.raises(ConfigError, match=r"'ray' needs Ray.*pip install 'quantcl\[ray\]'"):
         transition_study(tmp_path / "s", seeds=(0,), variants=ARMS, executor="ray", **STUDY)
     assert not (tmp_path / "s").exists()
+
+
+def _sleep_then(seconds, fail=False):
+    import time
+
+    time.sleep(seconds)
+    if fail:
+        raise ValueError("planted")
+
+
+@pytest.mark.parametrize("executor", ["sequential", "process", "pool"])
+def test_run_jobs_reports_each_job_as_it_ends(tmp_path, executor):
+    import functools
+    import multiprocessing
+
+    from quantcl.sweep import Job, run_jobs
+
+    jobs = [Job("slow", directory=str(tmp_path / "slow"), call=functools.partial(_sleep_then, 5.0)),
+            Job("fast", directory=str(tmp_path / "fast"), call=functools.partial(_sleep_then, 0.0, True))]
+    for job in jobs:
+        os.makedirs(job.directory)
+    ended = []
+    pool = cf.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) if executor == "pool" else None
+    try:
+        outcomes = run_jobs(jobs, pool or executor, max_workers=2,
+                            on_done=lambda name, outcome: ended.append((name, outcome["status"])))
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    expected = [("slow", "done"), ("fast", "failed")]
+    assert ended == (expected if executor == "sequential" else expected[::-1])  # as they end
+    assert list(outcomes) == ["slow", "fast"]  # the jobs' order
+    assert "planted" in outcomes["fast"]["error"]
+    assert json.loads((tmp_path / "fast" / "error.json").read_text())["status"] == "failed"

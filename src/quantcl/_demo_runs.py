@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import queue as queue_module
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -105,46 +107,52 @@ def _cores() -> int:
 
 class DemoProgress:
     """A bar per run (its training steps) with the demo's ETA: the time per step so far, over all
-    runs (evaluations included), times the steps left. Runs side by side get a line each."""
+    runs (evaluations included), times the steps left. Runs side by side get a line each.
+    Thread-safe: workers' progress is read on a thread of its own while runs end on the main one."""
 
     def __init__(self, total_steps: int, *, enabled: bool = True) -> None:
         self.total, self.done, self.started = total_steps, 0, time.perf_counter()
         self.enabled = enabled
         self.bars: dict[str, Any] = {}
         self.lines: dict[str, int] = {}
+        self._lock = threading.RLock()
 
     def start(self, name: str, desc: str, steps: int) -> None:
         if not self.enabled:
             return
         from tqdm.auto import tqdm
 
-        line = min(set(range(len(self.lines) + 1)) - set(self.lines.values()))
-        self.lines[name] = line
-        self.bars[name] = tqdm(total=steps, desc=desc, unit="step", position=line, leave=True)
+        with self._lock:
+            line = min(set(range(len(self.lines) + 1)) - set(self.lines.values()))
+            self.lines[name] = line
+            self.bars[name] = tqdm(total=steps, desc=desc, unit="step", position=line, leave=True)
 
     def advance(self, name: str, steps: int = 1) -> None:
-        self.done += steps
-        bar = self.bars.get(name)
-        if bar is not None:
-            if self.done >= self.total / 20:  # before, start-up costs would dominate the rate
-                eta = (time.perf_counter() - self.started) / self.done * max(self.total - self.done, 0)
-                bar.set_postfix_str(f"demo ETA {eta:.0f} s", refresh=False)
-            bar.update(steps)
+        with self._lock:
+            self.done += steps
+            bar = self.bars.get(name)
+            if bar is not None:
+                if self.done >= self.total / 20:  # before, start-up costs would dominate the rate
+                    eta = (time.perf_counter() - self.started) / self.done * max(self.total - self.done, 0)
+                    bar.set_postfix_str(f"demo ETA {eta:.0f} s", refresh=False)
+                bar.update(steps)
 
     def finish(self, name: str) -> None:
-        bar = self.bars.pop(name, None)
-        self.lines.pop(name, None)
-        if bar is not None:
-            bar.close()
+        with self._lock:
+            bar = self.bars.pop(name, None)
+            self.lines.pop(name, None)
+            if bar is not None:
+                bar.close()
 
     def write(self, text: str, out: TextIO) -> None:
         """Print ``text`` without breaking the bars."""
-        if self.enabled:
-            from tqdm.auto import tqdm
+        with self._lock:
+            if self.enabled:
+                from tqdm.auto import tqdm
 
-            tqdm.write(text, file=out)
-        else:
-            print(text, file=out, flush=True)
+                tqdm.write(text, file=out)
+            else:
+                print(text, file=out, flush=True)
 
     def callback(self, name: str) -> Any:
         """A ``TrainerCallback`` advancing ``name``'s bar each training step."""
@@ -207,47 +215,74 @@ class Workers:
 
 def run_grid(runs: list[DemoRun], *, workers: Workers | None, progress: DemoProgress,
              on_done: Callable[[DemoRun, ContinualResult], None]) -> dict[str, ContinualResult]:
-    """Fit every run (``fit(resume=True)``), in this process or on ``workers``; ``on_done`` is
-    called in this process as each run ends. Returns the results in the order of ``runs``."""
-    from concurrent.futures.process import BrokenProcessPool
-
+    """Fit every run (``fit(resume=True)``) as a job of :func:`quantcl.sweep.run_jobs`, in this
+    process or on ``workers`` (a ``concurrent.futures`` pool, so the sweeps' executor path);
+    ``on_done`` is called in this process as each run ends. A failed run leaves its
+    ``error.json`` and the others go on; then :class:`~quantcl.errors.RunsFailedError` names each.
+    Returns the results in the order of ``runs``."""
+    from quantcl.errors import RunsFailedError
     from quantcl.results import ContinualResult
+    from quantcl.sweep import Job, run_jobs
 
+    by_name = {run.name: run for run in runs}
     results: dict[str, ContinualResult] = {}
+
+    def done(name: str, outcome: dict[str, Any]) -> None:
+        run = by_name[name]
+        if workers is not None:
+            _drain(workers.messages, progress, runs, [run.name for run in runs], block=False)
+        progress.finish(name)
+        if outcome["status"] == "done":
+            results[name] = ContinualResult.load(run.output_dir)
+            on_done(run, results[name])
+
     if workers is None:
-        for i, run in enumerate(runs):
-            progress.start(run.name, f"run {i + 1}/{len(runs)} {run.name}", run.steps)
-            results[run.name] = run.trainer([progress.callback(run.name)]).fit(resume=True)
-            progress.finish(run.name)
-            on_done(run, results[run.name])
-        return results
-    index = {run.name: i for i, run in enumerate(runs)}
-    pending = {workers.pool.submit(_work, run): run for run in runs}
-    while pending:
-        _drain(workers.messages, progress, runs, index)
-        for future in [f for f in pending if f.done()]:
-            run = pending.pop(future)
-            try:
-                future.result()  # a run's error stops the demo here
-            except BrokenProcessPool as err:
-                raise RuntimeError(f"a demo worker process died (killed or out of memory?) during {run.name!r}; "
-                                   "the run resumes from its last save on the next `quantcl demo` with the same "
-                                   "--output-dir, or use fewer --workers") from err
-            _drain(workers.messages, progress, runs, index, block=False)
-            progress.finish(run.name)
-            results[run.name] = ContinualResult.load(run.output_dir)
-            on_done(run, results[run.name])
+        jobs = [Job(run.name, directory=run.output_dir, call=functools.partial(_fit_here, run, i, len(runs), progress))
+                for i, run in enumerate(runs)]
+        outcomes = run_jobs(jobs, "sequential", on_done=done)
+    else:
+        stop = threading.Event()
+        names = [run.name for run in runs]
+        drainer = threading.Thread(target=lambda: _drain_until(stop, workers.messages, progress, runs, names),
+                                   name="quantcl-demo-progress", daemon=True)
+        drainer.start()
+        try:
+            outcomes = run_jobs([Job(run.name, directory=run.output_dir, call=functools.partial(_work, run))
+                                 for run in runs], workers.pool, on_done=done)
+        finally:
+            stop.set()
+            drainer.join()
+    failed = {name: str(o.get("error", "?")) for name, o in outcomes.items() if o["status"] != "done"}
+    if failed:
+        died = any(error.startswith("the worker running") for error in failed.values())
+        raise RunsFailedError(
+            f"{len(failed)} of {len(runs)} demo runs failed: "
+            + "; ".join(f"{name}: {error}" for name, error in failed.items())
+            + (". A demo worker process died (killed or out of memory?); or use fewer --workers" if died else "")
+            + ". Each run's error.json has the traceback; `quantcl demo` with the same --output-dir resumes "
+              "every run from its last save")
     return {run.name: results[run.name] for run in runs}
 
 
-def _drain(messages: Any, progress: DemoProgress, runs: list[DemoRun], index: dict[str, int],
+def _fit_here(run: DemoRun, i: int, n: int, progress: DemoProgress) -> None:
+    """Fit ``run`` in this process, its bar advancing each step."""
+    progress.start(run.name, f"run {i + 1}/{n} {run.name}", run.steps)
+    run.trainer([progress.callback(run.name)]).fit(resume=True)
+
+
+def _drain_until(stop: Any, messages: Any, progress: DemoProgress, runs: list[DemoRun], names: list[str]) -> None:
+    while not stop.is_set():
+        _drain(messages, progress, runs, names)
+
+
+def _drain(messages: Any, progress: DemoProgress, runs: list[DemoRun], names: list[str],
            block: bool = True) -> None:
     try:
         message = messages.get(timeout=0.2) if block else messages.get_nowait()
         while True:
             kind, name, value = message
             if kind == "start":
-                progress.start(name, f"run {index[name] + 1}/{len(runs)} {name}", value)
+                progress.start(name, f"run {names.index(name) + 1}/{len(runs)} {name}", value)
             else:
                 progress.advance(name, value)
             message = messages.get_nowait()

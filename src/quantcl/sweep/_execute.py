@@ -147,28 +147,54 @@ def _guarded(work: Callable[[], Any], output_dir: str, threads: int | None) -> d
 
 
 def _died(job: Job, how: str) -> dict[str, Any]:
-    what, whole = ("point", "sweep") if job.call is None else ("run", "study")
-    record = {"status": "failed", "error": f"the worker running {what} {job.name} died ({how}); run the {whole} "
-                                           f"again to resume the {what} from its last saved stage or checkpoint"}
+    what, again = ("point", "running the sweep again") if job.call is None else ("run", "running it again")
+    record = {"status": "failed", "error": f"the worker running {what} {job.name} died ({how}); {again} "
+                                           f"resumes the {what} from its last saved stage or checkpoint"}
     return _save_error(job.directory, record) if job.directory else record
 
 
-def run_sequential(jobs: Sequence[Job]) -> dict[str, dict[str, Any]]:
-    return {job.name: run_job(job) for job in jobs}
+OnDone = Callable[[str, dict[str, Any]], None]
+
+
+def _noop(name: str, outcome: dict[str, Any]) -> None:
+    return None
+
+
+def run_sequential(jobs: Sequence[Job], on_done: OnDone = _noop) -> dict[str, dict[str, Any]]:
+    outcomes = {}
+    for job in jobs:
+        outcomes[job.name] = run_job(job)
+        on_done(job.name, outcomes[job.name])
+    return outcomes
 
 
 def run_jobs(jobs: Sequence[Job], executor: Any = "sequential", *, max_workers: int = 2,
-             ray_resources: Mapping[str, float] | None = None) -> dict[str, dict[str, Any]]:
+             ray_resources: Mapping[str, float] | None = None,
+             on_done: OnDone | None = None) -> dict[str, dict[str, Any]]:
     """Every job on ``executor`` (see :func:`check_executor`); ``"process"`` runs ``max_workers``
-    at once with ``cpu_count // max_workers`` torch threads each. Returns each job's outcome."""
+    at once with ``cpu_count // max_workers`` torch threads each. Returns each job's outcome
+    (``{"status": "done" | "failed", ...}``), in the order of ``jobs``.
+
+    ``on_done(name, outcome)`` is called in this process as each job ends, in the order they end
+    (to report a finished run while the others train); an error it raises stops the waiting.
+
+    Examples:
+        >>> from quantcl.sweep import Job, run_jobs
+        >>> ended = []
+        >>> outcomes = run_jobs([Job("a", call=int), Job("b", call=int)],
+        ...                     on_done=lambda name, outcome: ended.append(name))
+        >>> ended, outcomes["b"]["status"]
+        (['a', 'b'], 'done')
+    """
+    report = on_done or _noop
     if executor == "sequential":
-        return run_sequential(jobs)
+        return run_sequential(jobs, report)
     if executor == "ray":
-        return run_on_ray(jobs, dict(ray_resources or {"num_cpus": 1}))
+        return run_on_ray(jobs, dict(ray_resources or {"num_cpus": 1}), report)
     if isinstance(executor, cf.Executor):
-        return run_on_executor(executor, jobs)
+        return run_on_executor(executor, jobs, report)
     threads = max(1, (os.cpu_count() or 1) // max_workers)
-    return run_in_processes(jobs, max_workers, threads)
+    return run_in_processes(jobs, max_workers, threads, report)
 
 
 # ---------------------------------------------------------------------------- one process per point
@@ -228,7 +254,8 @@ class _Running:
     conn_open: bool = True
 
 
-def run_in_processes(jobs: Sequence[Job], workers: int, threads: int | None) -> dict[str, dict[str, Any]]:
+def run_in_processes(jobs: Sequence[Job], workers: int, threads: int | None,
+                     on_done: OnDone = _noop) -> dict[str, dict[str, Any]]:
     """Each job in a fresh ``spawn`` process, ``workers`` at a time; a dead worker fails its own job only."""
     import multiprocessing
     from multiprocessing.connection import wait
@@ -269,27 +296,30 @@ def run_in_processes(jobs: Sequence[Job], workers: int, threads: int | None) -> 
                 item.conn.close()
                 outcomes[item.job.name] = item.record or _died(item.job, _exit_text(item.process.exitcode))
                 running.remove(item)
+                on_done(item.job.name, outcomes[item.job.name])
     finally:
         for item in running:  # the driver was interrupted: its workers go with it
             item.process.kill()
             item.process.join()
-    return outcomes
+    return {job.name: outcomes[job.name] for job in jobs if job.name in outcomes}
 
 
 # ---------------------------------------------------------------------------- executors users bring
-def run_on_executor(executor: cf.Executor, jobs: Sequence[Job]) -> dict[str, dict[str, Any]]:
+def run_on_executor(executor: cf.Executor, jobs: Sequence[Job], on_done: OnDone = _noop) -> dict[str, dict[str, Any]]:
     """Jobs on a ``concurrent.futures`` executor the user built; a broken pool fails the jobs it held."""
-    futures = {job.name: executor.submit(run_job, job) for job in jobs}
+    futures = {executor.submit(run_job, job): job for job in jobs}
     outcomes = {}
-    for job in jobs:
+    for future in cf.as_completed(futures):
+        job = futures[future]
         try:
-            outcomes[job.name] = futures[job.name].result()
+            outcomes[job.name] = future.result()
         except Exception as err:  # the worker itself died (killed, out of memory)
             outcomes[job.name] = _died(job, repr(err))
-    return outcomes
+        on_done(job.name, outcomes[job.name])
+    return {job.name: outcomes[job.name] for job in jobs}
 
 
-def run_on_ray(jobs: Sequence[Job], resources: dict[str, float]) -> dict[str, dict[str, Any]]:
+def run_on_ray(jobs: Sequence[Job], resources: dict[str, float], on_done: OnDone = _noop) -> dict[str, dict[str, Any]]:
     """Each job a Ray task (a dead driver's tasks are Ray's to end; not tested where Ray is absent)."""
     from quantcl._plot import require_extra
 
@@ -304,4 +334,5 @@ def run_on_ray(jobs: Sequence[Job], resources: dict[str, float]) -> dict[str, di
             outcomes[job.name] = ray.get(refs[job.name])
         except Exception as err:  # the Ray task itself failed (worker lost)
             outcomes[job.name] = _died(job, f"Ray task failed: {err!r}")
+        on_done(job.name, outcomes[job.name])  # in submission order: a later job may have ended first
     return outcomes
