@@ -35,6 +35,7 @@ __all__ = ["ERROR_FILE", "EXECUTORS", "Job", "check_executor", "run_job", "run_j
            "run_in_processes", "run_on_executor", "run_on_ray"]
 
 ERROR_FILE = "error.json"
+"""The file a failed point or study run leaves in its directory: ``{"status", "error", "traceback", "seconds"}``."""
 EXECUTORS = ("sequential", "process", "ray")
 
 
