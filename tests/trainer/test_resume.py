@@ -9,12 +9,11 @@ The child process kills itself (``os.kill(os.getpid(), SIGKILL)``) at the point 
 import json
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from _zygote import close_all, run_script
 
 SCRIPT = textwrap.dedent(
     """
@@ -123,15 +122,15 @@ TIMING = ("prepare_seconds", "train_seconds", "eval_seconds", "save_seconds", "r
 
 
 def _run(script: Path, out: Path, model: Path, kill_at: str = "", hash_seed: str = "0", methods: str = "") -> int:
-    # each process its own string-hash seed, as separate processes have: set order must not leak into files
+    # each process its own string-hash seed, as separate processes have: set order must not leak into files;
+    # forked from an interpreter with the libraries imported (tests/_zygote.py: ~6 s less per process)
     env = {**os.environ, "PYTHONHASHSEED": hash_seed, "KILL_AT": kill_at, "METHODS": methods}
-    proc = subprocess.run([sys.executable, str(script), str(out), str(model)], env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
+    returncode, stderr = run_script([str(script), str(out), str(model)], env)
     if kill_at:
-        assert proc.returncode == -signal.SIGKILL, f"{kill_at} never reached: {proc.stderr.decode()[-3000:]}"
+        assert returncode == -signal.SIGKILL, f"{kill_at} never reached: {stderr.decode()[-3000:]}"
     else:
-        assert proc.returncode == 0, proc.stderr.decode()[-3000:]
-    return proc.returncode
+        assert returncode == 0, stderr.decode()[-3000:]
+    return returncode
 
 
 def _outcome(out: Path) -> dict:
@@ -145,6 +144,12 @@ def _outcome(out: Path) -> dict:
     return {"matrix": result["accuracy_matrix"], "records": strip(result["stage_records"]),
             "state_records": strip(state["stage_records"]), "details": result["eval_details"], "files": files,
             "leftovers": sorted(p.name for p in out.iterdir() if p.name not in ("result.json", "run.json"))}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _preloaded_interpreters():
+    yield
+    close_all()
 
 
 def _reference(tmp_path_factory, model, methods=""):
