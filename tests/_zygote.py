@@ -43,9 +43,13 @@ for line in sys.stdin:
             os.environ.clear(); os.environ.update(job["env"])
             os.chdir(job["cwd"])
             null = os.open(os.devnull, os.O_RDWR)
-            os.dup2(null, 0); os.dup2(null, 1)
+            os.dup2(null, 0)
+            os.dup2(os.open(job["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600) if job["stdout"] else null, 1)
             os.dup2(os.open(job["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 2)
             sys.stdin = open(os.devnull)
+            if "OMP_NUM_THREADS" in job["env"]:  # read by the OpenMP runtime when it loaded, in the server
+                import torch
+                torch.set_num_threads(int(job["env"]["OMP_NUM_THREADS"]))
             sys.argv = job["argv"]
             try:
                 runpy.run_path(job["argv"][0], run_name="__main__")
@@ -77,15 +81,19 @@ def _server(hash_seed: str) -> subprocess.Popen:
 
 
 def run_script(argv: list[str], env: dict[str, str], *, cwd: str | Path | None = None,
-               timeout: float = 600) -> tuple[int, bytes]:
-    """``(exit status, stderr)`` of ``python argv[0] argv[1:]`` in a process of its own, forked from
-    the preloaded interpreter of ``env["PYTHONHASHSEED"]`` (``"0"`` if unset), with ``env`` as its
-    environment; a process killed by a signal has a negative status, as with ``subprocess``."""
+               timeout: float = 600) -> tuple[int, bytes, bytes]:
+    """``(exit status, stdout, stderr)`` of ``python argv[0] argv[1:]`` in a process of its own,
+    forked from the preloaded interpreter of ``env["PYTHONHASHSEED"]`` (``"0"`` if unset), with
+    ``env`` as its environment (``OMP_NUM_THREADS`` applied through ``torch.set_num_threads``); a
+    process killed by a signal has a negative status, as with ``subprocess``."""
     server = _server(env.get("PYTHONHASHSEED", "0"))
-    with tempfile.NamedTemporaryFile(prefix="zygote-stderr-", delete=False) as f:
-        stderr = Path(f.name)
+    streams = {}
+    for name in ("stdout", "stderr"):
+        with tempfile.NamedTemporaryFile(prefix=f"zygote-{name}-", delete=False) as f:
+            streams[name] = Path(f.name)
     try:
-        job = {"argv": [str(a) for a in argv], "env": dict(env), "cwd": str(cwd or os.getcwd()), "stderr": str(stderr)}
+        job = {"argv": [str(a) for a in argv], "env": dict(env), "cwd": str(cwd or os.getcwd()),
+               **{name: str(path) for name, path in streams.items()}}
         server.stdin.write(json.dumps(job) + "\n")
         server.stdin.flush()
         ready, _, _ = select.select([server.stdout], [], [], timeout)
@@ -95,9 +103,10 @@ def run_script(argv: list[str], env: dict[str, str], *, cwd: str | Path | None =
         line = server.stdout.readline()
         if not line:
             raise RuntimeError(f"the preloaded interpreter died running {argv[0]}")
-        return int(json.loads(line)["returncode"]), stderr.read_bytes()
+        return int(json.loads(line)["returncode"]), streams["stdout"].read_bytes(), streams["stderr"].read_bytes()
     finally:
-        stderr.unlink(missing_ok=True)
+        for path in streams.values():
+            path.unlink(missing_ok=True)
 
 
 @atexit.register

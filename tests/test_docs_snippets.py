@@ -1,22 +1,27 @@
-"""Every code block of the docs runs: a page's Python blocks in order in a fresh process (tiny
+"""Every code block of the docs runs: a page's Python blocks in order in a process of its own (tiny
 settings, the shipped demo model, offline), its YAML blocks load (a whole run config also passes
 `quantcl validate`), and its shell blocks' `quantcl` commands parse with the CLI's own parser."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import pytest
 import yaml
 from _docs_blocks import _ALLOWED_HEADS, RUNNER, ROOT, blocks, pages, shell_commands
+from _zygote import close_all, run_script
 
 from quantcl.cli import _parser
 
 PYTHON_PAGES = [p for p in pages() if any(b.lang == "python" for b in blocks(p))]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _preloaded_interpreters():
+    yield
+    close_all()
 
 
 def _id(page: Path) -> str:
@@ -44,15 +49,18 @@ def test_python_blocks_run(page, tmp_path):
     env = {**os.environ, "MPLBACKEND": "Agg", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT / "examples"),
            "OMP_NUM_THREADS": "1"}  # tiny models: more threads only add contention (10x slower under load)
-    out = subprocess.run([sys.executable, "-c", RUNNER, str(page)], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=600)
-    ran = out.stdout.rstrip().endswith("--- all blocks ran")
-    if ran and out.returncode == -6 and "terminate called without an active exception" in out.stderr:
+    runner = tmp_path / "_run_page.py"
+    runner.write_text(RUNNER)
+    # a process of its own, forked from an interpreter with the libraries imported (tests/_zygote.py)
+    returncode, stdout_bytes, stderr_bytes = run_script([str(runner), str(page)], env, cwd=tmp_path)
+    stdout, stderr = stdout_bytes.decode(errors="replace"), stderr_bytes.decode(errors="replace")
+    ran = stdout.rstrip().endswith("--- all blocks ran")
+    if ran and returncode == -6 and "terminate called without an active exception" in stderr:
         # every block ran; the abort came in interpreter teardown, from a C++ thread pool still
         # running (pyarrow's, apache/arrow#36980): reported, not a failure of the page
-        warnings.warn(f"{_id(page)}: every block ran, then the process aborted at exit: {out.stderr[-300:]}")
+        warnings.warn(f"{_id(page)}: every block ran, then the process aborted at exit: {stderr[-300:]}")
         return
-    assert out.returncode == 0, f"{_id(page)}:\n{out.stdout[-3000:]}\n{out.stderr[-6000:]}"
+    assert returncode == 0, f"{_id(page)}:\n{stdout[-3000:]}\n{stderr[-6000:]}"
     assert ran
 
 

@@ -125,7 +125,7 @@ def _run(script: Path, out: Path, model: Path, kill_at: str = "", hash_seed: str
     # each process its own string-hash seed, as separate processes have: set order must not leak into files;
     # forked from an interpreter with the libraries imported (tests/_zygote.py: ~6 s less per process)
     env = {**os.environ, "PYTHONHASHSEED": hash_seed, "KILL_AT": kill_at, "METHODS": methods}
-    returncode, stderr = run_script([str(script), str(out), str(model)], env)
+    returncode, _, stderr = run_script([str(script), str(out), str(model)], env)
     if kill_at:
         assert returncode == -signal.SIGKILL, f"{kill_at} never reached: {stderr.decode()[-3000:]}"
     else:
