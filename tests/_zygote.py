@@ -29,10 +29,11 @@ PRELOAD = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "quantcl
 
 SERVER = r"""
 import importlib, json, os, runpy, sys, traceback
+out = os.fdopen(os.dup(1), "w")
+os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # what imports or scripts print never reaches the protocol pipe
 for name in sys.argv[1].split(","):
     importlib.import_module(name)
-out = os.fdopen(os.dup(1), "w")
-os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # what a script prints never reaches the protocol pipe
+sys.stdout.flush(); sys.stderr.flush()  # nothing buffered here is inherited by the scripts
 out.write("ready\n"); out.flush()
 for line in sys.stdin:
     job = json.loads(line)
