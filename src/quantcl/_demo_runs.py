@@ -225,12 +225,13 @@ def run_grid(runs: list[DemoRun], *, workers: Workers | None, progress: DemoProg
     from quantcl.sweep import Job, run_jobs
 
     by_name = {run.name: run for run in runs}
+    names = list(by_name)
     results: dict[str, ContinualResult] = {}
 
     def done(name: str, outcome: dict[str, Any]) -> None:
         run = by_name[name]
         if workers is not None:
-            _drain(workers.messages, progress, runs, [run.name for run in runs], block=False)
+            _drain(workers.messages, progress, runs, names, block=False)
         progress.finish(name)
         if outcome["status"] == "done":
             results[name] = ContinualResult.load(run.output_dir)
@@ -242,7 +243,6 @@ def run_grid(runs: list[DemoRun], *, workers: Workers | None, progress: DemoProg
         outcomes = run_jobs(jobs, "sequential", on_done=done)
     else:
         stop = threading.Event()
-        names = [run.name for run in runs]
         drainer = threading.Thread(target=lambda: _drain_until(stop, workers.messages, progress, runs, names),
                                    name="quantcl-demo-progress", daemon=True)
         drainer.start()

@@ -177,7 +177,8 @@ def run_jobs(jobs: Sequence[Job], executor: Any = "sequential", *, max_workers: 
     (``{"status": "done" | "failed", ...}``), in the order of ``jobs``.
 
     ``on_done(name, outcome)`` is called in this process as each job ends, in the order they end
-    (to report a finished run while the others train); an error it raises stops the waiting.
+    (with Ray: in the order of ``jobs``), to report a finished run while the others train; an
+    error it raises stops the waiting.
 
     Examples:
         >>> from quantcl.sweep import Job, run_jobs
