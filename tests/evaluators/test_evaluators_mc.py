@@ -13,6 +13,7 @@ from quantcl.evaluators import _batching as batching
 from quantcl.evaluators._batching import encode_pair, loglikelihoods
 
 from _bigram import bigram_model
+from _mc import MIXED, Forwards as _Forwards, manual_loglik as _manual_loglik
 
 ROWS = [
     {"prompt": "Which is 'abc' backwards?\nAnswer:", "choices": [" cba", " abc", " bca"], "answer": 0},
@@ -24,18 +25,6 @@ ROWS = [
 @pytest.fixture(scope="module")
 def model_and_tok(tiny_model_dir):
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
-
-
-def _manual_loglik(model, tok, context: str, continuation: str) -> float:
-    """One unpadded forward of context+continuation; sum of the continuation's char log-probs."""
-    n_spaces = len(context) - len(context.rstrip())
-    if n_spaces:
-        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
-    ids = tok(context + continuation, return_tensors="pt").input_ids
-    n = len(continuation)  # the char tokenizer: one token per character, no BOS
-    with torch.no_grad():
-        logp = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
-    return sum(float(logp[t - 1, ids[0, t]]) for t in range(ids.shape[1] - n, ids.shape[1]))
 
 
 def test_loglikelihoods_match_a_manual_forward_pass(model_and_tok):
@@ -117,31 +106,6 @@ def test_loglikelihoods_match_recorded_lm_eval_values_also_after_a_newline(model
     expected = [v for _, v in LM_EVAL_RECORDED]
     assert [s[0][0] for s in alone.values()] == pytest.approx(expected, abs=2e-3)
     assert [x for s in shared.values() for x, _ in s] == pytest.approx(expected, abs=2e-3)
-
-
-MIXED = [
-    {"prompt": "Question: which is longer?\nAnswer:", "choices": [" a long answer here", " b", " cc"], "answer": 0},
-    {"prompt": "Finish the line:\n", "choices": ["the cat sat", "on the mat", "x"], "answer": 1},
-    {"prompt": "Pick:", "choices": ["x", "yz"], "answer": 1},
-    {"prompt": "One letter: ", "choices": ["a", "b", "c", "d"], "answer": 2},
-    {"prompt": "Q", "choices": [" yes", " no"], "answer": 0},
-]
-
-
-class _Forwards:
-    """Counts forward passes and the token positions each one runs."""
-
-    def __init__(self, model):
-        self.calls: list[tuple[int, int]] = []
-        self.max_position = -1
-        self.handle = model.register_forward_pre_hook(self, with_kwargs=True)
-
-    def __call__(self, module, args, kwargs):
-        ids = kwargs["input_ids"]
-        cached = kwargs.get("cache", kwargs.get("past_key_values")) is not None
-        self.calls.append((*ids.shape, cached))
-        if kwargs.get("position_ids") is not None:
-            self.max_position = max(self.max_position, int(kwargs["position_ids"].max()))
 
 
 def test_the_shared_context_path_equals_scoring_every_option_whole(model_and_tok):

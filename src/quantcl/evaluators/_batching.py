@@ -13,11 +13,14 @@ tokens whichever process runs it.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from quantcl.evaluators._packed_options import packed_length, score_packed, why_not_packed
 from quantcl.evaluators._shared_context import (
     cache_argument,
+    forward_params,
     pack_by_padding,
     score_shared_context,
     split_group,
@@ -91,6 +94,7 @@ def loglikelihoods(
     desc: str = "log-likelihood",
     shard: Shard = WHOLE,
     share_context: bool = True,
+    pack_options: bool = False,
 ) -> dict[int, list[tuple[float, int]]]:
     """``(sum of log-probabilities, number of tokens)`` of each continuation given its context,
     keyed by group index (the groups of ``shard``'s batches only), in index order.
@@ -99,8 +103,9 @@ def loglikelihoods(
     or more continuations run their shared context once and score the continuations from its
     KV cache (:mod:`~quantcl.evaluators._shared_context`) where the model takes a cache
     and ``share_context`` is true; otherwise every continuation runs as one sequence with its
-    context. Sequences longer than
-    ``max_length`` lose tokens from the left of the context.
+    context. With ``pack_options`` too, each group's context and continuations run as one row
+    (:mod:`~quantcl.evaluators._packed_options`) where the model's attention allows it. Sequences
+    longer than ``max_length`` lose tokens from the left of the context.
     """
     import torch
     from tqdm.auto import tqdm
@@ -108,9 +113,12 @@ def loglikelihoods(
     encoded = [[encode_pair(tokenizer, c, x) for c, x in group] for group in groups]
     share = share_context and bool(groups) and all(len(g) > 1 for g in groups)
     cache_name = cache_argument(model) if share else None
+    packed = False
     if cache_name is not None:
         plans = [split_group(g, max_length) for g in encoded]
-        batches = pack_by_padding([len(p) for p, _ in plans], batch_size)
+        packed = pack_options and _can_pack(model, plans)
+        lengths = [packed_length(p) if packed else len(p[0]) for p in plans]
+        batches = pack_by_padding(lengths, batch_size)
     else:
         if max_length is not None:
             # keep the whole continuation and as much of the context's end as fits
@@ -121,6 +129,10 @@ def loglikelihoods(
     pad, device = pad_token_id(tokenizer), model_device(model)
     out: dict[int, list[tuple[float, int]]] = {}
     for batch in tqdm(batches, desc=desc, disable=not progress):
+        if packed and cache_name is not None:
+            out.update(zip(batch, score_packed(model, [plans[g] for g in batch], pad, device, cache_name,
+                                               forward_params(model))))
+            continue
         if cache_name is not None:
             shared = score_shared_context(model, [plans[g] for g in batch], pad, device, cache_name, batch_size)
             out.update(zip(batch, shared))
@@ -146,6 +158,15 @@ def loglikelihoods(
         for g in batch:
             out[g] = [next(it) for _ in encoded[g]]
     return dict(sorted(out.items()))
+
+
+def _can_pack(model: Any, plans: list[Any]) -> bool:
+    reason = why_not_packed(model, forward_params(model))
+    if reason is None and any(not prefix for prefix, _ in plans):
+        reason = "an item's options share no context"
+    if reason is not None:
+        warnings.warn(f"pack_options: scoring with the shared context instead: {reason}", stacklevel=3)
+    return reason is None
 
 
 def truncate_at_stop(text: str, stop: Sequence[str]) -> str:

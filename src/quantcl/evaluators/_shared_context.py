@@ -25,12 +25,13 @@ import functools
 import inspect
 from typing import Any
 
-__all__ = ["cache_argument", "split_group", "pack_by_padding", "score_shared_context"]
+__all__ = ["cache_argument", "split_group", "pack_by_padding", "score_shared_context", "run_shared_head",
+           "forward_params"]
 
 Plan = tuple[list[int], list[tuple[list[int], int]]]  # shared context ids; per option (rest ids, scored)
 
 
-def _forward_params(model: Any) -> dict[str, Any]:
+def forward_params(model: Any) -> dict[str, Any]:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     try:
         return dict(inspect.signature(base.forward).parameters)
@@ -51,7 +52,7 @@ def mask_logits_to_keep() -> bool:
 def cache_argument(model: Any) -> str | None:
     """The keyword a model's ``forward`` takes its KV cache by (``cache`` in transformers >= 5.x,
     ``past_key_values`` before), or ``None`` when it takes none (then options run whole)."""
-    params = _forward_params(model)
+    params = forward_params(model)
     for name in ("cache", "past_key_values"):
         if name in params:
             return name
@@ -90,21 +91,9 @@ def score_shared_context(
     ``max_rows`` options."""
     import torch
 
-    params = _forward_params(model)
+    params = forward_params(model)
     prefixes, rests = [p for p, _ in plans], [r for _, r in plans]
-
-    # A head all the batch's contexts share (a few-shot prompt, an instruction) runs once.
-    head = _common_prefix(prefixes)[: min(len(p) for p in prefixes) - 1]
-    cache = None
-    if len(prefixes) > 1 and len(head) >= MIN_SHARED_HEAD:
-        ones = torch.ones((1, len(head)), dtype=torch.long)
-        out = model(input_ids=torch.tensor([head], device=device), attention_mask=ones.to(device),
-                    position_ids=torch.arange(len(head))[None].to(device), use_cache=True,
-                    **({"logits_to_keep": 1} if "logits_to_keep" in params else {}))
-        cache = _cache_of(out, cache_name, model)
-        cache.batch_repeat_interleave(len(prefixes))
-    else:
-        head = []
+    head, cache = run_shared_head(model, prefixes, device, cache_name, params)
     width = max(len(p) for p in prefixes) - len(head)
     ids = torch.full((len(prefixes), width), pad, dtype=torch.long)
     mask = torch.zeros((len(prefixes), len(head) + width), dtype=torch.long)
@@ -141,6 +130,25 @@ def score_shared_context(
         own_cache = cache if n == len(chunks) - 1 else _fork(cache)
         _continue(model, rows[start:end], own_cache, mask, last, scores, pad, device, cache_name, params)
     return scores
+
+
+def run_shared_head(model: Any, prefixes: list[list[int]], device: Any, cache_name: str,
+                    params: dict[str, Any]) -> tuple[list[int], Any]:
+    """A head all of a batch's contexts share (a few-shot prompt, an instruction), run once:
+    ``(head ids, its KV cache repeated once per context)``, or ``([], None)`` when there is
+    none worth a pass of its own (every context keeps at least one token of its own)."""
+    import torch
+
+    head = _common_prefix(prefixes)[: min(len(p) for p in prefixes) - 1]
+    if len(prefixes) < 2 or len(head) < MIN_SHARED_HEAD:
+        return [], None
+    ones = torch.ones((1, len(head)), dtype=torch.long)
+    out = model(input_ids=torch.tensor([head], device=device), attention_mask=ones.to(device),
+                position_ids=torch.arange(len(head))[None].to(device), use_cache=True,
+                **({"logits_to_keep": 1} if "logits_to_keep" in params else {}))
+    cache = _cache_of(out, cache_name, model)
+    cache.batch_repeat_interleave(len(prefixes))
+    return head, cache
 
 
 def _fork(cache: Any) -> Any:
