@@ -1,6 +1,6 @@
 """The demo over several seeds: the README's table (mean and min-max per run and metric).
 
-    python scripts/demo_seeds.py [--seeds 0,1,2] [--out runs/demo-seeds] [--quick]
+    python scripts/demo_seeds.py [--seeds 0,1,2] [--out runs/demo-seeds] [--quick] [--precisions bf16,int8,nf4]
 
 Runs ``quantcl demo --seed S --output-dir OUT/seed-S`` for each seed in its own process (as a
 user runs it, so each seed's wall time includes the start-up), then prints one Markdown table:
@@ -26,14 +26,17 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out", default="runs/demo-seeds")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--precisions", default=None, help="passed to `quantcl demo --precisions` (default: its own)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     walls, summaries = [], []
     for seed in seeds:
         out = Path(args.out) / f"seed-{seed}"
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "quantcl.cli", "demo", "--seed", str(seed), "--output-dir", str(out),
-                        "--no-progress", *(["--quick"] if args.quick else [])], check=True, stdout=subprocess.DEVNULL)
+        cmd = [sys.executable, "-m", "quantcl.cli", "demo", "--seed", str(seed), "--output-dir", str(out),
+               "--no-progress", *(["--quick"] if args.quick else []),
+               *(["--precisions", args.precisions] if args.precisions else [])]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         walls.append(time.perf_counter() - start)
         summaries.append(json.loads((out / "summary.json").read_text())["runs"])
     runs = list(summaries[0])

@@ -29,7 +29,8 @@ def test_full_demo_learns_forgets_and_replay_reduces_forgetting(tmp_path, demo_c
     runs = summary["runs"]
     from quantcl.demo import default_precisions
 
-    precisions = default_precisions()  # bf16 where it is native, else fp32; then int8, nf4
+    precisions = default_precisions()  # bf16 where it is native, else fp32; then nf4
+    assert len(precisions) == 2 and precisions[1] == "nf4"  # 16 against 4 bits: two rounds on 2 cores
     assert sorted(runs) == sorted(f"{p}-replay{f}" for p in precisions for f in ("0", "0.1"))
     chance = {"nlu": 1 / 3, "math": 0.0, "code": 0.0}
     for name, run in runs.items():

@@ -198,8 +198,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--output-dir", default="quantcl-demo", help="where runs, JSON and PNG go")
     d.add_argument("--model", default=None, help="Hub id, directory or .gguf instead of the demo model")
     d.add_argument("--precisions", default=None,
-                   help="comma-separated presets (default: bf16,int8,nf4 where bf16 is native, "
-                        "else fp32,int8,nf4)")
+                   help="comma-separated presets (default: bf16,nf4 where bf16 is native, else fp32,nf4; "
+                        "bf16,int8,nf4 adds int8's two runs)")
     d.add_argument("--compute-dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="compute dtype of the quantized presets (auto: bf16 on a GPU or a CPU with native bf16, "
                         "else fp32)")
