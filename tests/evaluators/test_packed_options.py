@@ -70,8 +70,8 @@ def test_a_head_every_prompt_shares_runs_once_before_the_packed_rows(model_and_t
     assert len(counter.calls) == 2 and counter.calls[1][0] == 4 and counter.calls[1][2]
 
 
-def test_options_see_neither_each_other_nor_the_padding(model_and_tok):
-    # the same item alone, with other options beside it, and padded beside a long item
+def test_an_option_scores_the_same_whatever_shares_its_row_and_batch(model_and_tok):
+    # the same item alone, and with a longer option before its second one, padded beside a long item
     model, tok = model_and_tok
     item = {"prompt": "Pick:", "choices": [" xy", " zw"], "answer": 0}
     more = {**item, "choices": [" xy", " a much longer option", " zw"]}
@@ -101,8 +101,80 @@ def test_max_length_cuts_the_prompt_from_the_left(model_and_tok):
                                                                        progress=False)
     counter.handle.remove()
     shared = MultipleChoice(max_length=24).evaluate(model, tok, Dataset.from_list([row]), progress=False)
+    assert len(counter.calls) == 1  # packed: one pass, prompt and both options
+    assert counter.calls[0][1] == 24 - len("  another one") + len("  one option") - 1 + len("  another one") - 1
     assert counter.max_position == 22  # as the shared-context path: prompt + longest option fit in 24
     assert packed.records[0]["loglikelihoods"] == pytest.approx(shared.records[0]["loglikelihoods"], abs=1e-4)
+
+
+def test_contexts_that_differ_after_a_shared_head(model_and_tok):
+    model, tok = model_and_tok
+    groups = [[(f"{SHOTS}Q: {a}", " x"), (f"{SHOTS}Q: {a}b", " yz")] for a in "pqr"]
+    counter = Forwards(model)
+    packed = loglikelihoods(model, tok, groups, batch_size=4, pack_options=True)
+    counter.handle.remove()
+    assert len(counter.calls) == 2 and counter.calls[0][0] == 1  # the head once, then the packed rows
+    whole = loglikelihoods(model, tok, groups, batch_size=4, share_context=False)
+    for g in whole:
+        assert [n for _, n in packed[g]] == [n for _, n in whole[g]]
+        assert [s for s, _ in packed[g]] == pytest.approx([s for s, _ in whole[g]], abs=1e-4)
+
+
+def _tiny(kind: str, vocab: int):
+    from transformers import GPT2Config, GPT2LMHeadModel, OPTConfig, OPTForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=2, n_positions=256))
+    if kind == "opt":
+        return OPTForCausalLM(OPTConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, ffn_dim=64,
+                                        num_attention_heads=2, max_position_embeddings=256, word_embed_proj_dim=32))
+    if kind == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                            num_attention_heads=2, num_key_value_heads=1))
+    return MistralForCausalLM(MistralConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                            num_attention_heads=2, num_key_value_heads=1, sliding_window=None))
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "opt", "qwen2", "mistral"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_every_model_type_packing_allows_scores_as_whole_sequences(tiny_model_dir, kind, attention):
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = _tiny(kind, len(tok))
+    model.config._attn_implementation = attention
+    model.eval()
+    ds = Dataset.from_list(MIXED + FEW_SHOT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no fallback
+        packed = MultipleChoice(pack_options=True).evaluate(model, tok, ds, progress=False)
+    whole = MultipleChoice(share_context=False).evaluate(model, tok, ds, progress=False)
+    assert _scores(packed) == pytest.approx(_scores(whole), abs=1e-4)
+
+
+def test_a_model_type_packing_was_not_checked_on_falls_back_with_a_warning(tiny_model_dir):
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    # GPT-Neo's local layers apply their window by row index on top of any mask: packing would be wrong
+    config = GPTNeoConfig(vocab_size=len(tok), hidden_size=32, num_layers=2, num_heads=2, window_size=4,
+                          attention_types=[[["global", "local"], 1]], max_position_embeddings=256)
+    model = GPTNeoForCausalLM(config).eval()
+    ds = Dataset.from_list(MIXED)
+    with pytest.warns(UserWarning, match="model type 'gpt_neo' is not one packing was checked on"):
+        packed = MultipleChoice(pack_options=True).evaluate(model, tok, ds, progress=False)
+    assert _scores(packed) == _scores(MultipleChoice().evaluate(model, tok, ds, progress=False))
+
+
+def test_packing_that_cannot_apply_says_so(model_and_tok):
+    model, tok = model_and_tok
+    with pytest.warns(UserWarning, match="two or more continuations"):
+        loglikelihoods(model, tok, [[("Q", " a")], [("Q", " a"), ("Q", " b")]], batch_size=4, pack_options=True)
+    with pytest.warns(UserWarning, match="share_context=False"):
+        loglikelihoods(model, tok, [[("Q", " a"), ("Q", " b")]], batch_size=4, share_context=False,
+                       pack_options=True)
+    with pytest.raises(ConfigError, match=r"pack_options=True, share_context=False"):
+        MultipleChoice(pack_options=True, share_context=False)
 
 
 def test_the_row_layout():
@@ -136,7 +208,7 @@ def test_a_sliding_window_model_falls_back_to_the_shared_context_with_a_warning(
     torch.manual_seed(0)
     model = MistralForCausalLM(config).eval()
     ds = Dataset.from_list(MIXED)
-    with pytest.warns(UserWarning, match="sliding-window"):
+    with pytest.warns(UserWarning, match="sliding-window or other non-full-attention layers"):
         packed = MultipleChoice(pack_options=True).evaluate(model, tok, ds, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

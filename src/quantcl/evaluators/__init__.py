@@ -19,6 +19,7 @@ Examples:
 from __future__ import annotations
 
 from quantcl.evaluators._batching import generate, loglikelihood
+from quantcl.evaluators._packed_options import PACKED_MODEL_TYPES
 from quantcl.evaluators._sharding import ProcessGroup, evaluate_rows, shards_evaluation
 from quantcl.evaluators.base import (
     EvalResult,
@@ -78,4 +79,5 @@ __all__ = [
     "DEFAULT_NUMERIC_STOP",
     "DEFAULT_CODE_STOP",
     "ALLOW_CODE_ENV",
+    "PACKED_MODEL_TYPES",
 ]

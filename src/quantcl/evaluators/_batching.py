@@ -114,6 +114,9 @@ def loglikelihoods(
     share = share_context and bool(groups) and all(len(g) > 1 for g in groups)
     cache_name = cache_argument(model) if share else None
     packed = False
+    if pack_options and cache_name is None:
+        _not_packed("every item needs two or more continuations and a model that takes a KV cache"
+                    if share_context else "share_context=False scores every continuation whole")
     if cache_name is not None:
         plans = [split_group(g, max_length) for g in encoded]
         packed = pack_options and _can_pack(model, plans)
@@ -165,8 +168,12 @@ def _can_pack(model: Any, plans: list[Any]) -> bool:
     if reason is None and any(not prefix for prefix, _ in plans):
         reason = "an item's options share no context"
     if reason is not None:
-        warnings.warn(f"pack_options: scoring with the shared context instead: {reason}", stacklevel=3)
+        _not_packed(reason)
     return reason is None
+
+
+def _not_packed(reason: str) -> None:
+    warnings.warn(f"pack_options: not packing ({reason}); scoring as without it", stacklevel=4)
 
 
 def truncate_at_stop(text: str, stop: Sequence[str]) -> str:

@@ -14,8 +14,9 @@ when the option is scored as a whole sequence. One pass per batch of items; no p
 
 The result equals scoring each option as a whole sequence up to floating-point rounding (other
 matmul shapes; tested against it and the shared-context path). It needs an attention that takes a
-custom 4D mask as it is (``sdpa`` or ``eager`` in transformers' ``masking_utils``) and no sliding
-window; :func:`why_not_packed` says why a model cannot, and the caller falls back.
+custom 4D mask as it is (``sdpa`` or ``eager`` in transformers' ``masking_utils``), no sliding
+window, and a model type it was checked on (:data:`PACKED_MODEL_TYPES`); :func:`why_not_packed`
+says why a model cannot, and the caller falls back with a warning.
 """
 
 from __future__ import annotations
@@ -24,9 +25,15 @@ from typing import Any
 
 from quantcl.evaluators._shared_context import Plan, mask_logits_to_keep, run_shared_head
 
-__all__ = ["packed_length", "score_packed", "why_not_packed"]
+__all__ = ["PACKED_MODEL_TYPES", "packed_length", "score_packed", "why_not_packed"]
 
 _MASKED_ATTENTION = ("sdpa", "eager")
+# Model types whose packed scores were checked against whole sequences (tests/evaluators and a
+# review on GPT-2, OPT and Qwen2). Others may apply their own window or bias by row index on top of
+# the mask (GPT-Neo's local layers, Falcon's ALiBi), which a config check alone cannot see.
+PACKED_MODEL_TYPES = ("llama", "mistral", "qwen2", "gpt2", "opt")
+"""The ``config.model_type`` values ``MultipleChoice(pack_options=True)`` packs (checked against
+scoring every option whole); other models are scored without packing, with a warning."""
 
 
 def why_not_packed(model: Any, params: dict[str, Any]) -> str | None:
@@ -37,12 +44,15 @@ def why_not_packed(model: Any, params: dict[str, Any]) -> str | None:
         "attention implementation 'flash_attention_2' ignores a custom 4D mask"
     """
     config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in PACKED_MODEL_TYPES:
+        return f"model type {model_type!r} is not one packing was checked on ({', '.join(PACKED_MODEL_TYPES)})"
     impl = getattr(config, "_attn_implementation", None)
     if impl not in _MASKED_ATTENTION:
         return f"attention implementation {impl!r} is not one that takes a custom 4D mask ({', '.join(_MASKED_ATTENTION)})"
     layer_types = getattr(config, "layer_types", None) or ()
     if getattr(config, "sliding_window", None) or any(t != "full_attention" for t in layer_types):
-        return "the model has sliding-window layers (a custom 4D mask would replace their window)"
+        return "the model has sliding-window or other non-full-attention layers (a custom 4D mask would replace them)"
     if "position_ids" not in params:
         return f"{type(model).__name__}.forward takes no position_ids"
     return None

@@ -96,8 +96,10 @@ class MultipleChoice(Evaluator):
             forward pass per batch of items instead of one for the prompts and more for the
             options. Same scores up to rounding; fastest where options are short (on a CPU a pass
             costs about a read of the weights). Off by default so that scores stay bit-identical
-            to earlier releases; a model whose attention cannot take the mask (not ``sdpa`` or
-            ``eager``, or with sliding-window layers) is scored as without it, with a warning.
+            to earlier releases; a model it cannot pack (an attention other than ``sdpa`` or
+            ``eager``, sliding-window layers, a model type it was not checked on) is scored as
+            without it, with a warning. A row holds the prompt and every option, so attention
+            memory grows with the square of that width: lower ``batch_size`` for many long options.
 
     Examples:
         >>> ev = MultipleChoice(normalization="acc_norm")
@@ -140,6 +142,9 @@ class MultipleChoice(Evaluator):
             raise ConfigError(f"MultipleChoice(share_context={share_context!r}): must be True or False")
         if not isinstance(pack_options, bool):
             raise ConfigError(f"MultipleChoice(pack_options={pack_options!r}): must be True or False")
+        if pack_options and not share_context:
+            raise ConfigError("MultipleChoice(pack_options=True, share_context=False): packing runs each prompt "
+                              "once with its options; pass share_context=True (the default) or pack_options=False")
         self.share_context, self.pack_options = share_context, pack_options
         self.required_columns = ("prompt", choices_column, answer_column)
         self.choices_column, self.answer_column = choices_column, answer_column
