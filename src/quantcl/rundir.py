@@ -224,7 +224,12 @@ class RunDirectory:
                              "replaced; restore it or start a new run (nothing was removed)")
         if completed > 0:
             stage = self.stage_dir(completed)
-            extra = sorted(k for k in tree_digests(stage, relative_to=self.root) if k not in state["files"])
+            # a plug-in folder the state says is to be rebuilt (an adopted shared prefix) may hold
+            # what a killed rebuild wrote: the rebuild empties and rewrites it (quantcl._prefix)
+            rebuilt = tuple(f"{(stage / 'plugins' / name).relative_to(self.root).as_posix()}/"
+                            for name in state.get("rebuild") or ())
+            extra = sorted(k for k in tree_digests(stage, relative_to=self.root)
+                           if k not in state["files"] and not k.startswith(rebuilt))
             if extra:
                 raise StateError(f"{self.root / extra[0]} was not written by this run (files in {stage} not "
                                  f"in its state: {extra}); remove it to resume")

@@ -197,3 +197,35 @@ def test_a_damaged_snapshot_is_not_used_and_a_killed_copy_starts_again(alone, tm
     assert run_files(tmp_path / "point", skip=skip) == run_files(donor, skip=skip)
     with pytest.raises(StateError, match="already holds a run's state"):
         prefix.adopt_snapshot(snap, target, config, [])
+
+
+def test_a_run_killed_while_rebuilding_an_adopted_replay_buffer_resumes(alone, tmp_path, tiny_model_dir, monkeypatch):
+    # the replay buffer's new state is saved into stage 1 before the run's state is re-sealed: a
+    # kill in between leaves files the state does not list, in the folder it says is to be rebuilt
+    import quantcl.trainer as trainer_module
+
+    real_rebuild, died = trainer_module.rebuild_plugins, []
+
+    def dying_rebuild(trainer, state):
+        if not state.get("rebuild") or died:
+            return real_rebuild(trainer, state)
+        died.append(trainer.run_dir.root)
+
+        def killed(*args, **kwargs):
+            raise KeyboardInterrupt("killed before the state was saved")
+
+        monkeypatch.setattr(trainer.run_dir, "save", killed)
+        real_rebuild(trainer, state)
+
+    monkeypatch.setattr(trainer_module, "rebuild_plugins", dying_rebuild)
+    out = tmp_path / "s"
+    with pytest.raises(KeyboardInterrupt):
+        Sweep(_config(tiny_model_dir, out), GRID).run()
+    (point,) = died
+    state = json.loads((point / "state.json").read_text())
+    written = sorted(p.relative_to(point).as_posix() for p in (point / "stages" / "stage-001" / "plugins").rglob("*")
+                     if p.is_file())
+    assert state["rebuild"] == ["00-replay"] and written and not set(written) & set(state["files"])
+    monkeypatch.setattr(trainer_module, "rebuild_plugins", real_rebuild)
+    assert not Sweep(_config(tiny_model_dir, out), GRID).run().failed
+    assert run_files(out / "runs", skip=SKIP) == run_files(alone / "runs", skip=SKIP)
