@@ -33,7 +33,8 @@ from typing import Any, TypeVar
 from quantcl._moved import current_path
 from quantcl.errors import ConfigError, StateError, UnknownNameError
 
-__all__ = ["Component", "COMPONENT_KEY", "component_path", "encode_argument", "locate", "instantiate", "check_node"]
+__all__ = ["Component", "COMPONENT_KEY", "component_path", "encode_argument", "locate", "instantiate", "check_node",
+           "without_default_arguments"]
 
 COMPONENT_KEY = "_component_"
 C = TypeVar("C", bound="Component")
@@ -212,6 +213,46 @@ def encode_argument(value: Any, where: str) -> Any:
         "arguments must be JSON values (str, int, float, bool, None, lists and str-keyed dicts of "
         "them) or components; override to_dict()/from_dict() to save it another way"
     )
+
+
+def without_default_arguments(value: Any) -> Any:
+    """``value`` (a saved config) with each component node's arguments that equal its class's
+    constructor default left out.
+
+    An argument a later release adds at its default does not change what the component does, so
+    a run saved before it is resumed (compared this way) instead of refused. A node whose class
+    cannot be imported is kept whole.
+
+    Examples:
+        >>> node = {"_component_": "quantcl.evaluators.MultipleChoice", "batch_size": 16, "mode": "both"}
+        >>> without_default_arguments(node)
+        {'_component_': 'quantcl.evaluators.MultipleChoice', 'mode': 'both'}
+    """
+    if isinstance(value, list):
+        return [without_default_arguments(v) for v in value]
+    if not isinstance(value, Mapping):
+        return value
+    node = {k: without_default_arguments(v) for k, v in value.items()}
+    path = node.get(COMPONENT_KEY)
+    if not isinstance(path, str):
+        return node
+    try:
+        target = locate(path)
+        # a class's __init__, not inspect.signature(cls): Component.__new__ takes (*args, **kwargs)
+        params = inspect.signature(getattr(target, "__init__")
+                                   if isinstance(target, type) else target).parameters
+    except (UnknownNameError, ImportError, TypeError, ValueError):
+        return node
+    for name, param in params.items():
+        if name == COMPONENT_KEY or name not in node or param.default is inspect.Parameter.empty:
+            continue
+        try:
+            default = without_default_arguments(encode_argument(param.default, name))
+        except ConfigError:  # a default that is not a JSON value (a factory's sentinel): keep the argument
+            continue
+        if node[name] == default:
+            del node[name]
+    return node
 
 
 def _decode(value: Any) -> Any:

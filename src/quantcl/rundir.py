@@ -28,6 +28,7 @@ from quantcl._lock import hold_directory
 from quantcl._io import (file_safe_name, remove_write_leftovers, atomic_replace_dir, atomic_write_json, digest_mismatch, read_json, seal, seal_ok,
                          sha256_file, tree_digests)
 from quantcl._moved import current_layout
+from quantcl.components import without_default_arguments
 from quantcl._runtime import checkpoint_is_complete
 from quantcl.errors import ConfigError, StateError
 
@@ -43,9 +44,10 @@ PLACEMENT_KWARGS = frozenset({"device_map", "max_memory"})
 
 
 def _resume_view(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` as resume compares it: without the placement keys of ``model_kwargs``, and with
-    class paths saved before a module moved read as their new paths."""
-    config = current_layout(config)
+    """``config`` as resume compares it: without the placement keys of ``model_kwargs``, with
+    class paths saved before a module moved read as their new paths, and without component
+    arguments at their defaults (one a later release added changes nothing)."""
+    config = without_default_arguments(current_layout(config))
     kwargs = config.get("model_kwargs")
     if not isinstance(kwargs, dict):
         return config

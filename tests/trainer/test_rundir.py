@@ -78,6 +78,33 @@ def test_resume_accepts_another_device_map_but_not_another_model_setting(tiny_mo
     assert saved == {"device_map": {"": "cpu"}}  # recorded as the run started
 
 
+def test_a_run_saved_before_an_evaluator_argument_existed_resumes_at_its_default(tiny_model_dir, tmp_path,
+                                                                                   monkeypatch):
+    # as a run started before MultipleChoice(pack_options=...) existed: its run.json lacks it
+    from quantcl.components import Component
+    from quantcl.evaluators import MultipleChoice
+
+    real = Component.to_dict
+
+    def as_before(self):
+        node = real(self)
+        return {k: v for k, v in node.items() if k != "pack_options"} if isinstance(self, MultipleChoice) else node
+
+    monkeypatch.setattr(Component, "to_dict", as_before)
+    CrashInStage.at = 2
+    with pytest.raises(Crash):
+        _trainer(tiny_model_dir, tmp_path / "run").fit()
+    monkeypatch.setattr(Component, "to_dict", real)
+    saved = json.loads((tmp_path / "run" / "run.json").read_text())["tasks"]["tasks"][0]["evaluator"]
+    assert saved["_component_"].endswith("MultipleChoice") and "pack_options" not in saved
+    packed = _trainer(tiny_model_dir, tmp_path / "run")
+    packed.tasks[0].evaluator = MultipleChoice(pack_options=True)  # not the default: another run
+    with pytest.raises(qcl.ConfigError, match=r"differs in \['tasks'\]"):
+        packed.fit(resume=True)
+    resumed = _trainer(tiny_model_dir, tmp_path / "run").fit(resume=True)
+    _same(resumed, _trainer(tiny_model_dir, tmp_path / "fresh").fit())
+
+
 @pytest.fixture
 def finished_one_stage(tiny_model_dir, tmp_path):
     CrashInStage.at = 2
