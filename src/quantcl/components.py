@@ -244,7 +244,7 @@ def without_default_arguments(value: Any) -> Any:
     except (UnknownNameError, ImportError, TypeError, ValueError):
         return node
     for name, param in params.items():
-        if name == COMPONENT_KEY or name not in node or param.default is inspect.Parameter.empty:
+        if name not in node or param.default is inspect.Parameter.empty:
             continue
         try:
             default = without_default_arguments(encode_argument(param.default, name))

@@ -119,7 +119,8 @@ def loglikelihoods(
                     if share_context else "share_context=False scores every continuation whole")
     if cache_name is not None:
         plans = [split_group(g, max_length) for g in encoded]
-        packed = pack_options and _can_pack(model, plans)
+        params = forward_params(model)
+        packed = pack_options and _can_pack(model, params, plans)
         lengths = [packed_length(p) if packed else len(p[0]) for p in plans]
         batches = pack_by_padding(lengths, batch_size)
     else:
@@ -133,8 +134,7 @@ def loglikelihoods(
     out: dict[int, list[tuple[float, int]]] = {}
     for batch in tqdm(batches, desc=desc, disable=not progress):
         if packed and cache_name is not None:
-            out.update(zip(batch, score_packed(model, [plans[g] for g in batch], pad, device, cache_name,
-                                               forward_params(model))))
+            out.update(zip(batch, score_packed(model, [plans[g] for g in batch], pad, device, cache_name, params)))
             continue
         if cache_name is not None:
             shared = score_shared_context(model, [plans[g] for g in batch], pad, device, cache_name, batch_size)
@@ -163,8 +163,8 @@ def loglikelihoods(
     return dict(sorted(out.items()))
 
 
-def _can_pack(model: Any, plans: list[Any]) -> bool:
-    reason = why_not_packed(model, forward_params(model))
+def _can_pack(model: Any, params: dict[str, Any], plans: list[Any]) -> bool:
+    reason = why_not_packed(model, params)
     if reason is None and any(not prefix for prefix, _ in plans):
         reason = "an item's options share no context"
     if reason is not None:
